@@ -1,0 +1,144 @@
+"""degrade-flow: a folder of real photos -> kernel bank, noise bank, clean HR and HR/LR pairs.
+
+    kernel bank (coordinator) ─────────────────────────────┐
+    clean-up + noise extraction (Dask, one task per image) ─┴> noise bank (coordinator)
+        -> pairs (Dask, one task per image) -> manifest + summary (coordinator)
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger, unmapped
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from flows.runtime import task_runner
+from flows.settings import DegradeSettings
+from storage.images import list_images
+from storage.run_dir import RunDir, claim_run_dir
+from storage.stages import save_summary
+from tasks import degrade as t
+
+
+def batches(items: list, batch_size: int | None) -> list[list]:
+    """Split per-image work into tasks: one image each on small runs, up to 8 on large ones."""
+    size = batch_size or max(1, min(8, -(-len(items) // 16)))
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _gather(futures, batched: list[list], label) -> tuple[list[dict], list[dict]]:
+    """Records of all batches, and the failed images with reasons (the others still finish)."""
+    done, failed = [], []
+    for fut, items in zip(futures, batched):
+        fut.wait()
+        state = fut.state
+        if state.is_completed():
+            done += fut.result()
+            continue
+        exc = state.result(raise_on_failure=False)
+        if isinstance(exc, t.BatchError):
+            done += exc.done
+            failed += exc.failures
+        else:  # the whole batch was lost (worker died, retries spent)
+            reason = str(exc) if isinstance(exc, BaseException) else str(state.message)
+            failed += [{"source": str(label(i)), "reason": reason} for i in items]
+    return done, failed
+
+
+@flow(name="degrade-flow", task_runner=task_runner(), log_prints=False)
+def degrade_flow(settings: DegradeSettings) -> dict:
+    """Build the kernel and noise banks and the paired training data for one folder of photos."""
+    log = get_run_logger()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    sources, ignored = list_images(settings.source)
+    if not sources:
+        raise ValueError(f"no images found in {settings.source} (looked for png, jpg, tif, webp, bmp, ...)")
+    run = RunDir(claim_run_dir(Path(settings.out).resolve(), settings.model_dump(mode="json")))
+    log.info(f"{len(sources)} source images in {settings.source}; run folder {run.root}")
+
+    tk = time.perf_counter()
+    kernels = t.build_kernel_bank(run, settings)
+    timings["kernel bank"] = time.perf_counter() - tk
+
+    tp = time.perf_counter()
+    batched = batches(sources, settings.images_per_task)
+    futures = t.prepare_sources.map(batched, unmapped(run), unmapped(settings))
+    records, skipped = _gather(futures, batched, str)
+    timings["clean-up + noise extraction"] = time.perf_counter() - tp
+    log.info(f"clean-up and noise extraction: {len(records)} done, {len(skipped)} skipped")
+
+    tn = time.perf_counter()
+    noise = t.build_noise_bank(records, run, settings)
+    timings["noise bank"] = time.perf_counter() - tn
+
+    tq = time.perf_counter()
+    batched = batches(sorted(records, key=lambda r: r["source"]), settings.images_per_task)
+    futures = t.make_pairs.map(
+        batched, unmapped(run), unmapped(settings), unmapped(kernels["digest"]), unmapped(noise["digest"])
+    )
+    pairs, pair_failed = _gather(futures, batched, lambda r: r["source"])
+    manifest = t.write_manifest(run, pairs, records)
+    timings["pairs"] = time.perf_counter() - tq
+    timings["total"] = time.perf_counter() - t0
+
+    summary = {
+        "run_dir": str(run.root),
+        "sources": len(sources),
+        "processed": len(records),
+        "cached": sum(1 for r in records if r["cached"]),
+        "skipped": skipped + pair_failed,
+        "ignored_files": [str(p) for p in ignored],
+        "converted": [{"source": r["source"], "notes": r["notes"]} for r in records if r["notes"]],
+        "too_small_for_pairs": [r["source"] for r in pairs if not r["rows"]],
+        "kernel_bank": kernels,
+        "noise_bank": noise,
+        "pairs": manifest,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "settings": settings.model_dump(mode="json"),
+    }
+    save_summary(run, summary)
+    _publish(summary, records)
+    return summary
+
+
+def summary_markdown(s: dict) -> str:
+    lines = [
+        f"# degrade-flow: {s['run_dir']}",
+        "",
+        f"- sources: {s['sources']} ({s['processed']} processed, {s['cached']} from earlier runs, {len(s['skipped'])} skipped)",
+        f"- kernel bank: `{s['kernel_bank']['path']}` {s['kernel_bank']['counts']}",
+        f"- noise bank: `{s['noise_bank']['path']}` {s['noise_bank']['count']} patches, {s['noise_bank']['rejected']} candidates rejected",
+        f"- pairs: {s['pairs']['pairs']} in `{s['pairs']['path']}`",
+        "",
+        "| stage | seconds |",
+        "|---|---|",
+        *[f"| {k} | {v:.2f} |" for k, v in s["timings_s"].items()],
+    ]
+    if s["skipped"]:
+        lines += ["", "## Skipped", "", *[f"- `{x['source']}`: {x['reason']}" for x in s["skipped"]]]
+    if s["too_small_for_pairs"]:
+        lines += ["", "## No pairs (clean HR smaller than a pair patch)", "", *[f"- `{x}`" for x in s["too_small_for_pairs"]]]
+    if s["converted"]:
+        lines += ["", "## Converted on input", "", *[f"- `{x['source']}`: {'; '.join(x['notes'])}" for x in s["converted"]]]
+    if s["ignored_files"]:
+        lines += ["", "## Ignored (not an image file name)", "", *[f"- `{x}`" for x in s["ignored_files"]]]
+    return "\n".join(lines) + "\n"
+
+
+def _publish(summary: dict, records: list[dict]) -> None:
+    create_markdown_artifact(summary_markdown(summary), key="degrade-summary", description="degrade-flow run summary")
+    rows = [
+        {
+            "source": r["source"],
+            "clean_hr": "x".join(map(str, r["hr_size"])),
+            "noise_patches": r["noise_count"],
+            "rejected": r["noise_rejected"],
+            "cached": r["cached"],
+            "seconds": r["seconds"],
+        }
+        for r in records
+    ]
+    if rows:
+        create_table_artifact(rows, key="degrade-images", description="per-image clean-up and noise extraction")

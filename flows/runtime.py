@@ -1,0 +1,79 @@
+"""Where degrade-flow runs: the embedded Prefect API and the Dask cluster.
+
+Plain ephemeral mode breaks with process-based Dask workers (each worker starts its own
+temporary API server on one SQLite file: time-outs, "database is locked"). So when no
+PREFECT_API_URL is set we start one API server for the whole run, export its URL before the
+cluster starts (workers inherit it), and drain the log and event queues before stopping it.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+# Offline-friendly defaults; an operator's own environment wins.
+OFFLINE_ENV = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+    "DASK_LOGGING__DISTRIBUTED": "warning",
+}
+# One compute thread per worker process: threads x processes must not exceed the cores.
+WORKER_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "OMP_WAIT_POLICY": "PASSIVE",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+}
+
+
+def apply_env_defaults() -> None:
+    for k, v in {**OFFLINE_ENV, **WORKER_ENV}.items():
+        os.environ.setdefault(k, v)
+
+
+@contextmanager
+def prefect_api() -> Iterator[str]:
+    """Yield the URL of a Prefect API: the configured server, or one started for this run."""
+    apply_env_defaults()
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    configured = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+    if configured:
+        yield configured
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+            APILogWorker.drain_all()
+            EventsWorker.drain_all()
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()
+
+
+def task_runner(workers: int | None = None, address: str | None = None):
+    """A DaskTaskRunner on an existing scheduler (tcp://...) or on a local process cluster.
+
+    REALSR_DASK_ADDRESS / REALSR_DASK_WORKERS set the same from a deployment's environment.
+    """
+    apply_env_defaults()
+    from prefect_dask import DaskTaskRunner
+
+    address = address or os.environ.get("REALSR_DASK_ADDRESS") or None
+    if address:
+        return DaskTaskRunner(address=address)
+    n = workers or int(os.environ.get("REALSR_DASK_WORKERS", "0") or 0) or (os.cpu_count() or 1)
+    processes = os.environ.get("REALSR_DASK_PROCESSES", "1") != "0"
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": processes, "dashboard_address": ":0"},
+    )

@@ -1,0 +1,90 @@
+"""degrade-flow's parameters: every knob of the paper's recipe, validated with clear messages.
+
+Defaults follow the released RealSR code (`collect_noise.py`, `create_kernel_dataset.py`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+STAGE_VERSION = "1"  # bump when a stage's output for the same inputs would change
+
+
+class DegradeSettings(BaseModel):
+    """What degrade-flow does with a folder of real photos."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: Path = Field(description="Folder of real source photos (searched recursively).")
+    out: Path = Field(description="Run folder: empty, or one an earlier degrade run made.")
+    scale: Literal[2, 4] = Field(4, description="SR scale of the HR/LR pairs.")
+    kernels: str = Field(
+        "bicubic",
+        description="Kernel source: 'bicubic' (the paper's Track 1 recipe) or 'bank:PATH' to reuse a kernel bank.",
+    )
+    cleanup_factor: int = Field(2, ge=1, le=8, description="Bicubic clean-up downscale of the sources (1 = none).")
+    noise_patch_size: int = Field(256, ge=8, le=4096, description="Side of a noise patch, px of the source.")
+    noise_stride: int = Field(256, ge=1, le=4096, description="Step between candidate noise patches, px.")
+    noise_max_var: float = Field(20.0, gt=0, le=65025, description="Keep patches whose luma variance is below this (0-255 scale).")
+    noise_min_mean: float = Field(
+        0.0, ge=0, lt=255, description="Keep patches whose luma mean is above this (50 for smartphone photos)."
+    )
+    pair_hr_size: int = Field(256, ge=8, le=4096, description="Side of an HR training patch; LR is pair_hr_size/scale.")
+    pair_stride: int | None = Field(None, ge=1, description="Step between HR patches (default: pair_hr_size).")
+    seed: int = Field(0, ge=0, description="Seed of every random draw (kernel, noise patch, crop).")
+    max_megapixels: float = Field(200.0, gt=0, description="Refuse larger images (decompression-bomb guard).")
+    images_per_task: int | None = Field(
+        None, ge=1, le=256, description="Images per Prefect task (default: 1 on small runs, up to 8 on large ones)."
+    )
+
+    @field_validator("kernels")
+    @classmethod
+    def _kernel_source(cls, v: str) -> str:
+        if v == "bicubic":
+            return v
+        if v.startswith("bank:") and len(v) > 5:
+            return v
+        if v == "kernelgan":
+            raise ValueError("'kernelgan' kernel estimation is not available in this version; use 'bicubic' or 'bank:PATH'")
+        raise ValueError(f"kernel source must be 'bicubic' or 'bank:PATH', got {v!r}")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DegradeSettings":
+        if self.pair_hr_size % self.scale:
+            raise ValueError(f"pair_hr_size {self.pair_hr_size} must be a multiple of the scale {self.scale}")
+        if self.pair_stride is not None and self.pair_stride % self.scale:
+            raise ValueError(f"pair_stride {self.pair_stride} must be a multiple of the scale {self.scale}")
+        lr = self.pair_hr_size // self.scale
+        if lr > self.noise_patch_size:
+            raise ValueError(
+                f"the LR patch ({lr} px = pair_hr_size/scale) must fit in a noise patch ({self.noise_patch_size} px)"
+            )
+        if self.out.resolve() == self.source.resolve() or self.source.resolve() in self.out.resolve().parents:
+            raise ValueError("the run folder must not be inside the source folder (its PNGs would become sources)")
+        return self
+
+    @property
+    def stride(self) -> int:
+        return self.pair_stride or self.pair_hr_size
+
+    @property
+    def bank_path(self) -> Path | None:
+        return Path(self.kernels[5:]) if self.kernels.startswith("bank:") else None
+
+    def preprocess_key_fields(self) -> dict:
+        """The settings a source's clean-up and noise extraction depend on."""
+        fields = ("scale", "cleanup_factor", "noise_patch_size", "noise_stride", "noise_max_var", "noise_min_mean")
+        return {"stage": "preprocess", "version": STAGE_VERSION, **{f: getattr(self, f) for f in fields}}
+
+    def pairs_key_fields(self) -> dict:
+        """The settings an image's pairs depend on (bank digests are added by the caller)."""
+        return {
+            **self.preprocess_key_fields(),
+            "stage": "pairs",
+            "pair_hr_size": self.pair_hr_size,
+            "stride": self.stride,
+            "seed": self.seed,
+        }

@@ -1,0 +1,1 @@
+"""Everything that touches disk: images, Zarr banks, run folders, atomic writes. No Prefect."""

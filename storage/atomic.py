@@ -1,0 +1,72 @@
+"""Writes that either happen whole or not at all, so a killed run never leaves a torn file."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write to a sibling temp file, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj) -> None:
+    write_bytes(path, json.dumps(obj, indent=1, sort_keys=True, default=str).encode())
+
+
+def read_json(path: Path):
+    with open(path, "rb") as f:
+        return json.loads(f.read())
+
+
+def _old_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def recover_dir(path: Path) -> None:
+    """Finish or undo a directory swap that a killed run left half done, and drop temp copies."""
+    path = Path(path)
+    old = _old_name(path)
+    if old.exists():
+        if path.exists():
+            shutil.rmtree(old)
+        else:
+            os.replace(old, path)
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def replace_dir(path: Path) -> Iterator[Path]:
+    """Yield a temp directory to fill; on success it takes `path`'s place in two renames.
+
+    A crash before the first rename leaves the old store; between the renames `recover_dir`
+    puts the old one back; after the second the new one is complete.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = _old_name(path)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)

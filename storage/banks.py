@@ -1,0 +1,241 @@
+"""The Zarr schemas of the kernel bank and the noise bank.
+
+One coordinator lays out and fills each store alone (workers only return small records and
+stage their patches), and a store is written into a temp directory that replaces the old one in
+two renames (`storage.atomic.replace_dir`), so readers never see a half-written bank.
+
+noise.zarr                                    kernels.zarr
+  patches   (N, P, P, 3) uint8, 1 patch/chunk   x2/, x4/  (one group per scale)
+  source, source_sha256  (N,) str                kernels  (N, K, K) float32
+  position  (N, 2) int32  (y, x) in the source   source, source_sha256, method  (N,) str
+  gray_mean, gray_var  (N,) float32              kernel_sum, center_offset, border_energy,
+  channel_mean, channel_var  (N, 3) float32       bicubic_distance (N,) float32; valid (N,) bool
+attrs: selection rule, sources, versions         attrs: scale, size, resize_convention, ...
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import ZstdCodec
+
+from storage.atomic import recover_dir, replace_dir
+
+SCHEMA_VERSION = 1
+_ZSTD = ZstdCodec(level=3)
+
+
+def package_versions() -> dict[str, str]:
+    names = ["realsr-pipeline", "numpy", "opencv-python-headless", "zarr"]
+    out = {}
+    for n in names:
+        try:
+            out[n] = version(n)
+        except Exception:
+            out[n] = "unknown"
+    return out
+
+
+def _put(group: zarr.Group, name: str, data: np.ndarray, chunks=None, shards=None, compress=True) -> None:
+    data = np.asarray(data)
+    if data.dtype.kind == "U":
+        arr = group.create_array(name, shape=data.shape, dtype=str, chunks=data.shape or (1,))
+    else:
+        arr = group.create_array(
+            name,
+            shape=data.shape,
+            dtype=data.dtype,
+            chunks=chunks or (data.shape if data.size else (1,) * data.ndim),
+            shards=shards,
+            compressors=_ZSTD if compress else None,
+        )
+    if data.size:
+        arr[...] = data
+
+
+def strings(values) -> np.ndarray:
+    """Zarr's variable-length strings (numpy StringDType) as a plain `str` array."""
+    return np.array(np.asarray(values).tolist(), dtype=str).reshape(np.shape(values))
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str(a.shape).encode() + str(a.dtype).encode())
+        h.update(a.tobytes() if a.dtype.kind != "U" else "\0".join(a.ravel().tolist()).encode())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# noise bank
+
+
+@dataclass
+class NoiseBank:
+    """The noise bank in memory (small records; patches read lazily by index)."""
+
+    path: Path
+    group: zarr.Group
+
+    @property
+    def count(self) -> int:
+        return int(self.group["patches"].shape[0])
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.group.attrs["patch_size"])
+
+    @property
+    def digest(self) -> str:
+        return str(self.group.attrs["digest"])
+
+    def patch(self, index: int) -> np.ndarray:
+        return np.asarray(self.group["patches"][index])
+
+    def patches(self, indices) -> np.ndarray:
+        return np.asarray(self.group["patches"].get_orthogonal_selection((np.asarray(indices),)))
+
+    def column(self, name: str) -> np.ndarray:
+        return np.asarray(self.group[name][...])
+
+    def patch_id(self, index: int) -> str:
+        sha = str(self.group["source_sha256"][index])
+        y, x = (int(v) for v in self.group["position"][index])
+        return f"{sha[:16]}@{y},{x}"
+
+
+def write_noise_bank(path: Path, patches: np.ndarray, table: dict[str, np.ndarray], attrs: dict) -> str:
+    """Write the whole noise bank atomically; returns its content digest.
+
+    `table` holds the per-patch columns named in the module docstring, in patch order.
+    """
+    patches = np.asarray(patches, dtype=np.uint8)
+    n = patches.shape[0]
+    p = int(attrs["patch_size"])
+    if patches.ndim != 4 or patches.shape[1:] != (p, p, 3):
+        raise ValueError(f"noise patches must be (N, {p}, {p}, 3), got {patches.shape}")
+    for k, v in table.items():
+        if len(v) != n:
+            raise ValueError(f"column {k} has {len(v)} rows for {n} patches")
+    digest = _digest(patches, table["source_sha256"], table["position"])
+    with replace_dir(path) as tmp:
+        g = zarr.open_group(zarr.storage.LocalStore(tmp), mode="w", zarr_format=3)
+        shard_n = max(1, min(64, n))
+        _put(g, "patches", patches, chunks=(1, p, p, 3), shards=(shard_n, p, p, 3))
+        for name, col in table.items():
+            _put(g, name, np.asarray(col))
+        g.attrs.update(
+            {
+                **attrs,
+                "kind": "realsr-noise-bank",
+                "schema_version": SCHEMA_VERSION,
+                "count": n,
+                "digest": digest,
+                "units": "patches: uint8 RGB of the source; stats on the 0-255 scale",
+                "versions": package_versions(),
+            }
+        )
+    return digest
+
+
+def open_noise_bank(path: Path) -> NoiseBank:
+    path = Path(path)
+    recover_dir(path)
+    g = _open_group(path, "realsr-noise-bank")
+    return NoiseBank(path, g)
+
+
+# ----------------------------------------------------------------------------------------------
+# kernel bank
+
+
+@dataclass
+class KernelSet:
+    """All kernels of one scale, with their provenance and checks."""
+
+    scale: int
+    kernels: np.ndarray  # (N, K, K) float32
+    source: np.ndarray  # (N,) str
+    source_sha256: np.ndarray
+    method: np.ndarray
+    checks: dict[str, np.ndarray]  # kernel_sum, center_offset, border_energy, bicubic_distance, valid
+    reason: np.ndarray  # (N,) str, empty when valid
+
+    def __len__(self) -> int:
+        return int(self.kernels.shape[0])
+
+    def valid_indices(self) -> np.ndarray:
+        return np.flatnonzero(self.checks["valid"])
+
+    def kernel_id(self, index: int) -> str:
+        sha = str(self.source_sha256[index])
+        return f"{self.method[index]}:{sha[:16]}" if sha else str(self.method[index])
+
+
+CHECK_COLUMNS = ("kernel_sum", "center_offset", "border_energy", "bicubic_distance")
+
+
+def write_kernel_bank(path: Path, sets: list[KernelSet], attrs: dict, scale_attrs: dict[int, dict]) -> str:
+    """Write the kernel bank atomically (one group per scale); returns its content digest."""
+    digest = _digest(*[s.kernels for s in sets], *[s.source_sha256 for s in sets])
+    with replace_dir(path) as tmp:
+        root = zarr.open_group(zarr.storage.LocalStore(tmp), mode="w", zarr_format=3)
+        for s in sets:
+            g = root.create_group(f"x{s.scale}")
+            k = s.kernels.shape[1] if s.kernels.ndim == 3 else 0
+            _put(g, "kernels", s.kernels.astype(np.float32), chunks=(max(1, min(256, len(s))), k, k))
+            for name in ("source", "source_sha256", "method", "reason"):
+                _put(g, name, np.asarray(getattr(s, name), dtype=str))
+            for name in CHECK_COLUMNS:
+                _put(g, name, np.asarray(s.checks[name], dtype=np.float32))
+            _put(g, "valid", np.asarray(s.checks["valid"], dtype=bool))
+            g.attrs.update({"scale": s.scale, "size": k, "count": len(s), **scale_attrs.get(s.scale, {})})
+        root.attrs.update(
+            {
+                **attrs,
+                "kind": "realsr-kernel-bank",
+                "schema_version": SCHEMA_VERSION,
+                "digest": digest,
+                "scales": [s.scale for s in sets],
+                "versions": package_versions(),
+            }
+        )
+    return digest
+
+
+def _open_group(path: Path, kind: str) -> zarr.Group:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        g = zarr.open_group(zarr.storage.LocalStore(path, read_only=True), mode="r")
+    except Exception as e:
+        raise ValueError(f"{path} is not a Zarr group ({e})") from None
+    if g.attrs.get("kind") != kind:
+        raise ValueError(f"{path} is not a {kind} (kind={g.attrs.get('kind')!r})")
+    return g
+
+
+def open_kernel_bank(path: Path) -> tuple[dict, dict[int, KernelSet]]:
+    """The bank's attributes and its kernel sets by scale."""
+    path = Path(path)
+    recover_dir(path)
+    root = _open_group(path, "realsr-kernel-bank")
+    sets = {}
+    for scale in root.attrs["scales"]:
+        g = root[f"x{scale}"]
+        sets[int(scale)] = KernelSet(
+            scale=int(scale),
+            kernels=np.asarray(g["kernels"][...], dtype=np.float32),
+            source=strings(g["source"][...]),
+            source_sha256=strings(g["source_sha256"][...]),
+            method=strings(g["method"][...]),
+            checks={**{c: np.asarray(g[c][...]) for c in CHECK_COLUMNS}, "valid": np.asarray(g["valid"][...])},
+            reason=strings(g["reason"][...]),
+        )
+    return dict(root.attrs), sets

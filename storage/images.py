@@ -1,0 +1,141 @@
+"""Reading source photos into float32 RGB [0, 1] with clear errors, and writing PNGs atomically."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from storage.atomic import write_bytes
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2"}
+
+
+class BadImageError(ValueError):
+    """An input that cannot be used; the message names the file and the reason."""
+
+    def __init__(self, path: Path | str, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+@dataclass
+class SourceImage:
+    """A decoded source photo and what was done to make it RGB."""
+
+    path: str
+    sha256: str
+    rgb: np.ndarray  # (H, W, 3) float32 in [0, 1]
+    opaque: np.ndarray | None  # (H, W) bool where alpha is full; None when there is no alpha
+    bit_depth: int
+    notes: list[str] = field(default_factory=list)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def list_images(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Image files (by suffix) under `folder`, sorted, and the other files that were ignored."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"source folder {folder} does not exist")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"source {folder} is not a folder")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    others = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+    return images, others
+
+
+def _check_complete(path: Path, data: bytes) -> None:
+    """Refuse truncated JPEG/PNG files that the decoders would silently fill with gray."""
+    if data[:3] == b"\xff\xd8\xff" and b"\xff\xd9" not in data[-1024:]:
+        raise BadImageError(path, "truncated JPEG (no end-of-image marker)")
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-64:]:
+        raise BadImageError(path, "truncated PNG (no IEND chunk)")
+
+
+def decode_image(path: Path | str, data: bytes, max_pixels: int = 200_000_000) -> SourceImage:
+    """Decode bytes into RGB float32; gray, 16-bit, alpha, palette and CMYK are converted, with notes."""
+    path = Path(path)
+    if not data:
+        raise BadImageError(path, "empty file")
+    _check_complete(path, data)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+    except cv2.error as e:
+        raise BadImageError(path, f"cannot decode ({str(e).strip().splitlines()[-1]})") from None
+    if img is None or img.size == 0:
+        raise BadImageError(path, "not a readable image (corrupt or unsupported format)")
+    h, w = img.shape[:2]
+    if h * w > max_pixels:
+        raise BadImageError(path, f"{w}x{h} is over the {max_pixels / 1e6:.0f} MP limit")
+    notes: list[str] = []
+    if img.dtype == np.uint8:
+        depth, scale = 8, 255.0
+    elif img.dtype == np.uint16:
+        depth, scale = 16, 65535.0
+        notes.append("16-bit, converted to float")
+    elif img.dtype == np.float32:
+        depth, scale = 32, 1.0
+        notes.append("float image, clipped to [0, 1]")
+    else:
+        raise BadImageError(path, f"unsupported sample type {img.dtype}")
+    if img.ndim == 2:
+        img = img[..., None]
+    channels = img.shape[2]
+    opaque = None
+    if channels == 1:
+        notes.append("gray, replicated to RGB")
+        rgb = np.repeat(img, 3, axis=2)
+    elif channels == 3:
+        rgb = img[..., ::-1]
+    elif channels == 4:
+        alpha = img[..., 3]
+        opaque = alpha >= (scale if depth != 32 else 1.0)
+        notes.append("alpha channel ignored; transparent pixels excluded from noise patches")
+        rgb = img[..., 2::-1]
+    else:
+        raise BadImageError(path, f"{channels} channels are not supported")
+    rgb = np.clip(rgb.astype(np.float32) / np.float32(scale), 0.0, 1.0)
+    return SourceImage(str(path), sha256_bytes(data), np.ascontiguousarray(rgb), opaque, depth, notes)
+
+
+def read_bytes(path: Path | str) -> bytes:
+    """A file's bytes, with read failures turned into BadImageError naming the file."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise BadImageError(path, f"cannot read ({e.strerror or e})") from None
+
+
+def read_image(path: Path | str, max_pixels: int = 200_000_000) -> SourceImage:
+    return decode_image(path, read_bytes(path), max_pixels)
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    """RGB uint8 (or [0,1] float) to PNG bytes, fast compression (level 1)."""
+    if rgb.dtype != np.uint8:
+        rgb = np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise OSError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def write_png(path: Path, rgb: np.ndarray) -> None:
+    write_bytes(path, encode_png(rgb))
+
+
+def read_png_uint8(path: Path) -> np.ndarray:
+    """An 8-bit RGB PNG written by this project, as uint8 HWC."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise BadImageError(path, "cannot read intermediate PNG")
+    return np.ascontiguousarray(img[..., ::-1])

@@ -1,0 +1,85 @@
+"""The layout of a run folder, its marker file, and per-image stage records (the resume points).
+
+RUN_DIR/
+  run.json                 marker: which tool made this folder, settings of the last run
+  kernels.zarr  noise.zarr the banks
+  clean_hr/<name>.png      clean HR images (name = <stem>-<sha8>)
+  pairs/hr, pairs/lr       training pairs as same-named PNGs (BasicSR's paired layout)
+  pairs/manifest.jsonl     one line per pair: source, position, kernel and noise patch used, seed
+  summary.json             the last run's summary
+  .work/                   stage records and staged noise patches (safe to delete: costs a rerun)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from storage.atomic import read_json, write_json
+
+MARKER = "run.json"
+TOOL = "realsr-pipeline"
+
+
+class RunDirError(ValueError):
+    pass
+
+
+def claim_run_dir(out: Path, settings: dict) -> Path:
+    """Make `out` a run folder, or refuse it if it holds something else."""
+    out = Path(out)
+    marker = out / MARKER
+    if out.exists():
+        if not out.is_dir():
+            raise RunDirError(f"run folder {out} is a file")
+        if any(out.iterdir()) and not marker.exists():
+            raise RunDirError(f"{out} holds other files and is not a run folder (no {MARKER}); choose an empty or new folder")
+        if marker.exists():
+            try:
+                tool = read_json(marker).get("tool")
+            except (OSError, ValueError):
+                tool = None
+            if tool != TOOL:
+                raise RunDirError(f"{marker} was not written by {TOOL}")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(marker, {"tool": TOOL, "settings": settings})
+    return out
+
+
+def stage_key(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def image_name(path: Path, sha256: str) -> str:
+    return f"{Path(path).stem}-{sha256[:8]}"
+
+
+class RunDir:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    kernels = property(lambda self: self.root / "kernels.zarr")
+    noise = property(lambda self: self.root / "noise.zarr")
+    clean_hr = property(lambda self: self.root / "clean_hr")
+    pairs = property(lambda self: self.root / "pairs")
+    manifest = property(lambda self: self.root / "pairs" / "manifest.jsonl")
+    summary = property(lambda self: self.root / "summary.json")
+    work = property(lambda self: self.root / ".work")
+
+    def record_path(self, stage: str, key: str) -> Path:
+        return self.work / stage / f"{key}.json"
+
+    def staged_noise(self, key: str) -> Path:
+        return self.work / "noise" / f"{key}.npy"
+
+    def load_record(self, stage: str, key: str) -> dict | None:
+        """A finished stage's record, or None when absent or unreadable (then the stage reruns)."""
+        p = self.record_path(stage, key)
+        try:
+            return read_json(p)
+        except (OSError, ValueError):
+            return None
+
+    def save_record(self, stage: str, key: str, record: dict) -> None:
+        write_json(self.record_path(stage, key), record)

@@ -1,0 +1,293 @@
+"""The per-image and coordinator steps of degrade-flow, without any orchestration.
+
+Each per-image step is idempotent: it derives a key from the image's content hash and the
+settings it depends on, returns the stored record when that key is done, and otherwise writes
+its outputs atomically and its record last. Prefect tasks in `tasks/` wrap these.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from models.degradation import (
+    clean_up,
+    crop_to_multiple,
+    degrade,
+    inject_noise,
+    noise_crop,
+    patch_grid,
+    select_noise_patches,
+    to_uint8,
+)
+from models.kernels import KERNEL_SIZE, RESIZE_CONVENTION, analytic_x4, bicubic_kernel, check_kernel
+from storage.atomic import write_bytes, write_json
+from storage.banks import KernelSet, open_kernel_bank, open_noise_bank, write_kernel_bank, write_noise_bank
+from storage.images import BadImageError, decode_image, read_bytes, read_png_uint8, sha256_bytes, write_png
+from storage.run_dir import RunDir, image_name, stage_key
+
+Log = Callable[[str], None]
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+# ----------------------------------------------------------------------------------------------
+# per image: clean-up and noise extraction (one decode serves both)
+
+
+def prepare_source(path: Path, run: RunDir, s, log: Log = _quiet) -> dict:
+    """Clean up one source photo and find its noise patches; returns a small record."""
+    t0 = time.perf_counter()
+    data = read_bytes(path)
+    key = stage_key({**s.preprocess_key_fields(), "sha256": sha256_bytes(data)})
+    done = run.load_record("preprocess", key)
+    if done is not None and Path(done["clean_hr"]).exists() and (done["noise_count"] == 0 or run.staged_noise(key).exists()):
+        return {**done, "cached": True, "source": str(path)}
+    src = decode_image(path, data, max_pixels=int(s.max_megapixels * 1e6))
+    name = image_name(path, src.sha256)
+    h, w = src.rgb.shape[:2]
+    need = s.cleanup_factor * s.scale
+    if h < need or w < need:
+        raise BadImageError(path, f"{w}x{h} is too small for clean-up x{s.cleanup_factor} and scale x{s.scale}")
+    # noise extraction reads the *source* (the sensor noise lives there), as collect_noise.py
+    sel, rejected = select_noise_patches(
+        src.rgb, s.noise_patch_size, s.noise_stride, s.noise_max_var, s.noise_min_mean, src.opaque
+    )
+    p = s.noise_patch_size
+    patches = np.stack([to_uint8(src.rgb[y : y + p, x : x + p]) for y, x in zip(sel["y"], sel["x"])]) if len(sel["y"]) else np.zeros((0, p, p, 3), np.uint8)
+    hr = crop_to_multiple(clean_up(src.rgb, s.cleanup_factor), s.scale)
+    clean_path = run.clean_hr / f"{name}.png"
+    write_png(clean_path, to_uint8(hr))
+    if len(patches):
+        buf = _npy_bytes(patches)
+        write_bytes(run.staged_noise(key), buf)
+    pf = patches.reshape(len(patches), -1, 3).astype(np.float64)
+    record = {
+        "key": key,
+        "source": str(path),
+        "sha256": src.sha256,
+        "name": name,
+        "source_size": [w, h],
+        "bit_depth": src.bit_depth,
+        "notes": src.notes,
+        "clean_hr": str(clean_path),
+        "hr_size": [int(hr.shape[1]), int(hr.shape[0])],
+        "noise_count": int(len(patches)),
+        "noise_rejected": rejected,
+        "noise_position": np.stack([sel["y"], sel["x"]], 1).astype(int).tolist() if len(patches) else [],
+        "noise_gray_mean": sel["mean"].tolist(),
+        "noise_gray_var": sel["var"].tolist(),
+        "noise_channel_mean": pf.mean(1).tolist(),
+        "noise_channel_var": pf.var(1).tolist(),
+        "seconds": round(time.perf_counter() - t0, 4),
+    }
+    run.save_record("preprocess", key, record)
+    log(f"{path}: clean HR {hr.shape[1]}x{hr.shape[0]}, {len(patches)} noise patches ({rejected} rejected)")
+    return {**record, "cached": False}
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    import io
+
+    b = io.BytesIO()
+    np.save(b, a, allow_pickle=False)
+    return b.getvalue()
+
+
+# ----------------------------------------------------------------------------------------------
+# coordinator: the banks
+
+
+def build_noise_bank(records: list[dict], run: RunDir, s) -> dict:
+    """Gather every image's staged patches, in source order, into noise.zarr."""
+    records = sorted(records, key=lambda r: (r["source"], r["sha256"]))
+    patches, cols = [], {k: [] for k in ("source", "source_sha256", "position", "gray_mean", "gray_var", "channel_mean", "channel_var")}
+    for r in records:
+        if not r["noise_count"]:
+            continue
+        staged = np.load(run.staged_noise(r["key"]), allow_pickle=False)
+        patches.append(staged)
+        n = len(staged)
+        cols["source"] += [r["source"]] * n
+        cols["source_sha256"] += [r["sha256"]] * n
+        cols["position"] += r["noise_position"]
+        cols["gray_mean"] += r["noise_gray_mean"]
+        cols["gray_var"] += r["noise_gray_var"]
+        cols["channel_mean"] += r["noise_channel_mean"]
+        cols["channel_var"] += r["noise_channel_var"]
+    p = s.noise_patch_size
+    stack = np.concatenate(patches) if patches else np.zeros((0, p, p, 3), np.uint8)
+    table = {
+        "source": np.asarray(cols["source"], dtype=str),
+        "source_sha256": np.asarray(cols["source_sha256"], dtype=str),
+        "position": np.asarray(cols["position"], dtype=np.int32).reshape(-1, 2),
+        "gray_mean": np.asarray(cols["gray_mean"], dtype=np.float32),
+        "gray_var": np.asarray(cols["gray_var"], dtype=np.float32),
+        "channel_mean": np.asarray(cols["channel_mean"], dtype=np.float32).reshape(-1, 3),
+        "channel_var": np.asarray(cols["channel_var"], dtype=np.float32).reshape(-1, 3),
+    }
+    attrs = {
+        "patch_size": p,
+        "stride": s.noise_stride,
+        "max_var": s.noise_max_var,
+        "min_mean": s.noise_min_mean,
+        "selection": "luma variance < max_var and luma mean > min_mean, on the source image",
+        "grayscale": "BT.601 luma 0.299 R + 0.587 G + 0.114 B on the 0-255 scale, rounded (PIL convert('L'))",
+        "grid": "every whole patch from the top-left corner, the last whole row/column included",
+        "sources": [{"source": r["source"], "sha256": r["sha256"], "patches": r["noise_count"], "rejected": r["noise_rejected"]} for r in records],
+        "rejected": int(sum(r["noise_rejected"] for r in records)),
+    }
+    digest = write_noise_bank(run.noise, stack, table, attrs)
+    return {"path": str(run.noise), "count": int(len(stack)), "rejected": attrs["rejected"], "digest": digest}
+
+
+def kernel_sets_for(spec: str, scales=(2, 4)) -> tuple[list[KernelSet], dict]:
+    """The kernel sets a kernel source gives, with provenance attributes for the bank."""
+    if spec == "bicubic":
+        sets = []
+        for scale in scales:
+            k = bicubic_kernel(scale, KERNEL_SIZE[scale])
+            sets.append(_kernel_set(scale, [k], [""], [""], ["bicubic"]))
+        return sets, {"kernel_source": "bicubic", "note": "MATLAB antialiased bicubic, the paper's Track 1 recipe"}
+    if spec.startswith("bank:"):
+        path = Path(spec[5:])
+        try:
+            attrs, found = open_kernel_bank(path)
+        except (FileNotFoundError, ValueError) as e:
+            raise ValueError(f"kernel source {spec}: {e}") from None
+        sets = []
+        for scale in scales:
+            if scale in found:
+                sets.append(found[scale])
+            elif scale == 4 and 2 in found:
+                k2 = found[2]
+                k4 = [analytic_x4(k) for k in k2.kernels]
+                sets.append(_kernel_set(4, k4, list(k2.source), list(k2.source_sha256), [f"{m}+analytic-x4" for m in k2.method]))
+            else:
+                raise ValueError(f"kernel source {spec}: the bank has no x{scale} kernels")
+        return sets, {"kernel_source": spec, "imported_from": str(path), "imported_digest": attrs.get("digest", "")}
+    raise ValueError(f"unknown kernel source {spec!r}")
+
+
+def _kernel_set(scale: int, kernels, source, sha, method) -> KernelSet:
+    checks = [check_kernel(k, scale) for k in kernels]
+    return KernelSet(
+        scale=scale,
+        kernels=np.asarray(kernels, dtype=np.float32),
+        source=np.asarray(source, dtype=str),
+        source_sha256=np.asarray(sha, dtype=str),
+        method=np.asarray(method, dtype=str),
+        checks={
+            "kernel_sum": np.array([c.kernel_sum for c in checks]),
+            "center_offset": np.array([c.center_offset for c in checks]),
+            "border_energy": np.array([c.border_energy for c in checks]),
+            "bicubic_distance": np.array([c.bicubic_distance for c in checks]),
+            "valid": np.array([c.valid for c in checks], dtype=bool),
+        },
+        reason=np.asarray([c.reason for c in checks], dtype=str),
+    )
+
+
+def build_kernel_bank(run: RunDir, s) -> dict:
+    sets, attrs = kernel_sets_for(s.kernels)
+    scale_attrs = {st.scale: {"resize_convention": RESIZE_CONVENTION} for st in sets}
+    digest = write_kernel_bank(run.kernels, sets, attrs, scale_attrs)
+    counts = {f"x{st.scale}": {"kernels": len(st), "valid": int(st.checks["valid"].sum())} for st in sets}
+    if not counts.get(f"x{s.scale}", {}).get("valid"):
+        raise ValueError(f"the kernel bank has no valid x{s.scale} kernels: no pairs can be made")
+    return {"path": str(run.kernels), "digest": digest, "counts": counts}
+
+
+# ----------------------------------------------------------------------------------------------
+# per image: HR/LR pairs
+
+
+def make_pairs(record: dict, run: RunDir, s, kernel_digest: str, noise_digest: str, log: Log = _quiet) -> dict:
+    """Cut a clean HR image into patches and degrade each with the image's kernel + real noise."""
+    t0 = time.perf_counter()
+    key = stage_key({**s.pairs_key_fields(), "sha256": record["sha256"], "kernels": kernel_digest, "noise": noise_digest})
+    done = run.load_record("pairs", key)
+    if done is not None and all((run.pairs / "lr" / f"{row['name']}.png").exists() for row in done["rows"]):
+        return {**done, "cached": True}
+    hr = read_png_uint8(Path(record["clean_hr"])).astype(np.float32) / 255.0
+    size, scale = s.pair_hr_size, s.scale
+    ys, xs = patch_grid(hr.shape[0], size, s.stride), patch_grid(hr.shape[1], size, s.stride)
+    rows: list[dict] = []
+    if len(ys) and len(xs):
+        # one random stream per image, from the seed and the image's content: any order, same draws
+        rng = np.random.default_rng([s.seed, int(record["sha256"][:15], 16)])
+        _, kset = open_kernel_bank(run.kernels)
+        ks = kset[scale]
+        valid = ks.valid_indices()
+        ki = int(valid[rng.integers(len(valid))])
+        lr = degrade(hr, ks.kernels[ki].astype(np.float64), scale)
+        bank = open_noise_bank(run.noise)
+        lr_size = size // scale
+        for n, (y, x) in enumerate((y, x) for y in ys for x in xs):
+            ly, lx = y // scale, x // scale
+            lr_patch = lr[ly : ly + lr_size, lx : lx + lr_size]
+            noise_row = {"noise_id": "", "noise_index": -1, "noise_offset": [0, 0]}
+            if bank.count:
+                ni = int(rng.integers(bank.count))
+                off = [int(v) for v in rng.integers(0, bank.patch_size - lr_size + 1, size=2)]
+                lr_patch = inject_noise(lr_patch, noise_crop(bank.patch(ni), (lr_size, lr_size), tuple(off)))
+                noise_row = {"noise_id": bank.patch_id(ni), "noise_index": ni, "noise_offset": off}
+            name = f"{record['name']}_s{n:04d}"
+            write_png(run.pairs / "hr" / f"{name}.png", to_uint8(hr[y : y + size, x : x + size]))
+            write_png(run.pairs / "lr" / f"{name}.png", to_uint8(lr_patch))
+            rows.append(
+                {
+                    "name": name,
+                    "source": record["source"],
+                    "source_sha256": record["sha256"],
+                    "hr_position": [int(y), int(x)],
+                    "kernel_index": ki,
+                    "kernel_id": ks.kernel_id(ki),
+                    **noise_row,
+                    "scale": scale,
+                    "seed": s.seed,
+                }
+            )
+    out = {"key": key, "name": record["name"], "source": record["source"], "rows": rows, "seconds": round(time.perf_counter() - t0, 4)}
+    run.save_record("pairs", key, out)
+    log(f"{record['source']}: {len(rows)} pairs")
+    return {**out, "cached": False}
+
+
+def write_manifest(run: RunDir, pair_records: list[dict]) -> dict:
+    """All pairs of this run in one JSONL file; PNGs of images no longer in the run are removed."""
+    import json
+
+    rows = [row for r in sorted(pair_records, key=lambda r: r["name"]) for row in r["rows"]]
+    write_bytes(run.manifest, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+    keep = {r["name"] for r in rows}
+    removed = 0
+    for sub in ("hr", "lr"):
+        folder = run.pairs / sub
+        if folder.exists():
+            for f in folder.glob("*.png"):
+                if f.stem not in keep:
+                    f.unlink()
+                    removed += 1
+    return {"path": str(run.manifest), "pairs": len(rows), "stale_removed": removed}
+
+
+def prune_clean_hr(run: RunDir, records: list[dict]) -> int:
+    """Remove clean HR images of sources that left the folder (their pairs went with the manifest)."""
+    keep = {Path(r["clean_hr"]).name for r in records}
+    removed = 0
+    if run.clean_hr.exists():
+        for f in run.clean_hr.glob("*.png"):
+            if f.name not in keep:
+                f.unlink()
+                removed += 1
+    return removed
+
+
+def save_summary(run: RunDir, summary: dict) -> None:
+    write_json(run.summary, summary)

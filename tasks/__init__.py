@@ -1,0 +1,1 @@
+"""Thin Prefect tasks over `storage.stages`: logging, retries, tags, names in the UI."""

@@ -1,0 +1,133 @@
+"""degrade-flow's tasks. Each returns small records (paths, counts, stats), never an image.
+
+Per-image work is submitted in small batches (one image per task on small runs): a Prefect task
+costs ~0.1 s of a worker's time, as much as cleaning up a 1 MP photo. Inside a batch every image
+is isolated: a bad one is logged with its file name, the others finish, and the task then fails
+with `BatchError`, which names the bad files and carries the good records to the flow.
+
+Caching across runs is done by the stages themselves (records keyed on the image's content hash
+and the settings that matter, written last and atomically), so Prefect's result cache is off: a
+rerun shows finished images as fast completed tasks that log "cached".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import cv2
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from storage import stages
+from storage.images import BadImageError
+from storage.run_dir import RunDir
+
+
+class BatchError(BadImageError):
+    """Some images of a batch failed; `done` holds the records of the others."""
+
+    def __init__(self, done: list[dict], failures: list[dict]):
+        self.done = done
+        self.failures = failures
+        names = "; ".join(f"{f['source']}: {f['reason']}" for f in failures)
+        ValueError.__init__(self, f"{len(failures)} of {len(done) + len(failures)} images failed: {names}")
+
+
+def _retry_unless_bad_input(task, task_run, state) -> bool:
+    """Retry transient failures (disk, worker loss), never a bad image: it would fail again."""
+    try:
+        state.result()
+    except BadImageError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+def _batch_name() -> str:
+    from prefect.runtime import task_run
+
+    items = task_run.parameters.get("items") or []
+    first = items[0] if items else ""
+    label = Path(first).name if isinstance(first, (str, Path)) else first.get("name", "?")
+    more = f" +{len(items) - 1}" if len(items) > 1 else ""
+    return f"{task_run.task_name} {label}{more}"
+
+
+def _each(items: list, label: Callable, work: Callable[[object], dict]) -> list[dict]:
+    """Run `work` on every item; a BadImageError costs only its own item."""
+    cv2.setNumThreads(1)  # one task per worker process: OpenCV's pool would oversubscribe the cores
+    log = get_run_logger()
+    done, failures = [], []
+    for item in items:
+        try:
+            record = work(item)
+        except BadImageError as e:
+            log.error(str(e))
+            failures.append({"source": str(label(item)), "reason": e.reason})
+            continue
+        if record.get("cached"):
+            log.info(f"{label(item)}: cached (done in an earlier run)")
+        done.append(record)
+    if failures:
+        raise BatchError(done, failures)
+    return done
+
+
+_PER_IMAGE = dict(
+    task_run_name=_batch_name,
+    retries=2,
+    retry_delay_seconds=1,
+    retry_condition_fn=_retry_unless_bad_input,
+    cache_policy=NO_CACHE,
+)
+
+
+@task(name="clean-up", **_PER_IMAGE)
+def prepare_sources(items: list[Path], run: RunDir, settings) -> list[dict]:
+    """Clean-up and noise extraction of each source image (one decode serves both)."""
+    log = get_run_logger()
+
+    def one(path: Path) -> dict:
+        record = stages.prepare_source(path, run, settings, log.info)
+        for note in record["notes"]:
+            log.warning(f"{path}: {note}")
+        return record
+
+    return _each(items, lambda p: p, one)
+
+
+@task(name="pairs", **_PER_IMAGE)
+def make_pairs(items: list[dict], run: RunDir, settings, kernel_digest: str, noise_digest: str) -> list[dict]:
+    log = get_run_logger()
+    return _each(
+        items,
+        lambda r: r["source"],
+        lambda r: stages.make_pairs(r, run, settings, kernel_digest, noise_digest, log.info),
+    )
+
+
+@task(name="build-kernel-bank", cache_policy=NO_CACHE)
+def build_kernel_bank(run: RunDir, settings) -> dict:
+    info = stages.build_kernel_bank(run, settings)
+    get_run_logger().info(f"kernel bank {info['path']}: {info['counts']}")
+    return info
+
+
+@task(name="build-noise-bank", cache_policy=NO_CACHE)
+def build_noise_bank(records: list[dict], run: RunDir, settings) -> dict:
+    info = stages.build_noise_bank(records, run, settings)
+    log = get_run_logger()
+    log.info(f"noise bank {info['path']}: {info['count']} patches, {info['rejected']} candidates rejected")
+    if not info["count"]:
+        log.warning("no flat patches were found: pairs get no injected noise (raise noise_max_var or lower noise_patch_size)")
+    return info
+
+
+@task(name="write-manifest", cache_policy=NO_CACHE)
+def write_manifest(run: RunDir, pair_records: list[dict], records: list[dict]) -> dict:
+    info = stages.write_manifest(run, pair_records)
+    info["clean_hr_removed"] = stages.prune_clean_hr(run, records)
+    get_run_logger().info(f"manifest {info['path']}: {info['pairs']} pairs")
+    return info

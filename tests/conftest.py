@@ -1,0 +1,60 @@
+"""Shared fixtures: seeded synthetic photos, odd inputs made on the fly, one Prefect API per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from flows.runtime import apply_env_defaults
+
+apply_env_defaults()
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def write_rgb(path: Path, rgb: np.ndarray, params=()) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = rgb if rgb.dtype != np.float32 else (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
+    assert cv2.imwrite(str(path), np.ascontiguousarray(arr[..., ::-1]), list(params))
+    return path
+
+
+def flat_noisy(h: int, w: int, level: float, sigma: float, seed: int) -> np.ndarray:
+    """A flat patch of gray `level` (0-255) with Gaussian noise of std `sigma` levels, as uint8."""
+    rng = np.random.default_rng(seed)
+    return np.clip(np.rint(level + rng.normal(0, sigma, (h, w, 3))), 0, 255).astype(np.uint8)
+
+
+def textured(h: int, w: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    small = rng.uniform(0, 255, (h // 8 + 1, w // 8 + 1, 3)).astype(np.float32)
+    return np.clip(cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)[:h, :w], 0, 255).astype(np.uint8)
+
+
+def small_photo(seed: int, h: int = 192, w: int = 256) -> np.ndarray:
+    """Top half flat and noisy (noise patches), bottom half textured (content)."""
+    img = textured(h, w, seed)
+    img[: h // 2] = flat_noisy(h // 2, w, 120 + 10 * (seed % 5), 2.0, seed)
+    return img
+
+
+@pytest.fixture
+def photo_dir(tmp_path: Path) -> Path:
+    src = tmp_path / "photos"
+    for i in range(4):
+        write_rgb(src / f"photo_{i}.png", small_photo(i))
+    return src
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """One real Prefect API server for the tests that run flows (started on 127.0.0.1)."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    os.environ["PREFECT_HOME"] = str(home)
+    from flows.runtime import prefect_api
+
+    with prefect_api() as url:
+        yield url
