@@ -22,6 +22,9 @@ class BadImageError(ValueError):
         self.reason = reason
         super().__init__(f"{path}: {reason}")
 
+    def __reduce__(self):  # crosses process boundaries (Dask workers) intact
+        return (type(self), (self.path, self.reason))
+
 
 @dataclass
 class SourceImage:

@@ -32,6 +32,10 @@ class BatchError(BadImageError):
         self.failures = failures
         names = "; ".join(f"{f['source']}: {f['reason']}" for f in failures)
         ValueError.__init__(self, f"{len(failures)} of {len(done) + len(failures)} images failed: {names}")
+        self.path, self.reason = failures[0]["source"], names
+
+    def __reduce__(self):
+        return (type(self), (self.done, self.failures))
 
 
 def _retry_unless_bad_input(task, task_run, state) -> bool:

@@ -1,0 +1,112 @@
+"""degrade-flow end to end: a real Prefect API server, a real process-based Dask cluster, real stores."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main, run_degrade
+from flows.settings import DegradeSettings
+from storage.banks import open_kernel_bank, open_noise_bank
+from tests.conftest import small_photo, write_rgb
+
+pytestmark = pytest.mark.slow
+SMALL = dict(noise_patch_size=32, noise_stride=32, pair_hr_size=32, scale=4)
+
+
+def _bad_inputs(src: Path) -> None:
+    (src / "garbage.png").write_bytes(b"not a png at all" * 20)
+    (src / "empty.jpg").write_bytes(b"")
+    write_rgb(src / "tiny.png", small_photo(9, 6, 6))
+    (src / "notes.txt").write_text("not an image")
+    import cv2
+
+    cv2.imwrite(str(src / "gray.png"), small_photo(5)[..., 0])
+
+
+def test_degrade_flow_end_to_end_with_bad_inputs_and_rerun(photo_dir, tmp_path, prefect_server):
+    _bad_inputs(photo_dir)
+    settings = DegradeSettings(source=photo_dir, out=tmp_path / "run", **SMALL)
+    summary = run_degrade(settings, workers=2)
+
+    skipped = {Path(x["source"]).name: x["reason"] for x in summary["skipped"]}
+    assert set(skipped) == {"garbage.png", "empty.jpg", "tiny.png"}
+    assert "empty file" in skipped["empty.jpg"] and "too small" in skipped["tiny.png"]
+    assert summary["processed"] == 5 and [Path(p).name for p in summary["ignored_files"]] == ["notes.txt"]
+    assert any("gray" in n for c in summary["converted"] for n in c["notes"])
+    run = tmp_path / "run"
+    bank = open_noise_bank(run / "noise.zarr")
+    assert bank.count == summary["noise_bank"]["count"] == 5 * 24
+    _, kernels = open_kernel_bank(run / "kernels.zarr")
+    assert kernels[4].kernels.shape == (1, 25, 25) and kernels[2].kernels.shape == (1, 13, 13)
+    assert summary["pairs"]["pairs"] == 5 * 12 == len((run / "pairs" / "manifest.jsonl").read_text().splitlines())
+    assert json.loads((run / "summary.json").read_text())["processed"] == 5
+
+    again = run_degrade(settings, workers=2)
+    assert again["cached"] == 5 and again["noise_bank"]["digest"] == summary["noise_bank"]["digest"]
+    assert again["kernel_bank"]["digest"] == summary["kernel_bank"]["digest"]
+
+    write_rgb(photo_dir / "photo_new.png", small_photo(11))
+    more = run_degrade(settings, workers=2)
+    assert more["processed"] == 6 and more["cached"] == 5
+    assert more["noise_bank"]["count"] == 6 * 24
+
+
+def test_missing_or_empty_source_folder_is_a_clear_error(tmp_path, capsys):
+    assert main(["degrade", "--source", str(tmp_path / "nope"), "--out", str(tmp_path / "run")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["degrade", "--source", str(tmp_path / "empty"), "--out", str(tmp_path / "run2")]) == 2
+    assert "no images found" in capsys.readouterr().err
+    assert main(["degrade", "--source", str(tmp_path), "--out", str(tmp_path / "r"), "--scale", "3"]) == 2
+    assert "scale" in capsys.readouterr().err
+
+
+def _cli(args, **kw):
+    env = {**os.environ, "REALSR_DASK_WORKERS": "2"}
+    return subprocess.Popen([sys.executable, "-m", "flows", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+
+
+def test_a_killed_run_resumes_to_the_same_result(tmp_path, prefect_server):
+    src = tmp_path / "photos"
+    for i in range(16):
+        write_rgb(src / f"p{i:02d}.png", small_photo(i, 384, 512))
+    flags = ["--noise-patch-size", "32", "--noise-stride", "32", "--pair-hr-size", "32", "--images-per-task", "1"]
+    killed = tmp_path / "killed"
+    proc = _cli(["degrade", "--source", str(src), "--out", str(killed), *flags], start_new_session=True)
+    records = killed / ".work" / "preprocess"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not records.exists() or len(list(records.glob("*.json"))) < 3):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 3 <= len(list(records.glob("*.json"))) < 16, "the kill should land mid-run"
+
+    for out in (killed, tmp_path / "fresh"):
+        p = _cli(["degrade", "--source", str(src), "--out", str(out), *flags])
+        log = p.communicate(timeout=300)[0].decode()
+        assert p.returncode == 0, log
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (killed, tmp_path / "fresh"))
+    assert a["cached"] >= 3 and b["cached"] == 0
+    assert a["noise_bank"]["digest"] == b["noise_bank"]["digest"]
+    assert (killed / "pairs" / "manifest.jsonl").read_bytes() == (tmp_path / "fresh" / "pairs" / "manifest.jsonl").read_bytes()
+    assert open_noise_bank(killed / "noise.zarr").count == 16 * 12 * 16 // 2
+
+
+def test_inspect_writes_contact_sheets(photo_dir, tmp_path, prefect_server, capsys):
+    import cv2
+
+    run_degrade(DegradeSettings(source=photo_dir, out=tmp_path / "run", **SMALL), workers=1)
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "run" / "noise.zarr"), "--sheet", str(tmp_path / "noise.png")]) == 0
+    assert main(["inspect", str(tmp_path / "run" / "kernels.zarr")]) == 0
+    out = capsys.readouterr().out
+    assert "96 patches" in out and "x4: 1 kernels 25x25, 1 valid" in out
+    assert cv2.imread(str(tmp_path / "noise.png")) is not None
+    assert cv2.imread(str(tmp_path / "run" / "kernels_sheet.png")) is not None
+    assert main(["inspect", str(photo_dir)]) == 2

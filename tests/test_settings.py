@@ -1,0 +1,38 @@
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from flows.settings import DegradeSettings
+
+BASE = dict(source=Path("/data/photos"), out=Path("/data/run"))
+
+
+def test_defaults_follow_the_paper():
+    s = DegradeSettings(**BASE)
+    assert (s.scale, s.cleanup_factor, s.noise_patch_size, s.noise_stride, s.noise_max_var, s.noise_min_mean) == (4, 2, 256, 256, 20.0, 0.0)
+    assert s.kernels == "bicubic" and s.stride == s.pair_hr_size == 256
+
+
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        ({"scale": 3}, "Input should be 2 or 4"),
+        ({"noise_max_var": -1}, "greater than 0"),
+        ({"noise_min_mean": 300}, "less than 255"),
+        ({"cleanup_factor": 0}, "greater than or equal to 1"),
+        ({"pair_hr_size": 30}, "multiple of the scale"),
+        ({"pair_hr_size": 256, "noise_patch_size": 32}, "must fit in a noise patch"),
+        ({"kernels": "gaussian"}, "'bicubic' or 'bank:PATH'"),
+        ({"kernels": "kernelgan"}, "not available"),
+        ({"out": Path("/data/photos/run")}, "must not be inside the source"),
+        ({"colour": "red"}, "Extra inputs"),
+    ],
+)
+def test_nonsense_values_get_clear_messages(kw, message):
+    with pytest.raises(ValidationError, match=message):
+        DegradeSettings(**{**BASE, **kw})
+
+
+def test_bank_path():
+    assert DegradeSettings(**BASE, kernels="bank:/x/kernels.zarr").bank_path == Path("/x/kernels.zarr")

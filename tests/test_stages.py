@@ -1,0 +1,116 @@
+"""Per-image stages: resume points, determinism, and many workers feeding one coordinator."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster
+
+from flows.settings import DegradeSettings
+from storage import stages
+from storage.banks import open_noise_bank
+from storage.images import BadImageError, read_image
+from storage.run_dir import RunDir, RunDirError, claim_run_dir
+from tests.conftest import small_photo, write_rgb
+
+
+def _settings(src: Path, out: Path, **kw) -> DegradeSettings:
+    base = dict(source=src, out=out, noise_patch_size=32, noise_stride=32, pair_hr_size=32, scale=4)
+    return DegradeSettings(**{**base, **kw})
+
+
+def _run(photo_dir: Path, tmp_path: Path, **kw):
+    s = _settings(photo_dir, tmp_path / "run", **kw)
+    run = RunDir(claim_run_dir(s.out, {}))
+    records = [stages.prepare_source(p, run, s) for p in sorted(photo_dir.glob("*.png"))]
+    kinfo = stages.build_kernel_bank(run, s)
+    ninfo = stages.build_noise_bank(records, run, s)
+    pairs = [stages.make_pairs(r, run, s, kinfo["digest"], ninfo["digest"]) for r in records]
+    stages.write_manifest(run, pairs)
+    return s, run, records, pairs, ninfo
+
+
+def test_prepare_source_outputs(photo_dir, tmp_path):
+    s, run, records, pairs, ninfo = _run(photo_dir, tmp_path)
+    r = records[0]
+    assert r["hr_size"] == [128, 96] and r["source_size"] == [256, 192]
+    # 192x256 source: the flat top half holds 3x8 = 24 whole 32px patches minus none
+    assert r["noise_count"] == 24 and r["noise_rejected"] == 24
+    assert ninfo["count"] == sum(x["noise_count"] for x in records)
+    bank = open_noise_bank(run.noise)
+    src = read_image(photo_dir / "photo_0.png").rgb
+    y, x = bank.column("position")[0]
+    np.testing.assert_array_equal(bank.patch(0), np.rint(src[y : y + 32, x : x + 32] * 255).astype(np.uint8))
+    # 128x96 clean HR, 32px pairs at stride 32: 4x3 = 12 pairs per image
+    assert sum(len(p["rows"]) for p in pairs) == 48
+    lr = read_image(run.pairs / "lr" / f"{pairs[0]['rows'][0]['name']}.png").rgb
+    assert lr.shape == (8, 8, 3)
+    rows = [json.loads(line) for line in run.manifest.read_text().splitlines()]
+    assert len(rows) == 48 and {"kernel_id", "noise_id", "noise_offset", "seed", "hr_position"} <= rows[0].keys()
+
+
+def test_rerun_skips_finished_work_and_is_identical(photo_dir, tmp_path):
+    s, run, records, pairs, ninfo = _run(photo_dir, tmp_path)
+    lr_file = run.pairs / "lr" / f"{pairs[0]['rows'][0]['name']}.png"
+    before = (lr_file.read_bytes(), lr_file.stat().st_mtime_ns, run.manifest.read_bytes())
+    s2, run2, records2, pairs2, ninfo2 = _run(photo_dir, tmp_path)
+    assert all(r["cached"] for r in records2) and all(p["cached"] for p in pairs2)
+    assert ninfo2["digest"] == ninfo["digest"]
+    assert (lr_file.read_bytes(), lr_file.stat().st_mtime_ns, run.manifest.read_bytes()) == before
+
+
+def test_pairs_are_deterministic_for_a_seed(photo_dir, tmp_path):
+    _, run_a, _, pairs_a, _ = _run(photo_dir, tmp_path / "a", seed=7)
+    _, run_b, _, pairs_b, _ = _run(photo_dir, tmp_path / "b", seed=7)
+    _, run_c, _, pairs_c, _ = _run(photo_dir, tmp_path / "c", seed=8)
+    name = pairs_a[1]["rows"][2]["name"]
+    a, b, c = ((r.pairs / "lr" / f"{name}.png").read_bytes() for r in (run_a, run_b, run_c))
+    assert a == b and a != c
+    strip = lambda ps: [{k: v for k, v in row.items() if k != "source"} for p in ps for row in p["rows"]]
+    assert strip(pairs_a) == strip(pairs_b)
+
+
+def test_lr_is_the_degraded_hr_plus_zero_mean_noise(photo_dir, tmp_path):
+    _, run, _, pairs, _ = _run(photo_dir, tmp_path)
+    row = pairs[0]["rows"][0]
+    hr = read_image(run.pairs / "hr" / f"{row['name']}.png").rgb
+    lr = read_image(run.pairs / "lr" / f"{row['name']}.png").rgb
+    # the noise is mean-removed, so the LR's mean brightness is the HR's (within rounding and clipping)
+    np.testing.assert_allclose(lr.mean(axis=(0, 1)), hr.mean(axis=(0, 1)), atol=3 / 255)
+
+
+def test_a_tiny_image_is_a_bad_image(tmp_path):
+    write_rgb(tmp_path / "p" / "tiny.png", small_photo(0, 5, 5))
+    s = _settings(tmp_path / "p", tmp_path / "run")
+    run = RunDir(claim_run_dir(s.out, {}))
+    with pytest.raises(BadImageError, match="tiny.png.*too small"):
+        stages.prepare_source(tmp_path / "p" / "tiny.png", run, s)
+
+
+def test_run_dir_refuses_a_folder_with_other_files(tmp_path):
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(RunDirError, match="not a run folder"):
+        claim_run_dir(tmp_path, {})
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+    claim_run_dir(tmp_path / "new", {})
+    claim_run_dir(tmp_path / "new", {})  # a run folder may be reused
+
+
+def test_concurrent_workers_lose_no_patches(tmp_path):
+    src = tmp_path / "photos"
+    paths = [write_rgb(src / f"p{i:02d}.png", small_photo(i)) for i in range(12)]
+    s = _settings(src, tmp_path / "run")
+    run = RunDir(claim_run_dir(s.out, {}))
+    with LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address=":0") as cluster, Client(cluster) as client:
+        records = client.gather(client.map(stages.prepare_source, paths, run=run, s=s, pure=False))
+    info = stages.build_noise_bank(records, run, s)
+    bank = open_noise_bank(run.noise)
+    assert info["count"] == bank.count == sum(r["noise_count"] for r in records) == 12 * 24
+    pos = bank.column("position")
+    sources = bank.column("source")
+    assert len({(str(a), int(y), int(x)) for a, (y, x) in zip(sources, pos)}) == bank.count
+    for i in (0, bank.count // 2, bank.count - 1):
+        img = read_image(str(sources[i])).rgb
+        y, x = pos[i]
+        np.testing.assert_array_equal(bank.patch(i), np.rint(img[y : y + 32, x : x + 32] * 255).astype(np.uint8))
