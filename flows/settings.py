@@ -37,7 +37,7 @@ class DegradeSettings(BaseModel):
     seed: int = Field(0, ge=0, description="Seed of every random draw (kernel, noise patch, crop).")
     max_megapixels: float = Field(200.0, gt=0, description="Refuse larger images (decompression-bomb guard).")
     images_per_task: int | None = Field(
-        None, ge=1, le=256, description="Images per Prefect task (default: 1 on small runs, up to 8 on large ones)."
+        None, ge=1, le=256, description="Images per Prefect task (default: about 8 tasks per stage, at most 32 images each)."
     )
 
     @field_validator("kernels")

@@ -65,7 +65,9 @@ LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 
 def gray255(image: np.ndarray) -> np.ndarray:
     """Luma on the 0-255 scale, rounded to integers like the reference's uint8 'L' image."""
-    return np.rint(image.astype(np.float64) @ LUMA_WEIGHTS * 255.0)
+    luma = cv2.transform(image.astype(np.float32, copy=False), LUMA_WEIGHTS[None].astype(np.float32))
+    luma *= np.float32(255.0)
+    return np.rint(luma, out=luma)
 
 
 def patch_grid(length: int, patch: int, stride: int) -> np.ndarray:
@@ -87,7 +89,7 @@ def noise_patch_stats(
     if len(ys) == 0 or len(xs) == 0:
         empty = np.zeros(0)
         return {"y": empty.astype(np.int64), "x": empty.astype(np.int64), "mean": empty, "var": empty}
-    s, sq = cv2.integral2(g)
+    s, sq = cv2.integral2(g, sdepth=cv2.CV_64F, sqdepth=cv2.CV_64F)
     yy, xx = np.meshgrid(ys, xs, indexing="ij")
     yy, xx = yy.ravel(), xx.ravel()
 

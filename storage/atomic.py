@@ -11,15 +11,16 @@ from pathlib import Path
 from typing import Iterator
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    """Write to a sibling temp file, fsync, then rename over `path`."""
+def write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write to a sibling temp file, fsync (when `durable`), then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     with open(tmp, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 

@@ -82,6 +82,7 @@ class NoiseBank:
 
     path: Path
     group: zarr.Group
+    _ids: list[str] | None = None
 
     @property
     def count(self) -> int:
@@ -105,9 +106,12 @@ class NoiseBank:
         return np.asarray(self.group[name][...])
 
     def patch_id(self, index: int) -> str:
-        sha = str(self.group["source_sha256"][index])
-        y, x = (int(v) for v in self.group["position"][index])
-        return f"{sha[:16]}@{y},{x}"
+        """A stable name for a patch: its source's hash and its position there."""
+        if self._ids is None:
+            sha = strings(self.group["source_sha256"][...])
+            pos = np.asarray(self.group["position"][...])
+            self._ids = [f"{h[:16]}@{y},{x}" for h, (y, x) in zip(sha, pos.tolist())]
+        return self._ids[index]
 
 
 def write_noise_bank(path: Path, patches: np.ndarray, table: dict[str, np.ndarray], attrs: dict) -> str:

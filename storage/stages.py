@@ -8,6 +8,7 @@ its outputs atomically and its record last. Prefect tasks in `tasks/` wrap these
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -66,7 +67,7 @@ def prepare_source(path: Path, run: RunDir, s, log: Log = _quiet) -> dict:
     if len(patches):
         buf = _npy_bytes(patches)
         write_bytes(run.staged_noise(key), buf)
-    pf = patches.reshape(len(patches), -1, 3).astype(np.float64)
+    pf = patches.reshape(len(patches), p * p, 3).astype(np.float64)
     record = {
         "key": key,
         "source": str(path),
@@ -217,25 +218,29 @@ def make_pairs(record: dict, run: RunDir, s, kernel_digest: str, noise_digest: s
     hr = read_png_uint8(Path(record["clean_hr"])).astype(np.float32) / 255.0
     size, scale = s.pair_hr_size, s.scale
     ys, xs = patch_grid(hr.shape[0], size, s.stride), patch_grid(hr.shape[1], size, s.stride)
+    grid = [(int(y), int(x)) for y in ys for x in xs]
     rows: list[dict] = []
-    if len(ys) and len(xs):
+    if grid:
         # one random stream per image, from the seed and the image's content: any order, same draws
         rng = np.random.default_rng([s.seed, int(record["sha256"][:15], 16)])
-        _, kset = open_kernel_bank(run.kernels)
-        ks = kset[scale]
+        ks = _kernel_set_cached(str(run.kernels), kernel_digest, scale)
         valid = ks.valid_indices()
         ki = int(valid[rng.integers(len(valid))])
         lr = degrade(hr, ks.kernels[ki].astype(np.float64), scale)
         bank = open_noise_bank(run.noise)
         lr_size = size // scale
-        for n, (y, x) in enumerate((y, x) for y in ys for x in xs):
+        if bank.count:
+            picks = rng.integers(bank.count, size=len(grid))
+            offsets = rng.integers(0, bank.patch_size - lr_size + 1, size=(len(grid), 2))
+            unique = np.unique(picks)
+            patches = dict(zip(unique.tolist(), bank.patches(unique)))  # one batched read
+        for n, (y, x) in enumerate(grid):
             ly, lx = y // scale, x // scale
             lr_patch = lr[ly : ly + lr_size, lx : lx + lr_size]
             noise_row = {"noise_id": "", "noise_index": -1, "noise_offset": [0, 0]}
             if bank.count:
-                ni = int(rng.integers(bank.count))
-                off = [int(v) for v in rng.integers(0, bank.patch_size - lr_size + 1, size=2)]
-                lr_patch = inject_noise(lr_patch, noise_crop(bank.patch(ni), (lr_size, lr_size), tuple(off)))
+                ni, off = int(picks[n]), [int(v) for v in offsets[n]]
+                lr_patch = inject_noise(lr_patch, noise_crop(patches[ni], (lr_size, lr_size), tuple(off)))
                 noise_row = {"noise_id": bank.patch_id(ni), "noise_index": ni, "noise_offset": off}
             name = f"{record['name']}_s{n:04d}"
             write_png(run.pairs / "hr" / f"{name}.png", to_uint8(hr[y : y + size, x : x + size]))
@@ -245,7 +250,7 @@ def make_pairs(record: dict, run: RunDir, s, kernel_digest: str, noise_digest: s
                     "name": name,
                     "source": record["source"],
                     "source_sha256": record["sha256"],
-                    "hr_position": [int(y), int(x)],
+                    "hr_position": [y, x],
                     "kernel_index": ki,
                     "kernel_id": ks.kernel_id(ki),
                     **noise_row,
@@ -257,6 +262,13 @@ def make_pairs(record: dict, run: RunDir, s, kernel_digest: str, noise_digest: s
     run.save_record("pairs", key, out)
     log(f"{record['source']}: {len(rows)} pairs")
     return {**out, "cached": False}
+
+
+@lru_cache(maxsize=4)
+def _kernel_set_cached(path: str, digest: str, scale: int) -> KernelSet:
+    """A worker reads a bank's kernels once per digest, not once per image."""
+    _, sets = open_kernel_bank(Path(path))
+    return sets[scale]
 
 
 def write_manifest(run: RunDir, pair_records: list[dict]) -> dict:

@@ -107,7 +107,7 @@ def test_noise_selection_keeps_flat_patches_only():
     assert sorted(zip(sel["y"].tolist(), sel["x"].tolist())) == [(0, 0), (0, 64), (32, 0)]
     assert rejected == 3
     # variance figures are those of np.var on the rounded luma patch
-    g = gray255(_mosaic())
+    g = gray255(_mosaic()).astype(np.float64)
     np.testing.assert_allclose(sorted(sel["var"]), sorted([g[0:32, 0:32].var(), g[0:32, 64:96].var(), g[32:64, 0:32].var()]), rtol=1e-9)
 
 

@@ -80,6 +80,16 @@ def test_lr_is_the_degraded_hr_plus_zero_mean_noise(photo_dir, tmp_path):
     np.testing.assert_allclose(lr.mean(axis=(0, 1)), hr.mean(axis=(0, 1)), atol=3 / 255)
 
 
+def test_an_image_without_flat_patches_still_gives_pairs(tmp_path):
+    from tests.conftest import textured
+
+    write_rgb(tmp_path / "p" / "busy.png", textured(96, 128, 3))
+    _, run, records, pairs, ninfo = _run(tmp_path / "p", tmp_path)
+    assert records[0]["noise_count"] == 0 and records[0]["noise_rejected"] == 12
+    assert ninfo["count"] == 0 and open_noise_bank(run.noise).count == 0
+    assert len(pairs[0]["rows"]) == 2 and pairs[0]["rows"][0]["noise_id"] == ""
+
+
 def test_a_tiny_image_is_a_bad_image(tmp_path):
     write_rgb(tmp_path / "p" / "tiny.png", small_photo(0, 5, 5))
     s = _settings(tmp_path / "p", tmp_path / "run")
