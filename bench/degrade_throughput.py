@@ -6,7 +6,15 @@ odd-numbered ones are 2x2 mosaics of flipped 500 px sky/water photos (*_srgb8.pn
 flat areas that noise extraction looks for. The floor is a plain single-process loop of OpenCV decode + PNG
 encode of every source image. Run from the repo root:
 
-    .venv/bin/python bench/degrade_throughput.py --images 50 --workers 1 2
+    .venv/bin/python bench/degrade_throughput.py --images 25 50 --workers 1 2
+
+Noise patches are 64 px here (--noise-patch-size): real 1-2 MP photos rarely hold a 256 px patch
+with luma variance < 20, and the bank should be exercised. Rows:
+- floor: decode + PNG encode of every source, one process (the I/O floor);
+- stages, no orchestration: the same per-image code in one process, no Prefect, no Dask;
+- degrade-flow with 1 and 2 Dask worker processes (1 thread each), Prefect embedded.
+The marginal cost per image (difference between the two set sizes) removes the fixed costs
+(API server, cluster start, worker imports).
 """
 
 from __future__ import annotations
@@ -96,11 +104,33 @@ class PeakRSS:
         self._t.join()
 
 
+def stages_only(settings) -> tuple[float, dict]:
+    """The per-image stages called in a plain loop: the cost of the work itself."""
+    from storage import stages
+    from storage.images import list_images
+    from storage.run_dir import RunDir, claim_run_dir
+
+    shutil.rmtree(settings.out, ignore_errors=True)
+    cv2.setNumThreads(1)
+    t0 = time.perf_counter()
+    run = RunDir(claim_run_dir(settings.out, {}))
+    k = stages.build_kernel_bank(run, settings)
+    records = [stages.prepare_source(p, run, settings) for p in list_images(settings.source)[0]]
+    t1 = time.perf_counter()
+    n = stages.build_noise_bank(records, run, settings)
+    t2 = time.perf_counter()
+    pairs = [stages.make_pairs(r, run, settings, k["digest"], n["digest"]) for r in records]
+    stages.write_manifest(run, pairs)
+    t3 = time.perf_counter()
+    return t3 - t0, {"clean-up + noise extraction": t1 - t0, "pairs": t3 - t2, "noise patches": n["count"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, nargs="+", default=[50])
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--keep", type=Path, default=None)
+    ap.add_argument("--noise-patch-size", type=int, default=64)
     args = ap.parse_args()
 
     from flows.cli import run_degrade
@@ -118,25 +148,43 @@ def main() -> None:
             mp = make_sources(src, n)
             floor = min(io_floor(src) for _ in range(2))
             rows.append((n, "floor: cv2 decode+PNG encode, 1 process", floor, floor, mp, None, {}))
+            p = args.noise_patch_size
+            make = lambda out: DegradeSettings(source=src, out=out, noise_patch_size=p, noise_stride=p)
+            direct, tm = stages_only(make(base / f"direct{n}"))
+            rows.append((n, "stages, no orchestration, 1 process", direct, direct, mp, None, tm))
             for w in args.workers:
                 out = base / f"run{n}_w{w}"
                 shutil.rmtree(out, ignore_errors=True)
                 t = time.perf_counter()
                 with PeakRSS() as mem:
-                    summary = run_degrade(DegradeSettings(source=src, out=out), workers=w)
+                    summary = run_degrade(make(out), workers=w)
                 wall = time.perf_counter() - t
-                rows.append((n, f"degrade-flow, {w} Dask worker(s)", wall, summary["timings_s"]["total"], mp, mem.peak, summary["timings_s"]))
+                tm = {**summary["timings_s"], "noise patches": summary["noise_bank"]["count"]}
+                rows.append((n, f"degrade-flow, {w} Dask worker(s)", wall, summary["timings_s"]["total"], mp, mem.peak, tm))
     print(f"\nmachine: {os.cpu_count()} cores, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, 1 thread per worker\n")
-    print("| images | MP | run | wall s (incl. cluster start) | in-flow s | images/s | MP/s | x floor | clean-up+noise img/s | pairs img/s | peak RSS GB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| images | MP | run | wall s (all) | in-flow s | images/s | MP/s | x floor | clean-up+noise img/s | pairs img/s | noise patches | peak RSS GB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n, name, wall, inflow, mp, peak, tm in rows:
-        floor = next(r[3] for r in rows if r[0] == n and r[5] is None)
+        floor = next(r[3] for r in rows if r[0] == n and r[1].startswith("floor"))
         prep = f"{n / tm['clean-up + noise extraction']:.2f}" if tm else ""
         pairs = f"{n / tm['pairs']:.2f}" if tm else ""
         print(
             f"| {n} | {mp:.0f} | {name} | {wall:.1f} | {inflow:.1f} | {n / inflow:.2f} | {mp / inflow:.1f} | "
-            f"{inflow / floor:.2f} | {prep} | {pairs} | {'' if peak is None else f'{peak / 1e9:.2f}'} |"
+            f"{inflow / floor:.2f} | {prep} | {pairs} | {tm.get('noise patches', '')} | {'' if peak is None else f'{peak / 1e9:.2f}'} |"
         )
+    sizes = sorted({r[0] for r in rows})
+    if len(sizes) >= 2:
+        a, b = sizes[0], sizes[-1]
+        print(f"\nmarginal cost per image between {a} and {b} images (fixed costs removed):\n")
+        print("| run | s per image | x floor |")
+        print("|---|---|---|")
+        for name in dict.fromkeys(r[1] for r in rows):
+            ta = next(r[3] for r in rows if r[0] == a and r[1] == name)
+            tb = next(r[3] for r in rows if r[0] == b and r[1] == name)
+            fa = next(r[3] for r in rows if r[0] == a and r[1].startswith("floor"))
+            fb = next(r[3] for r in rows if r[0] == b and r[1].startswith("floor"))
+            per, floor_per = (tb - ta) / (b - a), (fb - fa) / (b - a)
+            print(f"| {name} | {per:.3f} | {per / floor_per:.2f} |")
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ def noise_report(path: Path, sheet: Path, max_tiles: int = 64, gain: float = 8.0
     gv, cv = bank.column("gray_var"), bank.column("channel_var")
     lines.append(
         f"  luma variance min/median/max {gv.min():.2f}/{np.median(gv):.2f}/{gv.max():.2f}; "
-        f"channel noise std (R,G,B) median {tuple(np.round(np.sqrt(np.median(cv, 0)), 2))} levels"
+        "channel noise std (R, G, B) median " + ", ".join(f"{v:.2f}" for v in np.sqrt(np.median(cv, 0))) + " levels"
     )
     idx = np.unique(np.linspace(0, bank.count - 1, min(bank.count, max_tiles)).round().astype(int))
     patches = bank.patches(idx)

@@ -227,7 +227,7 @@ def make_pairs(record: dict, run: RunDir, s, kernel_digest: str, noise_digest: s
         valid = ks.valid_indices()
         ki = int(valid[rng.integers(len(valid))])
         lr = degrade(hr, ks.kernels[ki].astype(np.float64), scale)
-        bank = open_noise_bank(run.noise)
+        bank = _noise_bank_cached(str(run.noise), noise_digest)
         lr_size = size // scale
         if bank.count:
             picks = rng.integers(bank.count, size=len(grid))
@@ -269,6 +269,15 @@ def _kernel_set_cached(path: str, digest: str, scale: int) -> KernelSet:
     """A worker reads a bank's kernels once per digest, not once per image."""
     _, sets = open_kernel_bank(Path(path))
     return sets[scale]
+
+
+@lru_cache(maxsize=2)
+def _noise_bank_cached(path: str, digest: str):
+    """A worker opens a noise bank (metadata, patch ids) once per digest, not once per image."""
+    bank = open_noise_bank(Path(path))
+    if bank.count:
+        bank.patch_id(0)  # loads every id once
+    return bank
 
 
 def write_manifest(run: RunDir, pair_records: list[dict]) -> dict:
