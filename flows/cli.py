@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import signal
 import sys
 from pathlib import Path
 
@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     from flows.runtime import apply_env_defaults
 
     apply_env_defaults()  # before prefect/dask are imported: their logging reads it once
+    # SIGTERM unwinds like Ctrl-C, so the embedded API server and the Dask cluster are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args = _parser().parse_args(argv)
     from flows.settings import DegradeSettings
 

@@ -71,7 +71,7 @@ class RunDir:
         return self.work / stage / f"{key}.json"
 
     def staged_noise(self, key: str) -> Path:
-        return self.work / "noise" / f"{key}.npy"
+        return self.work / "noise" / f"{key}.npz"
 
     def load_record(self, stage: str, key: str) -> dict | None:
         """A finished stage's record, or None when absent or unreadable (then the stage reruns)."""

@@ -7,6 +7,7 @@ its outputs atomically and its record last. Prefect tasks in `tasks/` wrap these
 
 from __future__ import annotations
 
+import io
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -65,9 +66,17 @@ def prepare_source(path: Path, run: RunDir, s, log: Log = _quiet) -> dict:
     clean_path = run.clean_hr / f"{name}.png"
     write_png(clean_path, to_uint8(hr))
     if len(patches):
-        buf = _npy_bytes(patches)
-        write_bytes(run.staged_noise(key), buf)
-    pf = patches.reshape(len(patches), p * p, 3).astype(np.float64)
+        # patches and their table go to a staging file, so the record the flow handles stays small
+        pf = patches.reshape(len(patches), p * p, 3).astype(np.float64)
+        table = {
+            "patches": patches,
+            "position": np.stack([sel["y"], sel["x"]], 1).astype(np.int32),
+            "gray_mean": sel["mean"].astype(np.float32),
+            "gray_var": sel["var"].astype(np.float32),
+            "channel_mean": pf.mean(1).astype(np.float32),
+            "channel_var": pf.var(1).astype(np.float32),
+        }
+        write_bytes(run.staged_noise(key), _npz_bytes(table))
     record = {
         "key": key,
         "source": str(path),
@@ -80,11 +89,6 @@ def prepare_source(path: Path, run: RunDir, s, log: Log = _quiet) -> dict:
         "hr_size": [int(hr.shape[1]), int(hr.shape[0])],
         "noise_count": int(len(patches)),
         "noise_rejected": rejected,
-        "noise_position": np.stack([sel["y"], sel["x"]], 1).astype(int).tolist() if len(patches) else [],
-        "noise_gray_mean": sel["mean"].tolist(),
-        "noise_gray_var": sel["var"].tolist(),
-        "noise_channel_mean": pf.mean(1).tolist(),
-        "noise_channel_var": pf.var(1).tolist(),
         "seconds": round(time.perf_counter() - t0, 4),
     }
     run.save_record("preprocess", key, record)
@@ -92,11 +96,9 @@ def prepare_source(path: Path, run: RunDir, s, log: Log = _quiet) -> dict:
     return {**record, "cached": False}
 
 
-def _npy_bytes(a: np.ndarray) -> bytes:
-    import io
-
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     b = io.BytesIO()
-    np.save(b, a, allow_pickle=False)
+    np.savez(b, **arrays)
     return b.getvalue()
 
 
@@ -107,31 +109,23 @@ def _npy_bytes(a: np.ndarray) -> bytes:
 def build_noise_bank(records: list[dict], run: RunDir, s) -> dict:
     """Gather every image's staged patches, in source order, into noise.zarr."""
     records = sorted(records, key=lambda r: (r["source"], r["sha256"]))
-    patches, cols = [], {k: [] for k in ("source", "source_sha256", "position", "gray_mean", "gray_var", "channel_mean", "channel_var")}
+    columns = ("patches", "position", "gray_mean", "gray_var", "channel_mean", "channel_var")
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+    source, sha = [], []
     for r in records:
         if not r["noise_count"]:
             continue
-        staged = np.load(run.staged_noise(r["key"]), allow_pickle=False)
-        patches.append(staged)
-        n = len(staged)
-        cols["source"] += [r["source"]] * n
-        cols["source_sha256"] += [r["sha256"]] * n
-        cols["position"] += r["noise_position"]
-        cols["gray_mean"] += r["noise_gray_mean"]
-        cols["gray_var"] += r["noise_gray_var"]
-        cols["channel_mean"] += r["noise_channel_mean"]
-        cols["channel_var"] += r["noise_channel_var"]
+        with np.load(run.staged_noise(r["key"]), allow_pickle=False) as staged:
+            for c in columns:
+                parts[c].append(staged[c])
+        source += [r["source"]] * r["noise_count"]
+        sha += [r["sha256"]] * r["noise_count"]
     p = s.noise_patch_size
-    stack = np.concatenate(patches) if patches else np.zeros((0, p, p, 3), np.uint8)
-    table = {
-        "source": np.asarray(cols["source"], dtype=str),
-        "source_sha256": np.asarray(cols["source_sha256"], dtype=str),
-        "position": np.asarray(cols["position"], dtype=np.int32).reshape(-1, 2),
-        "gray_mean": np.asarray(cols["gray_mean"], dtype=np.float32),
-        "gray_var": np.asarray(cols["gray_var"], dtype=np.float32),
-        "channel_mean": np.asarray(cols["channel_mean"], dtype=np.float32).reshape(-1, 3),
-        "channel_var": np.asarray(cols["channel_var"], dtype=np.float32).reshape(-1, 3),
-    }
+    empty = {"patches": (0, p, p, 3), "position": (0, 2), "channel_mean": (0, 3), "channel_var": (0, 3)}
+    table = {c: np.concatenate(parts[c]) if parts[c] else np.zeros(empty.get(c, (0,)), np.float32) for c in columns}
+    stack = table.pop("patches").astype(np.uint8)
+    table["position"] = table["position"].astype(np.int32)
+    table = {"source": np.asarray(source, dtype=str), "source_sha256": np.asarray(sha, dtype=str), **table}
     attrs = {
         "patch_size": p,
         "stride": s.noise_stride,

@@ -8,7 +8,7 @@ import zarr
 
 from models.kernels import bicubic_kernel
 from storage.atomic import recover_dir, replace_dir
-from storage.banks import open_kernel_bank, open_noise_bank, write_noise_bank
+from storage.banks import open_kernel_bank, open_noise_bank, patches_per_chunk, write_noise_bank
 from storage.stages import _kernel_set, kernel_sets_for
 from storage.banks import write_kernel_bank
 
@@ -34,7 +34,11 @@ def test_noise_bank_round_trip(tmp_path):
     np.testing.assert_array_equal(bank.patches([69, 0, 5]), patches[[69, 0, 5]])
     assert bank.patch_id(4) == "1" * 16 + "@8,9"
     g = zarr.open_group(str(tmp_path / "noise.zarr"), mode="r")  # plain zarr can read it
-    assert g.attrs["max_var"] == 20 and g["patches"].chunks == (1, 16, 16, 3)
+    assert g.attrs["max_var"] == 20 and g["patches"].chunks == (1024, 16, 16, 3)
+
+
+def test_chunks_hold_about_a_megabyte():
+    assert patches_per_chunk(256) == 4 and patches_per_chunk(64) == 64 and patches_per_chunk(4096) == 1
 
 
 def test_noise_bank_rejects_inconsistent_tables(tmp_path):
