@@ -46,8 +46,21 @@ def _gather(futures, batched: list[list], label) -> tuple[list[dict], list[dict]
             failed += exc.failures
         else:  # the whole batch was lost (worker died, retries spent)
             reason = str(exc) if isinstance(exc, BaseException) else str(state.message)
-            failed += [{"source": str(label(i)), "reason": reason} for i in items]
+            failed += [{"source": str(label(i)), "reason": reason, "bad_input": False} for i in items]
     return done, failed
+
+
+def drop_duplicates(records: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Keep one image per content hash (the first path): a copy would double its noise patches."""
+    first: dict[str, str] = {}
+    kept, dropped = [], []
+    for r in sorted(records, key=lambda r: r["source"]):
+        if r["sha256"] in first:
+            dropped.append({"source": r["source"], "reason": f"same content as {first[r['sha256']]}", "bad_input": True})
+        else:
+            first[r["sha256"]] = r["source"]
+            kept.append(r)
+    return kept, dropped
 
 
 @flow(name="degrade-flow", task_runner=task_runner(), log_prints=False)
@@ -56,7 +69,7 @@ def degrade_flow(settings: DegradeSettings) -> dict:
     log = get_run_logger()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    sources, ignored = list_images(settings.source)
+    sources, ignored = list_images(settings.source.resolve())
     if not sources:
         raise ValueError(f"no images found in {settings.source} (looked for png, jpg, tif, webp, bmp, ...)")
     run = RunDir(claim_run_dir(Path(settings.out).resolve(), settings.model_dump(mode="json")))
@@ -70,6 +83,8 @@ def degrade_flow(settings: DegradeSettings) -> dict:
     batched = batches(sources, settings.images_per_task)
     futures = t.prepare_sources.map(batched, unmapped(run), unmapped(settings))
     records, skipped = _gather(futures, batched, str)
+    records, duplicates = drop_duplicates(records)
+    skipped += duplicates
     timings["clean-up + noise extraction"] = time.perf_counter() - tp
     log.info(f"clean-up and noise extraction: {len(records)} done, {len(skipped)} skipped")
 
@@ -83,7 +98,8 @@ def degrade_flow(settings: DegradeSettings) -> dict:
         batched, unmapped(run), unmapped(settings), unmapped(kernels["digest"]), unmapped(noise["digest"])
     )
     pairs, pair_failed = _gather(futures, batched, lambda r: r["source"])
-    manifest = t.write_manifest(run, pairs, records)
+    complete = all(f["bad_input"] for f in skipped + pair_failed)
+    manifest = t.write_manifest(run, pairs, records, complete)
     timings["pairs"] = time.perf_counter() - tq
     timings["total"] = time.perf_counter() - t0
 

@@ -52,9 +52,11 @@ def prefect_api() -> Iterator[str]:
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-            yield server.api_url
-            APILogWorker.drain_all()
-            EventsWorker.drain_all()
+            try:
+                yield server.api_url
+            finally:  # a failed run's last logs matter most
+                APILogWorker.drain_all()
+                EventsWorker.drain_all()
     finally:
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()

@@ -70,10 +70,6 @@ class DegradeSettings(BaseModel):
     def stride(self) -> int:
         return self.pair_stride or self.pair_hr_size
 
-    @property
-    def bank_path(self) -> Path | None:
-        return Path(self.kernels[5:]) if self.kernels.startswith("bank:") else None
-
     def preprocess_key_fields(self) -> dict:
         """The settings a source's clean-up and noise extraction depend on."""
         fields = ("scale", "cleanup_factor", "noise_patch_size", "noise_stride", "noise_max_var", "noise_min_mean")

@@ -11,7 +11,7 @@ we keep the stored size and pad only the copy that is applied).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -148,9 +148,6 @@ class KernelChecks:
     bicubic_distance: float  # L2 distance to the bicubic kernel of the same scale and size
     valid: bool
     reason: str
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def check_kernel(

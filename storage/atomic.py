@@ -16,12 +16,16 @@ def write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_json(path: Path, obj) -> None:
@@ -37,8 +41,18 @@ def _old_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.old")
 
 
+def readable_dir(path: Path) -> Path:
+    """Where a reader finds the store: `path`, or the old copy a killed swap left (read-only)."""
+    path = Path(path)
+    old = _old_name(path)
+    return old if not path.exists() and old.exists() else path
+
+
 def recover_dir(path: Path) -> None:
-    """Finish or undo a directory swap that a killed run left half done, and drop temp copies."""
+    """Finish or undo a directory swap that a killed run left half done, and drop temp copies.
+
+    Writers only: a reader calling this could delete the temp copy of a store being written.
+    """
     path = Path(path)
     old = _old_name(path)
     if old.exists():

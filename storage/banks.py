@@ -24,7 +24,7 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from storage.atomic import recover_dir, replace_dir
+from storage.atomic import readable_dir, replace_dir
 
 SCHEMA_VERSION = 1
 _ZSTD = ZstdCodec(level=3)
@@ -135,7 +135,9 @@ def write_noise_bank(path: Path, patches: np.ndarray, table: dict[str, np.ndarra
     for k, v in table.items():
         if len(v) != n:
             raise ValueError(f"column {k} has {len(v)} rows for {n} patches")
-    digest = _digest(patches, table["source_sha256"], table["position"])
+    digest = _digest(patches, table["source_sha256"], table["position"], _attrs_array(attrs))
+    if _stored_digest(path) == digest:
+        return digest  # an identical bank is already there: leave it untouched
     with replace_dir(path) as tmp:
         g = zarr.open_group(zarr.storage.LocalStore(tmp), mode="w", zarr_format=3)
         _put(g, "patches", patches, chunks=(patches_per_chunk(p), p, p, 3))
@@ -157,9 +159,7 @@ def write_noise_bank(path: Path, patches: np.ndarray, table: dict[str, np.ndarra
 
 def open_noise_bank(path: Path) -> NoiseBank:
     path = Path(path)
-    recover_dir(path)
-    g = _open_group(path, "realsr-noise-bank")
-    return NoiseBank(path, g)
+    return NoiseBank(path, _open_group(readable_dir(path), "realsr-noise-bank"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,7 +194,9 @@ CHECK_COLUMNS = ("kernel_sum", "center_offset", "border_energy", "bicubic_distan
 
 def write_kernel_bank(path: Path, sets: list[KernelSet], attrs: dict, scale_attrs: dict[int, dict]) -> str:
     """Write the kernel bank atomically (one group per scale); returns its content digest."""
-    digest = _digest(*[s.kernels for s in sets], *[s.source_sha256 for s in sets])
+    digest = _digest(*[s.kernels for s in sets], *[s.source_sha256 for s in sets], _attrs_array([attrs, scale_attrs]))
+    if _stored_digest(path) == digest:
+        return digest
     with replace_dir(path) as tmp:
         root = zarr.open_group(zarr.storage.LocalStore(tmp), mode="w", zarr_format=3)
         for s in sets:
@@ -220,6 +222,20 @@ def write_kernel_bank(path: Path, sets: list[KernelSet], attrs: dict, scale_attr
     return digest
 
 
+def _attrs_array(attrs) -> np.ndarray:
+    import json
+
+    return np.array([json.dumps(attrs, sort_keys=True, default=str)])
+
+
+def _stored_digest(path: Path) -> str | None:
+    try:
+        g = zarr.open_group(zarr.storage.LocalStore(Path(path), read_only=True), mode="r")
+        return g.attrs.get("digest")
+    except Exception:
+        return None
+
+
 def _open_group(path: Path, kind: str) -> zarr.Group:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
@@ -234,9 +250,7 @@ def _open_group(path: Path, kind: str) -> zarr.Group:
 
 def open_kernel_bank(path: Path) -> tuple[dict, dict[int, KernelSet]]:
     """The bank's attributes and its kernel sets by scale."""
-    path = Path(path)
-    recover_dir(path)
-    root = _open_group(path, "realsr-kernel-bank")
+    root = _open_group(readable_dir(Path(path)), "realsr-kernel-bank")
     sets = {}
     for scale in root.attrs["scales"]:
         g = root[f"x{scale}"]

@@ -57,8 +57,12 @@ def list_images(folder: Path) -> tuple[list[Path], list[Path]]:
 
 def _check_complete(path: Path, data: bytes) -> None:
     """Refuse truncated JPEG/PNG files that the decoders would silently fill with gray."""
-    if data[:3] == b"\xff\xd8\xff" and b"\xff\xd9" not in data[-1024:]:
-        raise BadImageError(path, "truncated JPEG (no end-of-image marker)")
+    if data[:3] == b"\xff\xd8\xff":
+        # FF D9 cannot occur inside entropy-coded data (FF is stuffed), so any EOI after the first
+        # start-of-scan ends the image; motion photos append a video after it
+        sos = data.find(b"\xff\xda")
+        if sos < 0 or data.find(b"\xff\xd9", sos) < 0:
+            raise BadImageError(path, "truncated JPEG (no end-of-image marker)")
     if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-64:]:
         raise BadImageError(path, "truncated PNG (no IEND chunk)")
 
@@ -71,7 +75,7 @@ def decode_image(path: Path | str, data: bytes, max_pixels: int = 200_000_000) -
     _check_complete(path, data)
     buf = np.frombuffer(data, dtype=np.uint8)
     try:
-        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     except cv2.error as e:
         raise BadImageError(path, f"cannot decode ({str(e).strip().splitlines()[-1]})") from None
     if img is None or img.size == 0:

@@ -46,7 +46,8 @@ def prepare_source(path: Path, run: RunDir, s, log: Log = _quiet) -> dict:
     """Clean up one source photo and find its noise patches; returns a small record."""
     t0 = time.perf_counter()
     data = read_bytes(path)
-    key = stage_key({**s.preprocess_key_fields(), "sha256": sha256_bytes(data)})
+    # the path is part of the key: a renamed or copied file gets records under its own name
+    key = stage_key({**s.preprocess_key_fields(), "sha256": sha256_bytes(data), "path": _relative(path, s.source)})
     done = run.load_record("preprocess", key)
     if done is not None and Path(done["clean_hr"]).exists() and (done["noise_count"] == 0 or run.staged_noise(key).exists()):
         return {**done, "cached": True, "source": str(path)}
@@ -96,6 +97,13 @@ def prepare_source(path: Path, run: RunDir, s, log: Log = _quiet) -> dict:
     return {**record, "cached": False}
 
 
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(Path(path).resolve())
+
+
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     b = io.BytesIO()
     np.savez(b, **arrays)
@@ -141,8 +149,11 @@ def build_noise_bank(records: list[dict], run: RunDir, s) -> dict:
     return {"path": str(run.noise), "count": int(len(stack)), "rejected": attrs["rejected"], "digest": digest}
 
 
-def kernel_sets_for(spec: str, scales=(2, 4)) -> tuple[list[KernelSet], dict]:
-    """The kernel sets a kernel source gives, with provenance attributes for the bank."""
+def kernel_sets_for(spec: str, required: int, scales=(2, 4)) -> tuple[list[KernelSet], dict]:
+    """The kernel sets a kernel source gives, with provenance attributes for the bank.
+
+    Only the `required` scale must be there; x4 is derived from x2 when missing.
+    """
     if spec == "bicubic":
         sets = []
         for scale in scales:
@@ -163,7 +174,7 @@ def kernel_sets_for(spec: str, scales=(2, 4)) -> tuple[list[KernelSet], dict]:
                 k2 = found[2]
                 k4 = [analytic_x4(k) for k in k2.kernels]
                 sets.append(_kernel_set(4, k4, list(k2.source), list(k2.source_sha256), [f"{m}+analytic-x4" for m in k2.method]))
-            else:
+            elif scale == required:
                 raise ValueError(f"kernel source {spec}: the bank has no x{scale} kernels")
         return sets, {"kernel_source": spec, "imported_from": str(path), "imported_digest": attrs.get("digest", "")}
     raise ValueError(f"unknown kernel source {spec!r}")
@@ -189,7 +200,7 @@ def _kernel_set(scale: int, kernels, source, sha, method) -> KernelSet:
 
 
 def build_kernel_bank(run: RunDir, s) -> dict:
-    sets, attrs = kernel_sets_for(s.kernels)
+    sets, attrs = kernel_sets_for(s.kernels, s.scale)
     scale_attrs = {st.scale: {"resize_convention": RESIZE_CONVENTION} for st in sets}
     digest = write_kernel_bank(run.kernels, sets, attrs, scale_attrs)
     counts = {f"x{st.scale}": {"kernels": len(st), "valid": int(st.checks["valid"].sum())} for st in sets}
@@ -207,7 +218,7 @@ def make_pairs(record: dict, run: RunDir, s, kernel_digest: str, noise_digest: s
     t0 = time.perf_counter()
     key = stage_key({**s.pairs_key_fields(), "sha256": record["sha256"], "kernels": kernel_digest, "noise": noise_digest})
     done = run.load_record("pairs", key)
-    if done is not None and all((run.pairs / "lr" / f"{row['name']}.png").exists() for row in done["rows"]):
+    if done is not None and all(_nonempty(run.pairs / d / f"{row['name']}.png") for row in done["rows"] for d in ("hr", "lr")):
         return {**done, "cached": True}
     hr = read_png_uint8(Path(record["clean_hr"])).astype(np.float32) / 255.0
     size, scale = s.pair_hr_size, s.scale
@@ -258,6 +269,14 @@ def make_pairs(record: dict, run: RunDir, s, kernel_digest: str, noise_digest: s
     return {**out, "cached": False}
 
 
+def _nonempty(path: Path) -> bool:
+    """Exists with content (PNGs are not fsynced: after a power cut a file may be empty)."""
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
+
+
 @lru_cache(maxsize=4)
 def _kernel_set_cached(path: str, digest: str, scale: int) -> KernelSet:
     """A worker reads a bank's kernels once per digest, not once per image."""
@@ -274,7 +293,7 @@ def _noise_bank_cached(path: str, digest: str):
     return bank
 
 
-def write_manifest(run: RunDir, pair_records: list[dict]) -> dict:
+def write_manifest(run: RunDir, pair_records: list[dict], remove_stale: bool = True) -> dict:
     """All pairs of this run in one JSONL file; PNGs of images no longer in the run are removed."""
     import json
 
@@ -282,7 +301,7 @@ def write_manifest(run: RunDir, pair_records: list[dict]) -> dict:
     write_bytes(run.manifest, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
     keep = {r["name"] for r in rows}
     removed = 0
-    for sub in ("hr", "lr"):
+    for sub in ("hr", "lr") if remove_stale else ():
         folder = run.pairs / sub
         if folder.exists():
             for f in folder.glob("*.png"):
@@ -292,15 +311,21 @@ def write_manifest(run: RunDir, pair_records: list[dict]) -> dict:
     return {"path": str(run.manifest), "pairs": len(rows), "stale_removed": removed}
 
 
-def prune_clean_hr(run: RunDir, records: list[dict]) -> int:
-    """Remove clean HR images of sources that left the folder (their pairs went with the manifest)."""
+def prune(run: RunDir, records: list[dict], pair_records: list[dict]) -> int:
+    """Remove clean HR images and stage files that no image of this run uses any more.
+
+    Call only after a run in which every image either finished or is a bad input: an image that
+    failed for another reason would lose its earlier outputs.
+    """
     keep = {Path(r["clean_hr"]).name for r in records}
+    keep |= {f"{r['key']}{suffix}" for r in [*records, *pair_records] for suffix in (".json", ".npz")}
     removed = 0
-    if run.clean_hr.exists():
-        for f in run.clean_hr.glob("*.png"):
-            if f.name not in keep:
-                f.unlink()
-                removed += 1
+    for folder in (run.clean_hr, run.work / "preprocess", run.work / "pairs", run.work / "noise"):
+        if folder.exists():
+            for f in folder.iterdir():
+                if f.is_file() and f.name not in keep:
+                    f.unlink()
+                    removed += 1
     return removed
 
 

@@ -24,17 +24,21 @@ from storage.images import BadImageError
 from storage.run_dir import RunDir
 
 
-class BatchError(BadImageError):
-    """Some images of a batch failed; `done` holds the records of the others."""
+class BatchError(Exception):
+    """Some images of a batch failed; `done` holds the records of the others.
+
+    Each failure is {"source", "reason", "bad_input"}: bad inputs fail again on a retry, other
+    errors (disk, memory, a bug) may not, and the finished images are cached, so only those retry.
+    """
 
     def __init__(self, done: list[dict], failures: list[dict]):
         self.done = done
         self.failures = failures
+        self.retryable = any(not f["bad_input"] for f in failures)
         names = "; ".join(f"{f['source']}: {f['reason']}" for f in failures)
-        ValueError.__init__(self, f"{len(failures)} of {len(done) + len(failures)} images failed: {names}")
-        self.path, self.reason = failures[0]["source"], names
+        super().__init__(f"{len(failures)} of {len(done) + len(failures)} images failed: {names}")
 
-    def __reduce__(self):
+    def __reduce__(self):  # crosses process boundaries (Dask workers) intact
         return (type(self), (self.done, self.failures))
 
 
@@ -42,8 +46,8 @@ def _retry_unless_bad_input(task, task_run, state) -> bool:
     """Retry transient failures (disk, worker loss), never a bad image: it would fail again."""
     try:
         state.result()
-    except BadImageError:
-        return False
+    except BatchError as e:
+        return e.retryable
     except Exception:
         return True
     return False
@@ -69,7 +73,11 @@ def _each(items: list, label: Callable, work: Callable[[object], dict]) -> list[
             record = work(item)
         except BadImageError as e:
             log.error(str(e))
-            failures.append({"source": str(label(item)), "reason": e.reason})
+            failures.append({"source": str(label(item)), "reason": e.reason, "bad_input": True})
+            continue
+        except Exception as e:  # one image's unexpected error must not cost its batch
+            log.exception(f"{label(item)}: {type(e).__name__}: {e}")
+            failures.append({"source": str(label(item)), "reason": f"{type(e).__name__}: {e}", "bad_input": False})
             continue
         if record.get("cached"):
             log.info(f"{label(item)}: cached (done in an earlier run)")
@@ -130,8 +138,12 @@ def build_noise_bank(records: list[dict], run: RunDir, settings) -> dict:
 
 
 @task(name="write-manifest", cache_policy=NO_CACHE)
-def write_manifest(run: RunDir, pair_records: list[dict], records: list[dict]) -> dict:
-    info = stages.write_manifest(run, pair_records)
-    info["clean_hr_removed"] = stages.prune_clean_hr(run, records)
-    get_run_logger().info(f"manifest {info['path']}: {info['pairs']} pairs")
+def write_manifest(run: RunDir, pair_records: list[dict], records: list[dict], complete: bool) -> dict:
+    """The manifest; stale outputs are pruned only when no image failed for a reason other than bad input."""
+    log = get_run_logger()
+    info = stages.write_manifest(run, pair_records, remove_stale=complete)
+    info["pruned"] = stages.prune(run, records, pair_records) if complete else 0
+    if not complete:
+        log.warning("some images failed with errors: outputs of earlier runs were kept, nothing pruned")
+    log.info(f"manifest {info['path']}: {info['pairs']} pairs")
     return info

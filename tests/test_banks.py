@@ -63,11 +63,20 @@ def test_kernel_bank_round_trip_with_checks(tmp_path):
 def test_bank_source_derives_x4_from_an_x2_only_bank(tmp_path):
     ks = _kernel_set(2, [bicubic_kernel(2)], ["a.png"], ["1" * 64], ["kernelgan"])
     write_kernel_bank(tmp_path / "x2only.zarr", [ks], {}, {})
-    sets, attrs = kernel_sets_for(f"bank:{tmp_path / 'x2only.zarr'}")
+    sets, attrs = kernel_sets_for(f"bank:{tmp_path / 'x2only.zarr'}", required=4)
     assert [s.scale for s in sets] == [2, 4]
     assert sets[1].kernels.shape == (1, 25, 25) and sets[1].method[0] == "kernelgan+analytic-x4"
     with pytest.raises(ValueError, match="does not exist"):
-        kernel_sets_for(f"bank:{tmp_path / 'missing.zarr'}")
+        kernel_sets_for(f"bank:{tmp_path / 'missing.zarr'}", required=4)
+
+
+def test_a_bank_with_only_x4_serves_scale_4_but_not_2(tmp_path):
+    ks = _kernel_set(4, [bicubic_kernel(4)], ["a.png"], ["1" * 64], ["imported"])
+    write_kernel_bank(tmp_path / "x4only.zarr", [ks], {}, {})
+    sets, _ = kernel_sets_for(f"bank:{tmp_path / 'x4only.zarr'}", required=4)
+    assert [s.scale for s in sets] == [4]
+    with pytest.raises(ValueError, match="no x2 kernels"):
+        kernel_sets_for(f"bank:{tmp_path / 'x4only.zarr'}", required=2)
 
 
 def test_a_failed_write_leaves_the_old_store(tmp_path):
@@ -86,7 +95,19 @@ def test_recover_after_a_kill_between_the_two_renames(tmp_path):
     write_noise_bank(path, np.zeros((2, 8, 8, 3), np.uint8), _noise_table(2), {"patch_size": 8})
     os.replace(path, tmp_path / ".noise.zarr.old")  # the first rename happened, the second did not
     (tmp_path / ".noise.zarr.tmp-dead").mkdir()
-    assert open_noise_bank(path).count == 2  # opening recovers
+    assert open_noise_bank(path).count == 2  # a reader finds the old copy and touches nothing
+    assert sorted(os.listdir(tmp_path)) == [".noise.zarr.old", ".noise.zarr.tmp-dead"]
+    recover_dir(path)  # the next writer finishes the recovery
     assert sorted(os.listdir(tmp_path)) == ["noise.zarr"]
     recover_dir(path)  # idempotent
     assert open_noise_bank(path).count == 2
+
+
+def test_an_identical_bank_is_not_rewritten(tmp_path):
+    path = tmp_path / "noise.zarr"
+    args = (np.ones((2, 8, 8, 3), np.uint8), _noise_table(2), {"patch_size": 8})
+    first = write_noise_bank(path, *args)
+    stamp = (path / "zarr.json").stat().st_mtime_ns
+    assert write_noise_bank(path, *args) == first
+    assert (path / "zarr.json").stat().st_mtime_ns == stamp
+    assert write_noise_bank(path, args[0], args[1], {"patch_size": 8, "max_var": 5}) != first

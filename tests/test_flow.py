@@ -27,6 +27,7 @@ def _bad_inputs(src: Path) -> None:
     import cv2
 
     cv2.imwrite(str(src / "gray.png"), small_photo(5)[..., 0])
+    (src / "zz_copy.png").write_bytes((src / "photo_0.png").read_bytes())
 
 
 def test_degrade_flow_end_to_end_with_bad_inputs_and_rerun(photo_dir, tmp_path, prefect_server):
@@ -35,7 +36,8 @@ def test_degrade_flow_end_to_end_with_bad_inputs_and_rerun(photo_dir, tmp_path, 
     summary = run_degrade(settings, workers=2)
 
     skipped = {Path(x["source"]).name: x["reason"] for x in summary["skipped"]}
-    assert set(skipped) == {"garbage.png", "empty.jpg", "tiny.png"}
+    assert set(skipped) == {"garbage.png", "empty.jpg", "tiny.png", "zz_copy.png"}
+    assert skipped["zz_copy.png"].startswith("same content as") and skipped["zz_copy.png"].endswith("photo_0.png")
     assert "empty file" in skipped["empty.jpg"] and "too small" in skipped["tiny.png"]
     assert summary["processed"] == 5 and [Path(p).name for p in summary["ignored_files"]] == ["notes.txt"]
     assert any("gray" in n for c in summary["converted"] for n in c["notes"])

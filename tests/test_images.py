@@ -73,6 +73,11 @@ def test_bad_files_are_refused_with_their_name(name, data, reason):
     assert name in str(e.value) and reason in str(e.value)
 
 
+def test_a_motion_photo_with_video_after_the_jpeg_decodes():
+    data = _pil_bytes(RGB, "JPEG") + b"ftypmp42" + bytes(range(256)) * 20
+    assert decode_image("motion.jpg", data).rgb.shape == (48, 64, 3)
+
+
 def test_huge_images_are_refused_before_use(tmp_path):
     path = write_rgb(tmp_path / "big.png", small_photo(2, 100, 100))
     with pytest.raises(BadImageError, match="MP limit"):

@@ -32,7 +32,3 @@ def test_defaults_follow_the_paper():
 def test_nonsense_values_get_clear_messages(kw, message):
     with pytest.raises(ValidationError, match=message):
         DegradeSettings(**{**BASE, **kw})
-
-
-def test_bank_path():
-    assert DegradeSettings(**BASE, kernels="bank:/x/kernels.zarr").bank_path == Path("/x/kernels.zarr")

@@ -90,6 +90,33 @@ def test_an_image_without_flat_patches_still_gives_pairs(tmp_path):
     assert len(pairs[0]["rows"]) == 2 and pairs[0]["rows"][0]["noise_id"] == ""
 
 
+def test_a_copied_file_is_dropped_as_a_duplicate(photo_dir, tmp_path):
+    import shutil
+
+    from flows.degrade import drop_duplicates
+
+    shutil.copy(photo_dir / "photo_1.png", photo_dir / "photo_1_copy.png")
+    s = _settings(photo_dir, tmp_path / "run")
+    run = RunDir(claim_run_dir(s.out, {}))
+    records = [stages.prepare_source(p, run, s) for p in sorted(photo_dir.glob("*.png"))]
+    by_source = {Path(r["source"]).name: r for r in records}
+    assert by_source["photo_1.png"]["key"] != by_source["photo_1_copy.png"]["key"]  # own records
+    kept, dropped = drop_duplicates(records)
+    assert [Path(d["source"]).name for d in dropped] == ["photo_1_copy.png"]
+    assert "same content as" in dropped[0]["reason"] and dropped[0]["source"] not in {r["source"] for r in kept}
+
+
+def test_batch_errors_cross_processes_and_say_whether_to_retry():
+    import pickle
+
+    from tasks.degrade import BatchError
+
+    bad = BatchError([{"name": "a"}], [{"source": "x.png", "reason": "empty file", "bad_input": True}])
+    back = pickle.loads(pickle.dumps(bad))
+    assert back.done == [{"name": "a"}] and not back.retryable and "x.png: empty file" in str(back)
+    assert BatchError([], [{"source": "y.png", "reason": "OSError: disk", "bad_input": False}]).retryable
+
+
 def test_a_tiny_image_is_a_bad_image(tmp_path):
     write_rgb(tmp_path / "p" / "tiny.png", small_photo(0, 5, 5))
     s = _settings(tmp_path / "p", tmp_path / "run")

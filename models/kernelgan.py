@@ -1,0 +1,390 @@
+"""KernelGAN (Bell-Kligler, Shocher, Irani, NeurIPS 2019): an image's own x2 downscaling kernel.
+
+A deep *linear* generator G downscales crops of the image by 2; a patch discriminator D tells G's
+output from real crops of the image at its own scale. What G learns is a blur + subsample that
+keeps the image's patch statistics across scales, i.e. its degradation kernel, read out by pushing
+a delta through G's layers. Read top to bottom: config, G, D, the loss terms, the weight schedule,
+the crop sampler, the training loop.
+
+Faithful to the reference (sefibk/KernelGAN) in structure, losses, schedule and crops; different
+where users of the reference complain: no `.cuda()` (any device), a seed for every draw, the
+kernel returned at its documented size (13x13, centred on the middle pixel, as `models.kernels`
+expects) and, with `fast=True`, G applied as the single stride-2 convolution it is equal to
+(the composed kernel is built inside autograd, so every layer gets the same gradient).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.kernels import bicubic_kernel, centre_kernel
+
+
+@dataclass(frozen=True)
+class KernelGANConfig:
+    """The reference's defaults (configs.py); `iterations` is its max_iters."""
+
+    crop: int = 64  # G's input crop; D sees crop // 2
+    g_structure: tuple[int, ...] = (7, 5, 3, 1, 1, 1)
+    g_channels: int = 64
+    d_channels: int = 64
+    d_layers: int = 7
+    d_kernel: int = 7
+    iterations: int = 3000
+    lr: float = 2e-4
+    beta1: float = 0.5
+    n_filtering: int = 40  # taps kept by the final clean-up of the kernel
+    seed: int = 0
+
+    @property
+    def kernel_size(self) -> int:
+        return sum(self.g_structure) - len(self.g_structure) + 1  # 13 for (7, 5, 3, 1, 1, 1)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class Generator(nn.Module):
+    """Deep linear network: no bias, no activation; the last 1x1 layer has stride 2.
+
+    Args:
+        cfg: sizes of the layers and the channel width.
+    """
+
+    def __init__(self, cfg: KernelGANConfig):
+        super().__init__()
+        s, c = cfg.g_structure, cfg.g_channels
+        chans = [1] + [c] * (len(s) - 1) + [1]
+        self.layers = nn.ModuleList(
+            nn.Conv2d(chans[i], chans[i + 1], s[i], stride=2 if i == len(s) - 1 else 1, bias=False) for i in range(len(s))
+        )
+        self.kernel_size = cfg.kernel_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The deep path, as the reference: RGB channels go through as a batch of gray images."""
+        n, ch, h, w = x.shape
+        y = x.reshape(n * ch, 1, h, w)  # (N*3, 1, H, W)
+        for layer in self.layers:
+            y = layer(y)
+        return y.reshape(n, ch, y.shape[-2], y.shape[-1])
+
+    def kernel(self) -> torch.Tensor:
+        """The composed kernel (K, K) as a correlation kernel, differentiable in every weight."""
+        k = self.kernel_size
+        delta = torch.zeros(1, 1, 2 * k - 1, 2 * k - 1, device=self.layers[0].weight.device)
+        delta[0, 0, k - 1, k - 1] = 1.0
+        y = delta
+        for layer in self.layers:
+            y = F.conv2d(y, layer.weight)  # stride 1: the composition, not the subsampling
+        return y[0, 0].flip(0, 1)  # pushing a delta gives the flipped (convolution) kernel
+
+    def forward_composed(self, x: torch.Tensor) -> torch.Tensor:
+        """The same output as `forward`, as one stride-2 convolution with the composed kernel."""
+        n, ch, h, w = x.shape
+        k = self.kernel()[None, None]
+        y = F.conv2d(x.reshape(n * ch, 1, h, w), k, stride=2)
+        return y.reshape(n, ch, y.shape[-2], y.shape[-1])
+
+
+class Discriminator(nn.Module):
+    """Fully convolutional patch discriminator: a 7x7 spectral-norm conv, 1x1 conv-BN-ReLU
+    blocks, a 1x1 conv and a sigmoid: one real/fake score per receptive field.
+
+    Args:
+        cfg: width, depth and first kernel size.
+    """
+
+    def __init__(self, cfg: KernelGANConfig):
+        super().__init__()
+        sn = nn.utils.parametrizations.spectral_norm
+        c = cfg.d_channels
+        blocks = [sn(nn.Conv2d(3, c, cfg.d_kernel))]
+        for _ in range(cfg.d_layers - 2):
+            blocks += [sn(nn.Conv2d(c, c, 1)), nn.BatchNorm2d(c), nn.ReLU(True)]
+        blocks += [sn(nn.Conv2d(c, 1, 1)), nn.Sigmoid()]
+        self.net = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+# ------------------------------------------------------------------------------------------------
+# loss terms: one small module each, as the reference's loss.py
+
+
+class GANLoss(nn.Module):
+    """L1 distance of D's score map to all-real or all-fake labels."""
+
+    def forward(self, scores: torch.Tensor, real: bool) -> torch.Tensor:
+        return F.l1_loss(scores, torch.full_like(scores, 1.0 if real else 0.0))
+
+
+class DownScaleLoss(nn.Module):
+    """G's output should stay close to a bicubic downscale of its input (decays in training)."""
+
+    def __init__(self):
+        super().__init__()
+        # the bicubic x2 kernel centred on a pixel (7 taps), so that it agrees with the centre the
+        # CentralizedLoss asks for (the reference used an 8-tap kernel and a centre half a pixel off)
+        self.register_buffer("bicubic", torch.tensor(bicubic_kernel(2, 7), dtype=torch.float32)[None, None])
+
+    def forward(self, g_input: torch.Tensor, g_output: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = g_input.shape
+        down = F.conv2d(g_input.reshape(n * c, 1, h, w), self.bicubic, stride=2, padding=3)
+        down = down.reshape(n, c, down.shape[-2], down.shape[-1])
+        return F.mse_loss(g_output, _shave_to(down, g_output))
+
+
+class SumOfWeightsLoss(nn.Module):
+    def forward(self, k: torch.Tensor) -> torch.Tensor:
+        return (1.0 - k.sum()).abs()
+
+
+class BoundariesLoss(nn.Module):
+    """Penalises kernel mass away from the centre with the reference's Gaussian-shaped mask."""
+
+    def __init__(self, k_size: int):
+        super().__init__()
+        self.register_buffer("mask", torch.tensor(_penalty_mask(k_size, 30.0), dtype=torch.float32))
+
+    def forward(self, k: torch.Tensor) -> torch.Tensor:
+        return (k * self.mask).abs().mean()
+
+
+class CentralizedLoss(nn.Module):
+    """Squared distance of the kernel's centre of mass to the wanted centre.
+
+    The reference wants k_size // 2 + 0.5 (half a pixel off the middle, its grid); ours is the
+    middle pixel: the pixel-centre alignment is applied later, when the kernel is used.
+    """
+
+    def __init__(self, k_size: int):
+        super().__init__()
+        self.register_buffer("indices", torch.arange(k_size, dtype=torch.float32))
+        self.center = float(k_size // 2)
+
+    def forward(self, k: torch.Tensor) -> torch.Tensor:
+        total = k.sum()
+        r = (k.sum(1) * self.indices).sum() / total
+        c = (k.sum(0) * self.indices).sum() / total
+        return ((r - self.center) ** 2 + (c - self.center) ** 2) / 2
+
+
+class SparsityLoss(nn.Module):
+    def forward(self, k: torch.Tensor) -> torch.Tensor:
+        return (k.abs() ** 0.2).mean()
+
+
+@dataclass
+class LossWeights:
+    """The reference's weight schedule (learner.py), as named constants and one update rule."""
+
+    bicubic: float = 5.0
+    sum2one: float = 0.5
+    boundaries: float = 0.5
+    centralized: float = 0.0
+    sparse: float = 0.0
+
+    UPDATE_EVERY = 200
+    BICUBIC_LOSS_TO_START = 0.4
+    BICUBIC_DECAY = 100.0
+    BICUBIC_MIN = 5e-6
+    LR_EVERY = 750
+    LR_DECAY = 10.0
+    SPARSE_END = 5.0
+    CENTRALIZED_END = 1.0
+
+    _below: int = 0
+    _similar: bool = False
+    _constraints_on: bool = False
+
+    def update(self, iteration: int, loss_bicubic: float, optimizers) -> None:
+        if iteration == 0:
+            return
+        if iteration % self.LR_EVERY == 0:
+            for opt in optimizers:
+                for group in opt.param_groups:
+                    group["lr"] /= self.LR_DECAY
+        if not self._similar:  # wait until G is close to bicubic three times in a row
+            self._below = self._below + 1 if loss_bicubic < self.BICUBIC_LOSS_TO_START else 0
+            self._similar = self._below > 2
+        elif iteration % self.UPDATE_EVERY == 0 and self.bicubic > self.BICUBIC_MIN:
+            self.bicubic = max(self.bicubic / self.BICUBIC_DECAY, self.BICUBIC_MIN)
+            if not self._constraints_on and self.bicubic < 5e-3:
+                self.centralized, self.sparse = self.CENTRALIZED_END, self.SPARSE_END
+                self._constraints_on = True
+
+
+# ------------------------------------------------------------------------------------------------
+# crops sampled where the image has structure
+
+
+class CropSampler:
+    """Top-left corners of G's and D's crops, drawn with probability ~ local gradient magnitude.
+
+    As the reference's DataGenerator: D's map comes from the image, G's from its bicubic x2
+    downscale brought back to full size; both are box-blurred by half a crop; corners are even.
+    """
+
+    def __init__(self, image: np.ndarray, cfg: KernelGANConfig, rng: np.random.Generator):
+        h, w = image.shape[:2]
+        if min(h, w) < cfg.crop + 2:
+            raise ValueError(f"image {w}x{h} is too small for KernelGAN's {cfg.crop} px crops")
+        self.h, self.w, self.cfg, self.rng = h, w, cfg, rng
+        big = _gradient_map(image)
+        small = _gradient_map(cv2.resize(image, (w // 2, h // 2), interpolation=cv2.INTER_AREA))
+        small = np.kron(small, np.ones((2, 2)))[:h, :w]
+        small = np.pad(small, ((0, h - small.shape[0]), (0, w - small.shape[1])), mode="edge")
+        self.p_d = _probability(big, cfg.crop // 2)
+        self.p_g = _probability(small, cfg.crop)
+
+    def corners(self, n: int, for_g: bool) -> np.ndarray:
+        size = self.cfg.crop if for_g else self.cfg.crop // 2
+        centers = self.rng.choice(self.h * self.w, size=n, p=self.p_g if for_g else self.p_d)
+        rows, cols = centers // self.w, centers % self.w
+        top = np.clip(rows - size // 2, 0, self.h - size)
+        left = np.clip(cols - size // 2, 0, self.w - size)
+        return np.stack([top - top % 2, left - left % 2], 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# training
+
+
+@dataclass
+class KernelEstimate:
+    kernel: np.ndarray  # (13, 13) float64, centred on the middle pixel, sums to 1
+    raw: np.ndarray  # G's composed kernel at the end of training, before the clean-up
+    losses: dict[str, float]
+    iterations: int
+
+
+def estimate_kernel(image: np.ndarray, cfg: KernelGANConfig = KernelGANConfig(), device: str = "cpu", fast: bool = True, progress=None) -> KernelEstimate:
+    """Train KernelGAN on one float32 RGB image in [0, 1] (HWC) and return its x2 kernel.
+
+    `fast` applies G as its composed kernel (exact); `fast=False` runs the reference's deep path.
+    `progress(iteration, losses)` is called every 500 iterations.
+    """
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    sampler = CropSampler(image, cfg, rng)
+    dev = torch.device(device)
+    g, d = Generator(cfg).to(dev), Discriminator(cfg).to(dev)
+    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
+    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
+    gan, down = GANLoss(), DownScaleLoss().to(dev)
+    sum2one, bounds = SumOfWeightsLoss(), BoundariesLoss(cfg.kernel_size).to(dev)
+    central, sparse = CentralizedLoss(cfg.kernel_size).to(dev), SparsityLoss()
+    weights = LossWeights()
+    img = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().to(dev)  # (3, H, W)
+    g_corners = sampler.corners(cfg.iterations, for_g=True)
+    d_corners = sampler.corners(cfg.iterations, for_g=False)
+    noise = torch.Generator(device=dev).manual_seed(cfg.seed)
+    gc, dc = cfg.crop, cfg.crop // 2
+    losses: dict[str, float] = {}
+    for it in range(cfg.iterations):
+        (gy, gx), (dy, dx) = g_corners[it], d_corners[it]
+        g_in = img[None, :, gy : gy + gc, gx : gx + gc]
+        d_in = img[None, :, dy : dy + dc, dx : dx + dc]
+        d_in = d_in + torch.randn(d_in.shape, generator=noise, device=dev) / 255.0
+        apply_g = g.forward_composed if fast else g.forward
+
+        # G step: fool D, within the kernel constraints
+        opt_g.zero_grad(set_to_none=True)
+        g_out = apply_g(g_in)
+        k = g.kernel()
+        loss_bic = down(g_in, g_out)
+        loss_g = (
+            gan(d(g_out), real=True)
+            + weights.bicubic * loss_bic
+            + weights.sum2one * sum2one(k)
+            + weights.boundaries * bounds(k)
+            + weights.centralized * central(k)
+            + weights.sparse * sparse(k)
+        )
+        loss_g.backward()
+        opt_g.step()
+
+        # D step: real crops vs G's output (with a little noise), as the reference
+        opt_d.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            fake = apply_g(g_in)
+            fake = fake + torch.randn(fake.shape, generator=noise, device=dev) / 255.0
+        loss_d = 0.5 * (gan(d(d_in), real=True) + gan(d(fake), real=False))
+        loss_d.backward()
+        opt_d.step()
+
+        weights.update(it, float(loss_bic), (opt_g, opt_d))
+        if progress is not None and (it + 1) % 500 == 0:
+            progress(it + 1, {"g": float(loss_g), "d": float(loss_d), "bicubic": float(loss_bic)})
+    losses = {"g": float(loss_g), "d": float(loss_d), "bicubic": float(loss_bic)}
+    with torch.no_grad():
+        raw = g.kernel().double().cpu().numpy()
+    return KernelEstimate(finalize_kernel(raw, cfg.n_filtering), raw, losses, cfg.iterations)
+
+
+def finalize_kernel(raw: np.ndarray, keep: int = 40) -> np.ndarray:
+    """The reference's post-processing: keep the `keep` largest taps, renormalise, centre.
+
+    Centring moves the centre of mass to the middle pixel (bilinear sub-pixel shift, size kept).
+    """
+    k = np.asarray(raw, dtype=np.float64)
+    if keep and keep < k.size:
+        threshold = np.sort(k.ravel())[-keep]
+        k = np.where(k >= threshold, k, 0.0)
+    k = np.clip(k, 0, None)
+    if k.sum() <= 0:
+        raise ValueError("KernelGAN produced a kernel with no positive mass")
+    return centre_kernel(k / k.sum())
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _shave_to(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Centre-crop `a` to `b`'s spatial size."""
+    dh, dw = (a.shape[-2] - b.shape[-2]) // 2, (a.shape[-1] - b.shape[-1]) // 2
+    return a[..., dh : dh + b.shape[-2], dw : dw + b.shape[-1]]
+
+
+def _penalty_mask(k_size: int, scale: float) -> np.ndarray:
+    """1 - a wide Gaussian, zero in the centre: the reference's create_penalty_mask."""
+    z = np.arange(-k_size // 2 + 1, k_size // 2 + 1, dtype=np.float64)
+    g1 = np.exp(-(z**2) / (2 * k_size**2))
+    mask = np.outer(g1, g1)
+    mask = 1.0 - mask / mask.max()
+    center = k_size // 2 + k_size % 2
+    margin = (k_size - center) // 2 - 1
+    mask[margin:-margin, margin:-margin] = 0
+    return scale * mask
+
+
+def _gradient_map(image: np.ndarray, window: int = 5, percent: float = 0.97) -> np.ndarray:
+    """Local gradient energy of the luma, extremes clipped (the reference's create_gradient_map)."""
+    gray = cv2.cvtColor(image.astype(np.float32), cv2.COLOR_RGB2GRAY).astype(np.float64)
+    gy, gx = np.gradient(gray)
+    maps = []
+    for m in (np.abs(gx), np.abs(gy), np.hypot(gx, gy)):
+        m = m.copy()
+        m[:window], m[-window:], m[:, :window], m[:, -window:] = 0, 0, 0, 0
+        hi = np.quantile(m, percent)
+        m = np.clip(m, 0, hi) / max(hi, 1e-12)
+        maps.append(cv2.boxFilter(m, -1, (window, window), normalize=False))
+    return sum(maps)
+
+
+def _probability(loss_map: np.ndarray, crop: int) -> np.ndarray:
+    """Blur by half a crop, zero the border half a crop wide, normalise to a distribution."""
+    half = max(1, crop // 2)
+    blurred = cv2.boxFilter(loss_map, -1, (half, half))
+    blurred[:half], blurred[-half:], blurred[:, :half], blurred[:, -half:] = 0, 0, 0, 0
+    flat = blurred.ravel()
+    total = flat.sum()
+    return flat / total if total > 0 else np.full(flat.size, 1.0 / flat.size)
