@@ -28,6 +28,8 @@ _FLAGS = {
     "seed": int,
     "max_megapixels": float,
     "images_per_task": int,
+    "kernelgan_iterations": int,
+    "kernelgan_device": str,
 }
 
 

@@ -76,17 +76,28 @@ def degrade_flow(settings: DegradeSettings) -> dict:
     log.info(f"{len(sources)} source images in {settings.source}; run folder {run.root}")
 
     tk = time.perf_counter()
-    kernels = t.build_kernel_bank(run, settings)
+    batched = batches(sources, settings.images_per_task)
+    kernel_records, kernel_failed, kernel_futures = [], [], None
+    if settings.kernels == "kernelgan":  # one more fan-out, beside clean-up and noise extraction
+        kernel_futures = t.estimate_kernels.map(batched, unmapped(run), unmapped(settings))
+    else:
+        kernels = t.build_kernel_bank(run, settings)
     timings["kernel bank"] = time.perf_counter() - tk
 
     tp = time.perf_counter()
-    batched = batches(sources, settings.images_per_task)
     futures = t.prepare_sources.map(batched, unmapped(run), unmapped(settings))
     records, skipped = _gather(futures, batched, str)
     records, duplicates = drop_duplicates(records)
     skipped += duplicates
     timings["clean-up + noise extraction"] = time.perf_counter() - tp
     log.info(f"clean-up and noise extraction: {len(records)} done, {len(skipped)} skipped")
+
+    if kernel_futures is not None:
+        tk = time.perf_counter()
+        kernel_records, kernel_failed = _gather(kernel_futures, batched, str)
+        kernel_records, _ = drop_duplicates(kernel_records)
+        kernels = t.build_kernel_bank(run, settings, kernel_records)
+        timings["kernel estimation (after clean-up)"] = time.perf_counter() - tk
 
     tn = time.perf_counter()
     noise = t.build_noise_bank(records, run, settings)
@@ -98,8 +109,8 @@ def degrade_flow(settings: DegradeSettings) -> dict:
         batched, unmapped(run), unmapped(settings), unmapped(kernels["digest"]), unmapped(noise["digest"])
     )
     pairs, pair_failed = _gather(futures, batched, lambda r: r["source"])
-    complete = all(f["bad_input"] for f in skipped + pair_failed)
-    manifest = t.write_manifest(run, pairs, records, complete)
+    complete = all(f["bad_input"] for f in skipped + pair_failed + kernel_failed)
+    manifest = t.write_manifest(run, pairs, records, kernel_records, complete)
     timings["pairs"] = time.perf_counter() - tq
     timings["total"] = time.perf_counter() - t0
 
@@ -113,6 +124,7 @@ def degrade_flow(settings: DegradeSettings) -> dict:
         "converted": [{"source": r["source"], "notes": r["notes"]} for r in records if r["notes"]],
         "too_small_for_pairs": [r["source"] for r in pairs if not r["rows"]],
         "kernel_bank": kernels,
+        "kernel_failures": kernel_failed,
         "noise_bank": noise,
         "pairs": manifest,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
@@ -138,6 +150,10 @@ def summary_markdown(s: dict) -> str:
     ]
     if s["skipped"]:
         lines += ["", "## Skipped", "", *[f"- `{x['source']}`: {x['reason']}" for x in s["skipped"]]]
+    if s.get("kernel_failures"):
+        lines += ["", "## No kernel estimated (the image still gives noise and pairs)", "", *[f"- `{x['source']}`: {x['reason']}" for x in s["kernel_failures"]]]
+    if s["kernel_bank"].get("rejected"):
+        lines += ["", "## Kernels left out of the bank", "", *[f"- x{x['scale']} `{x['source']}`: {x['reason']}" for x in s["kernel_bank"]["rejected"]]]
     if s["too_small_for_pairs"]:
         lines += ["", "## No pairs (clean HR smaller than a pair patch)", "", *[f"- `{x}`" for x in s["too_small_for_pairs"]]]
     if s["converted"]:

@@ -23,8 +23,10 @@ class DegradeSettings(BaseModel):
     scale: Literal[2, 4] = Field(4, description="SR scale of the HR/LR pairs.")
     kernels: str = Field(
         "bicubic",
-        description="Kernel source: 'bicubic' (the paper's Track 1 recipe) or 'bank:PATH' to reuse a kernel bank.",
+        description="Kernel source: 'bicubic' (the paper's Track 1 recipe), 'kernelgan' (each source's own kernel) or 'bank:PATH' (reuse a kernel bank).",
     )
+    kernelgan_iterations: int = Field(3000, ge=1, le=100_000, description="KernelGAN training steps per image (the paper: 3000).")
+    kernelgan_device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="Torch device for KernelGAN: auto, cpu, cuda or cuda:N.")
     cleanup_factor: int = Field(2, ge=1, le=8, description="Bicubic clean-up downscale of the sources (1 = none).")
     noise_patch_size: int = Field(256, ge=8, le=4096, description="Side of a noise patch, px of the source.")
     noise_stride: int = Field(256, ge=1, le=4096, description="Step between candidate noise patches, px.")
@@ -48,8 +50,8 @@ class DegradeSettings(BaseModel):
         if v.startswith("bank:") and len(v) > 5:
             return v
         if v == "kernelgan":
-            raise ValueError("'kernelgan' kernel estimation is not available in this version; use 'bicubic' or 'bank:PATH'")
-        raise ValueError(f"kernel source must be 'bicubic' or 'bank:PATH', got {v!r}")
+            return v
+        raise ValueError(f"kernel source must be 'bicubic', 'kernelgan' or 'bank:PATH', got {v!r}")
 
     @model_validator(mode="after")
     def _consistent(self) -> "DegradeSettings":
@@ -74,6 +76,10 @@ class DegradeSettings(BaseModel):
         """The settings a source's clean-up and noise extraction depend on."""
         fields = ("scale", "cleanup_factor", "noise_patch_size", "noise_stride", "noise_max_var", "noise_min_mean")
         return {"stage": "preprocess", "version": STAGE_VERSION, **{f: getattr(self, f) for f in fields}}
+
+    def kernelgan_key_fields(self) -> dict:
+        """The settings an image's KernelGAN kernel depends on (not the device: results agree to float rounding)."""
+        return {"stage": "kernelgan", "version": STAGE_VERSION, "iterations": self.kernelgan_iterations, "seed": self.seed}
 
     def pairs_key_fields(self) -> dict:
         """The settings an image's pairs depend on (bank digests are added by the caller)."""

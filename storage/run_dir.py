@@ -70,6 +70,9 @@ class RunDir:
     def record_path(self, stage: str, key: str) -> Path:
         return self.work / stage / f"{key}.json"
 
+    def staged_kernel(self, key: str) -> Path:
+        return self.work / "kernels" / f"{key}.npz"
+
     def staged_noise(self, key: str) -> Path:
         return self.work / "noise" / f"{key}.npz"
 

@@ -149,6 +149,44 @@ def build_noise_bank(records: list[dict], run: RunDir, s) -> dict:
     return {"path": str(run.noise), "count": int(len(stack)), "rejected": attrs["rejected"], "digest": digest}
 
 
+def estimate_source_kernel(path: Path, run: RunDir, s, device: str = "cpu", log: Log = _quiet) -> dict:
+    """KernelGAN's x2 kernel of one source image (the real photo, before clean-up)."""
+    from models.kernelgan import KernelGANConfig, estimate_kernel
+
+    t0 = time.perf_counter()
+    data = read_bytes(path)
+    sha = sha256_bytes(data)
+    key = stage_key({**s.kernelgan_key_fields(), "sha256": sha, "path": _relative(path, s.source)})
+    done = run.load_record("kernelgan", key)
+    if done is not None and run.staged_kernel(key).exists():
+        return {**done, "cached": True}
+    src = decode_image(path, data, max_pixels=int(s.max_megapixels * 1e6))
+    cfg = KernelGANConfig(iterations=s.kernelgan_iterations, seed=s.seed)
+    try:
+        est = estimate_kernel(src.rgb, cfg, device=device, progress=lambda it, l: log(f"{path}: KernelGAN {it}/{cfg.iterations} {l}"))
+    except ValueError as e:  # too small for the crops, or no positive mass
+        raise BadImageError(path, str(e)) from None
+    write_bytes(run.staged_kernel(key), _npz_bytes({"kernel": est.kernel, "raw": est.raw}))
+    record = {"key": key, "source": str(path), "sha256": sha, "losses": est.losses, "device": device, "seconds": round(time.perf_counter() - t0, 3)}
+    run.save_record("kernelgan", key, record)
+    log(f"{path}: KernelGAN kernel in {record['seconds']:.1f} s on {device}")
+    return {**record, "cached": False}
+
+
+def kernelgan_sets(run: RunDir, records: list[dict]) -> list[KernelSet]:
+    """x2 kernels from KernelGAN records (source order) and their analytic x4 kernels."""
+    records = sorted(records, key=lambda r: r["source"])
+    k2 = []
+    for r in records:
+        with np.load(run.staged_kernel(r["key"]), allow_pickle=False) as z:
+            k2.append(z["kernel"])
+    src, sha = [r["source"] for r in records], [r["sha256"] for r in records]
+    return [
+        _kernel_set(2, k2, src, sha, ["kernelgan"] * len(k2)),
+        _kernel_set(4, [analytic_x4(k) for k in k2], src, sha, ["kernelgan+analytic-x4"] * len(k2)),
+    ]
+
+
 def kernel_sets_for(spec: str, required: int, scales=(2, 4)) -> tuple[list[KernelSet], dict]:
     """The kernel sets a kernel source gives, with provenance attributes for the bank.
 
@@ -199,14 +237,22 @@ def _kernel_set(scale: int, kernels, source, sha, method) -> KernelSet:
     )
 
 
-def build_kernel_bank(run: RunDir, s) -> dict:
-    sets, attrs = kernel_sets_for(s.kernels, s.scale)
+def build_kernel_bank(run: RunDir, s, kernelgan_records: list[dict] | None = None) -> dict:
+    if s.kernels == "kernelgan":
+        from models.kernelgan import KernelGANConfig
+
+        sets = kernelgan_sets(run, kernelgan_records or [])
+        cfg = KernelGANConfig(iterations=s.kernelgan_iterations, seed=s.seed)
+        attrs = {"kernel_source": "kernelgan", "kernelgan": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.as_dict().items()}}
+    else:
+        sets, attrs = kernel_sets_for(s.kernels, s.scale)
     scale_attrs = {st.scale: {"resize_convention": RESIZE_CONVENTION} for st in sets}
     digest = write_kernel_bank(run.kernels, sets, attrs, scale_attrs)
     counts = {f"x{st.scale}": {"kernels": len(st), "valid": int(st.checks["valid"].sum())} for st in sets}
+    rejected = [{"source": str(src), "scale": st.scale, "reason": str(why)} for st in sets for src, why in zip(st.source, st.reason) if why]
     if not counts.get(f"x{s.scale}", {}).get("valid"):
         raise ValueError(f"the kernel bank has no valid x{s.scale} kernels: no pairs can be made")
-    return {"path": str(run.kernels), "digest": digest, "counts": counts}
+    return {"path": str(run.kernels), "digest": digest, "counts": counts, "rejected": rejected}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -311,16 +357,16 @@ def write_manifest(run: RunDir, pair_records: list[dict], remove_stale: bool = T
     return {"path": str(run.manifest), "pairs": len(rows), "stale_removed": removed}
 
 
-def prune(run: RunDir, records: list[dict], pair_records: list[dict]) -> int:
+def prune(run: RunDir, records: list[dict], pair_records: list[dict], kernel_records: list[dict] = ()) -> int:
     """Remove clean HR images and stage files that no image of this run uses any more.
 
     Call only after a run in which every image either finished or is a bad input: an image that
     failed for another reason would lose its earlier outputs.
     """
     keep = {Path(r["clean_hr"]).name for r in records}
-    keep |= {f"{r['key']}{suffix}" for r in [*records, *pair_records] for suffix in (".json", ".npz")}
+    keep |= {f"{r['key']}{suffix}" for r in [*records, *pair_records, *kernel_records] for suffix in (".json", ".npz")}
     removed = 0
-    for folder in (run.clean_hr, run.work / "preprocess", run.work / "pairs", run.work / "noise"):
+    for folder in (run.clean_hr, run.work / "preprocess", run.work / "pairs", run.work / "noise", run.work / "kernelgan", run.work / "kernels"):
         if folder.exists():
             for f in folder.iterdir():
                 if f.is_file() and f.name not in keep:

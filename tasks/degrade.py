@@ -120,10 +120,26 @@ def make_pairs(items: list[dict], run: RunDir, settings, kernel_digest: str, noi
     )
 
 
+@task(name="kernelgan", tags=["gpu"], **_PER_IMAGE)
+def estimate_kernels(items: list[Path], run: RunDir, settings) -> list[dict]:
+    """KernelGAN per source image; tagged `gpu` so a tag concurrency limit can guard the device."""
+    import torch
+
+    torch.set_num_threads(1)  # one task per worker process, as OpenCV
+    device = settings.kernelgan_device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    log = get_run_logger()
+    return _each(items, lambda p: p, lambda p: stages.estimate_source_kernel(p, run, settings, device, log.info))
+
+
 @task(name="build-kernel-bank", cache_policy=NO_CACHE)
-def build_kernel_bank(run: RunDir, settings) -> dict:
-    info = stages.build_kernel_bank(run, settings)
-    get_run_logger().info(f"kernel bank {info['path']}: {info['counts']}")
+def build_kernel_bank(run: RunDir, settings, kernelgan_records: list[dict] | None = None) -> dict:
+    info = stages.build_kernel_bank(run, settings, kernelgan_records)
+    log = get_run_logger()
+    log.info(f"kernel bank {info['path']}: {info['counts']}")
+    for r in info["rejected"]:
+        log.warning(f"x{r['scale']} kernel of {r['source']} left out: {r['reason']}")
     return info
 
 
@@ -138,11 +154,11 @@ def build_noise_bank(records: list[dict], run: RunDir, settings) -> dict:
 
 
 @task(name="write-manifest", cache_policy=NO_CACHE)
-def write_manifest(run: RunDir, pair_records: list[dict], records: list[dict], complete: bool) -> dict:
+def write_manifest(run: RunDir, pair_records: list[dict], records: list[dict], kernel_records: list[dict], complete: bool) -> dict:
     """The manifest; stale outputs are pruned only when no image failed for a reason other than bad input."""
     log = get_run_logger()
     info = stages.write_manifest(run, pair_records, remove_stale=complete)
-    info["pruned"] = stages.prune(run, records, pair_records) if complete else 0
+    info["pruned"] = stages.prune(run, records, pair_records, kernel_records) if complete else 0
     if not complete:
         log.warning("some images failed with errors: outputs of earlier runs were kept, nothing pruned")
     log.info(f"manifest {info['path']}: {info['pairs']} pairs")

@@ -100,6 +100,20 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path, prefect_server):
     assert open_noise_bank(killed / "noise.zarr").count == 16 * 12 * 16 // 2
 
 
+def test_kernelgan_fills_the_kernel_bank(photo_dir, tmp_path, prefect_server, capsys):
+    settings = DegradeSettings(source=photo_dir, out=tmp_path / "run", kernels="kernelgan", kernelgan_iterations=5, **SMALL)
+    summary = run_degrade(settings, workers=2)
+    attrs, kernels = open_kernel_bank(tmp_path / "run" / "kernels.zarr")
+    assert attrs["kernel_source"] == "kernelgan" and attrs["kernelgan"]["iterations"] == 5
+    assert kernels[2].kernels.shape == (4, 13, 13) and kernels[4].kernels.shape == (4, 25, 25)
+    assert sorted(Path(s).name for s in kernels[2].source) == [f"photo_{i}.png" for i in range(4)]
+    assert set(kernels[4].method) == {"kernelgan+analytic-x4"}
+    rows = [json.loads(line) for line in (tmp_path / "run" / "pairs" / "manifest.jsonl").read_text().splitlines()]
+    assert rows and all(r["kernel_id"].startswith("kernelgan+analytic-x4:") for r in rows)
+    again = run_degrade(settings, workers=2)
+    assert again["kernel_bank"]["digest"] == summary["kernel_bank"]["digest"]  # cached, same kernels
+
+
 def test_inspect_writes_contact_sheets(photo_dir, tmp_path, prefect_server, capsys):
     import cv2
 
