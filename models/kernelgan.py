@@ -271,7 +271,7 @@ class CropSampler:
 
 @dataclass
 class KernelEstimate:
-    kernel: np.ndarray  # (13, 13) float64, centred on the middle pixel, sums to 1
+    kernel: np.ndarray | None  # (13, 13) float64, centred, sums to 1; None if G ended with no positive mass
     raw: np.ndarray  # G's composed kernel at the end of training, before the clean-up
     losses: dict[str, float]
     iterations: int
@@ -397,3 +397,153 @@ def _probability(loss_map: np.ndarray, crop: int) -> np.ndarray:
     flat = blurred.ravel()
     total = flat.sum()
     return flat / total if total > 0 else np.full(flat.size, 1.0 / flat.size)
+
+
+# ------------------------------------------------------------------------------------------------
+# many images at once
+
+
+class _BatchedD(nn.Module):
+    """B independent discriminators as grouped convolutions, started from one seeded D's state.
+
+    Grouped convs keep the images apart, BatchNorm over B*C channels is per-image BN (its
+    statistics are per channel), and spectral norm runs torch's power iteration batched, one step
+    per forward, in the same order (u, then v), from the same u and v.
+    """
+
+    def __init__(self, d: Discriminator, b: int):
+        super().__init__()
+        self.b = b
+        self.weights, self.biases, self.us, self.vs, self.bns = nn.ParameterList(), nn.ParameterList(), [], [], []
+        for m in d.net:
+            if isinstance(m, nn.Conv2d):
+                p = m.parametrizations.weight
+                w = p.original.detach()
+                self.weights.append(nn.Parameter(w.unsqueeze(0).repeat(b, 1, 1, 1, 1)))
+                self.biases.append(nn.Parameter(m.bias.detach().repeat(b)))
+                self.us.append(p[0]._u.detach().unsqueeze(0).repeat(b, 1))
+                self.vs.append(p[0]._v.detach().unsqueeze(0).repeat(b, 1))
+            elif isinstance(m, nn.BatchNorm2d):
+                self.bns.append((nn.Parameter(m.weight.detach().repeat(b)), nn.Parameter(m.bias.detach().repeat(b))))
+        for i, (w, bias) in enumerate(self.bns):
+            self.register_parameter(f"bn{i}_weight", w)
+            self.register_parameter(f"bn{i}_bias", bias)
+
+    def _sn_weight(self, i: int) -> torch.Tensor:
+        w = self.weights[i]  # (B, out, in, kh, kw)
+        mat = w.flatten(2)  # (B, out, in*kh*kw)
+        with torch.no_grad():
+            self.us[i] = F.normalize(torch.bmm(mat, self.vs[i].unsqueeze(2)).squeeze(2), dim=1, eps=1e-12)
+            self.vs[i] = F.normalize(torch.bmm(mat.transpose(1, 2), self.us[i].unsqueeze(2)).squeeze(2), dim=1, eps=1e-12)
+        sigma = (self.us[i] * torch.bmm(mat, self.vs[i].unsqueeze(2)).squeeze(2)).sum(1)  # (B,)
+        return (w / sigma.view(-1, 1, 1, 1, 1)).flatten(0, 1)  # (B*out, in, kh, kw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 3, H, W), image b's crop in row b -> (B, 1, h, w) scores."""
+        b = self.b
+        y = x.reshape(1, b * x.shape[1], x.shape[2], x.shape[3])
+        n_conv = len(self.weights)
+        for i in range(n_conv):
+            y = F.conv2d(y, self._sn_weight(i), self.biases[i], groups=b)
+            if i < n_conv - 1 and i >= 1:  # the 1x1 blocks: BN and ReLU after the conv
+                w, bias = self.bns[i - 1]
+                y = F.relu(F.batch_norm(y, None, None, w, bias, training=True))
+        return torch.sigmoid(y).reshape(b, 1, y.shape[-2], y.shape[-1])
+
+
+class _BatchedG(nn.Module):
+    """B independent deep linear generators as stacked weights; only the composed path."""
+
+    def __init__(self, g: Generator, b: int):
+        super().__init__()
+        self.b = b
+        self.weights = nn.ParameterList(nn.Parameter(l.weight.detach().unsqueeze(0).repeat(b, 1, 1, 1, 1)) for l in g.layers)
+
+    def kernels(self) -> torch.Tensor:
+        """(B, K, K): every generator's composed kernel, by grouped transposed convolutions."""
+        b = self.b
+        m = self.weights[-1].flatten(0, 1).reshape(1, -1, 1, 1)  # (1, B*C, 1, 1)
+        for w in reversed(list(self.weights)[:-1]):
+            m = F.conv_transpose2d(m, w.flatten(0, 1), groups=b)  # (1, B*C_in, k', k')
+        return m.reshape(b, m.shape[-2], m.shape[-1])
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        b, ch, h, w = x.shape
+        weight = k.repeat_interleave(ch, dim=0)[:, None]  # (B*3, 1, K, K)
+        y = F.conv2d(x.reshape(1, b * ch, h, w), weight, stride=2, groups=b * ch)
+        return y.reshape(b, ch, y.shape[-2], y.shape[-1])
+
+
+def estimate_kernels(images: list[np.ndarray], cfg: KernelGANConfig = KernelGANConfig(), device: str = "cpu", progress=None) -> list[KernelEstimate]:
+    """`estimate_kernel` for many images in one training loop: the same draws and the same
+    updates per image (every image starts from the seed's G and D), one set of kernel launches."""
+    b = len(images)
+    torch.manual_seed(cfg.seed)
+    g1, d1 = Generator(cfg), Discriminator(cfg)
+    dev = torch.device(device)
+    g, d = _BatchedG(g1, b).to(dev), _BatchedD(d1, b).to(dev)
+    d.us = [u.to(dev) for u in d.us]
+    d.vs = [v.to(dev) for v in d.vs]
+    samplers = [CropSampler(img, cfg, np.random.default_rng(cfg.seed)) for img in images]
+    g_corners = [s.corners(cfg.iterations, for_g=True) for s in samplers]
+    d_corners = [s.corners(cfg.iterations, for_g=False) for s in samplers]
+    noises = [torch.Generator(device=dev).manual_seed(cfg.seed) for _ in range(b)]
+    imgs = [torch.from_numpy(np.ascontiguousarray(im.transpose(2, 0, 1))).float().to(dev) for im in images]
+    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
+    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
+    down, bounds, central = DownScaleLoss().to(dev), BoundariesLoss(cfg.kernel_size).to(dev), CentralizedLoss(cfg.kernel_size).to(dev)
+    weights = [LossWeights() for _ in range(b)]
+    gc, dc = cfg.crop, cfg.crop // 2
+
+    def per_image(fn, *tensors) -> torch.Tensor:
+        return torch.stack([fn(*(t[i] for t in tensors)) for i in range(b)])
+
+    for it in range(cfg.iterations):
+        g_in = torch.stack([imgs[i][:, y : y + gc, x : x + gc] for i, (y, x) in enumerate(c[it] for c in g_corners)])
+        d_in = torch.stack([imgs[i][:, y : y + dc, x : x + dc] for i, (y, x) in enumerate(c[it] for c in d_corners)])
+        d_in = d_in + torch.stack([torch.randn((1, 3, dc, dc), generator=noises[i], device=dev)[0] for i in range(b)]) / 255.0
+        w = {name: torch.tensor([getattr(lw, name) for lw in weights], device=dev) for name in ("bicubic", "sum2one", "boundaries", "centralized", "sparse")}
+
+        opt_g.zero_grad(set_to_none=True)
+        k = g.kernels()  # (B, K, K)
+        g_out = g(g_in, k)
+        scores = d(g_out)
+        loss_gan = (scores - 1).abs().flatten(1).mean(1)
+        loss_bic = per_image(lambda a, o: down(a[None], o[None]), g_in, g_out)
+        loss_sum = (1 - k.sum((1, 2))).abs()
+        loss_bnd = per_image(bounds, k)
+        loss_cen = per_image(central, k)
+        loss_sps = (k.abs() ** 0.2).flatten(1).mean(1)
+        total = loss_gan + w["bicubic"] * loss_bic + w["sum2one"] * loss_sum + w["boundaries"] * loss_bnd + w["centralized"] * loss_cen + w["sparse"] * loss_sps
+        total.sum().backward()
+        opt_g.step()
+
+        opt_d.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            fake = g(g_in, g.kernels())
+            fake = fake + torch.stack([torch.randn((1, 3) + fake.shape[-2:], generator=noises[i], device=dev)[0] for i in range(b)]) / 255.0
+        real_s, fake_s = d(d_in), d(fake)
+        loss_d = 0.5 * ((real_s - 1).abs().flatten(1).mean(1) + fake_s.abs().flatten(1).mean(1))
+        loss_d.sum().backward()
+        opt_d.step()
+
+        bic = loss_bic.detach().cpu().tolist()
+        for i, lw in enumerate(weights):
+            lw.update(it, bic[i], ())
+        if it > 0 and it % LossWeights.LR_EVERY == 0:
+            for opt in (opt_g, opt_d):
+                for group in opt.param_groups:
+                    group["lr"] /= LossWeights.LR_DECAY
+        if progress is not None and (it + 1) % 500 == 0:
+            progress(it + 1, {"g": total.mean().item(), "d": loss_d.mean().item()})
+    with torch.no_grad():
+        raws = g.kernels().double().cpu().numpy()
+    out = []
+    for i in range(b):
+        losses = {"g": total[i].item(), "d": loss_d[i].item(), "bicubic": loss_bic[i].item()}
+        try:
+            kernel = finalize_kernel(raws[i], cfg.n_filtering)
+        except ValueError:  # one image's degenerate kernel must not cost the others theirs
+            kernel = None
+        out.append(KernelEstimate(kernel, raws[i], losses, cfg.iterations))
+    return out

@@ -129,9 +129,9 @@ def read_image(path: Path | str, max_pixels: int = 200_000_000) -> SourceImage:
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
-    """RGB uint8 (or [0,1] float) to PNG bytes with OpenCV's defaults (2x faster than level 1 here)."""
+    """RGB uint8 to PNG bytes with OpenCV's defaults (2x faster than level 1 here)."""
     if rgb.dtype != np.uint8:
-        rgb = np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
+        raise TypeError(f"encode_png takes uint8 RGB, got {rgb.dtype} (use models.degradation.to_uint8)")
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
     if not ok:
         raise OSError("PNG encoding failed")

@@ -149,28 +149,48 @@ def build_noise_bank(records: list[dict], run: RunDir, s) -> dict:
     return {"path": str(run.noise), "count": int(len(stack)), "rejected": attrs["rejected"], "digest": digest}
 
 
-def estimate_source_kernel(path: Path, run: RunDir, s, device: str = "cpu", log: Log = _quiet) -> dict:
-    """KernelGAN's x2 kernel of one source image (the real photo, before clean-up)."""
-    from models.kernelgan import KernelGANConfig, estimate_kernel
+def estimate_source_kernels(paths: list[Path], run: RunDir, s, device: str = "cpu", log: Log = _quiet) -> list[dict | BadImageError]:
+    """KernelGAN's x2 kernel of each source image (the real photo, before clean-up).
 
-    t0 = time.perf_counter()
-    data = read_bytes(path)
-    sha = sha256_bytes(data)
-    key = stage_key({**s.kernelgan_key_fields(), "sha256": sha, "path": _relative(path, s.source)})
-    done = run.load_record("kernelgan", key)
-    if done is not None and run.staged_kernel(key).exists():
-        return {**done, "cached": True}
-    src = decode_image(path, data, max_pixels=int(s.max_megapixels * 1e6))
+    The images not done in an earlier run train together in one loop (`estimate_kernels`): the
+    same algorithm per image, one set of kernel launches. Returns a record or the BadImageError
+    of each path, in order.
+    """
+    from models.kernelgan import KernelGANConfig, estimate_kernels
+
     cfg = KernelGANConfig(iterations=s.kernelgan_iterations, seed=s.seed)
-    try:
-        est = estimate_kernel(src.rgb, cfg, device=device, progress=lambda it, l: log(f"{path}: KernelGAN {it}/{cfg.iterations} {l}"))
-    except ValueError as e:  # too small for the crops, or no positive mass
-        raise BadImageError(path, str(e)) from None
-    write_bytes(run.staged_kernel(key), _npz_bytes({"kernel": est.kernel, "raw": est.raw}))
-    record = {"key": key, "source": str(path), "sha256": sha, "losses": est.losses, "device": device, "seconds": round(time.perf_counter() - t0, 3)}
-    run.save_record("kernelgan", key, record)
-    log(f"{path}: KernelGAN kernel in {record['seconds']:.1f} s on {device}")
-    return {**record, "cached": False}
+    results: dict[Path, dict | BadImageError] = {}
+    todo = []
+    for path in paths:
+        try:
+            data = read_bytes(path)
+            sha = sha256_bytes(data)
+            key = stage_key({**s.kernelgan_key_fields(), "sha256": sha, "path": _relative(path, s.source)})
+            done = run.load_record("kernelgan", key)
+            if done is not None and run.staged_kernel(key).exists():
+                results[path] = {**done, "cached": True}
+                continue
+            rgb = decode_image(path, data, max_pixels=int(s.max_megapixels * 1e6)).rgb
+            if min(rgb.shape[:2]) < cfg.crop + 2:
+                raise BadImageError(path, f"{rgb.shape[1]}x{rgb.shape[0]} is too small for KernelGAN's {cfg.crop} px crops")
+            todo.append((path, sha, key, rgb))
+        except BadImageError as e:
+            results[path] = e
+    if todo:
+        t0 = time.perf_counter()
+        names = ", ".join(Path(t[0]).name for t in todo)
+        log(f"KernelGAN on {len(todo)} image(s) at once on {device}: {names}")
+        estimates = estimate_kernels([t[3] for t in todo], cfg, device=device, progress=lambda it, l: log(f"KernelGAN {it}/{cfg.iterations} ({names}) {l}"))
+        seconds = round((time.perf_counter() - t0) / len(todo), 3)
+        for (path, sha, key, _), est in zip(todo, estimates):
+            if est.kernel is None:
+                results[path] = BadImageError(path, "KernelGAN ended with a kernel that has no positive mass")
+                continue
+            write_bytes(run.staged_kernel(key), _npz_bytes({"kernel": est.kernel, "raw": est.raw}))
+            record = {"key": key, "source": str(path), "sha256": sha, "losses": est.losses, "device": device, "seconds": seconds}
+            run.save_record("kernelgan", key, record)
+            results[path] = {**record, "cached": False}
+    return [results[p] for p in paths]
 
 
 def kernelgan_sets(run: RunDir, records: list[dict]) -> list[KernelSet]:

@@ -122,7 +122,8 @@ def make_pairs(items: list[dict], run: RunDir, settings, kernel_digest: str, noi
 
 @task(name="kernelgan", tags=["gpu"], **_PER_IMAGE)
 def estimate_kernels(items: list[Path], run: RunDir, settings) -> list[dict]:
-    """KernelGAN per source image; tagged `gpu` so a tag concurrency limit can guard the device."""
+    """KernelGAN for a batch of source images trained together; tagged `gpu` so a tag
+    concurrency limit can guard the device. A bad image costs only itself."""
     import torch
 
     torch.set_num_threads(1)  # one task per worker process, as OpenCV
@@ -130,7 +131,18 @@ def estimate_kernels(items: list[Path], run: RunDir, settings) -> list[dict]:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     log = get_run_logger()
-    return _each(items, lambda p: p, lambda p: stages.estimate_source_kernel(p, run, settings, device, log.info))
+    done, failures = [], []
+    for path, result in zip(items, stages.estimate_source_kernels(items, run, settings, device, log.info)):
+        if isinstance(result, BadImageError):
+            log.error(str(result))
+            failures.append({"source": str(path), "reason": result.reason, "bad_input": True})
+        else:
+            if result["cached"]:
+                log.info(f"{path}: cached (done in an earlier run)")
+            done.append(result)
+    if failures:
+        raise BatchError(done, failures)
+    return done
 
 
 @task(name="build-kernel-bank", cache_policy=NO_CACHE)

@@ -151,3 +151,19 @@ def test_concurrent_workers_lose_no_patches(tmp_path):
         img = read_image(str(sources[i])).rgb
         y, x = pos[i]
         np.testing.assert_array_equal(bank.patch(i), np.rint(img[y : y + 32, x : x + 32] * 255).astype(np.uint8))
+
+
+def test_kernelgan_stage_isolates_small_images_and_caches(tmp_path):
+    src = tmp_path / "p"
+    write_rgb(src / "ok.png", small_photo(1, 96, 96))
+    write_rgb(src / "small.png", small_photo(2, 40, 200))
+    s = _settings(src, tmp_path / "run", kernels="kernelgan", kernelgan_iterations=3)
+    run = RunDir(claim_run_dir(s.out, {}))
+    paths = [src / "ok.png", src / "small.png"]
+    ok, small = stages.estimate_source_kernels(paths, run, s)
+    assert isinstance(small, BadImageError) and "small.png" in str(small) and "too small for KernelGAN" in str(small)
+    assert not ok["cached"] and run.staged_kernel(ok["key"]).exists()
+    again, _ = stages.estimate_source_kernels(paths, run, s)
+    assert again["cached"] and again["key"] == ok["key"]
+    sets = stages.kernelgan_sets(run, [ok])
+    assert sets[0].kernels.shape == (1, 13, 13) and sets[1].kernels.shape == (1, 25, 25)
