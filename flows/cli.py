@@ -43,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", required=True, type=Path)
     for name, typ in _FLAGS.items():
         field = DegradeSettings.model_fields[name]
-        d.add_argument("--" + name.replace("_", "-"), type=typ, default=None, help=f"{field.description} (default {field.default})")
+        default = "" if "default" in (field.description or "") else f" (default {field.default})"
+        d.add_argument("--" + name.replace("_", "-"), type=typ, default=None, help=f"{field.description}{default}")
     _runtime_flags(d)
     i = sub.add_parser("inspect", help="statistics and a PNG contact sheet of a kernel or noise bank")
     i.add_argument("bank", type=Path)
