@@ -97,10 +97,27 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=3000)
     ap.add_argument("--procs", type=int, default=2)
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--batched-only", action="store_true", help="only the images trained together, in this process")
     args = ap.parse_args()
     from models.kernels import bicubic_kernel
 
     paths = sorted((HR / "set14").glob("*.png"))[: args.images]
+    if args.batched_only:
+        import torch
+
+        from models.kernelgan import KernelGANConfig, estimate_kernels
+
+        torch.set_num_threads(1)
+        cases = [make_case(i, p) for i, p in enumerate(paths)]
+        t = time.perf_counter()
+        ests = estimate_kernels([c[1] for c in cases], KernelGANConfig(iterations=args.iterations, seed=0))
+        secs = (time.perf_counter() - t) / len(cases)
+        figs = [figures(c[0], e.kernel, c[2]) for c, e in zip(cases, ests)]
+        for i, f in enumerate(figs):
+            print(f"image {i} batched: {f}")
+        m = {k: np.mean([f[k] for f in figs]) for k in figs[0]}
+        print(f"| ours, {len(cases)} images trained together (1 process, 1 thread) | {secs:.1f} | {m['kernel_err']:.4f} | {m['psnr_x2']:.2f} | {m['psnr_x4']:.2f} |")
+        return
     jobs = [(i, p, args.iterations, True) for i, p in enumerate(paths)]
     if not args.skip_baseline:
         jobs += [(i, p, args.iterations, False) for i, p in enumerate(paths)]
