@@ -216,13 +216,18 @@ class LossWeights:
     _similar: bool = False
     _constraints_on: bool = False
 
+    @classmethod
+    def decay_learning_rate(cls, iteration: int, optimizers) -> None:
+        """Divide every learning rate by LR_DECAY each LR_EVERY steps (shared by all images)."""
+        if iteration > 0 and iteration % cls.LR_EVERY == 0:
+            for opt in optimizers:
+                for group in opt.param_groups:
+                    group["lr"] /= cls.LR_DECAY
+
     def update(self, iteration: int, loss_bicubic: float, optimizers) -> None:
         if iteration == 0:
             return
-        if iteration % self.LR_EVERY == 0:
-            for opt in optimizers:
-                for group in opt.param_groups:
-                    group["lr"] /= self.LR_DECAY
+        self.decay_learning_rate(iteration, optimizers)
         if not self._similar:  # wait until G is close to bicubic three times in a row
             self._below = self._below + 1 if loss_bicubic < self.BICUBIC_LOSS_TO_START else 0
             self._similar = self._below > 2
@@ -529,11 +534,8 @@ def estimate_kernels(images: list[np.ndarray], cfg: KernelGANConfig = KernelGANC
 
         bic = loss_bic.detach().cpu().tolist()
         for i, lw in enumerate(weights):
-            lw.update(it, bic[i], ())
-        if it > 0 and it % LossWeights.LR_EVERY == 0:
-            for opt in (opt_g, opt_d):
-                for group in opt.param_groups:
-                    group["lr"] /= LossWeights.LR_DECAY
+            lw.update(it, bic[i], ())  # per-image loss weights; the learning rate is shared
+        LossWeights.decay_learning_rate(it, (opt_g, opt_d))
         if progress is not None and (it + 1) % 500 == 0:
             progress(it + 1, {"g": total.mean().item(), "d": loss_d.mean().item()})
     with torch.no_grad():

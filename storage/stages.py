@@ -45,9 +45,7 @@ def _quiet(msg: str) -> None:
 def prepare_source(path: Path, run: RunDir, s, log: Log = _quiet) -> dict:
     """Clean up one source photo and find its noise patches; returns a small record."""
     t0 = time.perf_counter()
-    data = read_bytes(path)
-    # the path is part of the key: a renamed or copied file gets records under its own name
-    key = stage_key({**s.preprocess_key_fields(), "sha256": sha256_bytes(data), "path": _relative(path, s.source)})
+    data, _, key = _source_key(path, s, s.preprocess_key_fields())
     done = run.load_record("preprocess", key)
     if done is not None and Path(done["clean_hr"]).exists() and (done["noise_count"] == 0 or run.staged_noise(key).exists()):
         return {**done, "cached": True, "source": str(path)}
@@ -95,6 +93,16 @@ def prepare_source(path: Path, run: RunDir, s, log: Log = _quiet) -> dict:
     run.save_record("preprocess", key, record)
     log(f"{path}: clean HR {hr.shape[1]}x{hr.shape[0]}, {len(patches)} noise patches ({rejected} rejected)")
     return {**record, "cached": False}
+
+
+def _source_key(path: Path, s, fields: dict) -> tuple[bytes, str, str]:
+    """A source's bytes, content hash and stage key (settings + hash + path in the source folder).
+
+    The path is part of the key: a renamed or copied file gets records under its own name.
+    """
+    data = read_bytes(path)
+    sha = sha256_bytes(data)
+    return data, sha, stage_key({**fields, "sha256": sha, "path": _relative(path, s.source)})
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -156,16 +164,14 @@ def estimate_source_kernels(paths: list[Path], run: RunDir, s, device: str = "cp
     same algorithm per image, one set of kernel launches. Returns a record or the BadImageError
     of each path, in order.
     """
-    from models.kernelgan import KernelGANConfig, estimate_kernels
+    from models.kernelgan import estimate_kernels
 
-    cfg = KernelGANConfig(iterations=s.kernelgan_iterations, seed=s.seed)
+    cfg = _kernelgan_config(s)
     results: dict[Path, dict | BadImageError] = {}
     todo = []
     for path in paths:
         try:
-            data = read_bytes(path)
-            sha = sha256_bytes(data)
-            key = stage_key({**s.kernelgan_key_fields(), "sha256": sha, "path": _relative(path, s.source)})
+            data, sha, key = _source_key(path, s, s.kernelgan_key_fields())
             done = run.load_record("kernelgan", key)
             if done is not None and run.staged_kernel(key).exists():
                 results[path] = {**done, "cached": True}
@@ -191,6 +197,13 @@ def estimate_source_kernels(paths: list[Path], run: RunDir, s, device: str = "cp
             run.save_record("kernelgan", key, record)
             results[path] = {**record, "cached": False}
     return [results[p] for p in paths]
+
+
+def _kernelgan_config(s):
+    """The KernelGAN configuration a run's settings ask for (the reference's defaults otherwise)."""
+    from models.kernelgan import KernelGANConfig
+
+    return KernelGANConfig(iterations=s.kernelgan_iterations, seed=s.seed)
 
 
 def kernelgan_sets(run: RunDir, records: list[dict]) -> list[KernelSet]:
@@ -259,10 +272,8 @@ def _kernel_set(scale: int, kernels, source, sha, method) -> KernelSet:
 
 def build_kernel_bank(run: RunDir, s, kernelgan_records: list[dict] | None = None) -> dict:
     if s.kernels == "kernelgan":
-        from models.kernelgan import KernelGANConfig
-
         sets = kernelgan_sets(run, kernelgan_records or [])
-        cfg = KernelGANConfig(iterations=s.kernelgan_iterations, seed=s.seed)
+        cfg = _kernelgan_config(s)
         attrs = {"kernel_source": "kernelgan", "kernelgan": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.as_dict().items()}}
     else:
         sets, attrs = kernel_sets_for(s.kernels, s.scale)
