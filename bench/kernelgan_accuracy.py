@@ -87,7 +87,7 @@ def run_one(args):
 
     hr, lr, k_true = make_case(i, path)
     t = time.perf_counter()
-    est = estimate_kernel(lr, KernelGANConfig(iterations=iterations, seed=0), fast=fast)
+    est = estimate_kernel(lr, KernelGANConfig(iterations=iterations, seed=0), deep=not fast)
     return i, fast, time.perf_counter() - t, figures(hr, est.kernel, k_true)
 
 

@@ -9,8 +9,9 @@ the crop sampler, the training loop.
 Faithful to the reference (sefibk/KernelGAN) in structure, losses, schedule and crops; different
 where users of the reference complain: no `.cuda()` (any device), a seed for every draw, the
 kernel returned at its documented size (13x13, centred on the middle pixel, as `models.kernels`
-expects) and, with `fast=True`, G applied as the single stride-2 convolution it is equal to
-(the composed kernel is built inside autograd, so every layer gets the same gradient).
+expects), G applied as the single stride-2 convolution it equals (the composed kernel is built
+inside autograd, so every layer gets the same gradient; `deep=True` keeps the reference's way),
+and many images trained in one loop, each with its own G and D as groups of one convolution.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class KernelGANConfig:
 class Generator(nn.Module):
     """Deep linear network: no bias, no activation; the last 1x1 layer has stride 2.
 
+    Holds one seeded set of weights and the ways to read its kernel; training runs on
+    `Generators`, which starts every image from these weights.
+
     Args:
         cfg: sizes of the layers and the channel width.
     """
@@ -66,25 +70,9 @@ class Generator(nn.Module):
         )
         self.kernel_size = cfg.kernel_size
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The deep path, as the reference: RGB channels go through as a batch of gray images."""
-        n, ch, h, w = x.shape
-        y = x.reshape(n * ch, 1, h, w)  # (N*3, 1, H, W)
-        for layer in self.layers:
-            y = layer(y)
-        return y.reshape(n, ch, y.shape[-2], y.shape[-1])
-
     def kernel(self) -> torch.Tensor:
-        """The composed correlation kernel (K, K), differentiable in every weight.
-
-        Composing from the output side (a transposed convolution is the full convolution that
-        composes two correlations) costs ~1 M multiply-adds; pushing a delta through the layers,
-        as the reference does, costs ~30 M. `kernel_by_delta` keeps the reference's way.
-        """
-        m = self.layers[-1].weight  # (1, C, 1, 1)
-        for layer in reversed(self.layers[:-1]):
-            m = F.conv_transpose2d(m, layer.weight)  # (1, C_in, k + kh - 1, k + kw - 1)
-        return m[0, 0]
+        """The composed correlation kernel (K, K), differentiable in every weight."""
+        return Generators(self, 1).kernels()[0]
 
     def kernel_by_delta(self) -> torch.Tensor:
         """The reference's read-out: a delta pushed through the layers, flipped."""
@@ -96,17 +84,12 @@ class Generator(nn.Module):
             y = F.conv2d(y, layer.weight)  # stride 1: the composition, not the subsampling
         return y[0, 0].flip(0, 1)
 
-    def forward_composed(self, x: torch.Tensor, kernel: torch.Tensor | None = None) -> torch.Tensor:
-        """The same output as `forward`, as one stride-2 convolution with the composed kernel."""
-        n, ch, h, w = x.shape
-        k = (self.kernel() if kernel is None else kernel)[None, None]
-        y = F.conv2d(x.reshape(n * ch, 1, h, w), k, stride=2)
-        return y.reshape(n, ch, y.shape[-2], y.shape[-1])
-
 
 class Discriminator(nn.Module):
     """Fully convolutional patch discriminator: a 7x7 spectral-norm conv, 1x1 conv-BN-ReLU
     blocks, a 1x1 conv and a sigmoid: one real/fake score per receptive field.
+
+    Holds one seeded D; training runs on `Discriminators`, which starts every image from it.
 
     Args:
         cfg: width, depth and first kernel size.
@@ -126,15 +109,105 @@ class Discriminator(nn.Module):
         return self.net(x)
 
 
+class Generators(nn.Module):
+    """B independent generators, one per image, as grouped convolutions from one seeded G.
+
+    Args:
+        g: the seeded generator every image starts from.
+        b: how many images train together.
+    """
+
+    def __init__(self, g: Generator, b: int):
+        super().__init__()
+        self.b = b
+        self.weights = nn.ParameterList(nn.Parameter(l.weight.detach().unsqueeze(0).repeat(b, 1, 1, 1, 1)) for l in g.layers)
+
+    def kernels(self) -> torch.Tensor:
+        """(B, K, K): every generator's composed kernel, differentiable in every weight.
+
+        Composed from the output side (a transposed convolution is the full convolution that
+        composes two correlations): ~1 M multiply-adds, against ~30 M for pushing a delta through
+        the layers as the reference does (`Generator.kernel_by_delta`).
+        """
+        b = self.b
+        m = self.weights[-1].flatten(0, 1).reshape(1, -1, 1, 1)  # (1, B*C, 1, 1)
+        for w in reversed(list(self.weights)[:-1]):
+            m = F.conv_transpose2d(m, w.flatten(0, 1), groups=b)  # (1, B*C_in, k', k')
+        return m.reshape(b, m.shape[-2], m.shape[-1])
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """G as the single stride-2 convolution it equals: (B, 3, H, W) with kernels (B, K, K)."""
+        b, ch, h, w = x.shape
+        weight = k.repeat_interleave(ch, dim=0)[:, None]  # (B*3, 1, K, K)
+        y = F.conv2d(x.reshape(1, b * ch, h, w), weight, stride=2, groups=b * ch)
+        return y.reshape(b, ch, y.shape[-2], y.shape[-1])
+
+    def deep(self, x: torch.Tensor) -> torch.Tensor:
+        """The reference's path, layer by layer: RGB channels go through as gray images."""
+        b, ch = x.shape[:2]
+        y = x.transpose(0, 1)  # (3, B, H, W): image b's channel c is row c, group b
+        for i, w in enumerate(self.weights):
+            y = F.conv2d(y, w.flatten(0, 1), stride=2 if i == len(self.weights) - 1 else 1, groups=b)
+        return y.transpose(0, 1)
+
+
+class Discriminators(nn.Module):
+    """B independent discriminators as grouped convolutions, started from one seeded D's state.
+
+    Grouped convs keep the images apart, BatchNorm over B*C channels is per-image BN (its
+    statistics are per channel), and spectral norm runs torch's power iteration batched, one step
+    per forward, in the same order (u, then v), from the same u and v.
+    """
+
+    def __init__(self, d: Discriminator, b: int):
+        super().__init__()
+        self.b = b
+        self.weights, self.biases, self.bn_weights, self.bn_biases = (nn.ParameterList() for _ in range(4))
+        for m in d.net:
+            if isinstance(m, nn.Conv2d):
+                p = m.parametrizations.weight
+                i = len(self.weights)
+                self.weights.append(nn.Parameter(p.original.detach().unsqueeze(0).repeat(b, 1, 1, 1, 1)))
+                self.biases.append(nn.Parameter(m.bias.detach().repeat(b)))
+                self.register_buffer(f"u{i}", p[0]._u.detach().unsqueeze(0).repeat(b, 1))
+                self.register_buffer(f"v{i}", p[0]._v.detach().unsqueeze(0).repeat(b, 1))
+            elif isinstance(m, nn.BatchNorm2d):
+                self.bn_weights.append(nn.Parameter(m.weight.detach().repeat(b)))
+                self.bn_biases.append(nn.Parameter(m.bias.detach().repeat(b)))
+
+    def _sn_weight(self, i: int) -> torch.Tensor:
+        w = self.weights[i]  # (B, out, in, kh, kw)
+        mat = w.flatten(2)  # (B, out, in*kh*kw)
+        u, v = getattr(self, f"u{i}"), getattr(self, f"v{i}")
+        with torch.no_grad():
+            u.copy_(F.normalize(torch.bmm(mat, v.unsqueeze(2)).squeeze(2), dim=1, eps=1e-12))
+            v.copy_(F.normalize(torch.bmm(mat.transpose(1, 2), u.unsqueeze(2)).squeeze(2), dim=1, eps=1e-12))
+            u, v = u.clone(), v.clone()  # the next forward updates the buffers before this backward
+        sigma = (u * torch.bmm(mat, v.unsqueeze(2)).squeeze(2)).sum(1)  # (B,)
+        return (w / sigma.view(-1, 1, 1, 1, 1)).flatten(0, 1)  # (B*out, in, kh, kw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 3, H, W), image b's crop in row b -> (B, 1, h, w) scores."""
+        b = self.b
+        y = x.reshape(1, b * x.shape[1], x.shape[2], x.shape[3])
+        n_conv = len(self.weights)
+        for i in range(n_conv):
+            y = F.conv2d(y, self._sn_weight(i), self.biases[i], groups=b)
+            if 1 <= i < n_conv - 1:  # the 1x1 blocks: BN and ReLU after the conv
+                y = F.relu(F.batch_norm(y, None, None, self.bn_weights[i - 1], self.bn_biases[i - 1], training=True))
+        return torch.sigmoid(y).reshape(b, 1, y.shape[-2], y.shape[-1])
+
+
 # ------------------------------------------------------------------------------------------------
-# loss terms: one small module each, as the reference's loss.py
+# loss terms: one small module each, as the reference's loss.py; each gives one value per image
+# (kernels (..., K, K), images (B, C, H, W))
 
 
 class GANLoss(nn.Module):
     """L1 distance of D's score map to all-real or all-fake labels."""
 
     def forward(self, scores: torch.Tensor, real: bool) -> torch.Tensor:
-        return F.l1_loss(scores, torch.full_like(scores, 1.0 if real else 0.0))
+        return (scores - (1.0 if real else 0.0)).abs().flatten(1).mean(1)
 
 
 class DownScaleLoss(nn.Module):
@@ -144,18 +217,18 @@ class DownScaleLoss(nn.Module):
         super().__init__()
         # the bicubic x2 kernel centred on a pixel (7 taps), so that it agrees with the centre the
         # CentralizedLoss asks for (the reference used an 8-tap kernel and a centre half a pixel off)
-        self.register_buffer("bicubic", torch.tensor(bicubic_kernel(2, 7), dtype=torch.float32)[None, None])
+        self.register_buffer("bicubic", torch.tensor(bicubic_kernel(2, 7), dtype=torch.get_default_dtype())[None, None])
 
     def forward(self, g_input: torch.Tensor, g_output: torch.Tensor) -> torch.Tensor:
         n, c, h, w = g_input.shape
         down = F.conv2d(g_input.reshape(n * c, 1, h, w), self.bicubic, stride=2, padding=3)
         down = down.reshape(n, c, down.shape[-2], down.shape[-1])
-        return F.mse_loss(g_output, _shave_to(down, g_output))
+        return ((g_output - _shave_to(down, g_output)) ** 2).flatten(1).mean(1)
 
 
 class SumOfWeightsLoss(nn.Module):
     def forward(self, k: torch.Tensor) -> torch.Tensor:
-        return (1.0 - k.sum()).abs()
+        return (1.0 - k.sum((-2, -1))).abs()
 
 
 class BoundariesLoss(nn.Module):
@@ -163,10 +236,10 @@ class BoundariesLoss(nn.Module):
 
     def __init__(self, k_size: int):
         super().__init__()
-        self.register_buffer("mask", torch.tensor(_penalty_mask(k_size, 30.0), dtype=torch.float32))
+        self.register_buffer("mask", torch.tensor(_penalty_mask(k_size, 30.0), dtype=torch.get_default_dtype()))
 
     def forward(self, k: torch.Tensor) -> torch.Tensor:
-        return (k * self.mask).abs().mean()
+        return (k * self.mask).abs().mean((-2, -1))
 
 
 class CentralizedLoss(nn.Module):
@@ -178,19 +251,19 @@ class CentralizedLoss(nn.Module):
 
     def __init__(self, k_size: int):
         super().__init__()
-        self.register_buffer("indices", torch.arange(k_size, dtype=torch.float32))
+        self.register_buffer("indices", torch.arange(k_size, dtype=torch.get_default_dtype()))
         self.center = float(k_size // 2)
 
     def forward(self, k: torch.Tensor) -> torch.Tensor:
-        total = k.sum()
-        r = (k.sum(1) * self.indices).sum() / total
-        c = (k.sum(0) * self.indices).sum() / total
+        total = k.sum((-2, -1))
+        r = (k.sum(-1) * self.indices).sum(-1) / total
+        c = (k.sum(-2) * self.indices).sum(-1) / total
         return ((r - self.center) ** 2 + (c - self.center) ** 2) / 2
 
 
 class SparsityLoss(nn.Module):
     def forward(self, k: torch.Tensor) -> torch.Tensor:
-        return (k.abs() ** 0.2).mean()
+        return (k.abs() ** 0.2).mean((-2, -1))
 
 
 @dataclass
@@ -224,10 +297,13 @@ class LossWeights:
                 for group in opt.param_groups:
                     group["lr"] /= cls.LR_DECAY
 
-    def update(self, iteration: int, loss_bicubic: float, optimizers) -> None:
+    def needs_loss(self) -> bool:
+        """Whether `update` reads the bicubic loss (only until G is similar to bicubic)."""
+        return not self._similar
+
+    def update(self, iteration: int, loss_bicubic: float | None) -> None:
         if iteration == 0:
             return
-        self.decay_learning_rate(iteration, optimizers)
         if not self._similar:  # wait until G is close to bicubic three times in a row
             self._below = self._below + 1 if loss_bicubic < self.BICUBIC_LOSS_TO_START else 0
             self._similar = self._below > 2
@@ -236,6 +312,9 @@ class LossWeights:
             if not self._constraints_on and self.bicubic < 5e-3:
                 self.centralized, self.sparse = self.CENTRALIZED_END, self.SPARSE_END
                 self._constraints_on = True
+
+    def as_row(self) -> list[float]:
+        return [self.bicubic, self.sum2one, self.boundaries, self.centralized, self.sparse]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -282,65 +361,83 @@ class KernelEstimate:
     iterations: int
 
 
-def estimate_kernel(image: np.ndarray, cfg: KernelGANConfig = KernelGANConfig(), device: str = "cpu", fast: bool = True, progress=None) -> KernelEstimate:
-    """Train KernelGAN on one float32 RGB image in [0, 1] (HWC) and return its x2 kernel.
+def estimate_kernel(image: np.ndarray, cfg: KernelGANConfig = KernelGANConfig(), device: str = "cpu", deep: bool = False, progress=None) -> KernelEstimate:
+    """KernelGAN on one float32 RGB image in [0, 1] (HWC): `estimate_kernels` of one image."""
+    return estimate_kernels([image], cfg, device, deep, progress)[0]
 
-    `fast` applies G as its composed kernel (exact); `fast=False` runs the reference's deep path.
-    `progress(iteration, losses)` is called every 500 iterations.
+
+def estimate_kernels(images: list[np.ndarray], cfg: KernelGANConfig = KernelGANConfig(), device: str = "cpu", deep: bool = False, progress=None) -> list[KernelEstimate]:
+    """Train KernelGAN on each float32 RGB image in [0, 1] (HWC) and return their x2 kernels.
+
+    The images train together, each with its own G, D, crops, noise and loss weights, all from
+    the seed's draws: an image gets the kernel it would get alone (up to float rounding, which
+    GAN training amplifies over many steps), in one set of kernel launches. `deep` runs G layer
+    by layer as the reference does; the default applies G as its composed kernel (exact, 30x
+    fewer multiply-adds). `progress(iteration, losses)` is called every 500 iterations.
     """
+    b, dev = len(images), torch.device(device)
+    dtype = torch.get_default_dtype()
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    sampler = CropSampler(image, cfg, rng)
-    dev = torch.device(device)
-    g, d = Generator(cfg).to(dev), Discriminator(cfg).to(dev)
+    g, d = Generators(Generator(cfg), b).to(dev), Discriminators(Discriminator(cfg), b).to(dev)
+    samplers = [CropSampler(img, cfg, np.random.default_rng(cfg.seed)) for img in images]
+    g_corners = [s.corners(cfg.iterations, for_g=True) for s in samplers]
+    d_corners = [s.corners(cfg.iterations, for_g=False) for s in samplers]
+    noises = [torch.Generator(device=dev).manual_seed(cfg.seed) for _ in range(b)]
+    imgs = [torch.from_numpy(np.ascontiguousarray(im.transpose(2, 0, 1))).to(dev, dtype) for im in images]
     opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
-    gan, down = GANLoss(), DownScaleLoss().to(dev)
-    sum2one, bounds = SumOfWeightsLoss(), BoundariesLoss(cfg.kernel_size).to(dev)
-    central, sparse = CentralizedLoss(cfg.kernel_size).to(dev), SparsityLoss()
-    weights = LossWeights()
-    img = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().to(dev)  # (3, H, W)
-    g_corners = sampler.corners(cfg.iterations, for_g=True)
-    d_corners = sampler.corners(cfg.iterations, for_g=False)
-    noise = torch.Generator(device=dev).manual_seed(cfg.seed)
+    gan, down, sum2one, sparse = GANLoss(), DownScaleLoss().to(dev), SumOfWeightsLoss(), SparsityLoss()
+    bounds, central = BoundariesLoss(cfg.kernel_size).to(dev), CentralizedLoss(cfg.kernel_size).to(dev)
+    schedules = [LossWeights() for _ in range(b)]
     gc, dc = cfg.crop, cfg.crop // 2
+
+    def crops(corners: list[np.ndarray], it: int, size: int) -> torch.Tensor:
+        return torch.stack([im[:, y : y + size, x : x + size] for im, (y, x) in zip(imgs, (c[it] for c in corners))])
+
+    def noise_like(x: torch.Tensor) -> torch.Tensor:  # each image's own stream, as if alone
+        return torch.stack([torch.randn(x.shape[1:], generator=n, device=dev, dtype=dtype) for n in noises]) / 255.0
+
     for it in range(cfg.iterations):
-        (gy, gx), (dy, dx) = g_corners[it], d_corners[it]
-        g_in = img[None, :, gy : gy + gc, gx : gx + gc]
-        d_in = img[None, :, dy : dy + dc, dx : dx + dc]
-        d_in = d_in + torch.randn(d_in.shape, generator=noise, device=dev) / 255.0
+        g_in = crops(g_corners, it, gc)
+        d_in = crops(d_corners, it, dc)
+        d_in = d_in + noise_like(d_in)
+        w = torch.tensor([s.as_row() for s in schedules], device=dev, dtype=dtype).T  # (5, B)
+
         # G step: fool D, within the kernel constraints
         opt_g.zero_grad(set_to_none=True)
-        k = g.kernel()
-        g_out = g.forward_composed(g_in, k) if fast else g(g_in)
+        k = g.kernels()  # (B, K, K)
+        g_out = g.deep(g_in) if deep else g(g_in, k)
         loss_bic = down(g_in, g_out)
-        loss_g = (
-            gan(d(g_out), real=True)
-            + weights.bicubic * loss_bic
-            + weights.sum2one * sum2one(k)
-            + weights.boundaries * bounds(k)
-            + weights.centralized * central(k)
-            + weights.sparse * sparse(k)
-        )
-        loss_g.backward()
+        loss_g = gan(d(g_out), real=True) + w[0] * loss_bic + w[1] * sum2one(k) + w[2] * bounds(k) + w[3] * central(k) + w[4] * sparse(k)
+        loss_g.sum().backward()  # images share no weights: each gets its own gradient
         opt_g.step()
 
         # D step: real crops vs G's output (with a little noise), as the reference
         opt_d.zero_grad(set_to_none=True)
         with torch.no_grad():
-            fake = g.forward_composed(g_in) if fast else g(g_in)
-            fake = fake + torch.randn(fake.shape, generator=noise, device=dev) / 255.0
+            fake = g.deep(g_in) if deep else g(g_in, g.kernels())
+            fake = fake + noise_like(fake)
         loss_d = 0.5 * (gan(d(d_in), real=True) + gan(d(fake), real=False))
-        loss_d.backward()
+        loss_d.sum().backward()
         opt_d.step()
 
-        weights.update(it, loss_bic.item(), (opt_g, opt_d))
+        bic = loss_bic.tolist() if any(s.needs_loss() for s in schedules) else [None] * b  # no sync once settled
+        for s, value in zip(schedules, bic):
+            s.update(it, value)
+        LossWeights.decay_learning_rate(it, (opt_g, opt_d))  # the learning rate is shared
         if progress is not None and (it + 1) % 500 == 0:
-            progress(it + 1, {"g": loss_g.item(), "d": loss_d.item(), "bicubic": loss_bic.item()})
-    losses = {"g": loss_g.item(), "d": loss_d.item(), "bicubic": loss_bic.item()}
+            progress(it + 1, {"g": round(loss_g.mean().item(), 5), "d": round(loss_d.mean().item(), 5)})
     with torch.no_grad():
-        raw = g.kernel().double().cpu().numpy()
-    return KernelEstimate(finalize_kernel(raw, cfg.n_filtering), raw, losses, cfg.iterations)
+        raws = g.kernels().double().cpu().numpy()
+    out = []
+    for i in range(b):
+        losses = {"g": loss_g[i].item(), "d": loss_d[i].item(), "bicubic": loss_bic[i].item()}
+        try:
+            kernel = finalize_kernel(raws[i], cfg.n_filtering)
+        except ValueError:  # one image's degenerate kernel must not cost the others theirs
+            kernel = None
+        out.append(KernelEstimate(kernel, raws[i], losses, cfg.iterations))
+    return out
 
 
 def finalize_kernel(raw: np.ndarray, keep: int = 40) -> np.ndarray:
@@ -402,150 +499,3 @@ def _probability(loss_map: np.ndarray, crop: int) -> np.ndarray:
     flat = blurred.ravel()
     total = flat.sum()
     return flat / total if total > 0 else np.full(flat.size, 1.0 / flat.size)
-
-
-# ------------------------------------------------------------------------------------------------
-# many images at once
-
-
-class _BatchedD(nn.Module):
-    """B independent discriminators as grouped convolutions, started from one seeded D's state.
-
-    Grouped convs keep the images apart, BatchNorm over B*C channels is per-image BN (its
-    statistics are per channel), and spectral norm runs torch's power iteration batched, one step
-    per forward, in the same order (u, then v), from the same u and v.
-    """
-
-    def __init__(self, d: Discriminator, b: int):
-        super().__init__()
-        self.b = b
-        self.weights, self.biases, self.us, self.vs, self.bns = nn.ParameterList(), nn.ParameterList(), [], [], []
-        for m in d.net:
-            if isinstance(m, nn.Conv2d):
-                p = m.parametrizations.weight
-                w = p.original.detach()
-                self.weights.append(nn.Parameter(w.unsqueeze(0).repeat(b, 1, 1, 1, 1)))
-                self.biases.append(nn.Parameter(m.bias.detach().repeat(b)))
-                self.us.append(p[0]._u.detach().unsqueeze(0).repeat(b, 1))
-                self.vs.append(p[0]._v.detach().unsqueeze(0).repeat(b, 1))
-            elif isinstance(m, nn.BatchNorm2d):
-                self.bns.append((nn.Parameter(m.weight.detach().repeat(b)), nn.Parameter(m.bias.detach().repeat(b))))
-        for i, (w, bias) in enumerate(self.bns):
-            self.register_parameter(f"bn{i}_weight", w)
-            self.register_parameter(f"bn{i}_bias", bias)
-
-    def _sn_weight(self, i: int) -> torch.Tensor:
-        w = self.weights[i]  # (B, out, in, kh, kw)
-        mat = w.flatten(2)  # (B, out, in*kh*kw)
-        with torch.no_grad():
-            self.us[i] = F.normalize(torch.bmm(mat, self.vs[i].unsqueeze(2)).squeeze(2), dim=1, eps=1e-12)
-            self.vs[i] = F.normalize(torch.bmm(mat.transpose(1, 2), self.us[i].unsqueeze(2)).squeeze(2), dim=1, eps=1e-12)
-        sigma = (self.us[i] * torch.bmm(mat, self.vs[i].unsqueeze(2)).squeeze(2)).sum(1)  # (B,)
-        return (w / sigma.view(-1, 1, 1, 1, 1)).flatten(0, 1)  # (B*out, in, kh, kw)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, 3, H, W), image b's crop in row b -> (B, 1, h, w) scores."""
-        b = self.b
-        y = x.reshape(1, b * x.shape[1], x.shape[2], x.shape[3])
-        n_conv = len(self.weights)
-        for i in range(n_conv):
-            y = F.conv2d(y, self._sn_weight(i), self.biases[i], groups=b)
-            if i < n_conv - 1 and i >= 1:  # the 1x1 blocks: BN and ReLU after the conv
-                w, bias = self.bns[i - 1]
-                y = F.relu(F.batch_norm(y, None, None, w, bias, training=True))
-        return torch.sigmoid(y).reshape(b, 1, y.shape[-2], y.shape[-1])
-
-
-class _BatchedG(nn.Module):
-    """B independent deep linear generators as stacked weights; only the composed path."""
-
-    def __init__(self, g: Generator, b: int):
-        super().__init__()
-        self.b = b
-        self.weights = nn.ParameterList(nn.Parameter(l.weight.detach().unsqueeze(0).repeat(b, 1, 1, 1, 1)) for l in g.layers)
-
-    def kernels(self) -> torch.Tensor:
-        """(B, K, K): every generator's composed kernel, by grouped transposed convolutions."""
-        b = self.b
-        m = self.weights[-1].flatten(0, 1).reshape(1, -1, 1, 1)  # (1, B*C, 1, 1)
-        for w in reversed(list(self.weights)[:-1]):
-            m = F.conv_transpose2d(m, w.flatten(0, 1), groups=b)  # (1, B*C_in, k', k')
-        return m.reshape(b, m.shape[-2], m.shape[-1])
-
-    def forward(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        b, ch, h, w = x.shape
-        weight = k.repeat_interleave(ch, dim=0)[:, None]  # (B*3, 1, K, K)
-        y = F.conv2d(x.reshape(1, b * ch, h, w), weight, stride=2, groups=b * ch)
-        return y.reshape(b, ch, y.shape[-2], y.shape[-1])
-
-
-def estimate_kernels(images: list[np.ndarray], cfg: KernelGANConfig = KernelGANConfig(), device: str = "cpu", progress=None) -> list[KernelEstimate]:
-    """`estimate_kernel` for many images in one training loop: the same draws and the same
-    updates per image (every image starts from the seed's G and D), one set of kernel launches."""
-    b = len(images)
-    torch.manual_seed(cfg.seed)
-    g1, d1 = Generator(cfg), Discriminator(cfg)
-    dev = torch.device(device)
-    g, d = _BatchedG(g1, b).to(dev), _BatchedD(d1, b).to(dev)
-    d.us = [u.to(dev) for u in d.us]
-    d.vs = [v.to(dev) for v in d.vs]
-    samplers = [CropSampler(img, cfg, np.random.default_rng(cfg.seed)) for img in images]
-    g_corners = [s.corners(cfg.iterations, for_g=True) for s in samplers]
-    d_corners = [s.corners(cfg.iterations, for_g=False) for s in samplers]
-    noises = [torch.Generator(device=dev).manual_seed(cfg.seed) for _ in range(b)]
-    imgs = [torch.from_numpy(np.ascontiguousarray(im.transpose(2, 0, 1))).float().to(dev) for im in images]
-    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
-    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
-    down, bounds, central = DownScaleLoss().to(dev), BoundariesLoss(cfg.kernel_size).to(dev), CentralizedLoss(cfg.kernel_size).to(dev)
-    weights = [LossWeights() for _ in range(b)]
-    gc, dc = cfg.crop, cfg.crop // 2
-
-    def per_image(fn, *tensors) -> torch.Tensor:
-        return torch.stack([fn(*(t[i] for t in tensors)) for i in range(b)])
-
-    for it in range(cfg.iterations):
-        g_in = torch.stack([imgs[i][:, y : y + gc, x : x + gc] for i, (y, x) in enumerate(c[it] for c in g_corners)])
-        d_in = torch.stack([imgs[i][:, y : y + dc, x : x + dc] for i, (y, x) in enumerate(c[it] for c in d_corners)])
-        d_in = d_in + torch.stack([torch.randn((1, 3, dc, dc), generator=noises[i], device=dev)[0] for i in range(b)]) / 255.0
-        w = {name: torch.tensor([getattr(lw, name) for lw in weights], device=dev) for name in ("bicubic", "sum2one", "boundaries", "centralized", "sparse")}
-
-        opt_g.zero_grad(set_to_none=True)
-        k = g.kernels()  # (B, K, K)
-        g_out = g(g_in, k)
-        scores = d(g_out)
-        loss_gan = (scores - 1).abs().flatten(1).mean(1)
-        loss_bic = per_image(lambda a, o: down(a[None], o[None]), g_in, g_out)
-        loss_sum = (1 - k.sum((1, 2))).abs()
-        loss_bnd = per_image(bounds, k)
-        loss_cen = per_image(central, k)
-        loss_sps = (k.abs() ** 0.2).flatten(1).mean(1)
-        total = loss_gan + w["bicubic"] * loss_bic + w["sum2one"] * loss_sum + w["boundaries"] * loss_bnd + w["centralized"] * loss_cen + w["sparse"] * loss_sps
-        total.sum().backward()
-        opt_g.step()
-
-        opt_d.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            fake = g(g_in, g.kernels())
-            fake = fake + torch.stack([torch.randn((1, 3) + fake.shape[-2:], generator=noises[i], device=dev)[0] for i in range(b)]) / 255.0
-        real_s, fake_s = d(d_in), d(fake)
-        loss_d = 0.5 * ((real_s - 1).abs().flatten(1).mean(1) + fake_s.abs().flatten(1).mean(1))
-        loss_d.sum().backward()
-        opt_d.step()
-
-        bic = loss_bic.detach().cpu().tolist()
-        for i, lw in enumerate(weights):
-            lw.update(it, bic[i], ())  # per-image loss weights; the learning rate is shared
-        LossWeights.decay_learning_rate(it, (opt_g, opt_d))
-        if progress is not None and (it + 1) % 500 == 0:
-            progress(it + 1, {"g": total.mean().item(), "d": loss_d.mean().item()})
-    with torch.no_grad():
-        raws = g.kernels().double().cpu().numpy()
-    out = []
-    for i in range(b):
-        losses = {"g": total[i].item(), "d": loss_d[i].item(), "bicubic": loss_bic[i].item()}
-        try:
-            kernel = finalize_kernel(raws[i], cfg.n_filtering)
-        except ValueError:  # one image's degenerate kernel must not cost the others theirs
-            kernel = None
-        out.append(KernelEstimate(kernel, raws[i], losses, cfg.iterations))
-    return out
