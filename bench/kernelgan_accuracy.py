@@ -8,15 +8,24 @@ image. Metrics per image, against the true kernel:
 - kernel error: L2 distance after the best integer alignment (shifts -2..2);
 - PSNR (dB) between the HR degraded with the estimated kernel and with the true one, x2, and x4
   with both kernels made x4 analytically;
-the bicubic kernel's figures are the floor. One process per core, 1 torch thread each:
+the bicubic kernel's figures are the floor. Every result is appended to
+bench/results/kernelgan_accuracy.jsonl (with commit and machine) as it comes, and a rerun skips
+what is there, so a long run can stop and resume and the table grows with more images:
 
-    .venv/bin/python bench/kernelgan_accuracy.py --images 4 --iterations 3000 --procs 2
+    .venv/bin/python bench/kernelgan_accuracy.py --first 0 --images 8 --iterations 3000 --procs 2
+    .venv/bin/python bench/kernelgan_accuracy.py --first 0 --images 8 --table
+
+One-image runs use one process per core with 1 torch thread each; `batched` trains the selected
+images together in this process (1 thread).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
+import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -27,6 +36,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 HR = ROOT.parent / "shared" / "data" / "hr"
+COMMIT = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+MACHINE = f"{platform.machine()} {os.cpu_count()} cores, CPU"
 
 
 def true_kernel(rng: np.random.Generator) -> np.ndarray:
@@ -78,8 +89,8 @@ def figures(hr, k_est, k_true) -> dict:
     }
 
 
-def run_one(args):
-    i, path, iterations, fast = args
+def run_one(job):
+    i, path, iterations, deep = job
     import torch
 
     torch.set_num_threads(1)
@@ -87,64 +98,95 @@ def run_one(args):
 
     hr, lr, k_true = make_case(i, path)
     t = time.perf_counter()
-    est = estimate_kernel(lr, KernelGANConfig(iterations=iterations, seed=0), deep=not fast)
-    return i, fast, time.perf_counter() - t, figures(hr, est.kernel, k_true)
+    est = estimate_kernel(lr, KernelGANConfig(iterations=iterations, seed=0), deep=deep)
+    secs = time.perf_counter() - t
+    return {"image": i, "method": "baseline" if deep else "ours", "seconds": secs, **figures(hr, est.kernel, k_true), "kernel": _rounded(est.kernel)}
+
+
+def run_batched(paths: list[Path], first: int, iterations: int) -> list[dict]:
+    import torch
+
+    from models.kernelgan import KernelGANConfig, estimate_kernels
+
+    torch.set_num_threads(1)
+    cases = [make_case(first + j, p) for j, p in enumerate(paths)]
+    t = time.perf_counter()
+    ests = estimate_kernels([c[1] for c in cases], KernelGANConfig(iterations=iterations, seed=0))
+    secs = (time.perf_counter() - t) / len(cases)
+    batch = f"{first}-{first + len(cases) - 1}"
+    return [
+        {"image": first + j, "method": f"batched {batch}", "seconds": secs, **figures(c[0], e.kernel, c[2]), "kernel": _rounded(e.kernel)}
+        for j, (c, e) in enumerate(zip(cases, ests))
+    ]
+
+
+def _rounded(k: np.ndarray) -> list:
+    return np.round(k, 7).tolist()
+
+
+def load(results: Path) -> list[dict]:
+    return [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
+
+
+def save(results: Path, row: dict, iterations: int) -> None:
+    row = {**row, "iterations": iterations, "commit": COMMIT, "machine": MACHINE, "date": time.strftime("%Y-%m-%d")}
+    results.parent.mkdir(parents=True, exist_ok=True)
+    with results.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(f"image {row['image']} {row['method']}: {row['seconds']:.0f} s, error {row['kernel_err']:.4f}, x2 {row['psnr_x2']:.2f} dB, x4 {row['psnr_x4']:.2f} dB", flush=True)
+
+
+def table(rows: list[dict], images: range, bicubic: list[dict]) -> None:
+    """Mean figures per method over the selected images, each method on the images it has."""
+    print(f"\n| method | images | s per image | kernel error (lower better) | PSNR x2 dB | PSNR x4 dB |")
+    print("|---|---|---|---|---|---|")
+
+    def line(name, got):
+        m = {k: np.mean([g[k] for g in got]) for k in ("kernel_err", "psnr_x2", "psnr_x4")}
+        secs = f"{np.mean([g['seconds'] for g in got]):.1f}" if "seconds" in got[0] else "-"
+        print(f"| {name} | {len(got)} | {secs} | {m['kernel_err']:.4f} | {m['psnr_x2']:.2f} | {m['psnr_x4']:.2f} |")
+
+    line("bicubic kernel (floor)", bicubic)
+    names = {"baseline": "reference algorithm (deep G, one image)", "ours": "ours (composed-kernel G, one image)"}
+    for method in sorted({r["method"] for r in rows}, key=lambda m: (m != "baseline", m != "ours", m)):
+        got = [r for r in rows if r["method"] == method and r["image"] in images]
+        if got:
+            line(names.get(method, f"ours, images {method.split()[-1]} trained together"), got)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--images", type=int, default=4)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", type=int, default=8, help="how many Set14 images")
+    ap.add_argument("--first", type=int, default=0, help="index of the first image")
     ap.add_argument("--iterations", type=int, default=3000)
-    ap.add_argument("--procs", type=int, default=2)
-    ap.add_argument("--skip-baseline", action="store_true")
-    ap.add_argument("--batched-only", action="store_true", help="only the images trained together, in this process")
+    ap.add_argument("--procs", type=int, default=2, help="processes for the one-image runs")
+    ap.add_argument("--methods", default="baseline,ours,batched", help="any of baseline, ours, batched")
+    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "kernelgan_accuracy.jsonl")
+    ap.add_argument("--table", action="store_true", help="only print the table of the results kept so far")
     args = ap.parse_args()
     from models.kernels import bicubic_kernel
 
-    paths = sorted((HR / "set14").glob("*.png"))[: args.images]
-    if args.batched_only:
-        import torch
-
-        from models.kernelgan import KernelGANConfig, estimate_kernels
-
-        torch.set_num_threads(1)
-        cases = [make_case(i, p) for i, p in enumerate(paths)]
-        t = time.perf_counter()
-        ests = estimate_kernels([c[1] for c in cases], KernelGANConfig(iterations=args.iterations, seed=0))
-        secs = (time.perf_counter() - t) / len(cases)
-        figs = [figures(c[0], e.kernel, c[2]) for c, e in zip(cases, ests)]
-        for i, f in enumerate(figs):
-            print(f"image {i} batched: {f}")
-        m = {k: np.mean([f[k] for f in figs]) for k in figs[0]}
-        print(f"| ours, {len(cases)} images trained together (1 process, 1 thread) | {secs:.1f} | {m['kernel_err']:.4f} | {m['psnr_x2']:.2f} | {m['psnr_x4']:.2f} |")
-        return
-    jobs = [(i, p, args.iterations, True) for i, p in enumerate(paths)]
-    if not args.skip_baseline:
-        jobs += [(i, p, args.iterations, False) for i, p in enumerate(paths)]
-    rows = {}
-    with ProcessPoolExecutor(args.procs) as pool:
-        for i, fast, secs, fig in pool.map(run_one, jobs):
-            rows[(i, fast)] = (secs, fig)
-            print(f"image {i} {'fast' if fast else 'baseline'}: {secs:.0f} s {fig}", flush=True)
-    bic = []
-    for i, p in enumerate(paths):
-        hr, _, k_true = make_case(i, p)
-        bic.append(figures(hr, bicubic_kernel(2), k_true))
-    print(f"\n{len(paths)} images (set14, 512 px HR crops -> 256 px LR), {args.iterations} steps, "
-          f"{os.cpu_count()} cores, {args.procs} processes x 1 torch thread\n")
-    print("| method | s per image | kernel error (lower better) | PSNR x2 dB | PSNR x4 dB |")
-    print("|---|---|---|---|---|")
-
-    def line(name, secs, figs):
-        m = {k: np.mean([f[k] for f in figs]) for k in figs[0]}
-        s = f"{np.mean(secs):.1f}" if secs else "-"
-        print(f"| {name} | {s} | {m['kernel_err']:.4f} | {m['psnr_x2']:.2f} | {m['psnr_x4']:.2f} |")
-
-    line("bicubic kernel (floor)", None, bic)
-    for fast, name in ((False, "reference algorithm (deep G, one image)"), (True, "ours (composed-kernel G)")):
-        got = [rows[(i, fast)] for i in range(len(paths)) if (i, fast) in rows]
-        if got:
-            line(name, [g[0] for g in got], [g[1] for g in got])
+    all_paths = sorted((HR / "set14").glob("*.png"))
+    images = range(args.first, min(args.first + args.images, len(all_paths)))
+    methods = args.methods.split(",")
+    kept = [r for r in load(args.results) if r["iterations"] == args.iterations]
+    have = {(r["image"], r["method"]) for r in kept}
+    if not args.table:
+        jobs = [(i, all_paths[i], args.iterations, m == "baseline") for m in ("ours", "baseline") if m in methods for i in images if (i, m) not in have]
+        with ProcessPoolExecutor(args.procs) as pool:
+            for row in pool.map(run_one, jobs):
+                save(args.results, row, args.iterations)
+        batch = f"batched {images.start}-{images.stop - 1}"
+        if "batched" in methods and not any((i, batch) in have for i in images):
+            for row in run_batched([all_paths[i] for i in images], images.start, args.iterations):
+                save(args.results, row, args.iterations)
+        kept = [r for r in load(args.results) if r["iterations"] == args.iterations]
+    bicubic = []
+    for i in images:
+        hr, _, k_true = make_case(i, all_paths[i])
+        bicubic.append(figures(hr, bicubic_kernel(2), k_true))
+    print(f"\nSet14 images {images.start}-{images.stop - 1} (512 px HR crops -> 256 px LR), {args.iterations} steps; machine and commit per row in {args.results.name}")
+    table(kept, images, bicubic)
 
 
 if __name__ == "__main__":

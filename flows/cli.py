@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ _FLAGS = {
     "images_per_task": int,
     "kernelgan_iterations": int,
     "kernelgan_device": str,
+    "kernelgan_batch": int,
 }
 
 
@@ -69,9 +71,17 @@ def run_degrade(settings, workers: int | None = None, address: str | None = None
     from flows.degrade import degrade_flow
     from flows.runtime import prefect_api, task_runner
 
-    with prefect_api():
-        flow = degrade_flow.with_options(task_runner=task_runner(workers, address))
-        return flow(settings)
+    previous = os.environ.get("REALSR_DASK_WORKERS")
+    if workers:
+        os.environ["REALSR_DASK_WORKERS"] = str(workers)  # the flow splits KernelGAN work by it
+    try:
+        with prefect_api():
+            return degrade_flow.with_options(task_runner=task_runner(workers, address))(settings)
+    finally:
+        if previous is None:
+            os.environ.pop("REALSR_DASK_WORKERS", None)
+        else:
+            os.environ["REALSR_DASK_WORKERS"] = previous
 
 
 def write_samples(out: Path, count: int, seed: int) -> list[Path]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.runtime import task_runner
+from flows.runtime import local_workers, task_runner
 from flows.settings import DegradeSettings
 from storage.images import list_images
 from storage.run_dir import RunDir, claim_run_dir
@@ -29,6 +29,16 @@ def batches(items: list, batch_size: int | None) -> list[list]:
     """
     size = batch_size or max(1, min(32, -(-len(items) // 8)))
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def kernelgan_batches(items: list, batch_size: int | None) -> list[list]:
+    """Images trained together per KernelGAN task: an even split over the workers, at most 16.
+
+    A KernelGAN task runs for minutes, so its scheduling cost does not matter; what does is that
+    images trained together cost about half as much per image (one set of kernel launches),
+    that every worker gets a share, and that a killed run loses at most one batch per worker.
+    """
+    return batches(items, batch_size or max(1, min(16, -(-len(items) // local_workers()))))
 
 
 def _gather(futures, batched: list[list], label) -> tuple[list[dict], list[dict]]:
@@ -75,17 +85,20 @@ def degrade_flow(settings: DegradeSettings) -> dict:
     run = RunDir(claim_run_dir(Path(settings.out).resolve(), settings.model_dump(mode="json")))
     log.info(f"{len(sources)} source images in {settings.source}; run folder {run.root}")
 
-    tk = time.perf_counter()
+    # clean-up is submitted first: Dask runs earlier submissions first, so its seconds-long tasks
+    # finish (and bad images show up) before the minutes-long KernelGAN tasks take the workers
+    tp = time.perf_counter()
     batched = batches(sources, settings.images_per_task)
+    futures = t.prepare_sources.map(batched, unmapped(run), unmapped(settings))
+    tk = time.perf_counter()
     kernel_records, kernel_failed, kernel_futures = [], [], None
     if settings.kernels == "kernelgan":  # one more fan-out, beside clean-up and noise extraction
-        kernel_futures = t.estimate_kernels.map(batched, unmapped(run), unmapped(settings))
+        kernel_batches = kernelgan_batches(sources, settings.kernelgan_batch)
+        kernel_futures = t.estimate_kernels.map(kernel_batches, unmapped(run), unmapped(settings))
     else:
         kernels = t.build_kernel_bank(run, settings)
-    timings["kernel bank"] = time.perf_counter() - tk
+        timings["kernel bank"] = time.perf_counter() - tk
 
-    tp = time.perf_counter()
-    futures = t.prepare_sources.map(batched, unmapped(run), unmapped(settings))
     records, skipped = _gather(futures, batched, str)
     records, duplicates = drop_duplicates(records)
     skipped += duplicates
@@ -94,7 +107,7 @@ def degrade_flow(settings: DegradeSettings) -> dict:
 
     if kernel_futures is not None:
         tk = time.perf_counter()
-        kernel_records, kernel_failed = _gather(kernel_futures, batched, str)
+        kernel_records, kernel_failed = _gather(kernel_futures, kernel_batches, str)
         kernel_records, _ = drop_duplicates(kernel_records)
         kernels = t.build_kernel_bank(run, settings, kernel_records)
         timings["kernel estimation (after clean-up)"] = time.perf_counter() - tk

@@ -27,6 +27,9 @@ class DegradeSettings(BaseModel):
     )
     kernelgan_iterations: int = Field(3000, ge=1, le=100_000, description="KernelGAN training steps per image (the paper: 3000).")
     kernelgan_device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="Torch device for KernelGAN: auto, cpu, cuda or cuda:N.")
+    kernelgan_batch: int | None = Field(
+        None, ge=1, le=1024, description="Images trained together in one KernelGAN task (default: split evenly over the workers, at most 16)."
+    )
     cleanup_factor: int = Field(2, ge=1, le=8, description="Bicubic clean-up downscale of the sources (1 = none).")
     noise_patch_size: int = Field(256, ge=8, le=4096, description="Side of a noise patch, px of the source.")
     noise_stride: int = Field(256, ge=1, le=4096, description="Step between candidate noise patches, px.")
