@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import dask
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -85,8 +86,8 @@ def degrade_flow(settings: DegradeSettings) -> dict:
     run = RunDir(claim_run_dir(Path(settings.out).resolve(), settings.model_dump(mode="json")))
     log.info(f"{len(sources)} source images in {settings.source}; run folder {run.root}")
 
-    # clean-up is submitted first: Dask runs earlier submissions first, so its seconds-long tasks
-    # finish (and bad images show up) before the minutes-long KernelGAN tasks take the workers
+    # clean-up goes first: its seconds-long tasks finish (and bad images show up) before the
+    # minutes-long KernelGAN tasks take the workers
     tp = time.perf_counter()
     batched = batches(sources, settings.images_per_task)
     futures = t.prepare_sources.map(batched, unmapped(run), unmapped(settings))
@@ -94,7 +95,8 @@ def degrade_flow(settings: DegradeSettings) -> dict:
     kernel_records, kernel_failed, kernel_futures = [], [], None
     if settings.kernels == "kernelgan":  # one more fan-out, beside clean-up and noise extraction
         kernel_batches = kernelgan_batches(sources, settings.kernelgan_batch)
-        kernel_futures = t.estimate_kernels.map(kernel_batches, unmapped(run), unmapped(settings))
+        with dask.annotate(priority=-1):  # workers run clean-up first (see flows.runtime)
+            kernel_futures = t.estimate_kernels.map(kernel_batches, unmapped(run), unmapped(settings))
     else:
         kernels = t.build_kernel_bank(run, settings)
         timings["kernel bank"] = time.perf_counter() - tk

@@ -83,6 +83,13 @@ def task_runner(workers: int | None = None, address: str | None = None):
     address = address or os.environ.get("REALSR_DASK_ADDRESS") or None
     if address:
         return DaskTaskRunner(address=address)
+    import dask
+
+    # Dask queues only "root-ish" tasks on the scheduler and hands the others to workers at once:
+    # the two KernelGAN batches took both workers while five clean-up batches waited in the
+    # queue. With queuing off every task reaches a worker, which runs them by priority.
+    if "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION" not in os.environ:
+        dask.config.set({"distributed.scheduler.worker-saturation": float("inf")})
     n = workers or local_workers()
     processes = os.environ.get("REALSR_DASK_PROCESSES", "1") != "0"
     return DaskTaskRunner(

@@ -64,7 +64,8 @@ def kernel_report(path: Path, sheet: Path, max_tiles: int = 64) -> str:
             heat = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
             heat = cv2.resize(heat, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST)
             tag = "" if v[i] else " INVALID"
-            tiles.append(_label(heat, f"x{scale} {ks.kernel_id(i)}{tag}"))
+            name = Path(str(ks.source[i])).stem or ks.kernel_id(i)  # the photo it came from, if any
+            tiles.append(_label(heat, f"x{scale} {name}{tag}"))
     if tiles:
         size = max(t.shape[0] for t in tiles), max(t.shape[1] for t in tiles)
         tiles = [cv2.resize(t, (size[1], size[0]), interpolation=cv2.INTER_NEAREST) for t in tiles]
