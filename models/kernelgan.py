@@ -72,7 +72,7 @@ class Generator(nn.Module):
 
     def kernel(self) -> torch.Tensor:
         """The composed correlation kernel (K, K), differentiable in every weight."""
-        return Generators(self, 1).kernels()[0]
+        return _compose([layer.weight.unsqueeze(0) for layer in self.layers])[0]
 
     def kernel_by_delta(self) -> torch.Tensor:
         """The reference's read-out: a delta pushed through the layers, flipped."""
@@ -123,17 +123,8 @@ class Generators(nn.Module):
         self.weights = nn.ParameterList(nn.Parameter(l.weight.detach().unsqueeze(0).repeat(b, 1, 1, 1, 1)) for l in g.layers)
 
     def kernels(self) -> torch.Tensor:
-        """(B, K, K): every generator's composed kernel, differentiable in every weight.
-
-        Composed from the output side (a transposed convolution is the full convolution that
-        composes two correlations): ~1 M multiply-adds, against ~30 M for pushing a delta through
-        the layers as the reference does (`Generator.kernel_by_delta`).
-        """
-        b = self.b
-        m = self.weights[-1].flatten(0, 1).reshape(1, -1, 1, 1)  # (1, B*C, 1, 1)
-        for w in reversed(list(self.weights)[:-1]):
-            m = F.conv_transpose2d(m, w.flatten(0, 1), groups=b)  # (1, B*C_in, k', k')
-        return m.reshape(b, m.shape[-2], m.shape[-1])
+        """(B, K, K): every generator's composed kernel, differentiable in every weight."""
+        return _compose(list(self.weights))
 
     def forward(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """G as the single stride-2 convolution it equals: (B, 3, H, W) with kernels (B, K, K)."""
@@ -457,6 +448,20 @@ def finalize_kernel(raw: np.ndarray, keep: int = 40) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------
 # helpers
+
+
+def _compose(weights: list[torch.Tensor]) -> torch.Tensor:
+    """(B, K, K) composed kernels of B deep linear nets, from their layers' (B, out, in, kh, kw).
+
+    Composed from the output side (a transposed convolution is the full convolution that composes
+    two correlations; groups keep the nets apart): ~1 M multiply-adds, against ~30 M for pushing
+    a delta through the layers as the reference does (`Generator.kernel_by_delta`).
+    """
+    b = weights[0].shape[0]
+    m = weights[-1].flatten(0, 1).reshape(1, -1, 1, 1)  # (1, B*C, 1, 1)
+    for w in reversed(weights[:-1]):
+        m = F.conv_transpose2d(m, w.flatten(0, 1), groups=b)  # (1, B*C_in, k', k')
+    return m.reshape(b, m.shape[-2], m.shape[-1])
 
 
 def _shave_to(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

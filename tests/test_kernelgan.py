@@ -37,6 +37,8 @@ def test_composed_kernel_is_the_delta_read_out_and_has_the_documented_size():
     k = g.kernel()
     assert k.shape == (13, 13)
     torch.testing.assert_close(k, g.kernel_by_delta(), rtol=1e-5, atol=1e-7)
+    k.sum().backward()
+    assert all(layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0 for layer in g.layers)
     for one in Generators(g, 3).kernels():  # every image starts from the seed's G
         torch.testing.assert_close(one, k, rtol=1e-5, atol=1e-7)
     assert Generator(KernelGANConfig(g_structure=(5, 3, 1))).kernel().shape == (7, 7)
