@@ -47,6 +47,12 @@ class KernelGANConfig:
     def kernel_size(self) -> int:
         return sum(self.g_structure) - len(self.g_structure) + 1  # 13 for (7, 5, 3, 1, 1, 1)
 
+    def too_small(self, height: int, width: int) -> str | None:
+        """Why an image of this size cannot be trained on, or None if it can."""
+        if min(height, width) < self.crop + 2:
+            return f"{width}x{height} is too small for KernelGAN's {self.crop} px crops"
+        return None
+
     def as_dict(self) -> dict:
         return asdict(self)
 
@@ -104,9 +110,6 @@ class Discriminator(nn.Module):
             blocks += [sn(nn.Conv2d(c, c, 1)), nn.BatchNorm2d(c), nn.ReLU(True)]
         blocks += [sn(nn.Conv2d(c, 1, 1)), nn.Sigmoid()]
         self.net = nn.Sequential(*blocks)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
 
 
 class Generators(nn.Module):
@@ -321,8 +324,8 @@ class CropSampler:
 
     def __init__(self, image: np.ndarray, cfg: KernelGANConfig, rng: np.random.Generator):
         h, w = image.shape[:2]
-        if min(h, w) < cfg.crop + 2:
-            raise ValueError(f"image {w}x{h} is too small for KernelGAN's {cfg.crop} px crops")
+        if problem := cfg.too_small(h, w):
+            raise ValueError(f"image {problem}")
         self.h, self.w, self.cfg, self.rng = h, w, cfg, rng
         big = _gradient_map(image)
         small = _gradient_map(cv2.resize(image, (w // 2, h // 2), interpolation=cv2.INTER_AREA))

@@ -177,8 +177,8 @@ def estimate_source_kernels(paths: list[Path], run: RunDir, s, device: str = "cp
                 results[path] = {**done, "cached": True}
                 continue
             rgb = decode_image(path, data, max_pixels=int(s.max_megapixels * 1e6)).rgb
-            if min(rgb.shape[:2]) < cfg.crop + 2:
-                raise BadImageError(path, f"{rgb.shape[1]}x{rgb.shape[0]} is too small for KernelGAN's {cfg.crop} px crops")
+            if problem := cfg.too_small(*rgb.shape[:2]):
+                raise BadImageError(path, problem)
             todo.append((path, sha, key, rgb))
         except BadImageError as e:
             results[path] = e
