@@ -1,22 +1,30 @@
-"""KernelGAN accuracy and speed on synthetic kernels: our fast path against the reference's
-algorithm (deep generator, 3000 steps, one image at a time) run inside this implementation.
+"""KernelGAN against the official code (sefibk/KernelGAN), side by side on one synthetic set.
 
-Each HR image (shared/data/hr) is cropped, blurred with its own random anisotropic Gaussian
-(random widths and angle, ~5 % multiplicative noise on the taps), downscaled x2 in our convention
-(`models.degradation.degrade`) and given mild noise (sigma 1/255). KernelGAN sees only that LR
-image. Metrics per image, against the true kernel:
-- kernel error: L2 distance after the best integer alignment (shifts -2..2);
-- PSNR (dB) between the HR degraded with the estimated kernel and with the true one, x2, and x4
-  with both kernels made x4 analytically;
-the bicubic kernel's figures are the floor. Every result is appended to
-bench/results/kernelgan_accuracy.jsonl (with commit and machine) as it comes, and a rerun skips
-what is there, so a long run can stop and resume and the table grows with more images:
+DIV2KRK-style cases, made from images no KernelGAN setting here was tuned on (Set5's baby,
+OpenCV's sample photos, the camera photos and Real-ESRGAN's inputs in shared/data, and crops of
+the 3.4 MP flower photo; not Set14): each HR crop is blurred by its own random anisotropic
+Gaussian (axis widths, angle), made non-Gaussian by up to 25 % uniform multiplicative noise on
+its taps, downscaled (x2: 13x13 kernel; x4: 25x25 kernel of its own, not derived from an x2 one)
+in this project's convention (`models.degradation.degrade`), given noise of sigma 1/255 and
+written as an 8-bit PNG. Every method reads that PNG and nothing else.
 
-    .venv/bin/python bench/kernelgan_accuracy.py --first 0 --images 8 --iterations 3000 --procs 2
-    .venv/bin/python bench/kernelgan_accuracy.py --first 0 --images 8 --table
+Methods, per case:
+- `official`: the official code, run unmodified (`bench/official_kernelgan.py`, device patched at
+  run time), 3000 iterations, its own post-processing; x4 cases with its `--X4` analytic kernel;
+- `ours`: `models.kernelgan.estimate_kernels`, the product's path (x4 from x2 analytically);
+- `bicubic`: the bicubic kernel of the scale, the floor every estimate should beat.
+The official kernels are centred half a pixel off the middle (x4: 1.5 px), where this project
+applies that shift when it uses a kernel: they are moved back by the same Lanczos-4 taps
+`degrade` applies (`to_pixel_centred`) and cut to 13x13 / 25x25, so all methods are measured in
+one frame. Metrics against the true kernel:
+- kernel error: L2 distance at the best integer alignment (shifts -2..2), lower is better;
+- kernel PSNR: 20 log10(1 / RMSE) of the same aligned kernels (FKP's definition);
+- LR PSNR: the HR degraded with the estimate against the HR degraded with the true kernel, dB.
+Every result is appended to bench/results/kernelgan_official.jsonl with commit and machine as it
+comes; a rerun skips what is there. One command runs both at both scales:
 
-One-image runs use one process per core with 1 torch thread each; `batched` trains the selected
-images together in this process (1 thread).
+    .venv/bin/python bench/kernelgan_accuracy.py --official ~/src/KernelGAN
+    .venv/bin/python bench/kernelgan_accuracy.py --table
 """
 
 from __future__ import annotations
@@ -27,166 +35,240 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-HR = ROOT.parent / "shared" / "data" / "hr"
+DATA = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "bench" / "results" / "kernelgan_official.jsonl"
 COMMIT = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 MACHINE = f"{platform.machine()} {os.cpu_count()} cores, CPU"
+NOISE_SIGMA = 1 / 255
+
+# (name, file, crop size, top, left): HR crops; sizes are multiples of 4
+_FLOWER = "camera_photos/flower.png"
+X2_SOURCES = [
+    ("baby", "hr/set5/baby.png", 512, 0, 0),
+    ("building", "photos/building.jpg", 512, 44, 178),
+    ("fruits", "photos/fruits.jpg", 480, 0, 16),
+    ("home", "photos/home.jpg", 384, 0, 64),
+    ("butterfly", "photos/butterfly.jpg", 352, 2, 70),
+    ("tmshre", "camera_photos/tmshre_riaphotographs_srgb8.png", 500, 0, 0),
+    ("cvo9xd", "camera_photos/cvo9xd_keong_macan_srgb8.png", 500, 0, 0),
+    ("u76c0g", "camera_photos/u76c0g_bliznaca_srgb8.png", 500, 0, 0),
+    ("hdr_room", "camera_photos/hdr_room_16bit.png", 448, 0, 114),
+    ("ost009", "odd_inputs/OST_009.png", 448, 96, 0),
+    *[(f"flower{i}", _FLOWER, 512, top, left) for i, (top, left) in enumerate([(0, 0), (0, 880), (0, 1756), (500, 440), (500, 1320), (1000, 0)])],
+]
+X4_SOURCES = [
+    *[(f"flower{i}", _FLOWER, 640, top, left) for i, (top, left) in enumerate([(0, 0), (0, 814), (0, 1628), (872, 0), (872, 814), (872, 1628)])],
+    ("building", "photos/building.jpg", 600, 0, 134),
+    ("baby", "hr/set5/baby.png", 512, 0, 0),
+]
 
 
-def true_kernel(rng: np.random.Generator) -> np.ndarray:
-    from models.kernels import centre_kernel
+def true_kernel(scale: int, rng: np.random.Generator) -> np.ndarray:
+    """A random anisotropic Gaussian with up to 25 % multiplicative noise on its taps, centred."""
+    from models.kernels import KERNEL_SIZE, centre_kernel
     from models.synthetic import gaussian_kernel
 
-    k = gaussian_kernel(rng.uniform(0.7, 2.2), rng.uniform(0.7, 2.2), rng.uniform(0, np.pi), 13)
-    k = k * (1 + 0.05 * rng.normal(size=k.shape))
-    return centre_kernel(np.clip(k, 0, None))
+    lo, hi = (0.6, 2.5) if scale == 2 else (1.2, 5.0)  # x4 widths ~ sqrt(5) x the x2 ones
+    k = gaussian_kernel(rng.uniform(lo, hi), rng.uniform(lo, hi), rng.uniform(0, np.pi), KERNEL_SIZE[scale])
+    k = k * rng.uniform(0.75, 1.25, k.shape)
+    return centre_kernel(k)
 
 
-def make_case(i: int, path: Path, crop: int = 512):
+def make_case(scale: int, index: int, folder: Path, shared: bool = False) -> dict:
+    """HR crop, true kernel and the LR PNG of one case (written once, reused by every method).
+
+    `shared`: the camera set, where every image has the same true kernel (one camera's optics).
+    """
     import cv2
 
     from models.degradation import degrade
 
-    rng = np.random.default_rng(1000 + i)
-    hr = cv2.imread(str(path), cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32) / 255
-    h, w = hr.shape[:2]
-    c = min(crop, h - h % 4, w - w % 4)
-    y, x = (h - c) // 2, (w - c) // 2
-    hr = np.ascontiguousarray(hr[y : y + c, x : x + c])
-    k = true_kernel(rng)
-    lr = degrade(hr, k, 2) + rng.normal(0, 1 / 255, (c // 2, c // 2, 3)).astype(np.float32)
-    return hr, np.clip(lr, 0, 1).astype(np.float32), k
+    name, file, size, top, left = (X2_SOURCES if scale == 2 else X4_SOURCES)[index]
+    rng = np.random.default_rng(10_000 * scale + index)
+    img = cv2.imread(str(DATA / file), cv2.IMREAD_COLOR)  # 16-bit and gray come out 8-bit BGR
+    hr = np.ascontiguousarray(img[top : top + size, left : left + size, ::-1]).astype(np.float32) / 255
+    if hr.shape[:2] != (size, size):
+        raise ValueError(f"{file}: crop {size} at ({top}, {left}) leaves the image")
+    k = true_kernel(scale, np.random.default_rng(777) if shared else rng)
+    lr = degrade(hr, k, scale)
+    lr = np.clip(lr + rng.normal(0, NOISE_SIGMA, lr.shape), 0, 1)
+    path = folder / f"x{scale}{'s' if shared else ''}_{index:02d}_{name}.png"
+    if not path.exists():
+        cv2.imwrite(str(path), np.round(lr[..., ::-1] * 255).astype(np.uint8))
+    return {"scale": scale, "index": index, "name": name, "hr": hr, "kernel": k, "lr_path": path}
 
 
-def kernel_error(est: np.ndarray, true: np.ndarray) -> float:
-    best = np.inf
-    for dy in range(-2, 3):
-        for dx in range(-2, 3):
-            best = min(best, float(np.linalg.norm(np.roll(est, (dy, dx), (0, 1)) - true)))
-    return best
+def to_pixel_centred(kernel: np.ndarray, scale: int) -> np.ndarray:
+    """An official kernel (centre (s-1)/2 px past the middle) in this project's convention.
+
+    The Lanczos-4 taps that `aligned_kernel` uses to move a kernel +0.5 px move the reference's
+    back by the same amount when read from the other side; x4's extra pixel is a plain index.
+    """
+    from models.kernels import _HALF_PIXEL_TAPS, KERNEL_SIZE
+
+    k = np.asarray(kernel, dtype=np.float64)
+    k = np.apply_along_axis(np.convolve, 0, k, _HALF_PIXEL_TAPS)
+    k = np.apply_along_axis(np.convolve, 1, k, _HALF_PIXEL_TAPS)
+    centre = k.shape[0] // 2 - 1 + scale // 2  # the old centre (middle + (s-1)/2) + 3.5, the taps' centre
+    r = KERNEL_SIZE[scale] // 2
+    k = np.pad(k, r)[centre : centre + 2 * r + 1, centre : centre + 2 * r + 1]
+    return k / k.sum()
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b) ** 2))
-    return 10 * np.log10(1.0 / max(mse, 1e-12))
+def aligned_difference(est: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """est - true at the integer shift (-2..2) that makes them closest."""
+    diffs = [np.roll(est, (dy, dx), (0, 1)) - true for dy in range(-2, 3) for dx in range(-2, 3)]
+    return min(diffs, key=lambda d: float(np.sum(d * d)))
 
 
-def figures(hr, k_est, k_true) -> dict:
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
+    mse = float(np.mean((np.asarray(a, np.float64) - b) ** 2))
+    return 10 * np.log10(peak**2 / max(mse, 1e-20))
+
+
+def figures(case: dict, k_est: np.ndarray) -> dict:
     from models.degradation import degrade
-    from models.kernels import analytic_x4
 
+    d = aligned_difference(k_est, case["kernel"])
+    s, hr = case["scale"], case["hr"]
     return {
-        "kernel_err": kernel_error(k_est, k_true),
-        "psnr_x2": psnr(degrade(hr, k_est, 2), degrade(hr, k_true, 2)),
-        "psnr_x4": psnr(degrade(hr, analytic_x4(k_est), 4), degrade(hr, analytic_x4(k_true), 4)),
+        "kernel_err": float(np.linalg.norm(d)),
+        "kernel_psnr": psnr(d, 0.0),
+        "lr_psnr": psnr(degrade(hr, k_est, s), degrade(hr, case["kernel"], s)),
     }
 
 
-def run_one(job):
-    i, path, iterations, deep = job
-    import torch
-
-    torch.set_num_threads(1)
-    from models.kernelgan import KernelGANConfig, estimate_kernel
-
-    hr, lr, k_true = make_case(i, path)
-    t = time.perf_counter()
-    est = estimate_kernel(lr, KernelGANConfig(iterations=iterations, seed=0), deep=deep)
-    secs = time.perf_counter() - t
-    return {"image": i, "method": "baseline" if deep else "ours", "seconds": secs, **figures(hr, est.kernel, k_true), "kernel": _rounded(est.kernel)}
+def run_official(case: dict, repo: Path, threads: int) -> tuple[np.ndarray, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, str(ROOT / "bench" / "official_kernelgan.py"), "--repo", str(repo), "--image", str(case["lr_path"]), "--out", tmp, "--threads", str(threads)]
+        log = Path(tmp) / "log"
+        with log.open("w") as f:
+            done = subprocess.run(cmd + (["--x4"] if case["scale"] == 4 else []), stdout=f, stderr=subprocess.STDOUT)
+        if done.returncode:
+            raise RuntimeError(f"official KernelGAN failed on {case['lr_path'].name}:\n{log.read_text()[-3000:]}")
+        k = np.load(Path(tmp) / f"kernel_x{case['scale']}.npy")
+        return to_pixel_centred(k, case["scale"]), float((Path(tmp) / "seconds").read_text())
 
 
-def run_batched(paths: list[Path], first: int, iterations: int) -> list[dict]:
+def run_ours(cases: list[dict], iterations: int, threads: int, overrides: dict) -> tuple[list, float]:
+    """The product's estimate for every case, trained together; x4 kernels analytically."""
     import torch
 
     from models.kernelgan import KernelGANConfig, estimate_kernels
+    from models.kernels import analytic_x4, bicubic_kernel
+    from storage.images import read_image
 
-    torch.set_num_threads(1)
-    cases = [make_case(first + j, p) for j, p in enumerate(paths)]
+    torch.set_num_threads(threads)
+    images = [read_image(c["lr_path"]).rgb for c in cases]
     t = time.perf_counter()
-    ests = estimate_kernels([c[1] for c in cases], KernelGANConfig(iterations=iterations, seed=0))
+    ests = estimate_kernels(images, KernelGANConfig(**{"iterations": iterations, "seed": 0, **overrides}))
     secs = (time.perf_counter() - t) / len(cases)
-    batch = f"{first}-{first + len(cases) - 1}"
-    return [
-        {"image": first + j, "method": f"batched {batch}", "seconds": secs, **figures(c[0], e.kernel, c[2]), "kernel": _rounded(e.kernel)}
-        for j, (c, e) in enumerate(zip(cases, ests))
-    ]
+    for c, e in zip(cases, ests):
+        e.kernel = bicubic_kernel(2) if e.kernel is None else e.kernel  # a failed estimate scores as bicubic
+        c["estimate"] = e
+    return [e.kernel if c["scale"] == 2 else analytic_x4(e.kernel) for c, e in zip(cases, ests)], secs
 
 
-def _rounded(k: np.ndarray) -> list:
-    return np.round(k, 7).tolist()
+def load(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def load(results: Path) -> list[dict]:
-    return [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
-
-
-def save(results: Path, row: dict, iterations: int) -> None:
-    row = {**row, "iterations": iterations, "commit": COMMIT, "machine": MACHINE, "date": time.strftime("%Y-%m-%d")}
-    results.parent.mkdir(parents=True, exist_ok=True)
-    with results.open("a") as f:
+def save(path: Path, row: dict) -> None:
+    row = {**row, "commit": COMMIT, "machine": MACHINE, "date": time.strftime("%Y-%m-%d %H:%M")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
         f.write(json.dumps(row) + "\n")
-    print(f"image {row['image']} {row['method']}: {row['seconds']:.0f} s, error {row['kernel_err']:.4f}, x2 {row['psnr_x2']:.2f} dB, x4 {row['psnr_x4']:.2f} dB", flush=True)
+    print(f"x{row['scale']} {row['index']:2d} {row['name']:10s} {row['method']:10s} {row['seconds']:6.0f} s  error {row['kernel_err']:.4f}  kernel {row['kernel_psnr']:.2f} dB  LR {row['lr_psnr']:.2f} dB", flush=True)
 
 
-def table(rows: list[dict], images: range, bicubic: list[dict]) -> None:
-    """Mean figures per method over the selected images, each method on the images it has."""
-    print(f"\n| method | images | s per image | kernel error (lower better) | PSNR x2 dB | PSNR x4 dB |")
-    print("|---|---|---|---|---|---|")
-
-    def line(name, got):
-        m = {k: np.mean([g[k] for g in got]) for k in ("kernel_err", "psnr_x2", "psnr_x4")}
-        secs = f"{np.mean([g['seconds'] for g in got]):.1f}" if "seconds" in got[0] else "-"
-        print(f"| {name} | {len(got)} | {secs} | {m['kernel_err']:.4f} | {m['psnr_x2']:.2f} | {m['psnr_x4']:.2f} |")
-
-    line("bicubic kernel (floor)", bicubic)
-    names = {"baseline": "reference algorithm (deep G, one image)", "ours": "ours (composed-kernel G, one image)"}
-    for method in sorted({r["method"] for r in rows}, key=lambda m: (m != "baseline", m != "ours", m)):
-        got = [r for r in rows if r["method"] == method and r["image"] in images]
-        if got:
-            line(names.get(method, f"ours, images {method.split()[-1]} trained together"), got)
+def table(rows: list[dict], scale: int, n: int) -> None:
+    """Means per method over the cases every listed method has, and per-case wins over official."""
+    cases = {}
+    for r in rows:
+        if r["scale"] == scale and r["index"] < n:
+            cases.setdefault(r["method"], {})[r["index"]] = r  # the newest row of a (method, case) wins
+    official = cases.get("official", {})
+    print(f"\nx{scale}: cases with an official result: {len(official)} of {n}")
+    print("| method | cases | s per image | kernel error | kernel PSNR dB | LR PSNR dB | LR PSNR better than official | worse than bicubic |")
+    print("|---|---|---|---|---|---|---|---|")
+    bic = cases.get("bicubic", {})
+    for method in sorted(cases, key=lambda m: (m != "bicubic", m != "official", m)):
+        got = [cases[method][i] for i in sorted(official) if i in cases[method]] or list(cases[method].values())
+        mean = {k: np.mean([g[k] for g in got]) for k in ("seconds", "kernel_err", "kernel_psnr", "lr_psnr")}
+        wins = sum(g["lr_psnr"] > official[g["index"]]["lr_psnr"] for g in got if g["index"] in official)
+        below = sum(g["lr_psnr"] < bic[g["index"]]["lr_psnr"] for g in got if g["index"] in bic)
+        secs = f"{mean['seconds']:.1f}" if method != "bicubic" else "-"
+        print(f"| {method} | {len(got)} | {secs} | {mean['kernel_err']:.4f} | {mean['kernel_psnr']:.2f} | {mean['lr_psnr']:.2f} | {wins} of {len(got)} | {below} |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--images", type=int, default=8, help="how many Set14 images")
-    ap.add_argument("--first", type=int, default=0, help="index of the first image")
+    ap.add_argument("--official", type=Path, help="checkout of sefibk/KernelGAN (needs scipy, matplotlib, tqdm: pip install -e '.[bench]')")
+    ap.add_argument("--scales", default="2,4")
+    ap.add_argument("--x2-cases", type=int, default=len(X2_SOURCES))
+    ap.add_argument("--x4-cases", type=int, default=len(X4_SOURCES))
+    ap.add_argument("--methods", default="bicubic,ours,official", help="any of bicubic, ours, official")
+    ap.add_argument("--label", default="ours", help="name of this product's rows (to keep variants apart)")
     ap.add_argument("--iterations", type=int, default=3000)
-    ap.add_argument("--procs", type=int, default=2, help="processes for the one-image runs")
-    ap.add_argument("--methods", default="baseline,ours,batched", help="any of baseline, ours, batched")
-    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "kernelgan_accuracy.jsonl")
-    ap.add_argument("--table", action="store_true", help="only print the table of the results kept so far")
+    ap.add_argument("--config", type=json.loads, default={}, help="KernelGANConfig fields for this product's rows, as JSON (ablations)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per method")
+    ap.add_argument("--cases-dir", type=Path, default=ROOT / "bench" / "results" / "kernelgan_cases")
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--table", action="store_true", help="only print the tables of the results kept so far")
+    ap.add_argument("--camera", action="store_true", help="the camera set instead: every x2 image has one true kernel; adds the consensus kernel of each method's estimates")
     args = ap.parse_args()
-    from models.kernels import bicubic_kernel
+    from models.kernels import bicubic_kernel, consensus_kernel
 
-    all_paths = sorted((HR / "set14").glob("*.png"))
-    images = range(args.first, min(args.first + args.images, len(all_paths)))
+    if args.camera:
+        args.scales = "2"
+        args.results = args.results.with_name("kernelgan_camera.jsonl") if args.results == RESULTS else args.results
+
+    args.cases_dir.mkdir(parents=True, exist_ok=True)
+    scales = [int(s) for s in args.scales.split(",")]
+    counts = {2: args.x2_cases, 4: args.x4_cases}
     methods = args.methods.split(",")
-    kept = [r for r in load(args.results) if r["iterations"] == args.iterations]
-    have = {(r["image"], r["method"]) for r in kept}
     if not args.table:
-        jobs = [(i, all_paths[i], args.iterations, m == "baseline") for m in ("ours", "baseline") if m in methods for i in images if (i, m) not in have]
-        with ProcessPoolExecutor(args.procs) as pool:
-            for row in pool.map(run_one, jobs):
-                save(args.results, row, args.iterations)
-        batch = f"batched {images.start}-{images.stop - 1}"
-        if "batched" in methods and not any((i, batch) in have for i in images):
-            for row in run_batched([all_paths[i] for i in images], images.start, args.iterations):
-                save(args.results, row, args.iterations)
-        kept = [r for r in load(args.results) if r["iterations"] == args.iterations]
-    bicubic = []
-    for i in images:
-        hr, _, k_true = make_case(i, all_paths[i])
-        bicubic.append(figures(hr, bicubic_kernel(2), k_true))
-    print(f"\nSet14 images {images.start}-{images.stop - 1} (512 px HR crops -> 256 px LR), {args.iterations} steps; machine and commit per row in {args.results.name}")
-    table(kept, images, bicubic)
+        for scale in scales:
+            cases = [make_case(scale, i, args.cases_dir, shared=args.camera) for i in range(counts[scale])]
+            have = {(r["scale"], r["index"], r["method"]) for r in load(args.results)}
+            todo = lambda m: [c for c in cases if (scale, c["index"], m) not in have]  # noqa: E731
+            if "bicubic" in methods:
+                for c in todo("bicubic"):
+                    save(args.results, {"scale": scale, "index": c["index"], "name": c["name"], "method": "bicubic", "seconds": 0.0, **figures(c, bicubic_kernel(scale))})
+            if "ours" in methods and (mine := todo(args.label)):
+                kernels, secs = run_ours(mine, args.iterations, args.threads, args.config)
+                for c, k in zip(mine, kernels):
+                    e = c["estimate"]
+                    extra = {"kernel": np.round(k, 7).tolist(), "raw": np.round(e.raw, 9).tolist(), "losses": e.losses, "diverged_at": e.diverged_at, "problem": e.problem}
+                    save(args.results, {"scale": scale, "index": c["index"], "name": c["name"], "method": args.label, "seconds": secs, **figures(c, k), **extra})
+            if "official" in methods:
+                if args.official is None:
+                    sys.exit("--official PATH (a checkout of sefibk/KernelGAN) is needed for the official rows")
+                for c in todo("official"):
+                    k, secs = run_official(c, args.official, args.threads)
+                    save(args.results, {"scale": scale, "index": c["index"], "name": c["name"], "method": "official", "seconds": secs, **figures(c, k), "kernel": np.round(k, 7).tolist()})
+            if args.camera:  # one kernel for the camera from each method's per-image estimates
+                rows = load(args.results)
+                for method in sorted({r["method"] for r in rows if "kernel" in r and not r["method"].startswith(("consensus", "mean"))}):
+                    got = [r for r in rows if r["method"] == method and r["index"] < counts[scale]]
+                    kernels = [np.array(r["kernel"]) for r in got]
+                    for name, k in ((f"consensus of {method} ({len(got)})", consensus_kernel), (f"mean of {method} ({len(got)})", lambda ks: np.mean(ks, 0))):
+                        if len(got) < 2 or any(r["method"] == name for r in rows):
+                            continue
+                        k = k(kernels)
+                        for c in cases:
+                            save(args.results, {"scale": scale, "index": c["index"], "name": c["name"], "method": name, "seconds": 0.0, **figures(c, k), "kernel": np.round(k, 7).tolist()})
+    rows = load(args.results)
+    for scale in scales:
+        table(rows, scale, counts[scale])
 
 
 if __name__ == "__main__":

@@ -82,7 +82,9 @@ class DegradeSettings(BaseModel):
 
     def kernelgan_key_fields(self) -> dict:
         """The settings an image's KernelGAN kernel depends on (not the device: results agree to float rounding)."""
-        return {"stage": "kernelgan", "version": STAGE_VERSION, "iterations": self.kernelgan_iterations, "seed": self.seed}
+        from models.kernelgan import VERSION
+
+        return {"stage": "kernelgan", "version": f"{STAGE_VERSION}.{VERSION}", "iterations": self.kernelgan_iterations, "seed": self.seed}
 
     def pairs_key_fields(self) -> dict:
         """The settings an image's pairs depend on (bank digests are added by the caller)."""

@@ -3,28 +3,44 @@
 A deep *linear* generator G downscales crops of the image by 2; a patch discriminator D tells G's
 output from real crops of the image at its own scale. What G learns is a blur + subsample that
 keeps the image's patch statistics across scales, i.e. its degradation kernel, read out by pushing
-a delta through G's layers. Read top to bottom: config, G, D, the loss terms, the weight schedule,
-the crop sampler, the training loop.
+a delta through G's layers. Read top to bottom: config, G, D, their batched forms, the training
+loop, the post-processing; the loss terms are in `kernelgan_losses`, the crops in `kernelgan_crops`.
 
-Faithful to the reference (sefibk/KernelGAN) in structure, losses, schedule and crops; different
-where users of the reference complain: no `.cuda()` (any device), a seed for every draw, the
-kernel returned at its documented size (13x13, centred on the middle pixel, as `models.kernels`
-expects), G applied as the single stride-2 convolution it equals (the composed kernel is built
-inside autograd, so every layer gets the same gradient; `deep=True` keeps the reference's way),
-and many images trained in one loop, each with its own G and D as groups of one convolution.
+Faithful to the official code (sefibk/KernelGAN), measured side by side with it in
+`bench/kernelgan_accuracy.py`: its initialisation (Xavier-normal, gain 0.1; BatchNorm weights
+N(1, 0.02)), images in [-1, 1], its crops, D's real crops of G's output size with the noise it
+adds to the image in place, its losses, schedule and soft-threshold post-processing. Different
+where users of the reference complain: any device, a seed for every draw, the kernel centred on
+the middle pixel at its documented size (13x13, as `models.kernels` expects), G applied as the
+single stride-2 convolution it equals (exact: the composed kernel is built inside autograd), many
+images trained in one loop with every per-image result independent of the others in the batch
+(bitwise on the CPU: batched matrix products instead of grouped convolutions, whose algorithm
+changes with the group count), and a NaN reported as a divergence at its step.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import cv2
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.kernels import bicubic_kernel, centre_kernel
+from models.batched import batch_matmul, strided_correlation
+from models.kernelgan_crops import CropSampler
+from models.kernelgan_losses import (
+    BoundariesLoss,
+    CentralizedLoss,
+    DownScaleLoss,
+    GANLoss,
+    LossWeights,
+    SparsityLoss,
+    SumOfWeightsLoss,
+)
+from models.kernels import centre_kernel
+
+VERSION = "2"  # bump when the kernel estimated for the same image and config changes
 
 
 @dataclass(frozen=True)
@@ -40,12 +56,20 @@ class KernelGANConfig:
     iterations: int = 3000
     lr: float = 2e-4
     beta1: float = 0.5
-    n_filtering: int = 40  # taps kept by the final clean-up of the kernel
+    n_filtering: int = 40  # the post-processing's soft threshold: 0.75 x the 41st largest tap
+    accumulate_d_noise: bool = True  # the reference adds D's crop noise to the image itself
+    settle_tol: float = 0.0  # stop an image once its kernel moves less than this (relative) in 100 steps; 0: never
+    settle_after: int = 1500  # ... looked for from this step on (the learning rate is 2e-6 there)
     seed: int = 0
 
     @property
     def kernel_size(self) -> int:
         return sum(self.g_structure) - len(self.g_structure) + 1  # 13 for (7, 5, 3, 1, 1, 1)
+
+    @property
+    def d_crop(self) -> int:
+        """D's real crops have the size of G's output (26 for 64 px crops), as the reference's."""
+        return (self.crop - self.kernel_size) // 2 + 1
 
     def too_small(self, height: int, width: int) -> str | None:
         """Why an image of this size cannot be trained on, or None if it can."""
@@ -75,6 +99,8 @@ class Generator(nn.Module):
             nn.Conv2d(chans[i], chans[i + 1], s[i], stride=2 if i == len(s) - 1 else 1, bias=False) for i in range(len(s))
         )
         self.kernel_size = cfg.kernel_size
+        for layer in self.layers:
+            nn.init.xavier_normal_(layer.weight, 0.1)  # the reference's weights_init_G
 
     def kernel(self) -> torch.Tensor:
         """The composed correlation kernel (K, K), differentiable in every weight."""
@@ -110,10 +136,21 @@ class Discriminator(nn.Module):
             blocks += [sn(nn.Conv2d(c, c, 1)), nn.BatchNorm2d(c), nn.ReLU(True)]
         blocks += [sn(nn.Conv2d(c, 1, 1)), nn.Sigmoid()]
         self.net = nn.Sequential(*blocks)
+        with torch.no_grad():  # the reference's weights_init_D
+            for m in self.net:
+                if isinstance(m, nn.Conv2d):
+                    nn.init.xavier_normal_(m.parametrizations.weight.original, 0.1)
+                    m.bias.zero_()
+                elif isinstance(m, nn.BatchNorm2d):
+                    m.weight.normal_(1.0, 0.02)
+                    m.bias.zero_()
 
 
 class Generators(nn.Module):
-    """B independent generators, one per image, as grouped convolutions from one seeded G.
+    """B independent generators, one per image, all started from one seeded G.
+
+    Their kernels are composed and applied with batched matrix products (unfold + bmm): each
+    image's arithmetic is the same whatever else is in the batch.
 
     Args:
         g: the seeded generator every image starts from.
@@ -131,10 +168,7 @@ class Generators(nn.Module):
 
     def forward(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """G as the single stride-2 convolution it equals: (B, 3, H, W) with kernels (B, K, K)."""
-        b, ch, h, w = x.shape
-        weight = k.repeat_interleave(ch, dim=0)[:, None]  # (B*3, 1, K, K)
-        y = F.conv2d(x.reshape(1, b * ch, h, w), weight, stride=2, groups=b * ch)
-        return y.reshape(b, ch, y.shape[-2], y.shape[-1])
+        return strided_correlation(x, k, 2)
 
     def deep(self, x: torch.Tensor) -> torch.Tensor:
         """The reference's path, layer by layer: RGB channels go through as gray images."""
@@ -146,11 +180,12 @@ class Generators(nn.Module):
 
 
 class Discriminators(nn.Module):
-    """B independent discriminators as grouped convolutions, started from one seeded D's state.
+    """B independent discriminators, started from one seeded D's state.
 
-    Grouped convs keep the images apart, BatchNorm over B*C channels is per-image BN (its
-    statistics are per channel), and spectral norm runs torch's power iteration batched, one step
-    per forward, in the same order (u, then v), from the same u and v.
+    Every layer is a batched matrix product (the 7x7 conv on unfolded crops, the 1x1 convs as
+    they are), so each image's arithmetic does not depend on the batch; BatchNorm over B*C
+    channels is per-image BN (its statistics are per channel), and spectral norm runs torch's
+    power iteration batched, one step per forward, in the same order (u, then v).
     """
 
     def __init__(self, d: Discriminator, b: int):
@@ -173,174 +208,27 @@ class Discriminators(nn.Module):
         w = self.weights[i]  # (B, out, in, kh, kw)
         mat = w.flatten(2)  # (B, out, in*kh*kw)
         u, v = getattr(self, f"u{i}"), getattr(self, f"v{i}")
+        # matrix-vector products as multiply + sum: a batched gemv's rounding depends on the batch
         with torch.no_grad():
-            u.copy_(F.normalize(torch.bmm(mat, v.unsqueeze(2)).squeeze(2), dim=1, eps=1e-12))
-            v.copy_(F.normalize(torch.bmm(mat.transpose(1, 2), u.unsqueeze(2)).squeeze(2), dim=1, eps=1e-12))
+            u.copy_(F.normalize((mat * v.unsqueeze(1)).sum(2), dim=1, eps=1e-12))
+            v.copy_(F.normalize((mat * u.unsqueeze(2)).sum(1), dim=1, eps=1e-12))
             u, v = u.clone(), v.clone()  # the next forward updates the buffers before this backward
-        sigma = (u * torch.bmm(mat, v.unsqueeze(2)).squeeze(2)).sum(1)  # (B,)
-        return (w / sigma.view(-1, 1, 1, 1, 1)).flatten(0, 1)  # (B*out, in, kh, kw)
+        sigma = (u * (mat * v.unsqueeze(1)).sum(2)).sum(1)  # (B,)
+        return mat / sigma.view(-1, 1, 1)  # (B, out, in*kh*kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 3, H, W), image b's crop in row b -> (B, 1, h, w) scores."""
-        b = self.b
-        y = x.reshape(1, b * x.shape[1], x.shape[2], x.shape[3])
+        b, size = self.b, self.weights[0].shape[-1]
+        oh, ow = x.shape[2] - size + 1, x.shape[3] - size + 1
+        y = F.unfold(x, size)  # (B, 3*k*k, oh*ow)
         n_conv = len(self.weights)
         for i in range(n_conv):
-            y = F.conv2d(y, self._sn_weight(i), self.biases[i], groups=b)
+            y = batch_matmul(self._sn_weight(i), y) + self.biases[i].view(b, -1, 1)  # (B, C, oh*ow)
             if 1 <= i < n_conv - 1:  # the 1x1 blocks: BN and ReLU after the conv
-                y = F.relu(F.batch_norm(y, None, None, self.bn_weights[i - 1], self.bn_biases[i - 1], training=True))
-        return torch.sigmoid(y).reshape(b, 1, y.shape[-2], y.shape[-1])
-
-
-# ------------------------------------------------------------------------------------------------
-# loss terms: one small module each, as the reference's loss.py; each gives one value per image
-# (kernels (..., K, K), images (B, C, H, W))
-
-
-class GANLoss(nn.Module):
-    """L1 distance of D's score map to all-real or all-fake labels."""
-
-    def forward(self, scores: torch.Tensor, real: bool) -> torch.Tensor:
-        return (scores - (1.0 if real else 0.0)).abs().flatten(1).mean(1)
-
-
-class DownScaleLoss(nn.Module):
-    """G's output should stay close to a bicubic downscale of its input (decays in training)."""
-
-    def __init__(self):
-        super().__init__()
-        # the bicubic x2 kernel centred on a pixel (7 taps), so that it agrees with the centre the
-        # CentralizedLoss asks for (the reference used an 8-tap kernel and a centre half a pixel off)
-        self.register_buffer("bicubic", torch.tensor(bicubic_kernel(2, 7), dtype=torch.get_default_dtype())[None, None])
-
-    def forward(self, g_input: torch.Tensor, g_output: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = g_input.shape
-        down = F.conv2d(g_input.reshape(n * c, 1, h, w), self.bicubic, stride=2, padding=3)
-        down = down.reshape(n, c, down.shape[-2], down.shape[-1])
-        return ((g_output - _shave_to(down, g_output)) ** 2).flatten(1).mean(1)
-
-
-class SumOfWeightsLoss(nn.Module):
-    def forward(self, k: torch.Tensor) -> torch.Tensor:
-        return (1.0 - k.sum((-2, -1))).abs()
-
-
-class BoundariesLoss(nn.Module):
-    """Penalises kernel mass away from the centre with the reference's Gaussian-shaped mask."""
-
-    def __init__(self, k_size: int):
-        super().__init__()
-        self.register_buffer("mask", torch.tensor(_penalty_mask(k_size, 30.0), dtype=torch.get_default_dtype()))
-
-    def forward(self, k: torch.Tensor) -> torch.Tensor:
-        return (k * self.mask).abs().mean((-2, -1))
-
-
-class CentralizedLoss(nn.Module):
-    """Squared distance of the kernel's centre of mass to the wanted centre.
-
-    The reference wants k_size // 2 + 0.5 (half a pixel off the middle, its grid); ours is the
-    middle pixel: the pixel-centre alignment is applied later, when the kernel is used.
-    """
-
-    def __init__(self, k_size: int):
-        super().__init__()
-        self.register_buffer("indices", torch.arange(k_size, dtype=torch.get_default_dtype()))
-        self.center = float(k_size // 2)
-
-    def forward(self, k: torch.Tensor) -> torch.Tensor:
-        total = k.sum((-2, -1))
-        r = (k.sum(-1) * self.indices).sum(-1) / total
-        c = (k.sum(-2) * self.indices).sum(-1) / total
-        return ((r - self.center) ** 2 + (c - self.center) ** 2) / 2
-
-
-class SparsityLoss(nn.Module):
-    def forward(self, k: torch.Tensor) -> torch.Tensor:
-        return (k.abs() ** 0.2).mean((-2, -1))
-
-
-@dataclass
-class LossWeights:
-    """The reference's weight schedule (learner.py), as named constants and one update rule."""
-
-    bicubic: float = 5.0
-    sum2one: float = 0.5
-    boundaries: float = 0.5
-    centralized: float = 0.0
-    sparse: float = 0.0
-
-    UPDATE_EVERY = 200
-    BICUBIC_LOSS_TO_START = 0.4
-    BICUBIC_DECAY = 100.0
-    BICUBIC_MIN = 5e-6
-    LR_EVERY = 750
-    LR_DECAY = 10.0
-    SPARSE_END = 5.0
-    CENTRALIZED_END = 1.0
-
-    _below: int = 0
-    _similar: bool = False
-    _constraints_on: bool = False
-
-    @classmethod
-    def decay_learning_rate(cls, iteration: int, optimizers) -> None:
-        """Divide every learning rate by LR_DECAY each LR_EVERY steps (shared by all images)."""
-        if iteration > 0 and iteration % cls.LR_EVERY == 0:
-            for opt in optimizers:
-                for group in opt.param_groups:
-                    group["lr"] /= cls.LR_DECAY
-
-    def needs_loss(self) -> bool:
-        """Whether `update` reads the bicubic loss (only until G is similar to bicubic)."""
-        return not self._similar
-
-    def update(self, iteration: int, loss_bicubic: float | None) -> None:
-        if iteration == 0:
-            return
-        if not self._similar:  # wait until G is close to bicubic three times in a row
-            self._below = self._below + 1 if loss_bicubic < self.BICUBIC_LOSS_TO_START else 0
-            self._similar = self._below > 2
-        elif iteration % self.UPDATE_EVERY == 0 and self.bicubic > self.BICUBIC_MIN:
-            self.bicubic = max(self.bicubic / self.BICUBIC_DECAY, self.BICUBIC_MIN)
-            if not self._constraints_on and self.bicubic < 5e-3:
-                self.centralized, self.sparse = self.CENTRALIZED_END, self.SPARSE_END
-                self._constraints_on = True
-
-    def as_row(self) -> list[float]:
-        return [self.bicubic, self.sum2one, self.boundaries, self.centralized, self.sparse]
-
-
-# ------------------------------------------------------------------------------------------------
-# crops sampled where the image has structure
-
-
-class CropSampler:
-    """Top-left corners of G's and D's crops, drawn with probability ~ local gradient magnitude.
-
-    As the reference's DataGenerator: D's map comes from the image, G's from its bicubic x2
-    downscale brought back to full size; both are box-blurred by half a crop; corners are even.
-    """
-
-    def __init__(self, image: np.ndarray, cfg: KernelGANConfig, rng: np.random.Generator):
-        h, w = image.shape[:2]
-        if problem := cfg.too_small(h, w):
-            raise ValueError(f"image {problem}")
-        self.h, self.w, self.cfg, self.rng = h, w, cfg, rng
-        big = _gradient_map(image)
-        small = _gradient_map(cv2.resize(image, (w // 2, h // 2), interpolation=cv2.INTER_AREA))
-        small = np.kron(small, np.ones((2, 2)))[:h, :w]
-        small = np.pad(small, ((0, h - small.shape[0]), (0, w - small.shape[1])), mode="edge")
-        self.p_d = _probability(big, cfg.crop // 2)
-        self.p_g = _probability(small, cfg.crop)
-
-    def corners(self, n: int, for_g: bool) -> np.ndarray:
-        size = self.cfg.crop if for_g else self.cfg.crop // 2
-        centers = self.rng.choice(self.h * self.w, size=n, p=self.p_g if for_g else self.p_d)
-        rows, cols = centers // self.w, centers % self.w
-        top = np.clip(rows - size // 2, 0, self.h - size)
-        left = np.clip(cols - size // 2, 0, self.w - size)
-        return np.stack([top - top % 2, left - left % 2], 1)
+                c = y.shape[1]
+                y = F.batch_norm(y.reshape(1, b * c, -1), None, None, self.bn_weights[i - 1], self.bn_biases[i - 1], training=True)
+                y = F.relu(y).reshape(b, c, -1)
+        return torch.sigmoid(y).reshape(b, 1, oh, ow)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -349,10 +237,16 @@ class CropSampler:
 
 @dataclass
 class KernelEstimate:
-    kernel: np.ndarray | None  # (13, 13) float64, centred, sums to 1; None if G ended with no positive mass
-    raw: np.ndarray  # G's composed kernel at the end of training, before the clean-up
+    kernel: np.ndarray | None  # (13, 13) float64, centred, sums to 1; None when training failed
+    raw: np.ndarray  # G's composed kernel at the end of training, before the post-processing
     losses: dict[str, float]
     iterations: int
+    diverged_at: int | None = None  # the first step whose losses were not finite
+    problem: str | None = None  # why `kernel` is None, in words
+
+    @property
+    def ok(self) -> bool:
+        return self.kernel is not None
 
 
 def estimate_kernel(image: np.ndarray, cfg: KernelGANConfig = KernelGANConfig(), device: str = "cpu", deep: bool = False, progress=None) -> KernelEstimate:
@@ -364,37 +258,54 @@ def estimate_kernels(images: list[np.ndarray], cfg: KernelGANConfig = KernelGANC
     """Train KernelGAN on each float32 RGB image in [0, 1] (HWC) and return their x2 kernels.
 
     The images train together, each with its own G, D, crops, noise and loss weights, all from
-    the seed's draws: an image gets the kernel it would get alone (up to float rounding, which
-    GAN training amplifies over many steps), in one set of kernel launches. `deep` runs G layer
-    by layer as the reference does; the default applies G as its composed kernel (exact, 30x
-    fewer multiply-adds). `progress(iteration, losses)` is called every 500 iterations.
+    the seed's draws, and each gets exactly the kernel it gets alone (bitwise on the CPU with the
+    composed G; `deep` runs G layer by layer as the reference does, with grouped convolutions,
+    equal only to float rounding). `progress(iteration, losses)` is called every 500 iterations.
+    An image whose losses stop being finite is reported with the step (`diverged_at`); it cannot
+    disturb the others, which share no weights, statistics or random streams with it.
     """
     b, dev = len(images), torch.device(device)
     dtype = torch.get_default_dtype()
     torch.manual_seed(cfg.seed)
     g, d = Generators(Generator(cfg), b).to(dev), Discriminators(Discriminator(cfg), b).to(dev)
-    samplers = [CropSampler(img, cfg, np.random.default_rng(cfg.seed)) for img in images]
+    gc, dc = cfg.crop, cfg.d_crop
+    for img in images:
+        if problem := cfg.too_small(*img.shape[:2]):
+            raise ValueError(f"image {problem}")
+    samplers = [CropSampler(img, gc, dc, np.random.default_rng(cfg.seed)) for img in images]
     g_corners = [s.corners(cfg.iterations, for_g=True) for s in samplers]
     d_corners = [s.corners(cfg.iterations, for_g=False) for s in samplers]
     noises = [torch.Generator(device=dev).manual_seed(cfg.seed) for _ in range(b)]
-    imgs = [torch.from_numpy(np.ascontiguousarray(im.transpose(2, 0, 1))).to(dev, dtype) for im in images]
+    # the reference's range: [-1, 1]; every loss weight and threshold of its schedule assumes it
+    imgs = [torch.from_numpy(np.ascontiguousarray(im.transpose(2, 0, 1))).to(dev, dtype) * 2 - 1 for im in images]
     opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
     gan, down, sum2one, sparse = GANLoss(), DownScaleLoss().to(dev), SumOfWeightsLoss(), SparsityLoss()
     bounds, central = BoundariesLoss(cfg.kernel_size).to(dev), CentralizedLoss(cfg.kernel_size).to(dev)
     schedules = [LossWeights() for _ in range(b)]
-    gc, dc = cfg.crop, cfg.crop // 2
+    diverged = torch.full((b,), -1, dtype=torch.long, device=dev)
 
-    def crops(corners: list[np.ndarray], it: int, size: int) -> torch.Tensor:
-        return torch.stack([im[:, y : y + size, x : x + size] for im, (y, x) in zip(imgs, (c[it] for c in corners))])
+    def noise(shape, scale: float) -> list[torch.Tensor]:  # each image's own stream, as if alone
+        return [torch.randn(shape, generator=n, device=dev, dtype=dtype) * scale for n in noises]
 
-    def noise_like(x: torch.Tensor) -> torch.Tensor:  # each image's own stream, as if alone
-        return torch.stack([torch.randn(x.shape[1:], generator=n, device=dev, dtype=dtype) for n in noises]) / 255.0
+    def real_crops(it: int) -> torch.Tensor:
+        """D's real crops with the reference's noise (1/255 on [0, 1]), kept in the image if asked."""
+        out = []
+        for im, n, (y, x) in zip(imgs, noise((3, dc, dc), 2 / 255), (c[it] for c in d_corners)):
+            region = im[:, y : y + dc, x : x + dc]
+            if cfg.accumulate_d_noise:
+                region += n  # the reference's crop is a view of its image: the noise stays there
+                out.append(region.clone())
+            else:
+                out.append(region + n)
+        return torch.stack(out)
+
+    settled = [None] * b  # per image: (step, raw kernel, losses) once it stopped moving
+    previous = None
 
     for it in range(cfg.iterations):
-        g_in = crops(g_corners, it, gc)
-        d_in = crops(d_corners, it, dc)
-        d_in = d_in + noise_like(d_in)
+        d_in = real_crops(it)
+        g_in = torch.stack([im[:, y : y + gc, x : x + gc] for im, (y, x) in zip(imgs, (c[it] for c in g_corners))])
         w = torch.tensor([s.as_row() for s in schedules], device=dev, dtype=dtype).T  # (5, B)
 
         # G step: fool D, within the kernel constraints
@@ -410,42 +321,74 @@ def estimate_kernels(images: list[np.ndarray], cfg: KernelGANConfig = KernelGANC
         opt_d.zero_grad(set_to_none=True)
         with torch.no_grad():
             fake = g.deep(g_in) if deep else g(g_in, g.kernels())
-            fake = fake + noise_like(fake)
+            fake = fake + torch.stack(noise(fake.shape[1:], 1 / 255))
         loss_d = 0.5 * (gan(d(d_in), real=True) + gan(d(fake), real=False))
         loss_d.sum().backward()
         opt_d.step()
 
+        bad = ~(torch.isfinite(loss_g.detach()) & torch.isfinite(loss_d.detach()))
+        diverged = torch.where(bad & (diverged < 0), torch.full_like(diverged, it), diverged)  # no sync
         bic = loss_bic.tolist() if any(s.needs_loss() for s in schedules) else [None] * b  # no sync once settled
         for s, value in zip(schedules, bic):
             s.update(it, value)
         LossWeights.decay_learning_rate(it, (opt_g, opt_d))  # the learning rate is shared
         if progress is not None and (it + 1) % 500 == 0:
             progress(it + 1, {"g": round(loss_g.mean().item(), 5), "d": round(loss_d.mean().item(), 5)})
+        if cfg.settle_tol > 0 and (it + 1) % SETTLE_EVERY == 0 and it + 1 >= cfg.settle_after - SETTLE_EVERY:
+            previous = _settle(g, previous, it + 1 >= cfg.settle_after, settled, cfg.settle_tol, it + 1, loss_g, loss_d, loss_bic)
+            if all(s is not None for s in settled):
+                break
     with torch.no_grad():
         raws = g.kernels().double().cpu().numpy()
     out = []
-    for i in range(b):
+    for i, step in enumerate(diverged.tolist()):
         losses = {"g": loss_g[i].item(), "d": loss_d[i].item(), "bicubic": loss_bic[i].item()}
-        try:
-            kernel = finalize_kernel(raws[i], cfg.n_filtering)
-        except ValueError:  # one image's degenerate kernel must not cost the others theirs
-            kernel = None
-        out.append(KernelEstimate(kernel, raws[i], losses, cfg.iterations))
+        steps = cfg.iterations
+        if settled[i] is not None:  # its kernel when it settled: what it is alone, whatever the others do
+            steps, raws[i], losses = settled[i]
+        kernel, problem = None, None
+        if step >= 0:
+            problem = f"KernelGAN diverged: its losses became NaN/inf at step {step} of {cfg.iterations}"
+        else:
+            try:
+                kernel = finalize_kernel(raws[i], cfg.n_filtering)
+            except ValueError as e:  # one image's degenerate kernel must not cost the others theirs
+                problem = f"KernelGAN ended with an unusable kernel: {e}"
+        out.append(KernelEstimate(kernel, raws[i], losses, steps, step if step >= 0 else None, problem))
     return out
 
 
-def finalize_kernel(raw: np.ndarray, keep: int = 40) -> np.ndarray:
-    """The reference's post-processing: keep the `keep` largest taps, renormalise, centre.
+SETTLE_EVERY = 100  # steps between two looks at whether a kernel still moves
 
-    Centring moves the centre of mass to the middle pixel (bilinear sub-pixel shift, size kept).
+
+def _settle(g, previous, judge: bool, settled: list, tol: float, step: int, loss_g, loss_d, loss_bic):
+    """Record every image whose kernel moved less than `tol` (relative) since the last look."""
+    with torch.no_grad():
+        now = g.kernels().double().cpu().numpy()
+    if judge and previous is not None:
+        moved = np.linalg.norm((now - previous).reshape(len(now), -1), axis=1) / np.maximum(np.linalg.norm(now.reshape(len(now), -1), axis=1), 1e-30)
+        for i in np.flatnonzero(moved < tol):
+            if settled[i] is None:
+                losses = {"g": loss_g[i].item(), "d": loss_d[i].item(), "bicubic": loss_bic[i].item()}
+                settled[i] = (step, now[i].copy(), losses)
+    return now
+
+
+def finalize_kernel(raw: np.ndarray, n: int = 40) -> np.ndarray:
+    """The reference's post-processing (zeroize_negligible_val), then centring.
+
+    A soft threshold: every tap loses 0.75 x the (n+1)-th largest tap and stays >= 0, which
+    removes the tail and keeps the shape of the rest. Centring moves the centre of mass to the
+    middle pixel (bilinear sub-pixel shift, size kept).
     """
     k = np.asarray(raw, dtype=np.float64)
-    if keep and keep < k.size:
-        threshold = np.sort(k.ravel())[-keep]
-        k = np.where(k >= threshold, k, 0.0)
+    if not np.all(np.isfinite(k)):
+        raise ValueError("the kernel has non-finite taps")
+    if n and n < k.size:
+        k = np.clip(k - 0.75 * np.sort(k.ravel())[-n - 1], 0, None)
     k = np.clip(k, 0, None)
     if k.sum() <= 0:
-        raise ValueError("KernelGAN produced a kernel with no positive mass")
+        raise ValueError("no positive mass")
     return centre_kernel(k / k.sum())
 
 
@@ -456,54 +399,17 @@ def finalize_kernel(raw: np.ndarray, keep: int = 40) -> np.ndarray:
 def _compose(weights: list[torch.Tensor]) -> torch.Tensor:
     """(B, K, K) composed kernels of B deep linear nets, from their layers' (B, out, in, kh, kw).
 
-    Composed from the output side (a transposed convolution is the full convolution that composes
-    two correlations; groups keep the nets apart): ~1 M multiply-adds, against ~30 M for pushing
-    a delta through the layers as the reference does (`Generator.kernel_by_delta`).
+    Composed from the output side: each step is the full convolution that composes two
+    correlations, written as unfold + a batched matrix product (so no image's arithmetic depends
+    on the batch): ~1 M multiply-adds, against ~30 M for pushing a delta through the layers as
+    the reference does (`Generator.kernel_by_delta`).
     """
     b = weights[0].shape[0]
-    m = weights[-1].flatten(0, 1).reshape(1, -1, 1, 1)  # (1, B*C, 1, 1)
+    m = weights[-1][:, 0]  # (B, C, 1, 1): the last layer has one output channel
     for w in reversed(weights[:-1]):
-        m = F.conv_transpose2d(m, w.flatten(0, 1), groups=b)  # (1, B*C_in, k', k')
-    return m.reshape(b, m.shape[-2], m.shape[-1])
-
-
-def _shave_to(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Centre-crop `a` to `b`'s spatial size."""
-    dh, dw = (a.shape[-2] - b.shape[-2]) // 2, (a.shape[-1] - b.shape[-1]) // 2
-    return a[..., dh : dh + b.shape[-2], dw : dw + b.shape[-1]]
-
-
-def _penalty_mask(k_size: int, scale: float) -> np.ndarray:
-    """1 - a wide Gaussian, zero in the centre: the reference's create_penalty_mask."""
-    z = np.arange(-k_size // 2 + 1, k_size // 2 + 1, dtype=np.float64)
-    g1 = np.exp(-(z**2) / (2 * k_size**2))
-    mask = np.outer(g1, g1)
-    mask = 1.0 - mask / mask.max()
-    center = k_size // 2 + k_size % 2
-    margin = (k_size - center) // 2 - 1
-    mask[margin:-margin, margin:-margin] = 0
-    return scale * mask
-
-
-def _gradient_map(image: np.ndarray, window: int = 5, percent: float = 0.97) -> np.ndarray:
-    """Local gradient energy of the luma, extremes clipped (the reference's create_gradient_map)."""
-    gray = cv2.cvtColor(image.astype(np.float32), cv2.COLOR_RGB2GRAY).astype(np.float64)
-    gy, gx = np.gradient(gray)
-    maps = []
-    for m in (np.abs(gx), np.abs(gy), np.hypot(gx, gy)):
-        m = m.copy()
-        m[:window], m[-window:], m[:, :window], m[:, -window:] = 0, 0, 0, 0
-        hi = np.quantile(m, percent)
-        m = np.clip(m, 0, hi) / max(hi, 1e-12)
-        maps.append(cv2.boxFilter(m, -1, (window, window), normalize=False))
-    return sum(maps)
-
-
-def _probability(loss_map: np.ndarray, crop: int) -> np.ndarray:
-    """Blur by half a crop, zero the border half a crop wide, normalise to a distribution."""
-    half = max(1, crop // 2)
-    blurred = np.maximum(cv2.boxFilter(loss_map, -1, (half, half)), 0.0)  # running sums can dip below 0
-    blurred[:half], blurred[-half:], blurred[:, :half], blurred[:, -half:] = 0, 0, 0, 0
-    flat = blurred.ravel()
-    total = flat.sum()
-    return flat / total if total > 0 else np.full(flat.size, 1.0 / flat.size)
+        _, c_out, c_in, kh, kw = w.shape
+        h, wd = m.shape[-2:]
+        cols = F.unfold(F.pad(m, (kw - 1, kw - 1, kh - 1, kh - 1)), (kh, kw))  # (B, c_out*kh*kw, L)
+        flipped = w.flip(-2, -1).transpose(1, 2).reshape(b, c_in, c_out * kh * kw)
+        m = batch_matmul(flipped, cols).reshape(b, c_in, h + kh - 1, wd + kw - 1)
+    return m[:, 0]

@@ -182,3 +182,24 @@ def check_kernel(
     if border > max_border_energy:
         reasons.append(f"{100 * border:.1f}% of the energy on the border")
     return KernelChecks(total, offset, border, distance, not reasons, "; ".join(reasons))
+
+
+def consensus_kernel(kernels, iterations: int = 100) -> np.ndarray:
+    """One kernel for a camera from its photos' estimates: their geometric median, centred.
+
+    Photos of one camera share its optics, so their kernels estimate one blur; the geometric
+    median (Weiszfeld's iteration on the flattened, centred kernels) follows the majority and,
+    unlike the mean, is not dragged by the few estimates that failed (a graphic, a flat photo).
+    """
+    ks = np.stack([centre_kernel(np.asarray(k, np.float64)) for k in kernels])
+    shape = ks.shape[1:]
+    flat = ks.reshape(len(ks), -1)
+    m = np.median(flat, 0)
+    for _ in range(iterations):
+        w = 1.0 / np.maximum(np.linalg.norm(flat - m, axis=1), 1e-12)
+        new = (w[:, None] * flat).sum(0) / w.sum()
+        if np.linalg.norm(new - m) < 1e-10:
+            break
+        m = new
+    k = np.clip(m.reshape(shape), 0, None)
+    return centre_kernel(k / k.sum())

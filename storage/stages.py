@@ -189,8 +189,8 @@ def estimate_source_kernels(paths: list[Path], run: RunDir, s, device: str = "cp
         estimates = estimate_kernels([t[3] for t in todo], cfg, device=device, progress=lambda it, l: log(f"KernelGAN {it}/{cfg.iterations} ({names}) {l}"))
         seconds = round((time.perf_counter() - t0) / len(todo), 3)
         for (path, sha, key, _), est in zip(todo, estimates):
-            if est.kernel is None:
-                results[path] = BadImageError(path, "KernelGAN ended with a kernel that has no positive mass")
+            if not est.ok:
+                results[path] = BadImageError(path, est.problem)
                 continue
             write_bytes(run.staged_kernel(key), _npz_bytes({"kernel": est.kernel, "raw": est.raw}))
             record = {"key": key, "source": str(path), "sha256": sha, "losses": est.losses, "device": device, "seconds": seconds}

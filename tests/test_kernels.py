@@ -10,6 +10,7 @@ from models.kernels import (
     center_of_mass,
     centre_kernel,
     check_kernel,
+    consensus_kernel,
     pad_to,
 )
 from models.synthetic import gaussian_kernel, camera_photo
@@ -103,3 +104,16 @@ def test_check_kernel_names_each_failure():
     assert "border" in r.reason and not r.valid
     assert not check_kernel(np.ones((12, 12)) / 144, 2).valid
     assert check_kernel(pad_to(bicubic_kernel(4, 15), 25), 4).bicubic_distance == pytest.approx(0.0, abs=1e-12)
+
+
+def test_consensus_kernel_follows_the_majority_not_the_outliers():
+    rng = np.random.default_rng(0)
+    true = gaussian_kernel(1.8, 1.1, 0.4, 13)
+    good = [centre_kernel(np.clip(true * rng.uniform(0.7, 1.3, true.shape), 0, None)) for _ in range(7)]
+    bad = [gaussian_kernel(0.5, 0.5, 0, 13), gaussian_kernel(4, 3.5, 1, 13), np.roll(gaussian_kernel(0.6, 3, 0.2, 13), 1, 0)]
+    k = consensus_kernel(good + bad)
+    assert k.shape == (13, 13) and k.sum() == pytest.approx(1.0) and k.min() >= 0
+    np.testing.assert_allclose(center_of_mass(k), [6, 6], atol=1e-3)
+    mean = centre_kernel(np.mean(good + bad, 0))
+    assert np.linalg.norm(k - true) < 0.6 * np.linalg.norm(mean - true)
+    assert np.linalg.norm(k - true) < np.mean([np.linalg.norm(g - true) for g in good])
