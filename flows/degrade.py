@@ -167,6 +167,8 @@ def summary_markdown(s: dict) -> str:
         lines += ["", "## Skipped", "", *[f"- `{x['source']}`: {x['reason']}" for x in s["skipped"]]]
     if s.get("kernel_failures"):
         lines += ["", "## No kernel estimated (the image still gives noise and pairs)", "", *[f"- `{x['source']}`: {x['reason']}" for x in s["kernel_failures"]]]
+    if s["kernel_bank"].get("fallbacks"):
+        lines += ["", "## KernelGAN failed: the bicubic kernel stands in", "", *[f"- `{x['source']}`: {x['reason']}" for x in s["kernel_bank"]["fallbacks"]]]
     if s["kernel_bank"].get("rejected"):
         lines += ["", "## Kernels left out of the bank", "", *[f"- x{x['scale']} `{x['source']}`: {x['reason']}" for x in s["kernel_bank"]["rejected"]]]
     if s["too_small_for_pairs"]:

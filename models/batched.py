@@ -1,11 +1,14 @@
-"""Batched products whose result for one image does not depend on the rest of the batch.
+"""Per-image operations for many images trained in one loop, each image's result independent of
+the rest of the batch.
 
-Training many images in one loop must give each the kernel it gets alone, bitwise (a user's
-kernel must not depend on the worker count or the folder's other photos). Grouped convolutions
-break that (their algorithm changes with the group count), and so do batched matrix products
-with one row or one column (a gemv path whose rounding changes with the batch). Everything
-per image in KernelGAN goes through these two functions; `tests/test_kernelgan.py` checks the
-whole training loop bitwise.
+Training many images together must give each the kernel it gets alone, bitwise (a user's kernel
+must not depend on the worker count or the folder's other photos). Grouped convolutions break
+that (their algorithm changes with the group count), and so do batched matrix products
+(measured on this CPU: `bmm` rounds an image's product differently at another batch size or
+position once a side is 1 or the inner dimension is large). So every per-image operation here is
+one plain call per image, with the same shapes and strides whatever else is in the batch; the
+batch still shares the optimiser, the losses' bookkeeping and the loop.
+`tests/test_kernelgan.py` checks the whole training loop bitwise.
 """
 
 from __future__ import annotations
@@ -14,20 +17,40 @@ import torch
 import torch.nn.functional as F
 
 
-def batch_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(B, M, K) @ (B, K, N); a vector product (M or N = 1) as multiply + sum."""
-    if a.shape[1] == 1:
-        return (a.transpose(1, 2) * b).sum(1, keepdim=True)
-    if b.shape[2] == 1:
-        return (a * b.transpose(1, 2)).sum(2, keepdim=True)
-    return torch.bmm(a, b)
-
-
 def strided_correlation(x: torch.Tensor, k: torch.Tensor, stride: int) -> torch.Tensor:
     """Each image's channels correlated with its own kernel: x (B, C, H, W), k (B, K, K)."""
-    b, ch, h, w = x.shape
-    size = k.shape[-1]
-    oh, ow = (h - size) // stride + 1, (w - size) // stride + 1
-    cols = F.unfold(x.reshape(b * ch, 1, h, w), size, stride=stride)  # (B*C, K*K, oh*ow)
-    cols = cols.reshape(b, ch, size * size, oh * ow).transpose(1, 2).reshape(b, size * size, ch * oh * ow)
-    return batch_matmul(k.reshape(b, 1, size * size), cols).reshape(b, ch, oh, ow)
+    return torch.cat([F.conv2d(xi.unsqueeze(1), ki[None, None], stride=stride).transpose(0, 1) for xi, ki in zip(x, k)])
+
+
+def compose_linear(weights: list[torch.Tensor]) -> torch.Tensor:
+    """(B, K, K) composed correlation kernels of B deep linear nets, from their layers'
+    (B, out, in, kh, kw) weights (the last layer has one output channel).
+
+    Composed from the output side: a transposed convolution is the full convolution that
+    composes two correlations: ~1 M multiply-adds, against ~30 M for pushing a delta through the
+    layers as the reference does.
+    """
+    out = []
+    per_image = zip(*(w.unbind(0) for w in weights))  # unbind: one backward for all images, not B selects
+    for layers in per_image:
+        m = layers[-1].reshape(1, -1, 1, 1)  # (1, C, 1, 1)
+        for w in reversed(layers[:-1]):
+            m = F.conv_transpose2d(m, w)  # (1, C_in, k', k')
+        out.append(m[0, 0])
+    return torch.stack(out)
+
+
+def conv_stack(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor], between) -> torch.Tensor:
+    """Each image through its own convolutions: x (B, C, H, W), weights[j] (B, out, in, kh, kw),
+    biases[j] (B, out); `between(j, image, y)` runs after conv j (BN, ReLU, ...)."""
+    out = []
+    weights, biases = [w.unbind(0) for w in weights], [b.unbind(0) for b in biases]
+    for i, y in enumerate(x.split(1)):
+        for j, (w, b) in enumerate(zip(weights, biases)):
+            if w[i].shape[-2:] == (1, 1):  # a 1x1 conv is a matrix product (torch's conv takes a slow path here)
+                y = torch.addmm(b[i][:, None], w[i].flatten(1), y.flatten(2)[0]).view(1, -1, *y.shape[-2:])
+            else:
+                y = F.conv2d(y, w[i], b[i])
+            y = between(j, i, y)
+        out.append(y)
+    return torch.cat(out)

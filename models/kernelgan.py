@@ -14,20 +14,20 @@ where users of the reference complain: any device, a seed for every draw, the ke
 the middle pixel at its documented size (13x13, as `models.kernels` expects), G applied as the
 single stride-2 convolution it equals (exact: the composed kernel is built inside autograd), many
 images trained in one loop with every per-image result independent of the others in the batch
-(bitwise on the CPU: batched matrix products instead of grouped convolutions, whose algorithm
-changes with the group count), and a NaN reported as a divergence at its step.
+(bitwise on the CPU: per-image calls instead of grouped convolutions, whose algorithm changes with
+the group count), and a NaN reported as a divergence at its step.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.batched import batch_matmul, strided_correlation
+from models.batched import compose_linear, conv_stack, strided_correlation
 from models.kernelgan_crops import CropSampler
 from models.kernelgan_losses import (
     BoundariesLoss,
@@ -60,6 +60,7 @@ class KernelGANConfig:
     accumulate_d_noise: bool = True  # the reference adds D's crop noise to the image itself
     settle_tol: float = 0.0  # stop an image once its kernel moves less than this (relative) in 100 steps; 0: never
     settle_after: int = 1500  # ... looked for from this step on (the learning rate is 2e-6 there)
+    retries: int = 1  # an image that diverges or collapses trains again with the next seed, this often
     seed: int = 0
 
     @property
@@ -104,7 +105,7 @@ class Generator(nn.Module):
 
     def kernel(self) -> torch.Tensor:
         """The composed correlation kernel (K, K), differentiable in every weight."""
-        return _compose([layer.weight.unsqueeze(0) for layer in self.layers])[0]
+        return compose_linear([layer.weight.unsqueeze(0) for layer in self.layers])[0]
 
     def kernel_by_delta(self) -> torch.Tensor:
         """The reference's read-out: a delta pushed through the layers, flipped."""
@@ -149,8 +150,8 @@ class Discriminator(nn.Module):
 class Generators(nn.Module):
     """B independent generators, one per image, all started from one seeded G.
 
-    Their kernels are composed and applied with batched matrix products (unfold + bmm): each
-    image's arithmetic is the same whatever else is in the batch.
+    Their kernels are composed and applied one image at a time (`models.batched`): each image's
+    arithmetic is the same whatever else is in the batch.
 
     Args:
         g: the seeded generator every image starts from.
@@ -164,7 +165,7 @@ class Generators(nn.Module):
 
     def kernels(self) -> torch.Tensor:
         """(B, K, K): every generator's composed kernel, differentiable in every weight."""
-        return _compose(list(self.weights))
+        return compose_linear(list(self.weights))
 
     def forward(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """G as the single stride-2 convolution it equals: (B, 3, H, W) with kernels (B, K, K)."""
@@ -182,10 +183,9 @@ class Generators(nn.Module):
 class Discriminators(nn.Module):
     """B independent discriminators, started from one seeded D's state.
 
-    Every layer is a batched matrix product (the 7x7 conv on unfolded crops, the 1x1 convs as
-    they are), so each image's arithmetic does not depend on the batch; BatchNorm over B*C
-    channels is per-image BN (its statistics are per channel), and spectral norm runs torch's
-    power iteration batched, one step per forward, in the same order (u, then v).
+    Each image runs through its own plain convolutions (`models.batched`), so its arithmetic does
+    not depend on the batch; BatchNorm is per image; spectral norm runs torch's power iteration
+    batched (elementwise), one step per forward, in the same order (u, then v).
     """
 
     def __init__(self, d: Discriminator, b: int):
@@ -214,21 +214,24 @@ class Discriminators(nn.Module):
             v.copy_(F.normalize((mat * u.unsqueeze(2)).sum(1), dim=1, eps=1e-12))
             u, v = u.clone(), v.clone()  # the next forward updates the buffers before this backward
         sigma = (u * (mat * v.unsqueeze(1)).sum(2)).sum(1)  # (B,)
-        return mat / sigma.view(-1, 1, 1)  # (B, out, in*kh*kw)
+        return w / sigma.view(-1, 1, 1, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 3, H, W), image b's crop in row b -> (B, 1, h, w) scores."""
-        b, size = self.b, self.weights[0].shape[-1]
-        oh, ow = x.shape[2] - size + 1, x.shape[3] - size + 1
-        y = F.unfold(x, size)  # (B, 3*k*k, oh*ow)
         n_conv = len(self.weights)
-        for i in range(n_conv):
-            y = batch_matmul(self._sn_weight(i), y) + self.biases[i].view(b, -1, 1)  # (B, C, oh*ow)
-            if 1 <= i < n_conv - 1:  # the 1x1 blocks: BN and ReLU after the conv
-                c = y.shape[1]
-                y = F.batch_norm(y.reshape(1, b * c, -1), None, None, self.bn_weights[i - 1], self.bn_biases[i - 1], training=True)
-                y = F.relu(y).reshape(b, c, -1)
-        return torch.sigmoid(y).reshape(b, 1, oh, ow)
+        weights = [self._sn_weight(i) for i in range(n_conv)]
+        biases = [bias.view(self.b, -1) for bias in self.biases]
+        bn_w = [w.view(self.b, -1).unbind(0) for w in self.bn_weights]
+        bn_b = [w.view(self.b, -1).unbind(0) for w in self.bn_biases]
+
+        def between(j: int, image: int, y: torch.Tensor) -> torch.Tensor:
+            if j == n_conv - 1:
+                return torch.sigmoid(y)
+            if j == 0:  # the 7x7 conv has no BN or ReLU after it
+                return y
+            return F.relu(F.batch_norm(y, None, None, bn_w[j - 1][image], bn_b[j - 1][image], training=True))
+
+        return conv_stack(x, weights, biases, between)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -243,6 +246,7 @@ class KernelEstimate:
     iterations: int
     diverged_at: int | None = None  # the first step whose losses were not finite
     problem: str | None = None  # why `kernel` is None, in words
+    seed: int = 0  # the seed that gave this estimate (the config's, or a retry's)
 
     @property
     def ok(self) -> bool:
@@ -257,12 +261,41 @@ def estimate_kernel(image: np.ndarray, cfg: KernelGANConfig = KernelGANConfig(),
 def estimate_kernels(images: list[np.ndarray], cfg: KernelGANConfig = KernelGANConfig(), device: str = "cpu", deep: bool = False, progress=None) -> list[KernelEstimate]:
     """Train KernelGAN on each float32 RGB image in [0, 1] (HWC) and return their x2 kernels.
 
-    The images train together, each with its own G, D, crops, noise and loss weights, all from
-    the seed's draws, and each gets exactly the kernel it gets alone (bitwise on the CPU with the
-    composed G; `deep` runs G layer by layer as the reference does, with grouped convolutions,
-    equal only to float rounding). `progress(iteration, losses)` is called every 500 iterations.
-    An image whose losses stop being finite is reported with the step (`diverged_at`); it cannot
-    disturb the others, which share no weights, statistics or random streams with it.
+    `train_kernels` on all of them; an image whose training diverged or whose kernel collapsed
+    (`collapse`) trains again with the next seed, up to `cfg.retries` times (alone or with the
+    other failures: the result is the same), and keeps its problem if every attempt failed.
+    """
+    out = train_kernels(images, cfg, device, deep, progress)
+    seeds = [cfg.seed]
+    for _ in range(cfg.retries):
+        failed = [i for i, e in enumerate(out) if not e.ok]
+        if not failed:
+            break
+        retry = replace(cfg, seed=cfg.seed + len(seeds))
+        seeds.append(retry.seed)
+        for i, e in zip(failed, train_kernels([images[i] for i in failed], retry, device, deep, progress)):
+            out[i] = e if e.ok else replace(e, problem=f"{e.problem} (seeds {', '.join(map(str, seeds))})")
+    return out
+
+
+def collapse(raw: np.ndarray) -> str | None:
+    """Why G's raw kernel is not a blur, or None: its sum far from 1 (the sum-to-one term lost to
+    the GAN), or much of its mass negative (G learnt an inverted or ringing filter)."""
+    pos, neg = float(raw.clip(0).sum()), float(-raw.clip(None, 0).sum())
+    if abs(raw.sum() - 1) > 0.1 or neg > 0.25 * (pos + neg):
+        return f"G's kernel collapsed (sum {raw.sum():.3f}, {100 * neg / max(pos + neg, 1e-30):.0f}% of its mass negative)"
+    return None
+
+
+def train_kernels(images: list[np.ndarray], cfg: KernelGANConfig, device: str = "cpu", deep: bool = False, progress=None) -> list[KernelEstimate]:
+    """One training run of every image at `cfg.seed`, all in one loop.
+
+    Each image has its own G, D, crops, noise and loss weights, all from the seed's draws, and
+    gets exactly the kernel it gets alone (bitwise on the CPU with the composed G; `deep` runs G
+    layer by layer as the reference does, with grouped convolutions, equal only to float
+    rounding). `progress(iteration, losses)` is called every 500 iterations. An image whose
+    losses stop being finite is reported with the step (`diverged_at`); it cannot disturb the
+    others, which share no weights, statistics or random streams with it.
     """
     b, dev = len(images), torch.device(device)
     dtype = torch.get_default_dtype()
@@ -349,12 +382,14 @@ def estimate_kernels(images: list[np.ndarray], cfg: KernelGANConfig = KernelGANC
         kernel, problem = None, None
         if step >= 0:
             problem = f"KernelGAN diverged: its losses became NaN/inf at step {step} of {cfg.iterations}"
+        elif reason := collapse(raws[i]):
+            problem = f"KernelGAN failed: {reason}"
         else:
             try:
                 kernel = finalize_kernel(raws[i], cfg.n_filtering)
             except ValueError as e:  # one image's degenerate kernel must not cost the others theirs
                 problem = f"KernelGAN ended with an unusable kernel: {e}"
-        out.append(KernelEstimate(kernel, raws[i], losses, steps, step if step >= 0 else None, problem))
+        out.append(KernelEstimate(kernel, raws[i], losses, steps, step if step >= 0 else None, problem, cfg.seed))
     return out
 
 
@@ -390,26 +425,3 @@ def finalize_kernel(raw: np.ndarray, n: int = 40) -> np.ndarray:
     if k.sum() <= 0:
         raise ValueError("no positive mass")
     return centre_kernel(k / k.sum())
-
-
-# ------------------------------------------------------------------------------------------------
-# helpers
-
-
-def _compose(weights: list[torch.Tensor]) -> torch.Tensor:
-    """(B, K, K) composed kernels of B deep linear nets, from their layers' (B, out, in, kh, kw).
-
-    Composed from the output side: each step is the full convolution that composes two
-    correlations, written as unfold + a batched matrix product (so no image's arithmetic depends
-    on the batch): ~1 M multiply-adds, against ~30 M for pushing a delta through the layers as
-    the reference does (`Generator.kernel_by_delta`).
-    """
-    b = weights[0].shape[0]
-    m = weights[-1][:, 0]  # (B, C, 1, 1): the last layer has one output channel
-    for w in reversed(weights[:-1]):
-        _, c_out, c_in, kh, kw = w.shape
-        h, wd = m.shape[-2:]
-        cols = F.unfold(F.pad(m, (kw - 1, kw - 1, kh - 1, kh - 1)), (kh, kw))  # (B, c_out*kh*kw, L)
-        flipped = w.flip(-2, -1).transpose(1, 2).reshape(b, c_in, c_out * kh * kw)
-        m = batch_matmul(flipped, cols).reshape(b, c_in, h + kh - 1, wd + kw - 1)
-    return m[:, 0]

@@ -189,11 +189,13 @@ def estimate_source_kernels(paths: list[Path], run: RunDir, s, device: str = "cp
         estimates = estimate_kernels([t[3] for t in todo], cfg, device=device, progress=lambda it, l: log(f"KernelGAN {it}/{cfg.iterations} ({names}) {l}"))
         seconds = round((time.perf_counter() - t0) / len(todo), 3)
         for (path, sha, key, _), est in zip(todo, estimates):
-            if not est.ok:
-                results[path] = BadImageError(path, est.problem)
-                continue
-            write_bytes(run.staged_kernel(key), _npz_bytes({"kernel": est.kernel, "raw": est.raw}))
-            record = {"key": key, "source": str(path), "sha256": sha, "losses": est.losses, "device": device, "seconds": seconds}
+            fallback = None if est.ok else f"{est.problem}: the bicubic kernel stands in"
+            if fallback:
+                log(f"{Path(path).name}: {fallback}")
+            kernel = est.kernel if est.ok else bicubic_kernel(2)
+            write_bytes(run.staged_kernel(key), _npz_bytes({"kernel": kernel, "raw": est.raw}))
+            record = {"key": key, "source": str(path), "sha256": sha, "losses": est.losses, "device": device, "seconds": seconds,
+                      "iterations": est.iterations, "seed": est.seed, "fallback": fallback}
             run.save_record("kernelgan", key, record)
             results[path] = {**record, "cached": False}
     return [results[p] for p in paths]
@@ -207,16 +209,18 @@ def _kernelgan_config(s):
 
 
 def kernelgan_sets(run: RunDir, records: list[dict]) -> list[KernelSet]:
-    """x2 kernels from KernelGAN records (source order) and their analytic x4 kernels."""
+    """x2 kernels from KernelGAN records (source order) and their analytic x4 kernels; an image
+    whose estimate failed has the bicubic kernels, marked `bicubic-fallback`."""
     records = sorted(records, key=lambda r: r["source"])
     k2 = []
     for r in records:
         with np.load(run.staged_kernel(r["key"]), allow_pickle=False) as z:
             k2.append(z["kernel"])
     src, sha = [r["source"] for r in records], [r["sha256"] for r in records]
+    failed = [bool(r.get("fallback")) for r in records]
     return [
-        _kernel_set(2, k2, src, sha, ["kernelgan"] * len(k2)),
-        _kernel_set(4, [analytic_x4(k) for k in k2], src, sha, ["kernelgan+analytic-x4"] * len(k2)),
+        _kernel_set(2, k2, src, sha, ["bicubic-fallback" if f else "kernelgan" for f in failed]),
+        _kernel_set(4, [bicubic_kernel(4) if f else analytic_x4(k) for k, f in zip(k2, failed)], src, sha, ["bicubic-fallback" if f else "kernelgan+analytic-x4" for f in failed]),
     ]
 
 
@@ -283,7 +287,8 @@ def build_kernel_bank(run: RunDir, s, kernelgan_records: list[dict] | None = Non
     rejected = [{"source": str(src), "scale": st.scale, "reason": str(why)} for st in sets for src, why in zip(st.source, st.reason) if why]
     if not counts.get(f"x{s.scale}", {}).get("valid"):
         raise ValueError(f"the kernel bank has no valid x{s.scale} kernels: no pairs can be made")
-    return {"path": str(run.kernels), "digest": digest, "counts": counts, "rejected": rejected}
+    fallbacks = [{"source": r["source"], "reason": r["fallback"]} for r in kernelgan_records or [] if r.get("fallback")]
+    return {"path": str(run.kernels), "digest": digest, "counts": counts, "rejected": rejected, "fallbacks": fallbacks}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -152,6 +152,8 @@ def build_kernel_bank(run: RunDir, settings, kernelgan_records: list[dict] | Non
     log.info(f"kernel bank {info['path']}: {info['counts']}")
     for r in info["rejected"]:
         log.warning(f"x{r['scale']} kernel of {r['source']} left out: {r['reason']}")
+    for r in info["fallbacks"]:
+        log.warning(f"{r['source']}: {r['reason']}")
     return info
 
 

@@ -101,10 +101,10 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path, prefect_server):
 
 
 def test_kernelgan_fills_the_kernel_bank(photo_dir, tmp_path, prefect_server, capsys):
-    settings = DegradeSettings(source=photo_dir, out=tmp_path / "run", kernels="kernelgan", kernelgan_iterations=5, **SMALL)
+    settings = DegradeSettings(source=photo_dir, out=tmp_path / "run", kernels="kernelgan", kernelgan_iterations=200, **SMALL)
     summary = run_degrade(settings, workers=2)
     attrs, kernels = open_kernel_bank(tmp_path / "run" / "kernels.zarr")
-    assert attrs["kernel_source"] == "kernelgan" and attrs["kernelgan"]["iterations"] == 5
+    assert attrs["kernel_source"] == "kernelgan" and attrs["kernelgan"]["iterations"] == 200
     assert kernels[2].kernels.shape == (4, 13, 13) and kernels[4].kernels.shape == (4, 25, 25)
     assert sorted(Path(s).name for s in kernels[2].source) == [f"photo_{i}.png" for i in range(4)]
     assert set(kernels[4].method) == {"kernelgan+analytic-x4"}

@@ -8,6 +8,7 @@ import pytest
 from distributed import Client, LocalCluster
 
 from flows.settings import DegradeSettings
+from models.kernels import bicubic_kernel
 from storage import stages
 from storage.banks import open_noise_bank
 from storage.images import BadImageError, read_image
@@ -167,3 +168,7 @@ def test_kernelgan_stage_isolates_small_images_and_caches(tmp_path):
     assert again["cached"] and again["key"] == ok["key"]
     sets = stages.kernelgan_sets(run, [ok])
     assert sets[0].kernels.shape == (1, 13, 13) and sets[1].kernels.shape == (1, 25, 25)
+    # 3 steps cannot grow G into a blur: the image keeps the bicubic kernel, and says why
+    assert "G's kernel collapsed" in ok["fallback"] and ok["fallback"].endswith("the bicubic kernel stands in")
+    assert list(sets[0].method) == ["bicubic-fallback"] == list(sets[1].method)
+    np.testing.assert_allclose(sets[0].kernels[0], bicubic_kernel(2), atol=1e-7)
