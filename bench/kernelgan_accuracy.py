@@ -190,23 +190,28 @@ def save(path: Path, row: dict) -> None:
 
 
 def table(rows: list[dict], scale: int, n: int) -> None:
-    """Means per method over the cases every listed method has, and per-case wins over official."""
+    """Means per method: on the cases the official code has done, then on every case each has."""
     cases = {}
     for r in rows:
         if r["scale"] == scale and r["index"] < n:
             cases.setdefault(r["method"], {})[r["index"]] = r  # the newest row of a (method, case) wins
-    official = cases.get("official", {})
-    print(f"\nx{scale}: cases with an official result: {len(official)} of {n}")
-    print("| method | cases | s per image | kernel error | kernel PSNR dB | LR PSNR dB | LR PSNR better than official | worse than bicubic |")
-    print("|---|---|---|---|---|---|---|---|")
-    bic = cases.get("bicubic", {})
-    for method in sorted(cases, key=lambda m: (m != "bicubic", m != "official", m)):
-        got = [cases[method][i] for i in sorted(official) if i in cases[method]] or list(cases[method].values())
-        mean = {k: np.mean([g[k] for g in got]) for k in ("seconds", "kernel_err", "kernel_psnr", "lr_psnr")}
-        wins = sum(g["lr_psnr"] > official[g["index"]]["lr_psnr"] for g in got if g["index"] in official)
-        below = sum(g["lr_psnr"] < bic[g["index"]]["lr_psnr"] for g in got if g["index"] in bic)
-        secs = f"{mean['seconds']:.1f}" if method != "bicubic" else "-"
-        print(f"| {method} | {len(got)} | {secs} | {mean['kernel_err']:.4f} | {mean['kernel_psnr']:.2f} | {mean['lr_psnr']:.2f} | {wins} of {len(got)} | {below} |")
+    official, bic = cases.get("official", {}), cases.get("bicubic", {})
+    for title, subset in ((f"the {len(official)} cases the official code has done", sorted(official)), ("every case each method has", None)):
+        if subset == []:
+            continue
+        print(f"\nx{scale}, {title} (of {n}):")
+        print("| method | cases | s per image | kernel error | kernel PSNR dB | LR PSNR dB | LR PSNR above official | below bicubic |")
+        print("|---|---|---|---|---|---|---|---|")
+        for method in sorted(cases, key=lambda m: (m != "bicubic", m != "official", m)):
+            got = [cases[method][i] for i in (subset if subset is not None else sorted(cases[method])) if i in cases[method]]
+            if not got:
+                continue
+            mean = {k: np.mean([g[k] for g in got]) for k in ("seconds", "kernel_err", "kernel_psnr", "lr_psnr")}
+            vs = [g for g in got if g["index"] in official]
+            wins = f"{sum(g['lr_psnr'] > official[g['index']]['lr_psnr'] for g in vs)} of {len(vs)}" if method != "official" else "-"
+            below = sum(g["lr_psnr"] < bic[g["index"]]["lr_psnr"] for g in got if g["index"] in bic) if method != "bicubic" else "-"
+            secs = f"{mean['seconds']:.1f}" if method != "bicubic" else "-"
+            print(f"| {method} | {len(got)} | {secs} | {mean['kernel_err']:.4f} | {mean['kernel_psnr']:.2f} | {mean['lr_psnr']:.2f} | {wins} | {below} |")
 
 
 def main() -> None:
@@ -247,7 +252,7 @@ def main() -> None:
                 kernels, secs = run_ours(mine, args.iterations, args.threads, args.config)
                 for c, k in zip(mine, kernels):
                     e = c["estimate"]
-                    extra = {"kernel": np.round(k, 7).tolist(), "raw": np.round(e.raw, 9).tolist(), "losses": e.losses, "diverged_at": e.diverged_at, "problem": e.problem}
+                    extra = {"kernel": np.round(k, 7).tolist(), "raw": np.round(e.raw, 9).tolist(), "losses": e.losses, "diverged_at": e.diverged_at, "problem": e.problem, "seed": e.seed, "steps": e.iterations}
                     save(args.results, {"scale": scale, "index": c["index"], "name": c["name"], "method": args.label, "seconds": secs, **figures(c, k), **extra})
             if "official" in methods:
                 if args.official is None:

@@ -52,13 +52,28 @@ def features(row: dict) -> dict:
     }
 
 
+def check_table(rows: list[dict], bic: dict) -> None:
+    """How often the product's ground-truth-free check (`collapse` of the raw kernel) is right
+    about a kernel that does worse than the bicubic kernel, over every kept row with a raw kernel."""
+    from models.kernelgan import collapse
+
+    counts = {(f, w): 0 for f in (True, False) for w in (True, False)}
+    for r in rows:
+        worse = r["lr_psnr"] < bic[(r["scale"], r["index"])]["lr_psnr"]
+        counts[(collapse(np.array(r["raw"])) is not None, worse)] += 1
+    hit, miss, false = counts[(True, True)], counts[(False, True)], counts[(True, False)]
+    print(f"\ncheck `collapse` over {len(rows)} estimates: flags {hit + false}; of the {hit + miss} worse than bicubic it flags {hit}; {false} flagged ones were not worse")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--label", default="ours")
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--cases-dir", type=Path, default=Path(__file__).resolve().parent / "results" / "kernelgan_cases")
     args = ap.parse_args()
-    rows = [r for r in load(args.results) if r["method"] == args.label and r["scale"] == 2 and "raw" in r]
+    every = [r for r in load(args.results) if "raw" in r]
+    check_table(every, {(r["scale"], r["index"]): r for r in load(args.results) if r["method"] == "bicubic"})
+    rows = [r for r in every if r["method"] == args.label and r["scale"] == 2]
     bic = {r["index"]: r for r in load(args.results) if r["method"] == "bicubic" and r["scale"] == 2}
     print(f"{len(rows)} x2 cases of {args.label}\n\n| post-processing | kernel error | LR PSNR dB |\n|---|---|---|")
     cases = {r["index"]: make_case(2, r["index"], args.cases_dir) for r in rows}

@@ -93,7 +93,7 @@ def degrade_flow(settings: DegradeSettings) -> dict:
     futures = t.prepare_sources.map(batched, unmapped(run), unmapped(settings))
     tk = time.perf_counter()
     kernel_records, kernel_failed, kernel_futures = [], [], None
-    if settings.kernels == "kernelgan":  # one more fan-out, beside clean-up and noise extraction
+    if settings.kernels.startswith("kernelgan"):  # one more fan-out, beside clean-up and noise extraction
         kernel_batches = kernelgan_batches(sources, settings.kernelgan_batch)
         with dask.annotate(priority=-1):  # workers run clean-up first (see flows.runtime)
             kernel_futures = t.estimate_kernels.map(kernel_batches, unmapped(run), unmapped(settings))

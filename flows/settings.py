@@ -23,7 +23,7 @@ class DegradeSettings(BaseModel):
     scale: Literal[2, 4] = Field(4, description="SR scale of the HR/LR pairs.")
     kernels: str = Field(
         "bicubic",
-        description="Kernel source: 'bicubic' (the paper's Track 1 recipe), 'kernelgan' (each source's own kernel) or 'bank:PATH' (reuse a kernel bank).",
+        description="Kernel source: 'bicubic' (the paper's Track 1 recipe), 'kernelgan' (each source's own kernel), 'kernelgan-camera' (one kernel for the camera: the consensus of its photos' kernels) or 'bank:PATH' (reuse a kernel bank).",
     )
     kernelgan_iterations: int = Field(3000, ge=1, le=100_000, description="KernelGAN training steps per image (the paper: 3000).")
     kernelgan_device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="Torch device for KernelGAN: auto, cpu, cuda or cuda:N.")
@@ -52,9 +52,9 @@ class DegradeSettings(BaseModel):
             return v
         if v.startswith("bank:") and len(v) > 5:
             return v
-        if v == "kernelgan":
+        if v in ("kernelgan", "kernelgan-camera"):
             return v
-        raise ValueError(f"kernel source must be 'bicubic', 'kernelgan' or 'bank:PATH', got {v!r}")
+        raise ValueError(f"kernel source must be 'bicubic', 'kernelgan', 'kernelgan-camera' or 'bank:PATH', got {v!r}")
 
     @model_validator(mode="after")
     def _consistent(self) -> "DegradeSettings":

@@ -25,7 +25,7 @@ from models.degradation import (
     select_noise_patches,
     to_uint8,
 )
-from models.kernels import KERNEL_SIZE, RESIZE_CONVENTION, analytic_x4, bicubic_kernel, check_kernel
+from models.kernels import KERNEL_SIZE, RESIZE_CONVENTION, analytic_x4, bicubic_kernel, check_kernel, consensus_kernel
 from storage.atomic import write_bytes, write_json
 from storage.banks import KernelSet, open_kernel_bank, open_noise_bank, write_kernel_bank, write_noise_bank
 from storage.images import BadImageError, decode_image, read_bytes, read_png_uint8, sha256_bytes, write_png
@@ -208,9 +208,11 @@ def _kernelgan_config(s):
     return KernelGANConfig(iterations=s.kernelgan_iterations, seed=s.seed)
 
 
-def kernelgan_sets(run: RunDir, records: list[dict]) -> list[KernelSet]:
+def kernelgan_sets(run: RunDir, records: list[dict], camera: bool = False) -> list[KernelSet]:
     """x2 kernels from KernelGAN records (source order) and their analytic x4 kernels; an image
-    whose estimate failed has the bicubic kernels, marked `bicubic-fallback`."""
+    whose estimate failed has the bicubic kernels, marked `bicubic-fallback`. `camera` adds one
+    kernel for the camera, the consensus of the estimates that did not fail (`kernelgan-camera`,
+    the last row), which the pairs then use for every image."""
     records = sorted(records, key=lambda r: r["source"])
     k2 = []
     for r in records:
@@ -218,10 +220,16 @@ def kernelgan_sets(run: RunDir, records: list[dict]) -> list[KernelSet]:
             k2.append(z["kernel"])
     src, sha = [r["source"] for r in records], [r["sha256"] for r in records]
     failed = [bool(r.get("fallback")) for r in records]
-    return [
-        _kernel_set(2, k2, src, sha, ["bicubic-fallback" if f else "kernelgan" for f in failed]),
-        _kernel_set(4, [bicubic_kernel(4) if f else analytic_x4(k) for k, f in zip(k2, failed)], src, sha, ["bicubic-fallback" if f else "kernelgan+analytic-x4" for f in failed]),
-    ]
+    m2 = ["bicubic-fallback" if f else "kernelgan" for f in failed]
+    k4 = [bicubic_kernel(4) if f else analytic_x4(k) for k, f in zip(k2, failed)]
+    m4 = ["bicubic-fallback" if f else "kernelgan+analytic-x4" for f in failed]
+    good = [k for k, f in zip(k2, failed) if not f]
+    if camera and good:
+        cam = consensus_kernel(good)
+        k2, k4 = [*k2, cam], [*k4, analytic_x4(cam)]
+        src, sha = [*src, f"camera: consensus of {len(good)} photos"], [*sha, ""]
+        m2, m4 = [*m2, "kernelgan-camera"], [*m4, "kernelgan-camera+analytic-x4"]
+    return [_kernel_set(2, k2, src, sha, m2), _kernel_set(4, k4, src, sha, m4)]
 
 
 def kernel_sets_for(spec: str, required: int, scales=(2, 4)) -> tuple[list[KernelSet], dict]:
@@ -275,10 +283,10 @@ def _kernel_set(scale: int, kernels, source, sha, method) -> KernelSet:
 
 
 def build_kernel_bank(run: RunDir, s, kernelgan_records: list[dict] | None = None) -> dict:
-    if s.kernels == "kernelgan":
-        sets = kernelgan_sets(run, kernelgan_records or [])
+    if s.kernels.startswith("kernelgan"):
+        sets = kernelgan_sets(run, kernelgan_records or [], camera=s.kernels == "kernelgan-camera")
         cfg = _kernelgan_config(s)
-        attrs = {"kernel_source": "kernelgan", "kernelgan": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.as_dict().items()}}
+        attrs = {"kernel_source": s.kernels, "kernelgan": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.as_dict().items()}}
     else:
         sets, attrs = kernel_sets_for(s.kernels, s.scale)
     scale_attrs = {st.scale: {"resize_convention": RESIZE_CONVENTION} for st in sets}
@@ -312,6 +320,8 @@ def make_pairs(record: dict, run: RunDir, s, kernel_digest: str, noise_digest: s
         rng = np.random.default_rng([s.seed, int(record["sha256"][:15], 16)])
         ks = _kernel_set_cached(str(run.kernels), kernel_digest, scale)
         valid = ks.valid_indices()
+        if s.kernels == "kernelgan-camera":  # one camera, one kernel: its consensus, when there is one
+            valid = [i for i in valid if ks.method[i].startswith("kernelgan-camera")] or valid
         ki = int(valid[rng.integers(len(valid))])
         lr = degrade(hr, ks.kernels[ki].astype(np.float64), scale)
         bank = _noise_bank_cached(str(run.noise), noise_digest)

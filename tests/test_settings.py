@@ -23,7 +23,7 @@ def test_defaults_follow_the_paper():
         ({"cleanup_factor": 0}, "greater than or equal to 1"),
         ({"pair_hr_size": 30}, "multiple of the scale"),
         ({"pair_hr_size": 256, "noise_patch_size": 32}, "must fit in a noise patch"),
-        ({"kernels": "gaussian"}, "'bicubic', 'kernelgan' or 'bank:PATH'"),
+        ({"kernels": "gaussian"}, "'bicubic', 'kernelgan', 'kernelgan-camera' or 'bank:PATH'"),
         ({"kernelgan_device": "tpu"}, "String should match pattern"),
         ({"kernelgan_iterations": 0}, "greater than or equal to 1"),
         ({"out": Path("/data/photos/run")}, "must not be inside the source"),

@@ -172,3 +172,24 @@ def test_kernelgan_stage_isolates_small_images_and_caches(tmp_path):
     assert "G's kernel collapsed" in ok["fallback"] and ok["fallback"].endswith("the bicubic kernel stands in")
     assert list(sets[0].method) == ["bicubic-fallback"] == list(sets[1].method)
     np.testing.assert_allclose(sets[0].kernels[0], bicubic_kernel(2), atol=1e-7)
+    info = stages.build_kernel_bank(run, s, [ok])  # the run summary lists it
+    assert info["fallbacks"] == [{"source": str(src / "ok.png"), "reason": ok["fallback"]}]
+
+
+def test_the_camera_kernel_is_the_consensus_of_the_photos_that_did_not_fail(tmp_path):
+    from models.synthetic import gaussian_kernel
+    from storage.atomic import write_bytes
+
+    s = _settings(tmp_path / "p", tmp_path / "run", kernels="kernelgan-camera")
+    run = RunDir(claim_run_dir(s.out, {}))
+    true = gaussian_kernel(1.6, 1.1, 0.5, 13)
+    records = []
+    for i, (k, fallback) in enumerate([(true * 1.01, None), (true, None), (np.roll(true, 1, 0), None), (bicubic_kernel(2), "collapsed")]):
+        key = f"k{i}"
+        write_bytes(run.staged_kernel(key), stages._npz_bytes({"kernel": k / k.sum(), "raw": k}))
+        records.append({"key": key, "source": f"p/{i}.png", "sha256": str(i) * 64, "fallback": fallback})
+    x2, x4 = stages.kernelgan_sets(run, records, camera=True)
+    assert list(x2.method) == ["kernelgan"] * 3 + ["bicubic-fallback", "kernelgan-camera"]
+    assert x2.source[-1] == "camera: consensus of 3 photos" and x4.method[-1] == "kernelgan-camera+analytic-x4"
+    assert np.linalg.norm(x2.kernels[-1] - true) < 0.02  # the fallback's bicubic kernel has no say
+    assert len(stages.kernelgan_sets(run, records)[0]) == 4  # per-image only without `camera`
