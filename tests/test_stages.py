@@ -193,3 +193,21 @@ def test_the_camera_kernel_is_the_consensus_of_the_photos_that_did_not_fail(tmp_
     assert x2.source[-1] == "camera: consensus of 3 photos" and x4.method[-1] == "kernelgan-camera+analytic-x4"
     assert np.linalg.norm(x2.kernels[-1] - true) < 0.02  # the fallback's bicubic kernel has no say
     assert len(stages.kernelgan_sets(run, records)[0]) == 4  # per-image only without `camera`
+
+
+def test_with_the_camera_kernel_every_pair_uses_it(photo_dir, tmp_path):
+    from models.synthetic import gaussian_kernel
+    from storage.atomic import write_bytes
+
+    s = _settings(photo_dir, tmp_path / "run", kernels="kernelgan-camera")
+    run = RunDir(claim_run_dir(s.out, {}))
+    records = [stages.prepare_source(p, run, s) for p in sorted(photo_dir.glob("*.png"))]
+    kernel_records = []
+    for i, r in enumerate(records):
+        k = gaussian_kernel(1.0 + 0.2 * i, 1.2, 0.3, 13)
+        write_bytes(run.staged_kernel(f"k{i}"), stages._npz_bytes({"kernel": k, "raw": k}))
+        kernel_records.append({"key": f"k{i}", "source": r["source"], "sha256": r["sha256"]})
+    kinfo = stages.build_kernel_bank(run, s, kernel_records)
+    ninfo = stages.build_noise_bank(records, run, s)
+    rows = [row for r in records for row in stages.make_pairs(r, run, s, kinfo["digest"], ninfo["digest"])["rows"]]
+    assert rows and {row["kernel_id"].split(":")[0] for row in rows} == {"kernelgan-camera+analytic-x4"}
