@@ -4,7 +4,8 @@ A deep *linear* generator G downscales crops of the image by 2; a patch discrimi
 output from real crops of the image at its own scale. What G learns is a blur + subsample that
 keeps the image's patch statistics across scales, i.e. its degradation kernel, read out by pushing
 a delta through G's layers. Read top to bottom: config, G, D, their batched forms, the training
-loop, the post-processing; the loss terms are in `kernelgan_losses`, the crops in `kernelgan_crops`.
+loop; the loss terms are in `kernelgan_losses`, the crops in `kernelgan_crops`, what the raw
+kernel becomes (post-processing, the collapse check) in `kernelgan_post`.
 
 Faithful to the official code (sefibk/KernelGAN), measured side by side with it in
 `bench/kernelgan_accuracy.py`: its initialisation (Xavier-normal, gain 0.1; BatchNorm weights
@@ -38,7 +39,7 @@ from models.kernelgan_losses import (
     SparsityLoss,
     SumOfWeightsLoss,
 )
-from models.kernels import centre_kernel
+from models.kernelgan_post import collapse, finalize_kernel  # noqa: F401 (re-exported)
 
 VERSION = "2"  # bump when the kernel estimated for the same image and config changes
 
@@ -278,15 +279,6 @@ def estimate_kernels(images: list[np.ndarray], cfg: KernelGANConfig = KernelGANC
     return out
 
 
-def collapse(raw: np.ndarray) -> str | None:
-    """Why G's raw kernel is not a blur, or None: its sum far from 1 (the sum-to-one term lost to
-    the GAN), or much of its mass negative (G learnt an inverted or ringing filter)."""
-    pos, neg = float(raw.clip(0).sum()), float(-raw.clip(None, 0).sum())
-    if abs(raw.sum() - 1) > 0.1 or neg > 0.25 * (pos + neg):
-        return f"G's kernel collapsed (sum {raw.sum():.3f}, {100 * neg / max(pos + neg, 1e-30):.0f}% of its mass negative)"
-    return None
-
-
 def train_kernels(images: list[np.ndarray], cfg: KernelGANConfig, device: str = "cpu", deep: bool = False, progress=None) -> list[KernelEstimate]:
     """One training run of every image at `cfg.seed`, all in one loop.
 
@@ -407,21 +399,3 @@ def _settle(g, previous, judge: bool, settled: list, tol: float, step: int, loss
                 losses = {"g": loss_g[i].item(), "d": loss_d[i].item(), "bicubic": loss_bic[i].item()}
                 settled[i] = (step, now[i].copy(), losses)
     return now
-
-
-def finalize_kernel(raw: np.ndarray, n: int = 40) -> np.ndarray:
-    """The reference's post-processing (zeroize_negligible_val), then centring.
-
-    A soft threshold: every tap loses 0.75 x the (n+1)-th largest tap and stays >= 0, which
-    removes the tail and keeps the shape of the rest. Centring moves the centre of mass to the
-    middle pixel (bilinear sub-pixel shift, size kept).
-    """
-    k = np.asarray(raw, dtype=np.float64)
-    if not np.all(np.isfinite(k)):
-        raise ValueError("the kernel has non-finite taps")
-    if n and n < k.size:
-        k = np.clip(k - 0.75 * np.sort(k.ravel())[-n - 1], 0, None)
-    k = np.clip(k, 0, None)
-    if k.sum() <= 0:
-        raise ValueError("no positive mass")
-    return centre_kernel(k / k.sum())
