@@ -16,7 +16,7 @@ from models.kernelgan import (
 )
 from models.kernelgan_crops import CropSampler, gradient_map
 from models.kernelgan_losses import BoundariesLoss, CentralizedLoss, LossWeights, SparsityLoss, penalty_mask
-from models.kernels import center_of_mass, centre_kernel, check_kernel
+from models.kernels import center_of_mass, centre_kernel
 from models.synthetic import camera_photo, gaussian_kernel
 
 # tiny nets for speed: too small to grow into a blur (their kernels "collapse"), which the
