@@ -109,14 +109,12 @@ def make_case(scale: int, index: int, folder: Path, shared: bool = False) -> dic
 def to_pixel_centred(kernel: np.ndarray, scale: int) -> np.ndarray:
     """An official kernel (centre (s-1)/2 px past the middle) in this project's convention.
 
-    The Lanczos-4 taps that `aligned_kernel` uses to move a kernel +0.5 px move the reference's
-    back by the same amount when read from the other side; x4's extra pixel is a plain index.
+    `aligned_kernel` moves a kernel +0.5 px with Lanczos-4 taps; read from the other side, the
+    same taps move the reference's back by 0.5 px; x4's extra pixel is a plain index.
     """
-    from models.kernels import _HALF_PIXEL_TAPS, KERNEL_SIZE
+    from models.kernels import KERNEL_SIZE, aligned_kernel
 
-    k = np.asarray(kernel, dtype=np.float64)
-    k = np.apply_along_axis(np.convolve, 0, k, _HALF_PIXEL_TAPS)
-    k = np.apply_along_axis(np.convolve, 1, k, _HALF_PIXEL_TAPS)
+    k, _ = aligned_kernel(kernel, 2)  # the taps, on both axes (7 px larger)
     centre = k.shape[0] // 2 - 1 + scale // 2  # the old centre (middle + (s-1)/2) + 3.5, the taps' centre
     r = KERNEL_SIZE[scale] // 2
     k = np.pad(k, r)[centre : centre + 2 * r + 1, centre : centre + 2 * r + 1]

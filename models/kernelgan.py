@@ -328,6 +328,9 @@ def train_kernels(images: list[np.ndarray], cfg: KernelGANConfig, device: str = 
     settled = [None] * b  # per image: (step, raw kernel, losses) once it stopped moving
     previous = None
 
+    def losses_of(i: int) -> dict[str, float]:
+        return {"g": loss_g[i].item(), "d": loss_d[i].item(), "bicubic": loss_bic[i].item()}
+
     for it in range(cfg.iterations):
         d_in = real_crops(it)
         g_in = torch.stack([im[:, y : y + gc, x : x + gc] for im, (y, x) in zip(imgs, (c[it] for c in g_corners))])
@@ -360,14 +363,19 @@ def train_kernels(images: list[np.ndarray], cfg: KernelGANConfig, device: str = 
         if progress is not None and (it + 1) % 500 == 0:
             progress(it + 1, {"g": round(loss_g.mean().item(), 5), "d": round(loss_d.mean().item(), 5)})
         if cfg.settle_tol > 0 and (it + 1) % SETTLE_EVERY == 0 and it + 1 >= cfg.settle_after - SETTLE_EVERY:
-            previous = _settle(g, previous, it + 1 >= cfg.settle_after, settled, cfg.settle_tol, it + 1, loss_g, loss_d, loss_bic)
+            with torch.no_grad():
+                now = g.kernels().double().cpu().numpy()
+            if previous is not None and it + 1 >= cfg.settle_after:
+                for i in np.flatnonzero(_relative_moves(now, previous) < cfg.settle_tol):
+                    settled[i] = settled[i] or (it + 1, now[i].copy(), losses_of(i))
+            previous = now
             if all(s is not None for s in settled):
                 break
     with torch.no_grad():
         raws = g.kernels().double().cpu().numpy()
     out = []
     for i, step in enumerate(diverged.tolist()):
-        losses = {"g": loss_g[i].item(), "d": loss_d[i].item(), "bicubic": loss_bic[i].item()}
+        losses = losses_of(i)
         steps = cfg.iterations
         if settled[i] is not None:  # its kernel when it settled: what it is alone, whatever the others do
             steps, raws[i], losses = settled[i]
@@ -388,14 +396,7 @@ def train_kernels(images: list[np.ndarray], cfg: KernelGANConfig, device: str = 
 SETTLE_EVERY = 100  # steps between two looks at whether a kernel still moves
 
 
-def _settle(g, previous, judge: bool, settled: list, tol: float, step: int, loss_g, loss_d, loss_bic):
-    """Record every image whose kernel moved less than `tol` (relative) since the last look."""
-    with torch.no_grad():
-        now = g.kernels().double().cpu().numpy()
-    if judge and previous is not None:
-        moved = np.linalg.norm((now - previous).reshape(len(now), -1), axis=1) / np.maximum(np.linalg.norm(now.reshape(len(now), -1), axis=1), 1e-30)
-        for i in np.flatnonzero(moved < tol):
-            if settled[i] is None:
-                losses = {"g": loss_g[i].item(), "d": loss_d[i].item(), "bicubic": loss_bic[i].item()}
-                settled[i] = (step, now[i].copy(), losses)
-    return now
+def _relative_moves(now: np.ndarray, previous: np.ndarray) -> np.ndarray:
+    """(B,) how far each kernel moved since the last look, relative to its size."""
+    flat_now, flat_prev = now.reshape(len(now), -1), previous.reshape(len(previous), -1)
+    return np.linalg.norm(flat_now - flat_prev, axis=1) / np.maximum(np.linalg.norm(flat_now, axis=1), 1e-30)

@@ -260,3 +260,16 @@ def test_a_failed_image_trains_again_with_the_next_seed(monkeypatch):
     monkeypatch.setattr(kg, "train_kernels", lambda images, cfg, *a, **k: [kg.replace(e, kernel=None, problem="collapsed") for e in flaky(images, cfg)])
     got = kg.estimate_kernels(images, KernelGANConfig(iterations=5, retries=2))
     assert calls == [(3, 0), (3, 1), (3, 2)] and got[0].problem == "collapsed (seeds 0, 1, 2)"
+
+
+def test_a_settled_image_stops_at_the_step_it_settled_whatever_its_batch():
+    cfg = KernelGANConfig(**{**TINY.as_dict(), "iterations": 400, "settle_tol": 10.0, "settle_after": 200})
+    images = [camera_photo(*a) for a in BATCH[:2]]
+    got = estimate_kernels(images, cfg)  # a tolerance nothing exceeds: both settle at the first judged look
+    for img, g in zip(images, got):
+        alone = estimate_kernel(img, cfg)
+        assert g.iterations == alone.iterations == 200
+        np.testing.assert_array_equal(g.raw, alone.raw)
+        assert g.losses == alone.losses
+    strict = estimate_kernel(images[0], KernelGANConfig(**{**cfg.as_dict(), "settle_tol": 1e-12}))
+    assert strict.iterations == 400  # nothing settles that tightly: the whole run
