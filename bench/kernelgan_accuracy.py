@@ -24,12 +24,15 @@ Every result is appended to bench/results/kernelgan_official.jsonl with commit a
 comes; a rerun skips what is there. One command runs both at both scales:
 
     .venv/bin/python bench/kernelgan_accuracy.py --official ~/src/KernelGAN
+
+`--shard 0/2` and `--shard 1/2` in two shells split the cases between two cores.
     .venv/bin/python bench/kernelgan_accuracy.py --table
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
@@ -182,7 +185,8 @@ def load(path: Path) -> list[dict]:
 def save(path: Path, row: dict) -> None:
     row = {**row, "commit": COMMIT, "machine": MACHINE, "date": time.strftime("%Y-%m-%d %H:%M")}
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
+    with path.open("a") as f:  # locked: shards of one run append to the same file
+        fcntl.flock(f, fcntl.LOCK_EX)
         f.write(json.dumps(row) + "\n")
     print(f"x{row['scale']} {row['index']:2d} {row['name']:10s} {row['method']:10s} {row['seconds']:6.0f} s  error {row['kernel_err']:.4f}  kernel {row['kernel_psnr']:.2f} dB  LR {row['lr_psnr']:.2f} dB", flush=True)
 
@@ -225,6 +229,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per method")
     ap.add_argument("--cases-dir", type=Path, default=ROOT / "bench" / "results" / "kernelgan_cases")
     ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--shard", default="0/1", help="K/N: only the cases whose index is K modulo N (run N at once, one per core)")
     ap.add_argument("--table", action="store_true", help="only print the tables of the results kept so far")
     ap.add_argument("--camera", action="store_true", help="the camera set instead: every x2 image has one true kernel; adds the consensus kernel of each method's estimates")
     args = ap.parse_args()
@@ -240,7 +245,8 @@ def main() -> None:
     methods = args.methods.split(",")
     if not args.table:
         for scale in scales:
-            cases = [make_case(scale, i, args.cases_dir, shared=args.camera) for i in range(counts[scale])]
+            shard, shards = (int(v) for v in args.shard.split("/"))
+            cases = [make_case(scale, i, args.cases_dir, shared=args.camera) for i in range(counts[scale]) if i % shards == shard]
             have = {(r["scale"], r["index"], r["method"]) for r in load(args.results)}
             todo = lambda m: [c for c in cases if (scale, c["index"], m) not in have]  # noqa: E731
             if "bicubic" in methods:

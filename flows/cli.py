@@ -20,6 +20,13 @@ _FLAGS = {
     "scale": int,
     "kernels": str,
     "cleanup_factor": int,
+    "noise_rule": str,
+    "noise_tile": int,
+    "noise_tolerance": float,
+    "noise_max_per_image": int,
+    "noise_match_brightness": lambda v: {"true": True, "on": True, "yes": True, "1": True, "false": False, "off": False, "no": False, "0": False}[v.lower()],
+    "noise_min_patches": int,
+    "on_empty_noise": str,
     "noise_patch_size": int,
     "noise_stride": int,
     "noise_max_var": float,
@@ -105,6 +112,8 @@ def _print_result(summary: dict) -> None:
     from flows.degrade import summary_markdown
 
     print(summary_markdown(summary))
+    if summary["noise_bank"].get("warning"):
+        print(f"\nWARNING: {summary['noise_bank']['warning']}\n", file=sys.stderr)
     root = Path(summary["run_dir"])
     print(f"inspect the banks with:\n  realsr inspect {root / 'kernels.zarr'}\n  realsr inspect {root / 'noise.zarr'}")
 
@@ -117,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args = _parser().parse_args(argv)
     from flows.settings import DegradeSettings
+    from storage.noise_stage import EmptyNoiseBank
 
     try:
         if args.command == "degrade":
@@ -152,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             where = ".".join(str(x) for x in err["loc"]) or "settings"
             print(f"  {where}: {err['msg']}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+    except (FileNotFoundError, NotADirectoryError, ValueError, EmptyNoiseBank) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

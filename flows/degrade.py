@@ -17,6 +17,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows.runtime import local_workers, task_runner
 from flows.settings import DegradeSettings
 from storage.images import list_images
+from storage.noise_stage import EmptyNoiseBank
 from storage.run_dir import RunDir, claim_run_dir
 from storage.stages import save_summary
 from tasks import degrade as t
@@ -117,6 +118,8 @@ def degrade_flow(settings: DegradeSettings) -> dict:
     tn = time.perf_counter()
     noise = t.build_noise_bank(records, run, settings)
     timings["noise bank"] = time.perf_counter() - tn
+    if noise["count"] == 0 and settings.on_empty_noise == "stop":
+        raise EmptyNoiseBank(f"stopped before the pairs (on_empty_noise=stop): {noise['warning']}")
 
     tq = time.perf_counter()
     batched = batches(sorted(records, key=lambda r: r["source"]), settings.images_per_task)
@@ -157,6 +160,7 @@ def summary_markdown(s: dict) -> str:
         f"- sources: {s['sources']} ({s['processed']} processed, {s['cached']} from earlier runs, {len(s['skipped'])} skipped)",
         f"- kernel bank: `{s['kernel_bank']['path']}` {s['kernel_bank']['counts']}",
         f"- noise bank: `{s['noise_bank']['path']}` {s['noise_bank']['count']} patches, {s['noise_bank']['rejected']} candidates rejected",
+        *([f"- **WARNING: {s['noise_bank']['warning']}**"] if s["noise_bank"].get("warning") else []),
         f"- pairs: {s['pairs']['pairs']} in `{s['pairs']['path']}`",
         "",
         "| stage | seconds |",

@@ -31,11 +31,21 @@ class DegradeSettings(BaseModel):
         None, ge=1, le=1024, description="Images trained together in one KernelGAN task (default: split evenly over the workers, at most 16)."
     )
     cleanup_factor: int = Field(2, ge=1, le=8, description="Bicubic clean-up downscale of the sources (1 = none).")
-    noise_patch_size: int = Field(256, ge=8, le=4096, description="Side of a noise patch, px of the source.")
-    noise_stride: int = Field(256, ge=1, le=4096, description="Step between candidate noise patches, px.")
-    noise_max_var: float = Field(20.0, gt=0, le=65025, description="Keep patches whose luma variance is below this (0-255 scale).")
+    noise_rule: Literal["adaptive", "reference"] = Field(
+        "adaptive",
+        description="Noise extraction: 'adaptive' (tiles as flat as the photo's own noise level, gradients removed, clipped areas skipped) or 'reference' (the paper's collect_noise.py: noise_patch_size px patches of luma variance < noise_max_var).",
+    )
+    noise_tile: int = Field(32, ge=8, le=1024, description="adaptive: side of a noise tile, px of the source (large flat areas give many).")
+    noise_tolerance: float = Field(0.08, gt=0, le=2, description="adaptive: keep tiles whose noise std is at most (1 + this) x the photo's noise level at their brightness.")
+    noise_max_per_image: int = Field(64, ge=1, le=100_000, description="adaptive: at most this many tiles per photo, spread over brightness.")
+    noise_match_brightness: bool = Field(True, description="Draw each LR crop's noise from patches of similar brightness (signal-dependent noise); off: uniform draws, as the paper.")
+    noise_min_patches: int = Field(16, ge=0, description="A noise bank smaller than this is reported as tiny (a loud warning).")
+    on_empty_noise: Literal["warn", "stop"] = Field("warn", description="An empty noise bank: 'warn' goes on with noise-free pairs, 'stop' fails the run before the pairs.")
+    noise_patch_size: int = Field(256, ge=8, le=4096, description="reference: side of a noise patch, px of the source.")
+    noise_stride: int = Field(256, ge=1, le=4096, description="reference: step between candidate noise patches, px.")
+    noise_max_var: float = Field(20.0, gt=0, le=65025, description="reference: keep patches whose luma variance is below this (0-255 scale).")
     noise_min_mean: float = Field(
-        0.0, ge=0, lt=255, description="Keep patches whose luma mean is above this (50 for smartphone photos)."
+        0.0, ge=0, lt=255, description="reference: keep patches whose luma mean is above this (50 for smartphone photos)."
     )
     pair_hr_size: int = Field(256, ge=8, le=4096, description="Side of an HR training patch; LR is pair_hr_size/scale.")
     pair_stride: int | None = Field(None, ge=1, description="Step between HR patches (default: pair_hr_size).")
@@ -63,7 +73,7 @@ class DegradeSettings(BaseModel):
         if self.pair_stride is not None and self.pair_stride % self.scale:
             raise ValueError(f"pair_stride {self.pair_stride} must be a multiple of the scale {self.scale}")
         lr = self.pair_hr_size // self.scale
-        if lr > self.noise_patch_size:
+        if self.noise_rule == "reference" and lr > self.noise_patch_size:
             raise ValueError(
                 f"the LR patch ({lr} px = pair_hr_size/scale) must fit in a noise patch ({self.noise_patch_size} px)"
             )
@@ -77,8 +87,19 @@ class DegradeSettings(BaseModel):
 
     def preprocess_key_fields(self) -> dict:
         """The settings a source's clean-up and noise extraction depend on."""
-        fields = ("scale", "cleanup_factor", "noise_patch_size", "noise_stride", "noise_max_var", "noise_min_mean")
-        return {"stage": "preprocess", "version": STAGE_VERSION, **{f: getattr(self, f) for f in fields}}
+        from models.noise import VERSION
+
+        fields = ("scale", "cleanup_factor", "noise_rule") + (
+            ("noise_patch_size", "noise_stride", "noise_max_var", "noise_min_mean")
+            if self.noise_rule == "reference"
+            else ("noise_tile", "noise_tolerance", "noise_max_per_image")
+        )
+        return {"stage": "preprocess", "version": STAGE_VERSION, "noise_version": VERSION, **{f: getattr(self, f) for f in fields}}
+
+    @property
+    def noise_size(self) -> int:
+        """Side of the bank's patches under the chosen rule."""
+        return self.noise_patch_size if self.noise_rule == "reference" else self.noise_tile
 
     def kernelgan_key_fields(self) -> dict:
         """The settings an image's KernelGAN kernel depends on (not the device: results agree to float rounding)."""
@@ -94,4 +115,5 @@ class DegradeSettings(BaseModel):
             "pair_hr_size": self.pair_hr_size,
             "stride": self.stride,
             "seed": self.seed,
+            "noise_match_brightness": self.noise_match_brightness,
         }

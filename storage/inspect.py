@@ -77,30 +77,67 @@ def kernel_report(path: Path, sheet: Path, max_tiles: int = 64) -> str:
 def noise_report(path: Path, sheet: Path, max_tiles: int = 64, gain: float = 8.0) -> str:
     bank = open_noise_bank(path)
     g = bank.group
+    rule = g.attrs.get("rule", "reference")
+    how = f"luma var < {g.attrs.get('max_var')}, mean > {g.attrs.get('min_mean')}" if rule == "reference" else f"noise std within {g.attrs.get('tolerance')} of each photo's own level"
     lines = [
         f"noise bank {path}: {bank.count} patches of {bank.patch_size}px from "
         f"{sum(1 for s in g.attrs['sources'] if s['patches'])}/{len(g.attrs['sources'])} sources, "
-        f"{g.attrs['rejected']} candidates rejected (luma var < {g.attrs['max_var']}, mean > {g.attrs['min_mean']})"
+        f"{g.attrs['rejected']} candidates rejected (rule {rule}: {how})"
     ]
     if bank.count == 0:
         lines.append("  (empty: no flat patches were found)")
         return "\n".join(lines)
     gv, cv = bank.column("gray_var"), bank.column("channel_var")
     lines.append(
-        f"  luma variance min/median/max {gv.min():.2f}/{np.median(gv):.2f}/{gv.max():.2f}; "
+        f"  luma noise std min/median/max {np.sqrt(gv.min()):.2f}/{np.sqrt(np.median(gv)):.2f}/{np.sqrt(gv.max()):.2f}; "
         "channel noise std (R, G, B) median " + ", ".join(f"{v:.2f}" for v in np.sqrt(np.median(cv, 0))) + " levels"
     )
     idx = np.unique(np.linspace(0, bank.count - 1, min(bank.count, max_tiles)).round().astype(int))
-    patches = bank.patches(idx)
+    noise = np.asarray(g["noise"].get_orthogonal_selection((idx,))) if "noise" in g else bank.patches(idx).astype(np.float32)
     crop = min(bank.patch_size, 128)
     tiles = []
-    for i, p in zip(idx, patches):
+    for i, p in zip(idx, noise):
         p = p[:crop, :crop].astype(np.float32)
         amp = np.clip((p - p.mean(axis=(0, 1))) * gain + 128, 0, 255).astype(np.uint8)
         tiles.append(_label(amp[..., ::-1].copy(), f"#{i} {Path(str(g['source'][i])).stem}"))
     _write_sheet(sheet, _grid(tiles, cols=min(8, len(tiles))))
     lines.append(f"  contact sheet (noise x{gain:g} around mid-gray, {crop}px crops): {sheet}")
+    plot = sheet.with_name(sheet.stem + "_level.png")
+    _write_sheet(plot, noise_level_plot(bank.column("gray_mean"), np.sqrt(gv), [s.get("noise_level") for s in g.attrs["sources"]]))
+    lines.append(f"  noise level against brightness (dots: patches, red: their median per 16 levels, gray: each photo's estimate): {plot}")
     return "\n".join(lines)
+
+
+def noise_level_plot(brightness: np.ndarray, sigma: np.ndarray, levels: list, size: tuple[int, int] = (560, 360)) -> np.ndarray:
+    """The bank's noise std against brightness as a BGR image (cv2 only: no plotting dependency)."""
+    w, h = size
+    left, bottom, top, right = 48, 34, 12, 12
+    img = np.full((h, w, 3), 255, np.uint8)
+    curves = [(np.asarray(lv["centres"]), np.array([np.nan if v is None else v for v in lv["sigma"]], float)) for lv in levels if lv]
+    ymax = max([float(np.nanmax(sigma)) if len(sigma) else 1.0] + [float(np.nanmax(c[1])) for c in curves if np.isfinite(c[1]).any()]) * 1.1 or 1.0
+    px = lambda b: int(left + b / 255.0 * (w - left - right))  # noqa: E731
+    py = lambda s: int(h - bottom - s / ymax * (h - bottom - top))  # noqa: E731
+    black, gray = (0, 0, 0), (190, 190, 190)
+    cv2.line(img, (left, h - bottom), (w - right, h - bottom), black, 1)
+    cv2.line(img, (left, h - bottom), (left, top), black, 1)
+    for b in range(0, 256, 64):
+        cv2.putText(img, str(b), (px(b) - 8, h - bottom + 14), cv2.FONT_HERSHEY_PLAIN, 0.9, black, 1, cv2.LINE_AA)
+    for k in range(5):
+        v = ymax * k / 4
+        cv2.putText(img, f"{v:.1f}", (4, py(v) + 4), cv2.FONT_HERSHEY_PLAIN, 0.9, black, 1, cv2.LINE_AA)
+    cv2.putText(img, "brightness (luma, 0-255)", (w // 2 - 90, h - 4), cv2.FONT_HERSHEY_PLAIN, 1.0, black, 1, cv2.LINE_AA)
+    cv2.putText(img, "noise std", (left + 6, top + 12), cv2.FONT_HERSHEY_PLAIN, 1.0, black, 1, cv2.LINE_AA)
+    for centres, sig in curves:
+        pts = [(px(c), py(s)) for c, s in zip(centres, sig) if np.isfinite(s)]
+        for a, b in zip(pts, pts[1:]):
+            cv2.line(img, a, b, gray, 1, cv2.LINE_AA)
+    for b, s in zip(brightness, sigma):
+        cv2.circle(img, (px(float(b)), py(float(s))), 2, (200, 120, 0), -1, cv2.LINE_AA)
+    edges = np.linspace(0, 255, 17)
+    med = [((lo + hi) / 2, float(np.median(sigma[(brightness >= lo) & (brightness < hi)]))) for lo, hi in zip(edges, edges[1:]) if ((brightness >= lo) & (brightness < hi)).any()]
+    for a, b in zip(med, med[1:]):
+        cv2.line(img, (px(a[0]), py(a[1])), (px(b[0]), py(b[1])), (0, 0, 220), 2, cv2.LINE_AA)
+    return img
 
 
 def inspect_bank(path: Path, sheet: Path | None = None) -> str:

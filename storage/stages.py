@@ -15,19 +15,11 @@ from typing import Callable
 
 import numpy as np
 
-from models.degradation import (
-    clean_up,
-    crop_to_multiple,
-    degrade,
-    inject_noise,
-    noise_crop,
-    patch_grid,
-    select_noise_patches,
-    to_uint8,
-)
+from models.degradation import clean_up, crop_to_multiple, degrade, inject_noise, patch_grid, to_uint8
 from models.kernels import KERNEL_SIZE, RESIZE_CONVENTION, analytic_x4, bicubic_kernel, check_kernel, consensus_kernel
 from storage.atomic import write_bytes, write_json
-from storage.banks import KernelSet, open_kernel_bank, open_noise_bank, write_kernel_bank, write_noise_bank
+from storage.banks import KernelSet, open_kernel_bank, open_noise_bank, write_kernel_bank
+from storage.noise_stage import COLUMNS, draw_noise, extract_noise, write_bank
 from storage.images import BadImageError, decode_image, read_bytes, read_png_uint8, sha256_bytes, write_png
 from storage.run_dir import RunDir, image_name, stage_key
 
@@ -56,25 +48,11 @@ def prepare_source(path: Path, run: RunDir, s, log: Log = _quiet) -> dict:
     if h < need or w < need:
         raise BadImageError(path, f"{w}x{h} is too small for clean-up x{s.cleanup_factor} and scale x{s.scale}")
     # noise extraction reads the *source* (the sensor noise lives there), as collect_noise.py
-    sel, rejected = select_noise_patches(
-        src.rgb, s.noise_patch_size, s.noise_stride, s.noise_max_var, s.noise_min_mean, src.opaque
-    )
-    p = s.noise_patch_size
-    patches = np.stack([to_uint8(src.rgb[y : y + p, x : x + p]) for y, x in zip(sel["y"], sel["x"])]) if len(sel["y"]) else np.zeros((0, p, p, 3), np.uint8)
+    table, noise = extract_noise(src.rgb, src.opaque, s)
     hr = crop_to_multiple(clean_up(src.rgb, s.cleanup_factor), s.scale)
     clean_path = run.clean_hr / f"{name}.png"
     write_png(clean_path, to_uint8(hr))
-    if len(patches):
-        # patches and their table go to a staging file, so the record the flow handles stays small
-        pf = patches.reshape(len(patches), p * p, 3).astype(np.float64)
-        table = {
-            "patches": patches,
-            "position": np.stack([sel["y"], sel["x"]], 1).astype(np.int32),
-            "gray_mean": sel["mean"].astype(np.float32),
-            "gray_var": sel["var"].astype(np.float32),
-            "channel_mean": pf.mean(1).astype(np.float32),
-            "channel_var": pf.var(1).astype(np.float32),
-        }
+    if noise["count"]:  # patches and their table go to a staging file, so the record the flow handles stays small
         write_bytes(run.staged_noise(key), _npz_bytes(table))
     record = {
         "key": key,
@@ -86,12 +64,13 @@ def prepare_source(path: Path, run: RunDir, s, log: Log = _quiet) -> dict:
         "notes": src.notes,
         "clean_hr": str(clean_path),
         "hr_size": [int(hr.shape[1]), int(hr.shape[0])],
-        "noise_count": int(len(patches)),
-        "noise_rejected": rejected,
+        "noise_count": int(noise["count"]),
+        "noise_rejected": int(noise["rejected"]),
+        "noise_level": noise.get("noise_level"),
         "seconds": round(time.perf_counter() - t0, 4),
     }
     run.save_record("preprocess", key, record)
-    log(f"{path}: clean HR {hr.shape[1]}x{hr.shape[0]}, {len(patches)} noise patches ({rejected} rejected)")
+    log(f"{path}: clean HR {hr.shape[1]}x{hr.shape[0]}, {noise['count']} noise patches ({noise['rejected']} rejected)")
     return {**record, "cached": False}
 
 
@@ -125,36 +104,19 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 def build_noise_bank(records: list[dict], run: RunDir, s) -> dict:
     """Gather every image's staged patches, in source order, into noise.zarr."""
     records = sorted(records, key=lambda r: (r["source"], r["sha256"]))
-    columns = ("patches", "position", "gray_mean", "gray_var", "channel_mean", "channel_var")
-    parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
-    source, sha = [], []
+    parts, source, sha = [], [], []
     for r in records:
         if not r["noise_count"]:
             continue
         with np.load(run.staged_noise(r["key"]), allow_pickle=False) as staged:
-            for c in columns:
-                parts[c].append(staged[c])
+            parts.append({c: staged[c] for c in COLUMNS})
         source += [r["source"]] * r["noise_count"]
         sha += [r["sha256"]] * r["noise_count"]
-    p = s.noise_patch_size
-    empty = {"patches": (0, p, p, 3), "position": (0, 2), "channel_mean": (0, 3), "channel_var": (0, 3)}
-    table = {c: np.concatenate(parts[c]) if parts[c] else np.zeros(empty.get(c, (0,)), np.float32) for c in columns}
-    stack = table.pop("patches").astype(np.uint8)
-    table["position"] = table["position"].astype(np.int32)
-    table = {"source": np.asarray(source, dtype=str), "source_sha256": np.asarray(sha, dtype=str), **table}
-    attrs = {
-        "patch_size": p,
-        "stride": s.noise_stride,
-        "max_var": s.noise_max_var,
-        "min_mean": s.noise_min_mean,
-        "selection": "luma variance < max_var and luma mean > min_mean, on the source image",
-        "grayscale": "BT.601 luma 0.299 R + 0.587 G + 0.114 B on the 0-255 scale, rounded (PIL convert('L'))",
-        "grid": "every whole patch from the top-left corner, the last whole row/column included",
-        "sources": [{"source": r["source"], "sha256": r["sha256"], "patches": r["noise_count"], "rejected": r["noise_rejected"]} for r in records],
-        "rejected": int(sum(r["noise_rejected"] for r in records)),
-    }
-    digest = write_noise_bank(run.noise, stack, table, attrs)
-    return {"path": str(run.noise), "count": int(len(stack)), "rejected": attrs["rejected"], "digest": digest}
+    sources = [
+        {"source": r["source"], "sha256": r["sha256"], "patches": r["noise_count"], "rejected": r["noise_rejected"], **({"noise_level": r["noise_level"]} if r.get("noise_level") else {})}
+        for r in records
+    ]
+    return write_bank(run.noise, parts, source, sha, s, sources)
 
 
 def estimate_source_kernels(paths: list[Path], run: RunDir, s, device: str = "cpu", log: Log = _quiet) -> list[dict | BadImageError]:
@@ -326,19 +288,14 @@ def make_pairs(record: dict, run: RunDir, s, kernel_digest: str, noise_digest: s
         lr = degrade(hr, ks.kernels[ki].astype(np.float64), scale)
         bank = _noise_bank_cached(str(run.noise), noise_digest)
         lr_size = size // scale
-        if bank.count:
-            picks = rng.integers(bank.count, size=len(grid))
-            offsets = rng.integers(0, bank.patch_size - lr_size + 1, size=(len(grid), 2))
-            unique = np.unique(picks)
-            patches = dict(zip(unique.tolist(), bank.patches(unique)))  # one batched read
+        crops = [lr[y // scale : y // scale + lr_size, x // scale : x // scale + lr_size] for y, x in grid]
+        noises = draw_noise(bank, rng, crops, s.noise_match_brightness)
         for n, (y, x) in enumerate(grid):
-            ly, lx = y // scale, x // scale
-            lr_patch = lr[ly : ly + lr_size, lx : lx + lr_size]
+            lr_patch = crops[n]
             noise_row = {"noise_id": "", "noise_index": -1, "noise_offset": [0, 0]}
-            if bank.count:
-                ni, off = int(picks[n]), [int(v) for v in offsets[n]]
-                lr_patch = inject_noise(lr_patch, noise_crop(patches[ni], (lr_size, lr_size), tuple(off)))
-                noise_row = {"noise_id": bank.patch_id(ni), "noise_index": ni, "noise_offset": off}
+            if noises:
+                field, noise_row = noises[n]
+                lr_patch = inject_noise(lr_patch, field)
             name = f"{record['name']}_s{n:04d}"
             write_png(run.pairs / "hr" / f"{name}.png", to_uint8(hr[y : y + size, x : x + size]))
             write_png(run.pairs / "lr" / f"{name}.png", to_uint8(lr_patch))

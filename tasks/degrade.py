@@ -162,8 +162,8 @@ def build_noise_bank(records: list[dict], run: RunDir, settings) -> dict:
     info = stages.build_noise_bank(records, run, settings)
     log = get_run_logger()
     log.info(f"noise bank {info['path']}: {info['count']} patches, {info['rejected']} candidates rejected")
-    if not info["count"]:
-        log.warning("no flat patches were found: pairs get no injected noise (raise noise_max_var or lower noise_patch_size)")
+    if info["warning"]:
+        log.warning(info["warning"])
     return info
 
 

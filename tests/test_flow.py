@@ -16,7 +16,7 @@ from storage.banks import open_kernel_bank, open_noise_bank
 from tests.conftest import small_photo, write_rgb
 
 pytestmark = pytest.mark.slow
-SMALL = dict(noise_patch_size=32, noise_stride=32, pair_hr_size=32, scale=4)
+SMALL = dict(noise_rule="reference", noise_patch_size=32, noise_stride=32, pair_hr_size=32, scale=4)
 
 
 def _bad_inputs(src: Path) -> None:
@@ -78,7 +78,7 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path, prefect_server):
     src = tmp_path / "photos"
     for i in range(16):
         write_rgb(src / f"p{i:02d}.png", small_photo(i, 384, 512))
-    flags = ["--noise-patch-size", "32", "--noise-stride", "32", "--pair-hr-size", "32", "--images-per-task", "1"]
+    flags = ["--noise-rule", "reference", "--noise-patch-size", "32", "--noise-stride", "32", "--pair-hr-size", "32", "--images-per-task", "1"]
     killed = tmp_path / "killed"
     proc = _cli(["degrade", "--source", str(src), "--out", str(killed), *flags], start_new_session=True)
     records = killed / ".work" / "preprocess"

@@ -12,6 +12,9 @@ def test_defaults_follow_the_paper():
     s = DegradeSettings(**BASE)
     assert (s.scale, s.cleanup_factor, s.noise_patch_size, s.noise_stride, s.noise_max_var, s.noise_min_mean) == (4, 2, 256, 256, 20.0, 0.0)
     assert s.kernels == "bicubic" and s.stride == s.pair_hr_size == 256
+    # the reference noise rule stays a named option; the adaptive one is the default (BENCHMARKS.md)
+    assert (s.noise_rule, s.noise_size, s.noise_match_brightness, s.on_empty_noise) == ("adaptive", 32, True, "warn")
+    assert DegradeSettings(**BASE, noise_rule="reference").noise_size == 256
 
 
 @pytest.mark.parametrize(
@@ -22,7 +25,9 @@ def test_defaults_follow_the_paper():
         ({"noise_min_mean": 300}, "less than 255"),
         ({"cleanup_factor": 0}, "greater than or equal to 1"),
         ({"pair_hr_size": 30}, "multiple of the scale"),
-        ({"pair_hr_size": 256, "noise_patch_size": 32}, "must fit in a noise patch"),
+        ({"noise_rule": "reference", "pair_hr_size": 256, "noise_patch_size": 32}, "must fit in a noise patch"),
+        ({"noise_rule": "fixed"}, "'adaptive' or 'reference'"),
+        ({"on_empty_noise": "maybe"}, "'warn' or 'stop'"),
         ({"kernels": "gaussian"}, "'bicubic', 'kernelgan', 'kernelgan-camera' or 'bank:PATH'"),
         ({"kernelgan_device": "tpu"}, "String should match pattern"),
         ({"kernelgan_iterations": 0}, "greater than or equal to 1"),

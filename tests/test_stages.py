@@ -17,7 +17,7 @@ from tests.conftest import small_photo, write_rgb
 
 
 def _settings(src: Path, out: Path, **kw) -> DegradeSettings:
-    base = dict(source=src, out=out, noise_patch_size=32, noise_stride=32, pair_hr_size=32, scale=4)
+    base = dict(source=src, out=out, noise_rule="reference", noise_patch_size=32, noise_stride=32, pair_hr_size=32, scale=4)
     return DegradeSettings(**{**base, **kw})
 
 
@@ -211,3 +211,56 @@ def test_with_the_camera_kernel_every_pair_uses_it(photo_dir, tmp_path):
     ninfo = stages.build_noise_bank(records, run, s)
     rows = [row for r in records for row in stages.make_pairs(r, run, s, kinfo["digest"], ninfo["digest"])["rows"]]
     assert rows and {row["kernel_id"].split(":")[0] for row in rows} == {"kernelgan-camera+analytic-x4"}
+
+
+def test_the_reference_rule_draws_as_the_released_code(photo_dir, tmp_path):
+    """Reference rule, uniform draws: one generator per image, the kernel, then all picks, then all offsets."""
+    s, run, records, pairs, ninfo = _run(photo_dir, tmp_path, noise_match_brightness=False)
+    r, rows = records[0], next(p["rows"] for p in pairs if p["source"] == records[0]["source"])
+    rng = np.random.default_rng([s.seed, int(r["sha256"][:15], 16)])
+    rng.integers(1)  # the kernel's draw (one valid bicubic kernel)
+    picks = rng.integers(ninfo["count"], size=len(rows))
+    offsets = rng.integers(0, 32 - 8 + 1, size=(len(rows), 2))
+    assert [row["noise_index"] for row in rows] == picks.tolist()
+    assert [row["noise_offset"] for row in rows] == offsets.tolist()
+
+
+@pytest.mark.parametrize("pair,scale,tile", [(32, 4, 16), (64, 2, 16)])  # one tile per crop; a 2x2 mosaic
+def test_adaptive_rule_bank_and_pairs(photo_dir, tmp_path, pair, scale, tile):
+    from models.degradation import degrade
+    from models.noise import assemble_noise
+
+    s, run, records, pairs, ninfo = _run(photo_dir, tmp_path, noise_rule="adaptive", noise_tile=tile, pair_hr_size=pair, scale=scale)
+    bank = open_noise_bank(run.noise)
+    assert bank.count == ninfo["count"] > 0 and not ninfo["warning"] and bank.group.attrs["rule"] == "adaptive"
+    level = bank.column("noise_level")
+    # the photos' flat halves have noise of 2 levels per channel: luma about 1.34 levels
+    assert np.isfinite(level).all() and np.median(level) == pytest.approx(2.0 * 0.668, rel=0.15)
+    assert np.median(np.sqrt(bank.column("gray_var"))) == pytest.approx(2.0 * 0.668, rel=0.15)
+    assert (bank.column("position")[:, 0] + tile <= 96 + 4).all()  # from the flat top half only
+    assert records[0]["noise_level"]["sigma"]  # each photo's own estimate is kept
+    row = pairs[0]["rows"][0]
+    hr = read_image(run.pairs / "hr" / f"{row['name']}.png").rgb
+    lr = read_image(run.pairs / "lr" / f"{row['name']}.png").rgb
+    index = row["noise_index"] if isinstance(row["noise_index"], list) else [row["noise_index"]]
+    assert len(index) == (1 if pair // scale <= tile else (pair // scale // tile) ** 2)
+    noise = np.asarray(bank.group["noise"].get_orthogonal_selection((np.array(index),)))
+    if len(index) == 1:
+        y, x = row["noise_offset"]
+        field = noise[0][y : y + pair // scale, x : x + pair // scale].astype(np.float32) / 255
+        field -= field.mean((0, 1))
+    else:
+        field = assemble_noise(list(noise), pair // scale)
+    expected = np.clip(degrade(hr, bicubic_kernel(scale), scale) + field, 0, 1)
+    inner = slice(2, -2)  # the pair's LR was cut from the whole image's: its border saw more context
+    np.testing.assert_allclose(lr[inner, inner], expected[inner, inner], atol=0.6 / 255)
+
+
+@pytest.mark.parametrize("rule,advice", [("reference", "--noise-rule adaptive"), ("adaptive", "flat areas")])
+def test_an_empty_noise_bank_is_a_loud_warning_with_what_to_change(tmp_path, rule, advice):
+    from tests.conftest import textured
+
+    write_rgb(tmp_path / "p" / "busy.png", textured(96, 128, 3))
+    *_, ninfo = _run(tmp_path / "p", tmp_path, noise_rule=rule)
+    assert ninfo["count"] == 0 and "EMPTY" in ninfo["warning"] and advice in ninfo["warning"]
+    assert "--on-empty-noise stop" in ninfo["warning"]

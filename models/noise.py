@@ -1,0 +1,260 @@
+"""Real-noise extraction judged by the photo's own noise level (the adaptive rule).
+
+The reference rule (`models.degradation.select_noise_patches`: 256 px, luma variance < 20) ties
+the bank to one camera and one image size: a noisy camera's flat sky has a variance above 20, a
+small photo has no 256 px flat patch, and a kept patch carries the sky's gradient. This rule:
+
+1. splits every block into the quadratic surface that fits it best (brightness, gradient,
+   shading) and a residual; the residual is what a bank tile holds, the surface its brightness;
+2. estimates the image's noise level function (NLF: residual std against brightness) from the
+   least textured 16 px blocks of each brightness bin: texture only adds residual energy, so the
+   low end of the block distribution is the noise;
+3. keeps the `tile`-px tiles whose residual std is within `tolerance` of the NLF at their
+   brightness, that hold no clipped, saturated or near-black pixel, and whose brightness varies
+   little across the tile (so their brightness is well defined for signal-dependent draws);
+4. stores each tile's residual (colour correlation and brightness dependence kept) with its
+   source position, brightness, measured and estimated noise level.
+
+Large flat areas give many tiles; `max_tiles` caps an image's share, spread over brightness.
+All levels are on the 0-255 scale of the source's luma (BT.601).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import cv2
+import numpy as np
+
+from models.degradation import LUMA_WEIGHTS, patch_grid
+
+VERSION = "1"  # in the preprocess cache key: bump when the tiles for the same photo change
+CLIP_LOW, CLIP_HIGH = 3.0 / 255.0, 252.0 / 255.0  # a channel this dark or bright has clipped noise
+BRIGHTNESS_BINS = np.linspace(0.0, 255.0, 17)  # 16 bins of 16 levels
+
+
+def luma(image: np.ndarray) -> np.ndarray:
+    """BT.601 luma on the 0-255 scale, float32 (not rounded: the residual keeps sub-level noise)."""
+    out = cv2.transform(image.astype(np.float32, copy=False), LUMA_WEIGHTS[None].astype(np.float32))
+    return out * np.float32(255.0)
+
+
+def clipped_mask(image: np.ndarray, opaque: np.ndarray | None = None, margin: int = 2) -> np.ndarray:
+    """Pixels unusable for noise: a channel near black or white (noise clipped), or transparent; grown by `margin` px."""
+    bad = ((image <= CLIP_LOW) | (image >= CLIP_HIGH)).any(axis=-1)
+    if opaque is not None:
+        bad |= ~opaque
+    if bad.any() and margin:
+        bad = cv2.dilate(bad.astype(np.uint8), np.ones((2 * margin + 1, 2 * margin + 1), np.uint8)) > 0
+    return bad
+
+
+@lru_cache(maxsize=8)
+def _surface(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The quadratic surface basis of a size x size block (size^2, 6) and its pseudo-inverse (6, size^2)."""
+    u, v = np.meshgrid(np.linspace(-1, 1, size), np.linspace(-1, 1, size), indexing="ij")
+    u, v = u.ravel(), v.ravel()
+    basis = np.stack([np.ones_like(u), u, v, u * u, u * v, v * v], 1)
+    return basis.astype(np.float32), np.linalg.pinv(basis).astype(np.float32)
+
+
+def detrend(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Split blocks (..., size^2) into the quadratic surface that fits each best and the residual.
+
+    The surface takes a block's brightness, gradient and shading (the sky and wall ramps that a
+    mean removal keeps) and 6 of its size^2 degrees of freedom of noise; the residual keeps the
+    rest at every frequency, so correlated noise (demosaicing, JPEG) is not thinned out.
+    """
+    n = blocks.shape[-1]
+    basis, pinv = _surface(int(round(np.sqrt(n))))
+    fit = (blocks @ pinv.T) @ basis.T
+    return fit, blocks - fit
+
+
+def _blocks(a: np.ndarray, size: int) -> np.ndarray:
+    """(H, W) -> (H//size, W//size, size*size), the whole blocks of a 2-D array."""
+    h, w = (a.shape[0] // size) * size, (a.shape[1] // size) * size
+    return a[:h, :w].reshape(h // size, size, w // size, size).swapaxes(1, 2).reshape(h // size, w // size, -1)
+
+
+@dataclass
+class BlockStats:
+    """Per whole block of a grid: residual std, brightness, brightness range, any clipped pixel."""
+
+    y: np.ndarray
+    x: np.ndarray
+    sigma: np.ndarray
+    brightness: np.ndarray
+    spread: np.ndarray
+    clipped: np.ndarray
+
+
+def block_stats(y: np.ndarray, bad: np.ndarray, size: int, band_blocks: int = 64) -> BlockStats:
+    """Detrended luma std (unbiased for the 6 fitted terms) of every whole block, a band at a time."""
+    rows = y.shape[0] // size
+    parts = []
+    for r0 in range(0, rows, band_blocks):  # bounded memory on 50 MP photos
+        band = _blocks(y[r0 * size : min(rows, r0 + band_blocks) * size], size).astype(np.float32)
+        fit, res = detrend(band)
+        n = band.shape[-1]
+        parts.append((np.sqrt((res.astype(np.float64) ** 2).sum(-1) / (n - 6)), band.mean(-1, dtype=np.float64), (fit.max(-1) - fit.min(-1)).astype(np.float64)))
+    gy, gx = np.meshgrid(np.arange(rows) * size, np.arange(y.shape[1] // size) * size, indexing="ij")
+    cat = lambda i: np.concatenate([p[i] for p in parts]).ravel() if parts else np.zeros(0)  # noqa: E731
+    return BlockStats(gy.ravel(), gx.ravel(), cat(0), cat(1), cat(2), _blocks(bad, size).any(-1).ravel())
+
+
+@dataclass
+class NoiseLevel:
+    """The noise level function: residual luma std per brightness bin (NaN where none was seen)."""
+
+    centres: np.ndarray  # (B,) bin centres, 0-255
+    sigma: np.ndarray  # (B,)
+    blocks: np.ndarray  # (B,) flat-candidate blocks the estimate used
+
+    def __call__(self, brightness) -> np.ndarray:
+        """The level at any brightness: linear between measured bins, the nearest beyond them."""
+        ok = np.isfinite(self.sigma)
+        if not ok.any():
+            return np.full(np.shape(brightness), np.nan)
+        return np.interp(brightness, self.centres[ok], self.sigma[ok])
+
+    def as_dict(self) -> dict:
+        return {"centres": self.centres.round(2).tolist(), "sigma": [None if not np.isfinite(v) else round(float(v), 4) for v in self.sigma], "blocks": self.blocks.tolist()}
+
+
+def robust_floor(sigmas: np.ndarray, slack: float = 0.3, rounds: int = 2) -> float:
+    """The noise level under a mix of pure-noise and textured blocks' residual stds.
+
+    Start from the 10th percentile, then take the median of the blocks within `slack` of it, twice:
+    with only noise this is the median (unbiased); texture sits above and is left out.
+    """
+    level = float(np.percentile(sigmas, 10))
+    for _ in range(rounds):
+        level = float(np.median(sigmas[sigmas <= level * (1 + slack)]))
+    return level
+
+
+def estimate_noise_level(
+    image: np.ndarray, opaque: np.ndarray | None = None, block: int = 16, min_blocks: int = 8, max_spread: float = 24.0
+) -> NoiseLevel:
+    """The image's own NLF from its residual, no ground truth needed (see the module docstring)."""
+    st = block_stats(luma(image), clipped_mask(image, opaque), block)
+    return _level_from_blocks(st, min_blocks, max_spread)
+
+
+def _level_from_blocks(st: BlockStats, min_blocks: int, max_spread: float) -> NoiseLevel:
+    edges = BRIGHTNESS_BINS
+    usable = ~st.clipped & (st.spread <= max_spread)
+    which = np.clip(np.digitize(st.brightness, edges) - 1, 0, len(edges) - 2)
+    sigma = np.full(len(edges) - 1, np.nan)
+    count = np.zeros(len(edges) - 1, dtype=np.int64)
+    for b in range(len(edges) - 1):
+        s = st.sigma[usable & (which == b)]
+        count[b] = len(s)
+        if len(s) >= min_blocks:
+            sigma[b] = robust_floor(s)
+    return NoiseLevel((edges[:-1] + edges[1:]) / 2, sigma, count)
+
+
+@dataclass
+class NoiseTiles:
+    """The tiles an image gives to the bank, with what the bank records of each."""
+
+    y: np.ndarray
+    x: np.ndarray
+    residual: np.ndarray  # (N, T, T, 3) float32, 0-255 scale: the noise itself
+    pixels: np.ndarray  # (N, T, T, 3) float32 in [0, 1]: the source pixels (for contact sheets)
+    brightness: np.ndarray  # (N,) luma of the low-frequency part
+    channel_brightness: np.ndarray  # (N, 3)
+    sigma: np.ndarray  # (N,) measured residual luma std
+    channel_sigma: np.ndarray  # (N, 3)
+    level: np.ndarray  # (N,) the NLF's level at the tile's brightness
+    candidates: int  # tiles on the grid
+    nlf: NoiseLevel
+
+
+def select_noise_tiles(
+    image: np.ndarray,
+    tile: int = 32,
+    tolerance: float = 0.08,
+    max_tiles: int = 64,
+    opaque: np.ndarray | None = None,
+    max_spread: float = 48.0,
+) -> NoiseTiles:
+    """The adaptive rule: tiles holding nothing but noise, by the image's own noise level."""
+    y = luma(image)
+    bad = clipped_mask(image, opaque)
+    nlf = _level_from_blocks(block_stats(y, bad, 16), 8, max_spread / 2)
+    st = block_stats(y, bad, tile)
+    level = nlf(st.brightness)
+    ratio = st.sigma / np.maximum(level, 1e-3)
+    keep = ~st.clipped & (st.spread <= max_spread) & np.isfinite(level) & (ratio <= 1 + tolerance) & (st.sigma > 0)
+    chosen = _spread_over_brightness(np.flatnonzero(keep), ratio, st.brightness, max_tiles)
+    ys, xs = st.y[chosen], st.x[chosen]
+    residual = np.stack([_residual_rgb(image, int(a), int(b), tile) for a, b in zip(ys, xs)]) if len(chosen) else np.zeros((0, tile, tile, 3), np.float32)
+    pixels = np.stack([image[a : a + tile, b : b + tile] for a, b in zip(ys, xs)]) if len(chosen) else np.zeros((0, tile, tile, 3), np.float32)
+    return NoiseTiles(
+        ys, xs, residual.astype(np.float32), pixels.astype(np.float32), st.brightness[chosen], pixels.mean((1, 2)) * 255.0,
+        st.sigma[chosen], residual.reshape(len(chosen), -1, 3).std(1) if len(chosen) else np.zeros((0, 3)),
+        level[chosen], int(len(st.sigma)), nlf,
+    )
+
+
+def _spread_over_brightness(candidates: np.ndarray, ratio: np.ndarray, brightness: np.ndarray, limit: int) -> np.ndarray:
+    """At most `limit` tiles, taken in turn from each brightness bin, the flattest of each first."""
+    if len(candidates) <= limit:
+        return candidates
+    which = np.digitize(brightness[candidates], BRIGHTNESS_BINS)
+    queues = [list(candidates[which == b][np.argsort(ratio[candidates[which == b]], kind="stable")]) for b in np.unique(which)]
+    out: list[int] = []
+    while len(out) < limit:
+        for q in queues:
+            if q and len(out) < limit:
+                out.append(q.pop(0))
+    return np.sort(np.asarray(out, dtype=np.int64))
+
+
+def _residual_rgb(image: np.ndarray, y: int, x: int, tile: int) -> np.ndarray:
+    """A tile's RGB residual on the 0-255 scale: each channel minus its own quadratic surface."""
+    crop = image[y : y + tile, x : x + tile].astype(np.float32) * np.float32(255.0)  # (T, T, 3)
+    _, res = detrend(crop.reshape(-1, 3).T)  # (3, T*T)
+    return np.ascontiguousarray(res.T.reshape(tile, tile, 3))
+
+
+# ----------------------------------------------------------------------------------------------
+# injection
+
+
+def brightness_matched(bank_brightness: np.ndarray, wanted: np.ndarray, rng: np.random.Generator, window: float = 8.0, nearest: int = 4) -> np.ndarray:
+    """A bank index per wanted brightness: uniform among tiles within `window` levels, else the `nearest`."""
+    order = np.argsort(bank_brightness, kind="stable")
+    b = bank_brightness[order]
+    out = np.empty(len(wanted), dtype=np.int64)
+    for i, w in enumerate(np.asarray(wanted, dtype=np.float64)):
+        lo, hi = np.searchsorted(b, w - window), np.searchsorted(b, w + window, side="right")
+        if hi - lo < nearest:
+            centre = int(np.clip(np.searchsorted(b, w), 0, len(b)))
+            lo, hi = max(0, centre - nearest), min(len(b), centre + nearest)
+            near = np.argsort(np.abs(b[lo:hi] - w), kind="stable")[:nearest] + lo
+            out[i] = order[near[rng.integers(len(near))]]
+        else:
+            out[i] = order[lo + rng.integers(hi - lo)]
+    return out
+
+
+def noise_cells(size: int, tile: int) -> list[tuple[int, int]]:
+    """Top-left corners of the tiles that cover a size x size noise field."""
+    starts = patch_grid(-(-size // tile) * tile, tile, tile).tolist()
+    return [(int(a), int(b)) for a in starts for b in starts]
+
+
+def assemble_noise(tiles: list[np.ndarray], size: int) -> np.ndarray:
+    """A size x size noise field from the tiles of `noise_cells` (row-major), each mean-removed, 0-1 scale."""
+    t = tiles[0].shape[0]
+    n = -(-size // t)
+    field = np.zeros((n * t, n * t, 3), np.float32)
+    for (a, b), tl in zip(noise_cells(size, t), tiles):
+        tl = tl.astype(np.float32) / 255.0
+        field[a : a + t, b : b + t] = tl - tl.mean(axis=(0, 1), keepdims=True)
+    return field[:size, :size]

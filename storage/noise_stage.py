@@ -1,0 +1,152 @@
+"""degrade-flow's noise steps: one photo's noise patches, the bank, and the noise of one LR crop.
+
+Two rules fill the bank (`DegradeSettings.noise_rule`):
+- `reference`: the paper's collect_noise.py (square patches of low luma variance); injection
+  crops a patch and removes its channel means, exactly as the released code;
+- `adaptive`: `models.noise.select_noise_tiles`; the bank holds each tile's residual noise, and an
+  LR crop larger than a tile gets a mosaic of tiles.
+Either way, draws can match the LR crop's brightness (signal-dependent noise) or be uniform.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from models.degradation import noise_crop, select_noise_patches, to_uint8
+from models.noise import assemble_noise, brightness_matched, luma, noise_cells, select_noise_tiles
+from storage.banks import write_noise_bank
+
+class EmptyNoiseBank(RuntimeError):
+    """The bank is empty and the settings say to stop rather than make noise-free pairs."""
+
+
+COLUMNS = ("patches", "noise", "position", "gray_mean", "gray_var", "channel_mean", "channel_var", "noise_level")
+
+
+def extract_noise(rgb: np.ndarray, opaque: np.ndarray | None, s) -> tuple[dict[str, np.ndarray], dict]:
+    """One source photo's noise patches as bank columns, and a small record of how they were chosen."""
+    if s.noise_rule == "reference":
+        sel, rejected = select_noise_patches(rgb, s.noise_patch_size, s.noise_stride, s.noise_max_var, s.noise_min_mean, opaque)
+        p = s.noise_patch_size
+        patches = np.stack([to_uint8(rgb[y : y + p, x : x + p]) for y, x in zip(sel["y"], sel["x"])]) if len(sel["y"]) else np.zeros((0, p, p, 3), np.uint8)
+        pf = patches.reshape(len(patches), p * p, 3).astype(np.float64)
+        table = {
+            "patches": patches,
+            "noise": (pf - pf.mean(1, keepdims=True)).reshape(patches.shape).astype(np.float16),
+            "position": np.stack([sel["y"], sel["x"]], 1).astype(np.int32),
+            "gray_mean": sel["mean"].astype(np.float32),
+            "gray_var": sel["var"].astype(np.float32),
+            "channel_mean": pf.mean(1).astype(np.float32),
+            "channel_var": pf.var(1).astype(np.float32),
+            "noise_level": np.full(len(patches), np.nan, np.float32),
+        }
+        return table, {"count": len(patches), "rejected": rejected}
+    tiles = select_noise_tiles(rgb, s.noise_tile, s.noise_tolerance, s.noise_max_per_image, opaque)
+    n, t = len(tiles.y), s.noise_tile
+    table = {
+        "patches": to_uint8(tiles.pixels) if n else np.zeros((0, t, t, 3), np.uint8),
+        "noise": tiles.residual.astype(np.float16),
+        "position": np.stack([tiles.y, tiles.x], 1).astype(np.int32) if n else np.zeros((0, 2), np.int32),
+        "gray_mean": tiles.brightness.astype(np.float32),
+        "gray_var": (tiles.sigma**2).astype(np.float32),
+        "channel_mean": tiles.channel_brightness.astype(np.float32).reshape(n, 3),
+        "channel_var": (tiles.channel_sigma**2).astype(np.float32).reshape(n, 3),
+        "noise_level": tiles.level.astype(np.float32),
+    }
+    return table, {"count": n, "rejected": tiles.candidates - n, "noise_level": tiles.nlf.as_dict()}
+
+
+def bank_attrs(s) -> dict:
+    """What the bank says of the rule that filled it (stored in noise.zarr, shown by inspect)."""
+    common = {"rule": s.noise_rule, "patch_size": s.noise_size, "grayscale": "BT.601 luma 0.299 R + 0.587 G + 0.114 B on the 0-255 scale"}
+    if s.noise_rule == "reference":
+        return {
+            **common,
+            "stride": s.noise_stride,
+            "max_var": s.noise_max_var,
+            "min_mean": s.noise_min_mean,
+            "selection": "luma variance < max_var and luma mean > min_mean, on the source image (collect_noise.py)",
+            "grid": "every whole patch from the top-left corner, the last whole row/column included",
+            "noise": "patch minus its channel means",
+        }
+    return {
+        **common,
+        "stride": s.noise_tile,
+        "tolerance": s.noise_tolerance,
+        "max_per_image": s.noise_max_per_image,
+        "selection": "detrended luma std <= (1 + tolerance) x the photo's own noise level at the tile's brightness; no clipped, near-black or transparent pixel",
+        "noise": "each channel minus its best-fitting quadratic surface (0-255 scale, float16)",
+        "gray_mean": "luma of the tile (its brightness); gray_var: the residual's luma variance; noise_level: the photo's estimated level there",
+    }
+
+
+def write_bank(path, parts: list[dict[str, np.ndarray]], source: list[str], sha: list[str], s, sources: list[dict]) -> dict:
+    """Stack every photo's columns (in the given order) into noise.zarr."""
+    p = s.noise_size
+    empty = {"patches": (0, p, p, 3), "noise": (0, p, p, 3), "position": (0, 2), "channel_mean": (0, 3), "channel_var": (0, 3)}
+    table = {c: np.concatenate([q[c] for q in parts]) if parts else np.zeros(empty.get(c, (0,)), np.float32) for c in COLUMNS}
+    stack = table.pop("patches").astype(np.uint8)
+    table["noise"] = table["noise"].astype(np.float16)
+    table["position"] = table["position"].astype(np.int32)
+    table = {"source": np.asarray(source, dtype=str), "source_sha256": np.asarray(sha, dtype=str), **table}
+    attrs = {**bank_attrs(s), "sources": sources, "rejected": int(sum(x["rejected"] for x in sources))}
+    digest = write_noise_bank(path, stack, table, attrs)
+    count = int(len(stack))
+    return {"path": str(path), "count": count, "rejected": attrs["rejected"], "digest": digest, "warning": bank_warning(count, s)}
+
+
+def bank_warning(count: int, s) -> str:
+    """The loud message for an empty or tiny bank (empty string when the bank is fine)."""
+    if count >= max(1, s.noise_min_patches):
+        return ""
+    what = "is EMPTY: every pair will be noise-free" if count == 0 else f"holds only {count} patches (fewer than noise_min_patches={s.noise_min_patches}): few noise samples repeat in every pair"
+    if s.noise_rule == "reference":
+        fix = "try --noise-rule adaptive, or a smaller --noise-patch-size / a larger --noise-max-var"
+    else:
+        fix = "add photos with flat areas (sky, walls, out-of-focus background), raise --noise-tolerance, or lower --noise-tile"
+    stop = "" if count else " (or --on-empty-noise stop to fail instead of going on)"
+    return f"noise bank {what}; {fix}{stop}"
+
+
+# ----------------------------------------------------------------------------------------------
+# injection
+
+
+def draw_noise(bank, rng: np.random.Generator, crops: list[np.ndarray], match: bool) -> list[tuple[np.ndarray, dict]]:
+    """Zero-mean noise (0-1 scale) for each LR crop of one image, and its manifest fields.
+
+    All picks come first from the image's one random stream, then one batched read of the bank.
+    """
+    if not crops or not bank.count:
+        return []
+    L, P = crops[0].shape[0], bank.patch_size
+    source = "patches" if bank.group.attrs.get("rule", "reference") == "reference" else "noise"
+    brightness = bank.column("gray_mean").astype(np.float64) if match else None
+    if P >= L:  # one patch per crop
+        if match:
+            picks, offsets = [], []
+            for c in crops:
+                picks.append([int(brightness_matched(brightness, [float(luma(c).mean())], rng)[0])])
+                offsets.append(rng.integers(0, P - L + 1, size=2))
+        else:  # the paper's draws, in the released code's order
+            picks = rng.integers(bank.count, size=(len(crops), 1))
+            offsets = rng.integers(0, P - L + 1, size=(len(crops), 2))
+    else:  # a mosaic of tiles per crop
+        cells = noise_cells(L, P)
+        offsets = [np.zeros(2, np.int64)] * len(crops)
+        if match:
+            picks = []
+            for c in crops:
+                y = luma(c)
+                picks.append(brightness_matched(brightness, [float(y[a : a + P, b : b + P].mean()) for a, b in cells], rng))
+        else:
+            picks = rng.integers(bank.count, size=(len(crops), len(cells)))
+    unique = np.unique(np.concatenate([np.asarray(q).ravel() for q in picks]))
+    data = dict(zip(unique.tolist(), np.asarray(bank.group[source].get_orthogonal_selection((unique,)))))
+    out = []
+    for q, off in zip(picks, offsets):
+        q, off = [int(i) for i in np.asarray(q).ravel()], [int(v) for v in off]
+        field = noise_crop(data[q[0]], (L, L), tuple(off)) if P >= L else assemble_noise([data[i] for i in q], L)
+        index = q[0] if P >= L else q
+        out.append((field, {"noise_id": "+".join(bank.patch_id(i) for i in q), "noise_index": index, "noise_offset": off}))
+    return out

@@ -1,0 +1,124 @@
+"""The adaptive noise rule: the noise level estimate, clipped areas, gradient removal, draws."""
+
+import numpy as np
+import pytest
+
+from models.degradation import LUMA_WEIGHTS
+from models.noise import (
+    assemble_noise,
+    brightness_matched,
+    estimate_noise_level,
+    luma,
+    noise_cells,
+    robust_floor,
+    select_noise_tiles,
+)
+
+LUMA_GAIN = float(np.sqrt((LUMA_WEIGHTS**2).sum()))  # luma std of independent RGB noise of std 1
+
+
+def _ramp(h=256, w=512, lo=0.15, hi=0.85):
+    return np.tile(np.linspace(lo, hi, w, dtype=np.float32), (h, 1))[..., None].repeat(3, 2)
+
+
+@pytest.mark.parametrize("sigma", [1.0, 3.0, 8.0])
+def test_noise_level_of_known_white_noise(sigma):
+    rng = np.random.default_rng(0)
+    img = np.clip(_ramp() + rng.normal(0, sigma / 255, (256, 512, 3)).astype(np.float32), 0, 1)
+    nlf = estimate_noise_level(img)
+    measured = nlf.sigma[np.isfinite(nlf.sigma)]
+    assert len(measured) >= 8  # every brightness of the ramp is measured
+    np.testing.assert_allclose(measured, sigma * LUMA_GAIN, rtol=0.06)
+
+
+def test_noise_level_follows_signal_dependent_noise():
+    rng = np.random.default_rng(1)
+    clean = _ramp(384, 768)
+    sd = np.sqrt(1e-3 * clean + 2e-5)  # Poisson-Gaussian: brighter is noisier
+    img = np.clip(clean + sd * rng.standard_normal(clean.shape).astype(np.float32), 0, 1)
+    nlf = estimate_noise_level(img)
+    ok = np.isfinite(nlf.sigma)
+    truth = np.sqrt(1e-3 * nlf.centres[ok] / 255 + 2e-5) * 255 * LUMA_GAIN
+    np.testing.assert_allclose(nlf.sigma[ok], truth, rtol=0.1)
+    assert nlf.sigma[ok][-1] > 1.5 * nlf.sigma[ok][0]
+
+
+def test_texture_does_not_raise_the_noise_floor():
+    rng = np.random.default_rng(2)
+    flat = rng.normal(2.0, 0.1, 200)  # blocks holding only noise
+    textured = rng.uniform(4, 30, 800)  # many more blocks holding texture too
+    assert robust_floor(np.concatenate([flat, textured])) == pytest.approx(2.0, rel=0.05)
+
+
+def test_clipped_and_near_black_areas_give_no_tiles():
+    rng = np.random.default_rng(3)
+    img = np.full((256, 384, 3), 0.5, np.float32)
+    img[:, 128:256] = 1.0  # blown highlights: the noise there is clipped away
+    img[:, 256:] = 0.0  # crushed shadows
+    img = np.clip(img + rng.normal(0, 4 / 255, img.shape).astype(np.float32), 0, 1)
+    tiles = select_noise_tiles(img, tile=32)
+    assert len(tiles.x) > 0
+    assert (tiles.x + 32 <= 128).all()  # only the mid-gray third
+    opaque = np.ones(img.shape[:2], bool)
+    opaque[:, :64] = False  # transparent pixels are not photo either
+    assert (select_noise_tiles(img, tile=32, opaque=opaque).x >= 64).all()
+
+
+def test_gradients_are_removed_and_the_noise_kept():
+    rng = np.random.default_rng(4)
+    h, w = 256, 256
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    sky = 0.35 + 0.25 * xx / w + 0.15 * (yy / h) ** 2  # a sky's ramp and shading: 100+ levels
+    noise = rng.normal(0, 3 / 255, (h, w, 3)).astype(np.float32)
+    tiles = select_noise_tiles(np.clip(sky[..., None] + noise, 0, 1), tile=32, max_tiles=1000)
+    assert len(tiles.x) >= 40
+    for res, y, x in zip(tiles.residual, tiles.y, tiles.x):
+        truth = noise[y : y + 32, x : x + 32] * 255
+        # what is left is the noise (less its own best quadratic), not the ramp
+        assert np.corrcoef(res.ravel(), truth.ravel())[0, 1] > 0.99
+        assert abs(res.std() / truth.std() - 1) < 0.05
+    # the reference's mean removal keeps the ramp: its noise reads 20 % and more too high
+    y, x = tiles.y[0], tiles.x[0]
+    patch = (sky[y : y + 32, x : x + 32, None] + noise[y : y + 32, x : x + 32]) * 255
+    assert (patch - patch.mean((0, 1))).std() > 1.2 * (noise[y : y + 32, x : x + 32] * 255).std()
+
+
+def test_a_textured_photo_gives_no_tiles_and_a_flat_one_many():
+    rng = np.random.default_rng(5)
+    small = rng.uniform(0.1, 0.9, (40, 40, 3)).astype(np.float32)
+    import cv2
+
+    busy = cv2.resize(small, (320, 320), interpolation=cv2.INTER_CUBIC).clip(0.05, 0.95)
+    busy = busy + rng.normal(0, 2 / 255, busy.shape).astype(np.float32)
+    half = busy.copy()
+    half[:160] = 0.5 + rng.normal(0, 2 / 255, (160, 320, 3)).astype(np.float32)
+    assert len(select_noise_tiles(busy).x) <= 2
+    flat = select_noise_tiles(half)
+    assert len(flat.x) >= 40 and (flat.y + 32 <= 160 + 16).mean() > 0.95
+
+
+def test_tiles_per_image_are_capped_across_brightness():
+    rng = np.random.default_rng(6)
+    img = np.clip(_ramp(512, 512) + rng.normal(0, 2 / 255, (512, 512, 3)).astype(np.float32), 0, 1)
+    tiles = select_noise_tiles(img, max_tiles=12)
+    assert len(tiles.x) == 12 and np.ptp(tiles.brightness) > 100  # not 12 of one brightness
+
+
+def test_brightness_matched_draws_stay_near_the_wanted_brightness():
+    rng = np.random.default_rng(7)
+    bank = np.linspace(10, 240, 60)
+    picks = brightness_matched(bank, [20.0, 128.0, 250.0] * 50, rng)
+    got = bank[picks].reshape(50, 3)
+    assert (np.abs(got[:, 0] - 20) <= 8).all() and (np.abs(got[:, 1] - 128) <= 8).all()
+    assert (got[:, 2] >= 220).all()  # beyond the bank: its nearest tiles
+    assert len(np.unique(picks)) > 6  # a choice, not always the same tile
+
+
+def test_a_mosaic_of_tiles_covers_a_larger_crop_with_zero_mean_noise():
+    rng = np.random.default_rng(8)
+    tiles = [rng.normal(5, 3, (16, 16, 3)).astype(np.float32) for _ in range(9)]
+    assert len(noise_cells(40, 16)) == 9
+    field = assemble_noise(tiles, 40)
+    assert field.shape == (40, 40, 3)
+    np.testing.assert_allclose(field[:16, :16] * 255, tiles[0] - tiles[0].mean((0, 1)), atol=1e-4)
+    assert abs(luma(field).mean()) < 1.0
