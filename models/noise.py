@@ -32,6 +32,7 @@ from models.degradation import LUMA_WEIGHTS, patch_grid
 VERSION = "1"  # in the preprocess cache key: bump when the tiles for the same photo change
 CLIP_LOW, CLIP_HIGH = 3.0 / 255.0, 252.0 / 255.0  # a channel this dark or bright has clipped noise
 BRIGHTNESS_BINS = np.linspace(0.0, 255.0, 17)  # 16 bins of 16 levels
+TWO_SCALE_SLACK = 0.05  # a tile's std over its 16 px sub-blocks', at most this above the photo's median
 
 
 def luma(image: np.ndarray) -> np.ndarray:
@@ -190,6 +191,12 @@ def select_noise_tiles(
     level = nlf(st.brightness)
     ratio = st.sigma / np.maximum(level, 1e-3)
     keep = ~st.clipped & (st.spread <= max_spread) & np.isfinite(level) & (ratio <= 1 + tolerance) & (st.sigma > 0)
+    if tile % 16 == 0 and tile > 16 and keep.sum() >= 4:
+        # two scales: structure between 16 px and the tile's size (a remnant that the finer
+        # surfaces take but the tile's does not) raises the tile's std over its sub-blocks'
+        fine = block_stats(y, bad, 16)
+        scales = st.sigma / np.maximum(_pool_sigma(fine.sigma, y.shape, 16, tile), 1e-6)
+        keep &= scales <= np.median(scales[keep]) * (1 + TWO_SCALE_SLACK)
     chosen = _spread_over_brightness(np.flatnonzero(keep), ratio, st.brightness, max_tiles)
     ys, xs = st.y[chosen], st.x[chosen]
     residual = np.stack([_residual_rgb(image, int(a), int(b), tile) for a, b in zip(ys, xs)]) if len(chosen) else np.zeros((0, tile, tile, 3), np.float32)
@@ -199,6 +206,14 @@ def select_noise_tiles(
         st.sigma[chosen], residual.reshape(len(chosen), -1, 3).std(1) if len(chosen) else np.zeros((0, 3)),
         level[chosen], int(len(st.sigma)), nlf,
     )
+
+
+def _pool_sigma(sigma: np.ndarray, shape: tuple, sub: int, tile: int) -> np.ndarray:
+    """The RMS of each tile's sub-block stds (tiles and sub-blocks on grids from the corner)."""
+    k = tile // sub
+    grid = sigma.reshape(shape[0] // sub, shape[1] // sub)
+    rows, cols = shape[0] // tile, shape[1] // tile
+    return np.sqrt((grid[: rows * k, : cols * k] ** 2).reshape(rows, k, cols, k).mean((1, 3))).ravel()
 
 
 def _spread_over_brightness(candidates: np.ndarray, ratio: np.ndarray, brightness: np.ndarray, limit: int) -> np.ndarray:
