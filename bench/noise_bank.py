@@ -7,7 +7,8 @@ variance a*x + b on [0, 1] with 30 % of it shared by the three channels, and may
 (quality 75, OpenCV's 4:2:0). The true noise of a photo is its camera's output minus the same
 camera's output without noise, so JPEG's removal of noise counts as the camera's.
 
-For the reference rule (256 px, luma variance < 20, mean > 0: the paper's collect_noise.py) and
+For the reference rule (256 px, luma variance < 20, mean > 0: the paper's collect_noise.py), the
+same rule with 64 px patches (`reference-64`, so that it finds something on small photos) and
 the adaptive rule (`models.noise.select_noise_tiles`), per camera and size:
 - patches found per image (min and mean) and images with none;
 - the bank's noise level per brightness bin (median luma std of its patches as injection adds
@@ -131,9 +132,10 @@ def low_share(patch: np.ndarray, cut: float = 1 / 16) -> float:
 def extract(rule: str, photo: np.ndarray) -> dict:
     """One photo's bank part: per patch the luma noise as injection adds it, brightness, RGB noise."""
     t = time.perf_counter()
-    if rule == "reference":
-        sel, _ = select_noise_patches(photo, 256, 256, 20.0, 0.0)
-        noise = [photo[y : y + 256, x : x + 256] * 255.0 for y, x in zip(sel["y"], sel["x"])]
+    if rule.startswith("reference"):
+        p = int(rule.split("-")[1]) if "-" in rule else 256
+        sel, _ = select_noise_patches(photo, p, p, 20.0, 0.0)
+        noise = [photo[y : y + p, x : x + p] * 255.0 for y, x in zip(sel["y"], sel["x"])]
         noise = [p - p.mean((0, 1)) for p in noise]
         brightness = sel["mean"]
     else:
@@ -220,7 +222,7 @@ def _fmt(v, pct=False):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cameras", default=",".join(CAMERAS))
-    ap.add_argument("--rules", default="reference,adaptive")
+    ap.add_argument("--rules", default="reference,reference-64,adaptive", help="reference-P: the reference rule with P px patches")
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "noise_bank.jsonl")
     args = ap.parse_args()
     cv2.setNumThreads(1)
