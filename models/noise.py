@@ -32,6 +32,7 @@ from models.degradation import LUMA_WEIGHTS, patch_grid
 VERSION = "1"  # in the preprocess cache key: bump when the tiles for the same photo change
 CLIP_LOW, CLIP_HIGH = 3.0 / 255.0, 252.0 / 255.0  # a channel this dark or bright has clipped noise
 BRIGHTNESS_BINS = np.linspace(0.0, 255.0, 17)  # 16 bins of 16 levels
+POOL_BINS = 2
 TWO_SCALE_SLACK = 0.05  # a tile's std over its 16 px sub-blocks', at most this above the photo's median
 
 
@@ -155,6 +156,13 @@ def _level_from_blocks(st: BlockStats, min_blocks: int, max_spread: float) -> No
         count[b] = len(s)
         if len(s) >= min_blocks:
             sigma[b] = robust_floor(s)
+    # a small photo has few blocks per bin: a bin short of them borrows its neighbours' (up to
+    # two bins, 32 levels, each side), so a 0.03 MP photo still gets a level where it is flat
+    for b in np.flatnonzero(count > 0):
+        if np.isnan(sigma[b]):
+            near = usable & (np.abs(which - b) <= POOL_BINS)
+            if near.sum() >= min_blocks:
+                sigma[b] = robust_floor(st.sigma[near])
     return NoiseLevel((edges[:-1] + edges[1:]) / 2, sigma, count)
 
 

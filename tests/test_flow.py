@@ -117,12 +117,31 @@ def test_kernelgan_fills_the_kernel_bank(photo_dir, tmp_path, prefect_server, ca
 def test_inspect_writes_contact_sheets(photo_dir, tmp_path, prefect_server, capsys):
     import cv2
 
-    run_degrade(DegradeSettings(source=photo_dir, out=tmp_path / "run", **SMALL), workers=1)
+    run_degrade(DegradeSettings(source=photo_dir, out=tmp_path / "run", pair_hr_size=32, noise_tile=16), workers=1)
     capsys.readouterr()
     assert main(["inspect", str(tmp_path / "run" / "noise.zarr"), "--sheet", str(tmp_path / "noise.png")]) == 0
     assert main(["inspect", str(tmp_path / "run" / "kernels.zarr")]) == 0
     out = capsys.readouterr().out
-    assert "96 patches" in out and "x4: 1 kernels 25x25, 1 valid" in out
+    assert "patches of 16px from 4/4 sources" in out and "rule adaptive" in out and "x4: 1 kernels 25x25, 1 valid" in out
     assert cv2.imread(str(tmp_path / "noise.png")) is not None
+    plot = cv2.imread(str(tmp_path / "noise_level.png"))  # the noise level against brightness, beside the sheet
+    assert plot is not None and (plot[..., 2] > 180).any() and (plot[..., 0] < 60).any()  # red median line drawn
     assert cv2.imread(str(tmp_path / "run" / "kernels_sheet.png")) is not None
     assert main(["inspect", str(photo_dir)]) == 2
+
+
+def test_an_empty_noise_bank_warns_loudly_or_stops(tmp_path, prefect_server, capsys):
+    from tests.conftest import textured
+
+    for i in range(2):
+        write_rgb(tmp_path / "busy" / f"b{i}.png", textured(96, 128, i))
+    flags = ["degrade", "--source", str(tmp_path / "busy"), "--pair-hr-size", "32", "--workers", "1"]
+    assert main([*flags, "--out", str(tmp_path / "warn")]) == 0
+    err = capsys.readouterr().err
+    assert "WARNING: noise bank is EMPTY: every pair will be noise-free" in err and "flat areas" in err
+    summary = json.loads((tmp_path / "warn" / "summary.json").read_text())
+    assert summary["noise_bank"]["count"] == 0 and "EMPTY" in summary["noise_bank"]["warning"]
+    assert main([*flags, "--out", str(tmp_path / "stop"), "--on-empty-noise", "stop"]) == 2
+    err = capsys.readouterr().err
+    assert "stopped before the pairs (on_empty_noise=stop)" in err
+    assert not (tmp_path / "stop" / "pairs" / "manifest.jsonl").exists()
