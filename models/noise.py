@@ -194,7 +194,8 @@ def select_noise_tiles(
     """The adaptive rule: tiles holding nothing but noise, by the image's own noise level."""
     y = luma(image)
     bad = clipped_mask(image, opaque)
-    nlf = _level_from_blocks(block_stats(y, bad, 16), 8, max_spread / 2)
+    fine = block_stats(y, bad, 16)
+    nlf = _level_from_blocks(fine, 8, max_spread / 2)
     st = block_stats(y, bad, tile)
     level = nlf(st.brightness)
     ratio = st.sigma / np.maximum(level, 1e-3)
@@ -202,7 +203,6 @@ def select_noise_tiles(
     if tile % 16 == 0 and tile > 16 and keep.sum() >= 4:
         # two scales: structure between 16 px and the tile's size (a remnant that the finer
         # surfaces take but the tile's does not) raises the tile's std over its sub-blocks'
-        fine = block_stats(y, bad, 16)
         scales = st.sigma / np.maximum(_pool_sigma(fine.sigma, y.shape, 16, tile), 1e-6)
         keep &= scales <= np.median(scales[keep]) * (1 + TWO_SCALE_SLACK)
     chosen = _spread_over_brightness(np.flatnonzero(keep), ratio, st.brightness, max_tiles)
