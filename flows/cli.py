@@ -2,6 +2,7 @@
 
   realsr degrade --source DIR --out RUN_DIR [--scale 4] [--kernels bicubic|bank:PATH] ...
   realsr inspect RUN_DIR/kernels.zarr|noise.zarr [--sheet OUT.png]
+  realsr upscale -i IN -o OUT [--model PATH|NAME] [-s OUTSCALE] [-t TILE] [--tile-pad P] ...
   realsr sample --out DIR [--count 8]      synthetic camera photos to try the pipeline on
   realsr demo [RUN_DIR]                    sample photos -> degrade -> inspect, all embedded
 """
@@ -58,6 +59,19 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="statistics and a PNG contact sheet of a kernel or noise bank")
     i.add_argument("bank", type=Path)
     i.add_argument("--sheet", type=Path, default=None, help="where to write the PNG (default: beside the bank)")
+    u = sub.add_parser("upscale", help="super-resolve a photo or a folder of photos with an SR generator")
+    u.add_argument("-i", "--input", required=True, type=Path, help="an image file or a folder of images")
+    u.add_argument("-o", "--output", required=True, type=Path, help="output folder (or file name for one input)")
+    u.add_argument("--model", default="realesrgan-x4plus", help="checkpoint path, or realsr-df2k / realesrgan-x4plus from REALSR_WEIGHTS_DIR")
+    u.add_argument("-s", "--outscale", type=float, default=None, help="final upscale factor (a Lanczos resize after the model); default the model's scale")
+    u.add_argument("-t", "--tile", type=int, default=0, help="tile size in input px, 0 for none (use it when memory runs short)")
+    u.add_argument("--tile-pad", type=int, default=48, help="context around each tile, px (more: closer to untiled output)")
+    u.add_argument("--fp32", action="store_true", help="fp32 on the GPU too (default there: fp16)")
+    u.add_argument("--bf16", action="store_true", help="bf16 instead of fp16 on the GPU")
+    u.add_argument("--ext", default="auto", choices=["auto", "png", "jpg"], help="output format; auto keeps the input's (PNG where alpha or 16-bit needs it)")
+    u.add_argument("--suffix", default="out", help="appended to output file names ('' for none)")
+    u.add_argument("--alpha", default="model", choices=["model", "bicubic"], help="how an alpha channel is upscaled")
+    u.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     s = sub.add_parser("sample", help="write seeded synthetic camera photos")
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--count", type=int, default=8)
@@ -108,6 +122,33 @@ def write_samples(out: Path, count: int, seed: int) -> list[Path]:
     return paths
 
 
+def run_upscale(args) -> int:
+    """`realsr upscale`: 0 when every input was written, 1 when some failed (listed at the end)."""
+    import torch
+    from tqdm import tqdm
+
+    from storage.checkpoints import load_generator
+    from storage.upscaling import UpscaleOptions, inputs, upscale_paths
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
+    gen = load_generator(args.model)
+    gen.model.to(device)
+    precision = "fp32" if args.fp32 or device.type == "cpu" else ("bf16" if args.bf16 else "fp16")
+    if device.type == "cuda" and precision != "fp32":
+        gen.model.to(torch.float16 if precision == "fp16" else torch.bfloat16)
+    if device.type == "cuda":
+        gen.model.to(memory_format=torch.channels_last)
+    opts = UpscaleOptions(outscale=args.outscale, tile=args.tile, tile_pad=args.tile_pad, precision=precision, ext=args.ext, suffix=args.suffix, alpha=args.alpha)
+    paths = inputs(args.input)
+    print(f"{gen.describe()} on {device} ({precision}); {len(paths)} image(s); tile {args.tile or 'off'}", file=sys.stderr)
+    with tqdm(total=1, unit="tile", file=sys.stderr, leave=False, disable=None) as bar:
+        report = upscale_paths(paths, args.output, gen, opts, device, bar, log=lambda m: tqdm.write(m, file=sys.stderr))
+    print(f"{len(report.written)} written, {len(report.failed)} failed", file=sys.stderr)
+    for f in report.failed:
+        print(f"  {f['source']}: {f['reason']}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
 def _print_result(summary: dict) -> None:
     from flows.degrade import summary_markdown
 
@@ -140,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print(inspect_bank(args.bank, args.sheet))
             return 0
+        if args.command == "upscale":
+            return run_upscale(args)
         if args.command == "sample":
             for p in write_samples(args.out, args.count, args.seed):
                 print(p)
@@ -162,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             where = ".".join(str(x) for x in err["loc"]) or "settings"
             print(f"  {where}: {err['msg']}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, NotADirectoryError, ValueError, EmptyNoiseBank) as e:
+    except (FileNotFoundError, NotADirectoryError, ValueError, EmptyNoiseBank) as e:  # CheckpointError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

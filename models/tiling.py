@@ -64,42 +64,64 @@ def run_network(net: torch.nn.Module, image: np.ndarray, device: torch.device, d
     return y[0].permute(1, 2, 0).cpu().numpy()
 
 
+def to_dtype(x: np.ndarray, dtype) -> np.ndarray:
+    """[0, 1] floats to the output's sample type (rounded for integers)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return x.astype(dtype, copy=False)
+    top = float(np.iinfo(dtype).max)
+    return np.clip(np.rint(x * top), 0, top).astype(dtype)
+
+
 def upscale(
     net: torch.nn.Module,
     image: np.ndarray,
     scale: int,
     tile: int = 0,
-    pad: int = 16,
+    pad: int = 48,
     overlap: int = 16,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     channels_last: bool = False,
+    out_dtype=np.float32,
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """The image (H, W, C float32 in [0, 1]) upscaled by the network; `tile` 0 runs it whole."""
+    """The image (H, W, C float32 in [0, 1]) upscaled by the network; `tile` 0 runs it whole.
+
+    Tiled, the output is accumulated one row of tiles at a time in float32 and each finished
+    band of rows is converted into the `out_dtype` buffer: besides that buffer, host memory
+    holds about two rows of tiles.
+    """
     device = torch.device(device)
     h, w, c = image.shape
     if tile <= 0 or (h <= tile and w <= tile):
-        out = run_network(net, image, device, dtype, channels_last)
+        out = to_dtype(run_network(net, image, device, dtype, channels_last), out_dtype)
         if progress:
             progress(1)
         return out
-    if tile <= overlap:
-        raise ValueError(f"tile {tile} must be larger than the overlap {overlap}")
+    overlap = min(overlap, tile // 2)  # small tiles: at most half a tile of ramp
     ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
     wy, wx = axis_weights(ys, tile, h, scale), axis_weights(xs, tile, w, scale)
-    out = np.zeros((h * scale, w * scale, c), np.float32)  # the one host buffer
+    out = np.empty((h * scale, w * scale, c), out_dtype)  # the one output-sized buffer
     th, tw = min(tile, h), min(tile, w)
+    done = 0  # output rows before this are final and converted
+    acc = np.zeros((0, w * scale, c), np.float32)  # rows [done, done + len(acc)) being summed
     for i, y in enumerate(ys):
+        top, bottom = y * scale, (y + th) * scale
+        if bottom > done + len(acc):  # grow the band down to this row of tiles' bottom
+            acc = np.concatenate([acc, np.zeros((bottom - done - len(acc), w * scale, c), np.float32)])
         for j, x in enumerate(xs):
             y0, x0 = max(0, y - pad), max(0, x - pad)
             y1, x1 = min(h, y + th + pad), min(w, x + tw + pad)
             res = run_network(net, image[y0:y1, x0:x1], device, dtype, channels_last)
             oy, ox = (y - y0) * scale, (x - x0) * scale
             part = res[oy : oy + th * scale, ox : ox + tw * scale]
-            out[y * scale : (y + th) * scale, x * scale : (x + tw) * scale] += part * (wy[i][:, None, None] * wx[j][None, :, None])
+            acc[top - done : bottom - done, x * scale : (x + tw) * scale] += part * (wy[i][:, None, None] * wx[j][None, :, None])
             if progress:
                 progress(1)
+        final = ys[i + 1] * scale if i + 1 < len(ys) else h * scale  # no later tile reaches above this
+        out[done:final] = to_dtype(acc[: final - done], out_dtype)
+        acc, done = acc[final - done :], final
     return out
 
 
@@ -107,4 +129,5 @@ def tile_count(h: int, w: int, tile: int, overlap: int = 16) -> int:
     """How many network calls `upscale` makes (for progress bars)."""
     if tile <= 0 or (h <= tile and w <= tile):
         return 1
+    overlap = min(overlap, tile // 2)
     return len(tile_starts(h, tile, overlap)) * len(tile_starts(w, tile, overlap))

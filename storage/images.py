@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,37 @@ class SourceImage:
     opaque: np.ndarray | None  # (H, W) bool where alpha is full; None when there is no alpha
     bit_depth: int
     notes: list[str] = field(default_factory=list)
+    alpha: np.ndarray | None = None  # (H, W) float32 in [0, 1] when the file has an alpha channel
+    gray: bool = False  # the file is single-channel
+
+
+EXIF_ORIENTATION = 0x0112
+
+
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation tag (1-8; 1 = as stored) of JPEG/PNG/WebP/TIFF bytes; 1 when there is none."""
+    try:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as im:
+            value = int(im.getexif().get(EXIF_ORIENTATION, 1))
+    except Exception:
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def apply_orientation(a: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn stored pixels upright as viewers do (PIL's exif_transpose, in numpy)."""
+    ops = {
+        2: lambda x: x[:, ::-1],
+        3: lambda x: x[::-1, ::-1],
+        4: lambda x: x[::-1],
+        5: lambda x: x.swapaxes(0, 1),
+        6: lambda x: np.rot90(x, -1),
+        7: lambda x: x[::-1, ::-1].swapaxes(0, 1),
+        8: lambda x: np.rot90(x, 1),
+    }
+    return np.ascontiguousarray(ops[orientation](a)) if orientation in ops else a
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -67,8 +99,11 @@ def _check_complete(path: Path, data: bytes) -> None:
         raise BadImageError(path, "truncated PNG (no IEND chunk)")
 
 
-def decode_image(path: Path | str, data: bytes, max_pixels: int = 200_000_000) -> SourceImage:
-    """Decode bytes into RGB float32; gray, 16-bit, alpha, palette and CMYK are converted, with notes."""
+def decode_image(path: Path | str, data: bytes, max_pixels: int = 200_000_000, upright: bool = False) -> SourceImage:
+    """Decode bytes into RGB float32; gray, 16-bit, alpha, palette and CMYK are converted, with notes.
+
+    `upright` applies the EXIF orientation (what a viewer shows); degrade-flow reads pixels as stored.
+    """
     path = Path(path)
     if not data:
         raise BadImageError(path, "empty file")
@@ -94,10 +129,13 @@ def decode_image(path: Path | str, data: bytes, max_pixels: int = 200_000_000) -
         notes.append("float image, clipped to [0, 1]")
     else:
         raise BadImageError(path, f"unsupported sample type {img.dtype}")
+    if upright and (turn := exif_orientation(data)) != 1:
+        img = apply_orientation(img, turn)
+        notes.append(f"EXIF orientation {turn} applied")
     if img.ndim == 2:
         img = img[..., None]
     channels = img.shape[2]
-    opaque = None
+    opaque = alpha = None
     if channels == 1:
         notes.append("gray, replicated to RGB")
         rgb = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
@@ -105,6 +143,7 @@ def decode_image(path: Path | str, data: bytes, max_pixels: int = 200_000_000) -
         rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     elif channels == 4:
         opaque = img[..., 3] >= (scale if depth != 32 else 1.0)
+        alpha = np.clip(img[..., 3].astype(np.float32) / np.float32(scale), 0, 1)
         notes.append("alpha channel ignored; transparent pixels excluded from noise patches")
         rgb = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
     else:
@@ -113,7 +152,7 @@ def decode_image(path: Path | str, data: bytes, max_pixels: int = 200_000_000) -
     rgb *= np.float32(1.0 / scale)
     if depth == 32:
         np.clip(rgb, 0.0, 1.0, out=rgb)
-    return SourceImage(str(path), sha256_bytes(data), rgb, opaque, depth, notes)
+    return SourceImage(str(path), sha256_bytes(data), rgb, opaque, depth, notes, alpha, channels == 1)
 
 
 def read_bytes(path: Path | str) -> bytes:
@@ -124,8 +163,8 @@ def read_bytes(path: Path | str) -> bytes:
         raise BadImageError(path, f"cannot read ({e.strerror or e})") from None
 
 
-def read_image(path: Path | str, max_pixels: int = 200_000_000) -> SourceImage:
-    return decode_image(path, read_bytes(path), max_pixels)
+def read_image(path: Path | str, max_pixels: int = 200_000_000, upright: bool = False) -> SourceImage:
+    return decode_image(path, read_bytes(path), max_pixels, upright)
 
 
 def encode_png(rgb: np.ndarray) -> bytes:

@@ -1,0 +1,103 @@
+"""`realsr upscale`: odd inputs keep their layout, bad files fail alone, EXIF orientation, outscale."""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from flows.cli import main
+from models.rrdbnet import RRDBConfig, RRDBNet
+from storage.checkpoints import load_generator, save_generator
+from storage.upscaling import UpscaleOptions, upscale_paths
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "tiny_x4.pth"
+    save_generator(path, RRDBNet(RRDBConfig(num_feat=8, num_block=1, num_grow_ch=32)))
+    return path
+
+
+def _inputs(folder: Path) -> dict[str, Path]:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "rgb.png": rng.integers(0, 256, (20, 28, 3), dtype=np.uint8),
+        "gray.png": rng.integers(0, 256, (18, 22), dtype=np.uint8),
+        "deep.png": rng.integers(0, 65536, (16, 20, 3), dtype=np.uint16),
+        "alpha.png": np.dstack([rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), np.tile(np.linspace(0, 255, 16).astype(np.uint8), (16, 1))]),
+        "dot.png": np.full((1, 1, 3), 128, np.uint8),
+        "photo.jpg": rng.integers(0, 256, (24, 24, 3), dtype=np.uint8),
+    }
+    for name, a in files.items():
+        assert cv2.imwrite(str(folder / name), a)
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 50)
+    assert cv2.imwrite(str(folder / "big.png"), np.zeros((40, 40, 3), np.uint8))  # over the pixel limit below
+    return {n: folder / n for n in [*files, "corrupt.png", "big.png"]}
+
+
+def test_a_folder_of_odd_inputs(tiny_model, tmp_path):
+    files = _inputs(tmp_path / "in")
+    gen = load_generator(tiny_model)
+    paths = sorted(files.values())
+    opts = UpscaleOptions(max_megapixels=1000 / 1e6, alpha="bicubic")  # 'big.png' (1600 px) is over it, the rest not
+    report = upscale_paths(paths, tmp_path / "out", gen, opts, torch.device("cpu"), log=lambda m: None)
+    failed = {Path(f["source"]).name: f["reason"] for f in report.failed}
+    assert set(failed) == {"corrupt.png", "big.png"}
+    assert "MP limit" in failed["big.png"] and "truncated PNG" in failed["corrupt.png"]
+    read = lambda n: cv2.imread(str(tmp_path / "out" / n), cv2.IMREAD_UNCHANGED)  # noqa: E731
+    assert read("rgb_out.png").shape == (80, 112, 3)
+    assert read("gray_out.png").shape == (72, 88)  # gray stays gray
+    deep = read("deep_out.png")
+    assert deep.dtype == np.uint16 and deep.shape == (64, 80, 3) and deep.max() > 255  # 16-bit stays 16-bit
+    alpha = read("alpha_out.png")
+    assert alpha.shape == (64, 64, 4)
+    ramp = alpha[32, :, 3].astype(float)  # the alpha ramp survives, upscaled on its own
+    assert ramp[0] < 60 and ramp[-1] > 200 and np.all(np.diff(ramp[4:-4]) >= -8)
+    assert read("dot_out.png").shape == (4, 4, 3)  # a 1x1 image works
+    by_model = upscale_paths([files["alpha.png"]], tmp_path / "m", gen, UpscaleOptions(), torch.device("cpu"), log=lambda m: None)
+    assert not by_model.failed and cv2.imread(str(tmp_path / "m" / "alpha_out.png"), cv2.IMREAD_UNCHANGED).shape == (64, 64, 4)
+    assert read("photo_out.jpg").shape == (96, 96, 3)
+
+
+def test_exif_orientation_outscale_tiling_and_determinism(tiny_model, tmp_path):
+    from PIL import Image, ImageOps
+
+    rng = np.random.default_rng(1)
+    stored = rng.integers(0, 256, (20, 32, 3), dtype=np.uint8)
+    im = Image.fromarray(stored)
+    exif = im.getexif()
+    exif[0x0112] = 6  # rotated 90 degrees: viewers show it 32 high, 20 wide
+    (tmp_path / "in").mkdir()
+    im.save(tmp_path / "in" / "turned.jpg", exif=exif, quality=95)
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "in" / "turned.jpg")))
+    args = ["upscale", "-i", str(tmp_path / "in" / "turned.jpg"), "--model", str(tiny_model), "--ext", "png"]
+    assert main([*args, "-o", str(tmp_path / "a")]) == 0
+    out = cv2.imread(str(tmp_path / "a" / "turned_out.png"))[..., ::-1]
+    assert out.shape == (upright.shape[0] * 4, upright.shape[1] * 4, 3) == (128, 80, 3)
+    from storage.images import read_image
+
+    seen = read_image(tmp_path / "in" / "turned.jpg", upright=True)  # the pixels as a viewer shows them
+    assert np.abs(seen.rgb * 255 - upright).max() <= 2 and "EXIF orientation 6 applied" in seen.notes
+    assert main([*args, "-o", str(tmp_path / "b"), "-s", "2"]) == 0
+    assert cv2.imread(str(tmp_path / "b" / "turned_out.png")).shape == (64, 40, 3)
+    assert main([*args, "-o", str(tmp_path / "c"), "-t", "12", "--tile-pad", "24"]) == 0
+    tiled = cv2.imread(str(tmp_path / "c" / "turned_out.png"))[..., ::-1]
+    assert np.abs(tiled.astype(int) - out.astype(int)).max() <= 1  # seamless: within rounding
+    assert main([*args, "-o", str(tmp_path / "d")]) == 0
+    assert (tmp_path / "d" / "turned_out.png").read_bytes() == (tmp_path / "a" / "turned_out.png").read_bytes()
+
+
+def test_cli_reports_failures_and_refuses_a_bad_checkpoint(tiny_model, tmp_path, capsys):
+    files = _inputs(tmp_path / "in")
+    files["big.png"].unlink()
+    assert main(["upscale", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", str(tiny_model), "--suffix", ""]) == 1
+    err = capsys.readouterr().err
+    assert "6 written, 1 failed" in err and "corrupt.png: truncated PNG" in err
+    assert (tmp_path / "out" / "rgb.png").exists()
+    (tmp_path / "bad.pth").write_bytes(tiny_model.read_bytes()[:100])
+    assert main(["upscale", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "x"), "--model", str(tmp_path / "bad.pth")]) == 2
+    assert "bad.pth: not a readable torch checkpoint" in capsys.readouterr().err
