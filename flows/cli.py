@@ -3,6 +3,7 @@
   realsr degrade --source DIR --out RUN_DIR [--scale 4] [--kernels bicubic|bank:PATH] ...
   realsr inspect RUN_DIR/kernels.zarr|noise.zarr [--sheet OUT.png]
   realsr upscale -i IN -o OUT [--model PATH|NAME] [-s OUTSCALE] [-t TILE] [--tile-pad P] ...
+  realsr evaluate --lr DIR [--hr DIR] --model CKPT [--model CKPT ...] --out DIR [-s 4]
   realsr sample --out DIR [--count 8]      synthetic camera photos to try the pipeline on
   realsr demo [RUN_DIR]                    sample photos -> degrade -> inspect, all embedded
 """
@@ -72,6 +73,17 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--suffix", default="out", help="appended to output file names ('' for none)")
     u.add_argument("--alpha", default="model", choices=["model", "bicubic"], help="how an alpha channel is upscaled")
     u.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    e = sub.add_parser("evaluate", help="models side by side (and bicubic) on LR test images, with metrics when HR is given")
+    e.add_argument("--lr", required=True, type=Path, help="folder of LR test images")
+    e.add_argument("--hr", type=Path, default=None, help="folder of HR ground truth, matched by file stem")
+    e.add_argument("--model", action="append", default=[], help="checkpoint path or known name; repeat for more models")
+    e.add_argument("--out", required=True, type=Path)
+    e.add_argument("-s", "--scale", type=int, default=4)
+    e.add_argument("--crop-border", type=int, default=None, help="pixels dropped on each side before PSNR/SSIM (default: the scale)")
+    e.add_argument("-t", "--tile", type=int, default=0)
+    e.add_argument("--tile-pad", type=int, default=48)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--lpips-alexnet", type=Path, default=None, help="AlexNet features file for LPIPS (default: REALSR_WEIGHTS_DIR's)")
     s = sub.add_parser("sample", help="write seeded synthetic camera photos")
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--count", type=int, default=8)
@@ -149,6 +161,25 @@ def run_upscale(args) -> int:
     return 1 if report.failed else 0
 
 
+def run_evaluate(args) -> int:
+    """`realsr evaluate` against the configured Prefect API or an embedded one; prints the means."""
+    from flows.evaluate import evaluate_flow
+    from flows.runtime import prefect_api
+    from flows.settings import EvaluateSettings
+
+    settings = EvaluateSettings(
+        lr=args.lr, hr=args.hr, models=args.model, out=args.out, scale=args.scale, crop_border=args.crop_border,
+        tile=args.tile, tile_pad=args.tile_pad, device=args.device, lpips_alexnet=args.lpips_alexnet,
+    )
+    with prefect_api():
+        result = evaluate_flow(settings)
+    print((Path(result["out"]) / "results.md").read_text())
+    print(f"{result['computed']} computed, {result['cached']} from the cache; per image: {result['csv']}; sheet: {result['sheet']}")
+    for f in result["failures"]:
+        print(f"FAILED {f['model']} on {f['image']}: {f['reason']}", file=sys.stderr)
+    return 1 if result["failures"] else 0
+
+
 def _print_result(summary: dict) -> None:
     from flows.degrade import summary_markdown
 
@@ -183,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "upscale":
             return run_upscale(args)
+        if args.command == "evaluate":
+            return run_evaluate(args)
         if args.command == "sample":
             for p in write_samples(args.out, args.count, args.seed):
                 print(p)

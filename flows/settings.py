@@ -117,3 +117,32 @@ class DegradeSettings(BaseModel):
             "seed": self.seed,
             "noise_match_brightness": self.noise_match_brightness,
         }
+
+
+class EvaluateSettings(BaseModel):
+    """What evaluate-flow compares: models (and bicubic) on a folder of LR photos."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lr: Path = Field(description="Folder of LR test images.")
+    hr: Path | None = Field(None, description="Folder of their HR ground truth, matched by file stem (none: SR images and a sheet only).")
+    models: list[str] = Field(default_factory=list, description="Checkpoint paths or known names (realsr-df2k, realesrgan-x4plus); bicubic is always a row.")
+    out: Path = Field(description="Output folder: results.csv, results.md, sr/<model>/, contact_sheet.png, cache/.")
+    scale: Literal[2, 4] = Field(4, description="SR scale; every model must have it.")
+    crop_border: int | None = Field(None, ge=0, le=64, description="Pixels dropped on each side before PSNR/SSIM (default: the scale).")
+    tile: int = Field(0, ge=0, le=8192, description="Tile size in LR px for the models (0: whole images).")
+    tile_pad: int = Field(48, ge=0, le=512, description="Context around each tile, px.")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="Torch device: auto, cpu, cuda or cuda:N.")
+    lpips_alexnet: Path | None = Field(None, description="AlexNet features file for LPIPS (default: REALSR_WEIGHTS_DIR's, else lpips' own download).")
+
+    @property
+    def crop(self) -> int:
+        return self.scale if self.crop_border is None else self.crop_border
+
+    @model_validator(mode="after")
+    def _paths(self) -> "EvaluateSettings":
+        if not self.lr.is_dir():
+            raise ValueError(f"lr: {self.lr} is not a folder")
+        if self.hr is not None and not self.hr.is_dir():
+            raise ValueError(f"hr: {self.hr} is not a folder")
+        return self

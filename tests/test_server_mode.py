@@ -64,7 +64,9 @@ def test_deployment_run_through_a_worker(server_env, tmp_path):
     write_samples(tmp_path / "photos", 2, 0)
     out = tmp_path / "run"
     _ok(["work-pool", "create", "cpu-pool", "--type", "process"], server_env)
-    _ok(["--no-prompt", "deploy", "--all"], server_env)
+    _ok(["work-pool", "create", "gpu-pool", "--type", "process"], server_env)
+    deployed = _ok(["--no-prompt", "deploy", "--all"], server_env)
+    assert "evaluate-flow/evaluate" in deployed or "evaluate" in _ok(["deployment", "ls"], server_env)
     params = json.dumps({"source": str(tmp_path / "photos"), "out": str(out)})
     _ok(["deployment", "run", "degrade-flow/degrade", "-p", f"settings={params}"], server_env)
     _ok(["worker", "start", "--pool", "cpu-pool", "--run-once"], server_env, timeout=300)

@@ -1,0 +1,228 @@
+"""evaluate-flow's steps: models side by side on a folder of LR photos, with or without HR.
+
+Per (model, image) one record: the SR image written under `OUT/sr/<model>/`, seconds, and, when
+the HR is there (matched by file stem), PSNR/SSIM on Y and RGB and LPIPS. A record is keyed on
+the model file's hash, the LR image's hash (and the HR's) and the settings that change numbers,
+and written last: a rerun computes only what is new. Bicubic upscaling is always a row.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from models.metrics import LPIPS, psnr, ssim
+from models.tiling import upscale
+from storage.atomic import read_json, write_bytes, write_json
+from storage.checkpoints import LoadedGenerator, load_generator, resolve_weights, weights_dir
+from storage.images import IMAGE_SUFFIXES, BadImageError, read_bytes, read_image, sha256_bytes, write_png
+from storage.inspect import _grid, _label, _write_sheet
+
+METRICS_VERSION = "1"  # in every record's key: bump when a metric's definition changes
+BICUBIC = "bicubic"
+
+
+@dataclass
+class TestImage:
+    stem: str
+    lr: Path
+    hr: Path | None
+    key: str  # the hashes of its files
+
+
+def test_images(lr_dir: Path, hr_dir: Path | None) -> tuple[list[TestImage], list[str]]:
+    """LR files (sorted), each with the HR of the same stem when there is an HR folder; and notes."""
+    lr_dir = Path(lr_dir)
+    if not lr_dir.is_dir():
+        raise NotADirectoryError(f"{lr_dir}: not a folder of LR images")
+    lrs = sorted(p for p in lr_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not lrs:
+        raise FileNotFoundError(f"{lr_dir}: no images")
+    hrs = {}
+    if hr_dir is not None:
+        hrs = {p.stem: p for p in sorted(Path(hr_dir).iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
+    notes, out = [], []
+    for p in lrs:
+        hr = hrs.get(p.stem)
+        if hr_dir is not None and hr is None:
+            notes.append(f"{p.name}: no HR of the same stem in {hr_dir} (SR only)")
+        digest = sha256_bytes(read_bytes(p)) + (sha256_bytes(read_bytes(hr)) if hr else "")
+        out.append(TestImage(p.stem, p, hr, hashlib.sha256(digest.encode()).hexdigest()))
+    return out, notes
+
+
+def model_label(spec: str, used: set[str]) -> str:
+    """A short unique name for a model's rows and folder: its file stem (or name)."""
+    base = Path(str(spec)).stem if Path(str(spec)).suffix else str(spec)
+    label, n = base, 2
+    while label in used:
+        label, n = f"{base}-{n}", n + 1
+    used.add(label)
+    return label
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def lpips_metric(alexnet: Path | None) -> LPIPS:
+    """LPIPS-alex from the given trunk, else the weights folder's, else lpips' own download."""
+    if alexnet is None and (folder := weights_dir()) is not None and (folder / "alexnet_features_imagenet.pth").exists():
+        alexnet = folder / "alexnet_features_imagenet.pth"
+    return LPIPS(alexnet)
+
+
+def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
+    h, w = lr.shape[:2]
+    return np.clip(cv2.resize(lr, (w * scale, h * scale), interpolation=cv2.INTER_CUBIC), 0, 1)
+
+
+def _hr_for(img: TestImage, shape: tuple[int, int], scale: int) -> np.ndarray:
+    """The HR, cut to LR size x scale when it is up to scale-1 px larger (mod-crop); else an error."""
+    hr = read_image(img.hr, upright=True).rgb
+    h, w = shape
+    if hr.shape[0] < h or hr.shape[1] < w or hr.shape[0] - h >= scale or hr.shape[1] - w >= scale:
+        raise BadImageError(img.hr, f"HR {hr.shape[1]}x{hr.shape[0]} does not match LR x{scale} ({w}x{h})")
+    return hr[:h, :w]
+
+
+def evaluate_model(
+    label: str,
+    gen: LoadedGenerator | None,
+    model_digest: str,
+    images: list[TestImage],
+    out: Path,
+    s,
+    metric: Callable[[], LPIPS],
+    log: Callable[[str], None] = print,
+) -> tuple[list[dict], list[dict]]:
+    """Every image through one model (None: bicubic); cached records are reused. Returns (rows, failures)."""
+    import torch
+
+    rows, failures = [], []
+    device = torch.device("cuda" if s.device == "auto" and torch.cuda.is_available() else ("cpu" if s.device == "auto" else s.device))
+    if gen is not None:
+        gen.model.to(device)
+    lp = None
+    for n, img in enumerate(images):
+        key = hashlib.sha256(json.dumps([METRICS_VERSION, model_digest, img.key, s.scale, s.crop, s.tile, s.tile_pad], sort_keys=True).encode()).hexdigest()
+        rec_path = out / "cache" / f"{key}.json"
+        sr_path = out / "sr" / label / f"{img.stem}.png"
+        if rec_path.exists() and sr_path.exists():
+            rows.append({**read_json(rec_path), "cached": True})
+            continue
+        try:
+            lr = read_image(img.lr, upright=True).rgb
+            t0 = time.perf_counter()
+            if gen is None:
+                sr = bicubic_upscale(lr, s.scale)
+            else:
+                sr = upscale(gen.model, lr, gen.scale, s.tile, s.tile_pad, 16, device)
+            secs = time.perf_counter() - t0
+            row = {"image": img.stem, "model": label, "seconds": round(secs, 4), "sr": str(sr_path)}
+            if img.hr is not None:
+                hr = _hr_for(img, sr.shape[:2], s.scale)
+                if lp is None:
+                    lp = metric()
+                row.update(
+                    psnr_y=psnr(sr, hr, s.crop, y=True), ssim_y=ssim(sr, hr, s.crop, y=True),
+                    psnr_rgb=psnr(sr, hr, s.crop, y=False), ssim_rgb=ssim(sr, hr, s.crop, y=False), lpips=lp(sr, hr),
+                )
+            write_png(sr_path, np.clip(np.rint(sr * 255), 0, 255).astype(np.uint8))
+            write_json(rec_path, row)
+            rows.append({**row, "cached": False})
+            log(f"{label}: {n + 1}/{len(images)} {img.stem} ({secs:.1f} s)" + (f" PSNR-Y {row['psnr_y']:.2f} LPIPS {row['lpips']:.3f}" if "lpips" in row else ""))
+        except (BadImageError, ValueError, OSError) as e:
+            failures.append({"image": img.stem, "model": label, "reason": str(e)})
+            log(f"{label}: {img.stem} FAILED: {e}")
+    return rows, failures
+
+
+METRIC_COLUMNS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "lpips")
+
+
+def means(rows: list[dict], order: list[str]) -> list[dict]:
+    """Per model: images, mean of each metric (where HR was given) and of seconds."""
+    out = []
+    for label in order:
+        got = [r for r in rows if r["model"] == label]
+        if not got:
+            continue
+        m = {"model": label, "images": len(got), "seconds": float(np.mean([r["seconds"] for r in got]))}
+        for c in METRIC_COLUMNS:
+            vals = [r[c] for r in got if c in r]
+            if vals:
+                m[c] = float(np.mean(vals))
+        out.append(m)
+    return out
+
+
+def write_results(out: Path, rows: list[dict], summary: list[dict]) -> tuple[Path, Path]:
+    """results.csv (per image and model) and results.md (means), atomically."""
+    cols = ["image", "model", *[c for c in METRIC_COLUMNS if any(c in r for r in rows)], "seconds", "sr"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    w.writeheader()
+    for r in sorted(rows, key=lambda r: (r["image"], r["model"])):
+        w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
+    write_bytes(out / "results.csv", buf.getvalue().encode())
+    mcols = [c for c in METRIC_COLUMNS if any(c in m for m in summary)]
+    names = {"psnr_y": "PSNR-Y dB", "ssim_y": "SSIM-Y", "psnr_rgb": "PSNR-RGB dB", "ssim_rgb": "SSIM-RGB", "lpips": "LPIPS-alex"}
+    lines = ["| model | images | " + " | ".join(names[c] for c in mcols) + " | s/image |", "|---|---|" + "---|" * len(mcols) + "---|"]
+    for m in summary:
+        vals = " | ".join(f"{m[c]:.4f}" if c in m else "-" for c in mcols)
+        lines.append(f"| {m['model']} | {m['images']} | {vals} | {m['seconds']:.2f} |")
+    write_bytes(out / "results.md", ("\n".join(lines) + "\n").encode())
+    return out / "results.csv", out / "results.md"
+
+
+def contact_sheet(out: Path, images: list[TestImage], order: list[str], scale: int, crop: int = 48, max_rows: int = 8) -> Path | None:
+    """Aligned crops, a row per image: LR (nearest), each model, HR; so people look rather than read."""
+    shown = images[:max_rows]
+    with_hr = any(i.hr is not None for i in shown)
+    tiles = []
+    lrs = [read_image(img.lr, upright=True).rgb for img in shown]
+    c = min([crop] + [min(lr.shape[:2]) for lr in lrs])  # one crop size: the sheet is a grid
+    for img, lr in zip(shown, lrs):
+        y, x = (lr.shape[0] - c) // 2, (lr.shape[1] - c) // 2
+        size, box = c * scale, (slice(y * scale, (y + c) * scale), slice(x * scale, (x + c) * scale))
+        row = [("LR", cv2.resize(lr[y : y + c, x : x + c], (c * scale, c * scale), interpolation=cv2.INTER_NEAREST))]
+        for label in order:
+            p = out / "sr" / label / f"{img.stem}.png"
+            row.append((label, read_image(p).rgb[box] if p.exists() else None))
+        if with_hr:
+            row.append(("HR", read_image(img.hr, upright=True).rgb[box] if img.hr is not None else None))
+        for name, t in row:
+            canvas = np.ones((size, size, 3), np.float32)  # white where a model failed or there is no HR
+            if t is not None:
+                canvas[: t.shape[0], : t.shape[1]] = t[:size, :size]
+            tiles.append(_label(np.clip(np.rint(canvas[..., ::-1] * 255), 0, 255).astype(np.uint8), f"{img.stem[:12]} {name}"))
+    if not tiles:
+        return None
+    path = out / "contact_sheet.png"
+    _write_sheet(path, _grid(tiles, cols=len(order) + 1 + with_hr))
+    return path
+
+
+def load_models(specs: list[str], scale: int) -> list[tuple[str, LoadedGenerator | None, str]]:
+    """(label, generator, file digest) per model spec; bicubic first."""
+    used: set[str] = {BICUBIC}
+    out: list[tuple[str, LoadedGenerator | None, str]] = [(BICUBIC, None, BICUBIC)]
+    for spec in specs:
+        path = resolve_weights(spec)
+        gen = load_generator(path, expect_scale=scale)
+        out.append((model_label(spec, used), gen, file_digest(path)))
+    return out

@@ -1,0 +1,32 @@
+"""evaluate-flow's tasks: one per model (it holds the device for all images), then the tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from storage import evaluation as ev
+
+
+@task(name="evaluate-model", tags=["gpu"], cache_policy=NO_CACHE, task_run_name="evaluate-{label}")
+def evaluate_model(label: str, spec: str | None, digest: str, images: list, out: Path, settings) -> dict:
+    from storage.checkpoints import load_generator
+
+    log = get_run_logger()
+    gen = None if spec is None else load_generator(spec, expect_scale=settings.scale)
+    if gen is not None:
+        log.info(gen.describe())
+    rows, failures = ev.evaluate_model(label, gen, digest, images, out, settings, lambda: ev.lpips_metric(settings.lpips_alexnet), log.info)
+    cached = sum(r["cached"] for r in rows)
+    log.info(f"{label}: {len(rows)} images ({cached} from the cache), {len(failures)} failed")
+    return {"rows": rows, "failures": failures}
+
+
+@task(name="write-results", cache_policy=NO_CACHE)
+def write_results(out: Path, rows: list[dict], order: list[str], images: list, scale: int) -> dict:
+    summary = ev.means(rows, order)
+    csv_path, md_path = ev.write_results(out, rows, summary)
+    sheet = ev.contact_sheet(out, images, order, scale)
+    return {"summary": summary, "csv": str(csv_path), "md": str(md_path), "sheet": str(sheet) if sheet else None}

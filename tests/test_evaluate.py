@@ -1,0 +1,86 @@
+"""Metrics against known values, and evaluate-flow end to end with its cache."""
+
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from flows.cli import main
+from models.metrics import LPIPS, psnr, ssim
+from models.rrdbnet import RRDBConfig, RRDBNet
+from storage.checkpoints import save_generator
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def test_y_psnr_and_ssim_known_values():
+    hr = np.full((32, 32, 3), 0.5, np.float32)
+    sr = hr + 1 / 255  # one level on every channel: Y moves by (65.481 + 128.553 + 24.966) / 255 levels
+    assert psnr(sr, hr, y=True) == pytest.approx(20 * np.log10(255 / (219.0 / 255)), abs=1e-6)
+    assert psnr(sr, hr, y=False) == pytest.approx(20 * np.log10(255), abs=1e-6)
+    rng = np.random.default_rng(0)
+    img = rng.random((40, 40, 3)).astype(np.float32)
+    assert ssim(img, img) == pytest.approx(1.0) and psnr(img, img) == float("inf")
+    noisy = np.clip(img + rng.normal(0, 0.1, img.shape), 0, 1).astype(np.float32)
+    assert 0 < ssim(noisy, img) < 0.95
+    border = img.copy()
+    border[:4] = 0  # damage only the border: crop_border=4 does not see it
+    assert psnr(border, img, crop_border=4) == float("inf") and psnr(border, img) < 30
+    with pytest.raises(ValueError, match="differ in size"):
+        psnr(img[:30], img)
+
+
+def test_lpips_alex_reproduces_the_reference_values():
+    read = lambda n: cv2.imread(str(SHARED / "data" / "lpips_check" / f"{n}.png"))[..., ::-1].astype(np.float32) / 255  # noqa: E731
+    metric = LPIPS(SHARED / "weights" / "alexnet_features_imagenet.pth")
+    ref = read("ex_ref")
+    assert metric(read("ex_p0"), ref) == pytest.approx(0.722, abs=5e-4)
+    assert metric(read("ex_p1"), ref) == pytest.approx(0.138, abs=5e-4)
+
+
+@pytest.fixture
+def test_set(tmp_path) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    (tmp_path / "hr").mkdir()
+    (tmp_path / "lr").mkdir()
+    for i in range(3):
+        hr = cv2.GaussianBlur(rng.integers(0, 256, (48, 44, 3), dtype=np.uint8), (5, 5), 1.5)
+        lr = cv2.resize(hr, (11, 12), interpolation=cv2.INTER_AREA)
+        hr = np.pad(hr, ((0, 2), (0, 1), (0, 0)), mode="edge")  # 50x45: a little over LR x4, mod-cropped
+        cv2.imwrite(str(tmp_path / "hr" / f"im{i}.png"), hr)
+        cv2.imwrite(str(tmp_path / "lr" / f"im{i}.png"), lr)
+    return tmp_path / "lr", tmp_path / "hr"
+
+
+@pytest.mark.slow
+def test_evaluate_flow_with_hr_cache_and_without_hr(test_set, tmp_path, prefect_server, capsys):
+    lr, hr = test_set
+    torch.manual_seed(0)
+    save_generator(tmp_path / "tiny.pth", RRDBNet(RRDBConfig(num_feat=8, num_block=1, num_grow_ch=32)))
+    args = ["evaluate", "--lr", str(lr), "--hr", str(hr), "--model", str(tmp_path / "tiny.pth"), "--out", str(tmp_path / "ev")]
+    args += ["--lpips-alexnet", str(SHARED / "weights" / "alexnet_features_imagenet.pth")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| bicubic | 3 |" in out and "| tiny | 3 |" in out and "6 computed, 0 from the cache" in out
+    rows = list(csv.DictReader((tmp_path / "ev" / "results.csv").open()))
+    assert len(rows) == 6 and {"psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "lpips", "seconds"} <= rows[0].keys()
+    bic = [float(r["psnr_y"]) for r in rows if r["model"] == "bicubic"]
+    assert all(20 < v < 60 for v in bic)
+    sheet = cv2.imread(str(tmp_path / "ev" / "contact_sheet.png"))
+    assert sheet is not None and sheet.shape[1] >= 4 * 11 * 4  # LR, bicubic, tiny, HR per row
+    assert main(args) == 0  # nothing new: everything from the cache
+    assert "0 computed, 6 from the cache" in capsys.readouterr().out
+    cv2.imwrite(str(lr / "im9.png"), cv2.imread(str(lr / "im0.png"))[:, ::-1])  # a new image without HR
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "2 computed, 6 from the cache" in captured.out
+    no_hr = ["evaluate", "--lr", str(lr), "--model", str(tmp_path / "tiny.pth"), "--out", str(tmp_path / "sr_only")]
+    assert main(no_hr) == 0
+    assert len(list((tmp_path / "sr_only" / "sr" / "tiny").glob("*.png"))) == 4
+    assert "lpips" not in (tmp_path / "sr_only" / "results.csv").read_text().splitlines()[0]
+    torch.save({"params": {"conv.weight": torch.zeros(1)}}, tmp_path / "odd.pth")
+    assert main([*no_hr[:-2], "--out", str(tmp_path / "x"), "--model", str(tmp_path / "odd.pth")]) == 2
+    assert "odd.pth: architecture not recognised" in capsys.readouterr().err
