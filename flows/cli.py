@@ -148,8 +148,7 @@ def run_upscale(args) -> int:
     precision = "fp32" if args.fp32 or device.type == "cpu" else ("bf16" if args.bf16 else "fp16")
     if device.type == "cuda" and precision != "fp32":
         gen.model.to(torch.float16 if precision == "fp16" else torch.bfloat16)
-    if device.type == "cuda":
-        gen.model.to(memory_format=torch.channels_last)
+    gen.model.to(memory_format=torch.channels_last)  # 1.19x on this CPU too (BENCHMARKS.md)
     opts = UpscaleOptions(outscale=args.outscale, tile=args.tile, tile_pad=args.tile_pad, precision=precision, ext=args.ext, suffix=args.suffix, alpha=args.alpha)
     paths = inputs(args.input)
     print(f"{gen.describe()} on {device} ({precision}); {len(paths)} image(s); tile {args.tile or 'off'}", file=sys.stderr)

@@ -17,22 +17,23 @@ import numpy as np
 import torch
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Evenly spread starts of tiles of `tile` px covering `length`, neighbours overlapping >= `overlap`."""
+def tile_layout(length: int, tile: int, overlap: int) -> tuple[int, list[int]]:
+    """The fewest tiles of at most `tile` px that cover `length` with neighbours overlapping by
+    at least `overlap`: (their common size, shrunk to what covering needs, and their starts)."""
     if length <= tile:
-        return [0]
+        return length, [0]
     n = int(np.ceil((length - overlap) / (tile - overlap)))
-    return [int(v) for v in np.round(np.linspace(0, length - tile, n)).astype(int)]
+    size = min(tile, int(np.ceil((length + (n - 1) * overlap) / n)))
+    return size, [int(v) for v in np.round(np.linspace(0, length - size, n)).astype(int)]
 
 
-def axis_weights(starts: list[int], tile: int, length: int, scale: int) -> list[np.ndarray]:
+def axis_weights(starts: list[int], size: int, scale: int) -> list[np.ndarray]:
     """Per tile, its output weights along one axis; over all tiles they sum to 1 at every pixel.
 
     Between neighbours i and i+1 the cut sits mid-way through their overlap; tile i ramps down
     and tile i+1 up, complementary and linear, over `2 r` around it, r at most half the overlap
     and half the distance to the next cut, so no pixel is under two ramps.
     """
-    size = min(tile, length)
     cuts = [(starts[i + 1] + starts[i] + size) / 2 for i in range(len(starts) - 1)]
     half = []
     for i, m in enumerate(cuts):
@@ -100,10 +101,9 @@ def upscale(
             progress(1)
         return out
     overlap = min(overlap, tile // 2)  # small tiles: at most half a tile of ramp
-    ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
-    wy, wx = axis_weights(ys, tile, h, scale), axis_weights(xs, tile, w, scale)
+    (th, ys), (tw, xs) = tile_layout(h, tile, overlap), tile_layout(w, tile, overlap)
+    wy, wx = axis_weights(ys, th, scale), axis_weights(xs, tw, scale)
     out = np.empty((h * scale, w * scale, c), out_dtype)  # the one output-sized buffer
-    th, tw = min(tile, h), min(tile, w)
     done = 0  # output rows before this are final and converted
     acc = np.zeros((0, w * scale, c), np.float32)  # rows [done, done + len(acc)) being summed
     for i, y in enumerate(ys):
@@ -130,4 +130,4 @@ def tile_count(h: int, w: int, tile: int, overlap: int = 16) -> int:
     if tile <= 0 or (h <= tile and w <= tile):
         return 1
     overlap = min(overlap, tile // 2)
-    return len(tile_starts(h, tile, overlap)) * len(tile_starts(w, tile, overlap))
+    return len(tile_layout(h, tile, overlap)[1]) * len(tile_layout(w, tile, overlap)[1])

@@ -73,7 +73,7 @@ def upscale_image(img: SourceImage, gen: LoadedGenerator, opts: UpscaleOptions, 
     """The upscaled image in the file's own layout (H, W[, C]) and sample type."""
     dtype = torch_dtype(opts.precision, device)
     out_type = np.uint16 if img.bit_depth == 16 else np.uint8
-    run = lambda a, t: upscale(gen.model, a, gen.scale, opts.tile, opts.tile_pad, opts.overlap, device, dtype, device.type == "cuda", t, progress)  # noqa: E731
+    run = lambda a, t: upscale(gen.model, a, gen.scale, opts.tile, opts.tile_pad, opts.overlap, device, dtype, True, t, progress)  # noqa: E731
     rgb = run(img.rgb, out_type)
     planes = [rgb]
     if img.alpha is not None:

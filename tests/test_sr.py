@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from models.rrdbnet import RRDBConfig, RRDBNet
-from models.tiling import axis_weights, tile_starts, upscale
+from models.tiling import axis_weights, tile_layout, upscale
 from storage.checkpoints import CheckpointError, load_generator, load_rrdb, save_generator
 
 TINY = RRDBConfig(num_feat=8, num_block=2, num_grow_ch=32)  # spandrel assumes growth 32
@@ -123,10 +123,11 @@ def test_refusals_name_the_file_and_what_was_found(tmp_path):
 
 def test_tile_weights_sum_to_one_everywhere():
     for length, tile, overlap in [(100, 32, 8), (97, 40, 16), (64, 64, 8), (30, 64, 8)]:
-        starts = tile_starts(length, tile, overlap)
-        assert starts[0] == 0 and starts[-1] + min(tile, length) == length
+        size, starts = tile_layout(length, tile, overlap)
+        assert starts[0] == 0 and starts[-1] + size == length and size <= tile
+        assert all(a + size - b >= min(overlap, size) for a, b in zip(starts, starts[1:]))
         total = np.zeros(length * 2)
-        for s, w in zip(starts, axis_weights(starts, tile, length, 2)):
+        for s, w in zip(starts, axis_weights(starts, size, 2)):
             total[s * 2 : s * 2 + len(w)] += w
         np.testing.assert_allclose(total, 1.0, atol=1e-6)
 

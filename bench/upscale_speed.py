@@ -1,0 +1,104 @@
+"""Upscaling speed of RRDB (23 blocks, x4) and how close tiled output is to untiled.
+
+Variants, each on the same natural LR crop (the flower photo, INTER_AREA-downscaled by 4, so
+it looks like a photo to upscale), in one process:
+- `plain`: `torch.no_grad()`, eager fp32, NCHW, whole image (what a user's first script does);
+- `inference`: `torch.inference_mode()` and channels_last (`models.tiling.run_network`);
+- `tiled T/P`: `models.tiling.upscale` with tiles of T px and P px of context.
+Reported: seconds, LR megapixels per second, the max and 99.99th percentile absolute difference
+to `plain` in 1/255 units, peak RSS. The first call of each shape is a warm-up, not timed.
+
+    OMP_NUM_THREADS=2 .venv/bin/python bench/upscale_speed.py --size 256 --tiles 128/48,256/48
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from models.tiling import upscale  # noqa: E402
+from storage.checkpoints import load_rrdb  # noqa: E402
+from storage.images import read_image  # noqa: E402
+
+
+def lr_image(w: int, h: int) -> np.ndarray:
+    flower = read_image(ROOT.parent / "shared" / "data" / "camera_photos" / "flower.png").rgb
+    small = cv2.resize(flower, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA)
+    reps = (-(-h // small.shape[0]), -(-w // small.shape[1]), 1)
+    return np.ascontiguousarray(np.tile(small, reps)[:h, :w])
+
+
+def timed(fn, repeat: int) -> tuple[float, np.ndarray]:
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", default="256", help="LR WxH or S for SxS")
+    ap.add_argument("--tiles", default="128/48,256/48", help="comma list of TILE/PAD")
+    ap.add_argument("--model", default="realesrgan-x4plus")
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "upscale_speed.jsonl")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    w, h = (int(v) for v in (args.size.split("x") if "x" in args.size else (args.size, args.size)))
+    img = lr_image(w, h)
+    net = load_rrdb(args.model).model
+    mp = w * h / 1e6
+    rows = []
+
+    def plain():
+        with torch.no_grad():
+            x = torch.from_numpy(img.transpose(2, 0, 1).copy())[None]
+            return net(x).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+
+    plain_small = lambda: upscale(net, img[:32, :32], 4)  # noqa: E731
+    plain_small()  # warm-up: first-call allocations, thread pool
+    secs, ref = timed(plain, args.repeat)
+    rows.append(("plain", secs, ref))
+    net_cl = net.to(memory_format=torch.channels_last)
+    secs, out = timed(lambda: upscale(net_cl, img, 4, channels_last=True), args.repeat)
+    rows.append(("inference+channels_last", secs, out))
+    net.to(memory_format=torch.contiguous_format)
+    secs, out = timed(lambda: upscale(net, img, 4), args.repeat)
+    rows.append(("inference", secs, out))
+    for spec in args.tiles.split(","):
+        tile, pad = (int(v) for v in spec.split("/"))
+        secs, out = timed(lambda: upscale(net, img, 4, tile=tile, pad=pad), args.repeat)
+        rows.append((f"tiled {tile}/{pad}", secs, out))
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    load = open("/proc/loadavg").read().split()[0] if Path("/proc/loadavg").exists() else "?"
+    print(f"RRDB 23 blocks x4 ({args.model}), LR {w}x{h}, torch threads {torch.get_num_threads()}, load {load}, commit {commit}")
+    print("| variant | seconds | LR MP/s | vs plain | max diff to plain (1/255) | p99.99 diff |")
+    print("|---|---|---|---|---|---|")
+    base = rows[0][1]
+    with args.results.open("a") as f:
+        for name, secs, out in rows:
+            d = np.abs(out - ref) * 255
+            print(f"| {name} | {secs:.1f} | {mp / secs:.4f} | {base / secs:.2f}x | {d.max():.3f} | {np.percentile(d, 99.99):.3f} |")
+            f.write(json.dumps({"variant": name, "lr": [w, h], "seconds": secs, "lr_mp_per_s": mp / secs, "max_diff_255": float(d.max()), "threads": torch.get_num_threads(), "load": load, "commit": commit, "machine": platform.node(), "date": time.strftime("%Y-%m-%d %H:%M")}) + "\n")
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
