@@ -179,6 +179,28 @@ def run_evaluate(args) -> int:
     return 1 if result["failures"] else 0
 
 
+def demo_evaluation(run_dir: Path, out: Path, count: int = 4) -> str:
+    """evaluate-flow on a few of the demo's pairs: bicubic and Real-ESRGAN x4plus where its weights are."""
+    import shutil
+
+    from flows.evaluate import evaluate_flow
+    from flows.settings import EvaluateSettings
+    from storage.checkpoints import resolve_weights
+
+    names = sorted(p.name for p in (run_dir / "pairs" / "lr").glob("*.png"))[:count]
+    for sub in ("lr", "hr"):
+        (out / "set" / sub).mkdir(parents=True, exist_ok=True)
+        for n in names:
+            shutil.copyfile(run_dir / "pairs" / sub / n, out / "set" / sub / n)
+    try:
+        models = [str(resolve_weights("realesrgan-x4plus"))]
+    except FileNotFoundError as e:
+        print(f"(evaluating bicubic only: {e})", file=sys.stderr)
+        models = []
+    result = evaluate_flow(EvaluateSettings(lr=out / "set" / "lr", hr=out / "set" / "hr", models=models, out=out))
+    return f"evaluate-flow on {len(names)} demo pairs ({out}):\n" + (out / "results.md").read_text() + f"contact sheet: {result['sheet']}"
+
+
 def _print_result(summary: dict) -> None:
     from flows.degrade import summary_markdown
 
@@ -222,14 +244,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from storage.inspect import inspect_bank
 
+            from flows.runtime import prefect_api
+
             source = args.run_dir / "sample_photos"
             run_dir = args.run_dir / "run"
             write_samples(source, 8, 0)
             settings = DegradeSettings(source=source, out=run_dir)
-            summary = run_degrade(settings, args.workers, args.dask_address)
-            _print_result(summary)
-            print(inspect_bank(run_dir / "kernels.zarr"))
-            print(inspect_bank(run_dir / "noise.zarr"))
+            with prefect_api():  # one embedded API for both flows
+                summary = run_degrade(settings, args.workers, args.dask_address)
+                _print_result(summary)
+                print(inspect_bank(run_dir / "kernels.zarr"))
+                print(inspect_bank(run_dir / "noise.zarr"))
+                print(demo_evaluation(run_dir, args.run_dir / "eval"))
             return 0
     except ValidationError as e:
         print("invalid settings:", file=sys.stderr)
