@@ -2,7 +2,8 @@
 
 Clean scenes come from ../shared/data, downscaled (INTER_AREA) until their own noise is well
 under the cleanest camera's: small photos of about 0.2 MP, and large ones of several MP tiled
-(mirrored) from the bigger photos. Each camera adds signal-dependent Gaussian noise,
+(mirrored) from the bigger photos; and noise-free renders of `models.synthetic.camera_photo`
+as a control whose scenes have no residual of their own. Each camera adds signal-dependent Gaussian noise,
 variance a*x + b on [0, 1] with 30 % of it shared by the three channels, and may JPEG the result
 (quality 75, OpenCV's 4:2:0). The true noise of a photo is its camera's output minus the same
 camera's output without noise, so JPEG's removal of noise counts as the camera's.
@@ -82,6 +83,17 @@ def clean_scenes() -> dict[str, list[tuple[str, np.ndarray]]]:
     flower = _clean(rd("camera_photos/flower.png"), 2)
     large = [("flower/2 mirrored 2x2", _mirror_mosaic(flower, 2)), ("sky photos mirrored 3x3", np.concatenate([_mirror_mosaic(_clean(rd(f"camera_photos/{n}_srgb8.png"), 1), 3) for n in ("tmshre_riaphotographs", "u76c0g_bliznaca")], 1))]
     return {"small": small, "large": large}
+
+
+def rendered_scenes() -> dict[str, list[tuple[str, np.ndarray]]]:
+    """Noise-free renders (`models.synthetic.camera_photo` with no sensor noise: sky, walls,
+    texture, shapes, lens blur): scenes with no residual of their own, to tell the rule's
+    error from the photos' (whose cleaned scenes keep 0.5-0.8 levels of residual)."""
+    from models.synthetic import camera_photo
+
+    small = [(f"render {i}", camera_photo(100 + i, 384, 512, noise_level=0.0)) for i in range(6)]
+    large = [(f"render {i} large", camera_photo(200 + i, 1800, 2400, noise_level=0.0)) for i in range(2)]
+    return {"render small": small, "render large": large}
 
 
 def camera(clean: np.ndarray, name: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -227,7 +239,7 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "noise_bank.jsonl")
     args = ap.parse_args()
     cv2.setNumThreads(1)
-    scenes = clean_scenes()
+    scenes = {**clean_scenes(), **rendered_scenes()}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     rows = []
     print("| camera | size | rule | patches/image min, mean | images without | brightness bins held / contained | max err held | max err all | textured | inject err uniform | inject err matched | s/MP |")
