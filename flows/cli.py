@@ -139,10 +139,11 @@ def run_upscale(args) -> int:
     import torch
     from tqdm import tqdm
 
+    from models.devices import resolve_device
     from storage.checkpoints import load_generator
     from storage.upscaling import UpscaleOptions, inputs, upscale_paths
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     gen = load_generator(args.model)
     gen.model.to(device)
     precision = "fp32" if args.fp32 or device.type == "cpu" else ("bf16" if args.bf16 else "fp16")

@@ -20,12 +20,11 @@ def evaluate_flow(settings: EvaluateSettings) -> dict:
     images, notes = ev.test_images(settings.lr, settings.hr)
     for n in notes:
         log.warning(n)
-    models = ev.load_models(settings.models, settings.scale)  # refuses a bad checkpoint before any work
+    models = ev.load_models(settings.models, settings.scale)  # loaded once; a bad checkpoint is refused before any work
     log.info(f"{len(images)} test images, models: {', '.join(label for label, _, _ in models)}")
     rows, failures = [], []
     for label, gen, digest in models:
-        spec = None if gen is None else str(gen.path)
-        got = t.evaluate_model(label, spec, digest, images, out, settings)
+        got = t.evaluate_model(label, gen, digest, images, out, settings)
         rows += got["rows"]
         failures += got["failures"]
     order = [label for label, _, _ in models]

@@ -22,6 +22,7 @@ def tile_layout(length: int, tile: int, overlap: int) -> tuple[int, list[int]]:
     at least `overlap`: (their common size, shrunk to what covering needs, and their starts)."""
     if length <= tile:
         return length, [0]
+    overlap = min(overlap, tile // 2)  # small tiles: at most half a tile of ramp
     n = int(np.ceil((length - overlap) / (tile - overlap)))
     size = min(tile, int(np.ceil((length + (n - 1) * overlap) / n)))
     return size, [int(v) for v in np.round(np.linspace(0, length - size, n)).astype(int)]
@@ -100,7 +101,6 @@ def upscale(
         if progress:
             progress(1)
         return out
-    overlap = min(overlap, tile // 2)  # small tiles: at most half a tile of ramp
     (th, ys), (tw, xs) = tile_layout(h, tile, overlap), tile_layout(w, tile, overlap)
     wy, wx = axis_weights(ys, th, scale), axis_weights(xs, tw, scale)
     out = np.empty((h * scale, w * scale, c), out_dtype)  # the one output-sized buffer
@@ -129,5 +129,4 @@ def tile_count(h: int, w: int, tile: int, overlap: int = 16) -> int:
     """How many network calls `upscale` makes (for progress bars)."""
     if tile <= 0 or (h <= tile and w <= tile):
         return 1
-    overlap = min(overlap, tile // 2)
     return len(tile_layout(h, tile, overlap)[1]) * len(tile_layout(w, tile, overlap)[1])

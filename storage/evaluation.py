@@ -14,12 +14,14 @@ import io
 import json
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
 import cv2
 import numpy as np
 
+from models.devices import resolve_device
 from models.metrics import LPIPS, psnr, ssim
 from models.tiling import upscale
 from storage.atomic import read_json, write_bytes, write_json
@@ -78,6 +80,7 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+@lru_cache(maxsize=2)
 def lpips_metric(alexnet: Path | None) -> LPIPS:
     """LPIPS-alex from the given trunk, else the weights folder's, else lpips' own download."""
     if alexnet is None and (folder := weights_dir()) is not None and (folder / "alexnet_features_imagenet.pth").exists():
@@ -110,10 +113,8 @@ def evaluate_model(
     log: Callable[[str], None] = print,
 ) -> tuple[list[dict], list[dict]]:
     """Every image through one model (None: bicubic); cached records are reused. Returns (rows, failures)."""
-    import torch
-
     rows, failures = [], []
-    device = torch.device("cuda" if s.device == "auto" and torch.cuda.is_available() else ("cpu" if s.device == "auto" else s.device))
+    device = resolve_device(s.device)
     if gen is not None:
         gen.model.to(device)
     lp = None

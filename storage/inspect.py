@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import zarr
 
+from models.noise import BRIGHTNESS_BINS
 from storage.atomic import write_bytes
 from storage.banks import open_kernel_bank, open_noise_bank
 
@@ -133,7 +134,7 @@ def noise_level_plot(brightness: np.ndarray, sigma: np.ndarray, levels: list, si
             cv2.line(img, a, b, gray, 1, cv2.LINE_AA)
     for b, s in zip(brightness, sigma):
         cv2.circle(img, (px(float(b)), py(float(s))), 2, (200, 120, 0), -1, cv2.LINE_AA)
-    edges = np.linspace(0, 255, 17)
+    edges = BRIGHTNESS_BINS
     med = [((lo + hi) / 2, float(np.median(sigma[(brightness >= lo) & (brightness < hi)]))) for lo, hi in zip(edges, edges[1:]) if ((brightness >= lo) & (brightness < hi)).any()]
     for a, b in zip(med, med[1:]):
         cv2.line(img, (px(a[0]), py(a[1])), (px(b[0]), py(b[1])), (0, 0, 220), 2, cv2.LINE_AA)

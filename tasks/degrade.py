@@ -126,10 +126,10 @@ def estimate_kernels(items: list[Path], run: RunDir, settings) -> list[dict]:
     concurrency limit can guard the device. A bad image costs only itself."""
     import torch
 
+    from models.devices import resolve_device  # torch loads in the worker, not when the flow starts
+
     torch.set_num_threads(1)  # one task per worker process, as OpenCV
-    device = settings.kernelgan_device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device(settings.kernelgan_device))
     log = get_run_logger()
     done, failures = [], []
     for path, result in zip(items, stages.estimate_source_kernels(items, run, settings, device, log.info)):

@@ -11,11 +11,9 @@ from storage import evaluation as ev
 
 
 @task(name="evaluate-model", tags=["gpu"], cache_policy=NO_CACHE, task_run_name="evaluate-{label}")
-def evaluate_model(label: str, spec: str | None, digest: str, images: list, out: Path, settings) -> dict:
-    from storage.checkpoints import load_generator
-
+def evaluate_model(label: str, gen, digest: str, images: list, out: Path, settings) -> dict:
+    """`gen`: the loaded generator (`storage.checkpoints.LoadedGenerator`), None for bicubic."""
     log = get_run_logger()
-    gen = None if spec is None else load_generator(spec, expect_scale=settings.scale)
     if gen is not None:
         log.info(gen.describe())
     rows, failures = ev.evaluate_model(label, gen, digest, images, out, settings, lambda: ev.lpips_metric(settings.lpips_alexnet), log.info)
