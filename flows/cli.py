@@ -72,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--ext", default="auto", choices=["auto", "png", "jpg"], help="output format; auto keeps the input's (PNG where alpha or 16-bit needs it)")
     u.add_argument("--suffix", default="out", help="appended to output file names ('' for none)")
     u.add_argument("--alpha", default="model", choices=["model", "bicubic"], help="how an alpha channel is upscaled")
+    u.add_argument("--batch", type=int, default=4, help="same-sized small images per forward pass (1: one at a time)")
     u.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     e = sub.add_parser("evaluate", help="models side by side (and bicubic) on LR test images, with metrics when HR is given")
     e.add_argument("--lr", required=True, type=Path, help="folder of LR test images")
@@ -150,7 +151,7 @@ def run_upscale(args) -> int:
     if device.type == "cuda" and precision != "fp32":
         gen.model.to(torch.float16 if precision == "fp16" else torch.bfloat16)
     gen.model.to(memory_format=torch.channels_last)  # 1.19x on this CPU too (BENCHMARKS.md)
-    opts = UpscaleOptions(outscale=args.outscale, tile=args.tile, tile_pad=args.tile_pad, precision=precision, ext=args.ext, suffix=args.suffix, alpha=args.alpha)
+    opts = UpscaleOptions(outscale=args.outscale, tile=args.tile, tile_pad=args.tile_pad, precision=precision, ext=args.ext, suffix=args.suffix, alpha=args.alpha, batch=max(1, args.batch))
     paths = inputs(args.input)
     print(f"{gen.describe()} on {device} ({precision}); {len(paths)} image(s); tile {args.tile or 'off'}", file=sys.stderr)
     with tqdm(total=1, unit="tile", file=sys.stderr, leave=False, disable=None) as bar:

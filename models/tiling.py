@@ -57,13 +57,18 @@ def axis_weights(starts: list[int], size: int, scale: int) -> list[np.ndarray]:
 
 
 @torch.inference_mode()
-def run_network(net: torch.nn.Module, image: np.ndarray, device: torch.device, dtype: torch.dtype, channels_last: bool = False) -> np.ndarray:
-    """One forward pass of an (H, W, C) float32 image in [0, 1]; the output clamped to [0, 1] on the host."""
-    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].to(device=device, dtype=dtype)
+def run_batch(net: torch.nn.Module, images: list[np.ndarray], device: torch.device, dtype: torch.dtype, channels_last: bool = False) -> list[np.ndarray]:
+    """One forward pass of same-sized (H, W, C) float32 images in [0, 1]; outputs clamped to [0, 1] on the host."""
+    x = torch.from_numpy(np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2))).to(device=device, dtype=dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    y = net(x).float().clamp_(0, 1)
-    return y[0].permute(1, 2, 0).cpu().numpy()
+    y = net(x).float().clamp_(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+    return list(y)
+
+
+def run_network(net: torch.nn.Module, image: np.ndarray, device: torch.device, dtype: torch.dtype, channels_last: bool = False) -> np.ndarray:
+    """One forward pass of one (H, W, C) float32 image in [0, 1]."""
+    return run_batch(net, [image], device, dtype, channels_last)[0]
 
 
 def to_dtype(x: np.ndarray, dtype) -> np.ndarray:

@@ -1,8 +1,9 @@
 """`realsr upscale`: photos through an SR generator, as Real-ESRGAN's inference script does.
 
 A file or a folder; each image keeps what it was: gray stays gray, 16-bit stays 16-bit, alpha is
-upscaled on its own (by the model, or bicubic), the EXIF orientation is applied first. A bad
-file fails alone with its reason; the others finish and the summary lists it.
+upscaled on its own (by the model, or bicubic), the EXIF orientation is applied first. Small
+images of one size go through the network together. A bad file fails alone with its reason; the
+others finish and the summary lists it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 
-from models.tiling import tile_count, to_dtype, upscale
+from models.tiling import run_batch, tile_count, to_dtype, upscale
 from storage.atomic import write_bytes
 from storage.checkpoints import LoadedGenerator
 from storage.images import IMAGE_SUFFIXES, BadImageError, SourceImage, read_image
@@ -33,6 +34,8 @@ class UpscaleOptions:
     suffix: str = "out"
     alpha: str = "model"  # model or bicubic
     max_megapixels: float = 200.0
+    batch: int = 1  # same-sized whole images per forward pass
+    batch_megapixels: float = 1.0  # ... as long as the batch's input stays under this
 
 
 @dataclass
@@ -69,22 +72,47 @@ def output_path(src: Path, out: Path, img: SourceImage, opts: UpscaleOptions, ma
     return (out / name) if many or out.is_dir() or not out.suffix else out
 
 
-def upscale_image(img: SourceImage, gen: LoadedGenerator, opts: UpscaleOptions, device: torch.device, progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """The upscaled image in the file's own layout (H, W[, C]) and sample type."""
+def batch_key(img: SourceImage, opts: UpscaleOptions) -> tuple | None:
+    """Images with the same key go through the network together; None: this one goes alone
+    (batching is off, or it is tiled, or it is too large to be worth batching)."""
+    h, w = img.rgb.shape[:2]
+    if opts.batch <= 1 or (opts.tile and max(h, w) > opts.tile) or h * w * opts.batch > opts.batch_megapixels * 1e6:
+        return None
+    return (h, w, img.alpha is not None)
+
+
+def upscale_images(imgs: list[SourceImage], gen: LoadedGenerator, opts: UpscaleOptions, device: torch.device, progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
+    """Each image upscaled, in the file's own layout (H, W[, C]) and sample type.
+
+    One image runs as the options say (tiled or whole); several (of one `batch_key`) run whole,
+    stacked into one forward pass.
+    """
     dtype = torch_dtype(opts.precision, device)
-    out_type = np.uint16 if img.bit_depth == 16 else np.uint8
-    run = lambda a, t: upscale(gen.model, a, gen.scale, opts.tile, opts.tile_pad, opts.overlap, device, dtype, True, t, progress)  # noqa: E731
-    rgb = run(img.rgb, out_type)
-    planes = [rgb]
-    if img.alpha is not None:
+
+    def run(arrays: list[np.ndarray], types: list) -> list[np.ndarray]:
+        if len(arrays) == 1:
+            return [upscale(gen.model, arrays[0], gen.scale, opts.tile, opts.tile_pad, opts.overlap, device, dtype, True, types[0], progress)]
+        outs = run_batch(gen.model, arrays, device, dtype, True)
+        if progress:
+            progress(len(arrays))
+        return [to_dtype(o, t) for o, t in zip(outs, types)]
+
+    types = [np.uint16 if img.bit_depth == 16 else np.uint8 for img in imgs]
+    rgbs = run([img.rgb for img in imgs], types)
+    alphas: list[np.ndarray | None] = [None] * len(imgs)
+    if imgs[0].alpha is not None:  # a batch is all with alpha or all without
         if opts.alpha == "model":
-            a = run(np.repeat(img.alpha[..., None], 3, axis=2), np.float32).mean(axis=2)
+            alphas = [a.mean(axis=2) for a in run([np.repeat(img.alpha[..., None], 3, axis=2) for img in imgs], [np.float32] * len(imgs))]
         else:
-            h, w = img.alpha.shape
-            a = cv2.resize(img.alpha, (w * gen.scale, h * gen.scale), interpolation=cv2.INTER_CUBIC)
-        planes.append(to_dtype(np.clip(a, 0, 1), out_type)[..., None])
+            alphas = [cv2.resize(img.alpha, (img.alpha.shape[1] * gen.scale, img.alpha.shape[0] * gen.scale), interpolation=cv2.INTER_CUBIC) for img in imgs]
+    return [finish(img, rgb, a, gen.scale, opts, t) for img, rgb, a, t in zip(imgs, rgbs, alphas, types)]
+
+
+def finish(img: SourceImage, rgb: np.ndarray, alpha: np.ndarray | None, scale: int, opts: UpscaleOptions, out_type) -> np.ndarray:
+    """The network's RGB (and alpha) back into the file's layout, at the output scale."""
+    planes = [rgb] + ([to_dtype(np.clip(alpha, 0, 1), out_type)[..., None]] if alpha is not None else [])
     out = np.concatenate(planes, axis=2) if len(planes) > 1 else rgb
-    if opts.outscale and abs(opts.outscale - gen.scale) > 1e-9:
+    if opts.outscale and abs(opts.outscale - scale) > 1e-9:
         h, w = img.rgb.shape[:2]
         size = (max(1, round(w * opts.outscale)), max(1, round(h * opts.outscale)))
         out = cv2.resize(out, size, interpolation=cv2.INTER_LANCZOS4)
@@ -106,33 +134,79 @@ def encode(out: np.ndarray, path: Path) -> bytes:
     return buf.tobytes()
 
 
+def _reason(e: Exception) -> str:
+    return e.reason if isinstance(e, BadImageError) else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+# RuntimeError: torch (out of memory, ...)
+_FAILURES = (BadImageError, OSError, ValueError, RuntimeError)
+
+
 def upscale_paths(
     paths: list[Path], out: Path, gen: LoadedGenerator, opts: UpscaleOptions, device: torch.device, bar=None, log: Callable[[str], None] = print
 ) -> UpscaleReport:
-    """Every input in turn; a bad one is reported and skipped, the rest go on."""
+    """Every input in turn; a bad one is reported and skipped, the rest go on.
+
+    Consecutive images of one `batch_key` are gathered up to `opts.batch` and upscaled together;
+    a batch that fails (out of memory, say) is retried one image at a time, so only the image
+    that is itself the problem fails.
+    """
     report = UpscaleReport()
     many = len(paths) > 1
-    for path in paths:
+    pending: list[tuple[Path, SourceImage]] = []
+
+    def fail(path: Path, e: Exception) -> None:
+        report.failed.append({"source": str(path), "reason": _reason(e)})
+        log(f"FAILED {path}: {_reason(e)}")
+
+    def run(group: list[tuple[Path, SourceImage]]) -> None:
         t0 = time.perf_counter()
+        imgs = [img for _, img in group]
+        if bar is not None:
+            h, w = imgs[0].rgb.shape[:2]
+            per_image = tile_count(h, w, opts.tile, opts.overlap) if len(imgs) == 1 else 1
+            bar.reset(total=per_image * (2 if imgs[0].alpha is not None and opts.alpha == "model" else 1) * (1 if len(imgs) == 1 else len(imgs)))
+            bar.set_description(group[0][0].name[:30] + (f" +{len(group) - 1}" if len(group) > 1 else ""))
+        try:
+            results = upscale_images(imgs, gen, opts, device, bar.update if bar is not None else None)
+        except _FAILURES as e:
+            if len(group) == 1:
+                return fail(group[0][0], e)
+            log(f"a batch of {len(group)} failed ({_reason(e)}); one at a time")
+            for one in group:
+                run([one])
+            return
+        secs = (time.perf_counter() - t0) / len(group)
+        for (path, img), result in zip(group, results):
+            try:
+                target = output_path(path, out, img, opts, many)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                write_bytes(target, encode(result, target), durable=False)
+            except _FAILURES as e:
+                fail(path, e)
+                continue
+            report.written.append({"source": str(path), "output": str(target), "size": [int(result.shape[1]), int(result.shape[0])], "seconds": round(secs, 3), "notes": img.notes})
+            log(f"{path} -> {target} ({result.shape[1]}x{result.shape[0]}, {secs:.1f} s)")
+
+    def flush() -> None:
+        if pending:
+            run(pending[:])
+            pending.clear()
+
+    for path in paths:
         try:
             img = read_image(path, int(opts.max_megapixels * 1e6), upright=True)
-            h, w = img.rgb.shape[:2]
-            calls = tile_count(h, w, opts.tile, opts.overlap) * (2 if img.alpha is not None and opts.alpha == "model" else 1)
-            tick = None
-            if bar is not None:
-                bar.reset(total=calls)
-                bar.set_description(path.name[:30])
-                tick = bar.update
-            result = upscale_image(img, gen, opts, device, tick)
-            target = output_path(path, out, img, opts, many)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            write_bytes(target, encode(result, target), durable=False)
-        except (BadImageError, OSError, ValueError, RuntimeError) as e:  # RuntimeError: torch (out of memory, ...)
-            reason = e.reason if isinstance(e, BadImageError) else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            report.failed.append({"source": str(path), "reason": reason})
-            log(f"FAILED {path}: {reason}")
+        except _FAILURES as e:
+            fail(path, e)
             continue
-        secs = time.perf_counter() - t0
-        report.written.append({"source": str(path), "output": str(target), "size": [int(result.shape[1]), int(result.shape[0])], "seconds": round(secs, 3), "notes": img.notes})
-        log(f"{path} -> {target} ({result.shape[1]}x{result.shape[0]}, {secs:.1f} s)")
+        key = batch_key(img, opts)
+        if pending and (key is None or key != batch_key(pending[0][1], opts)):
+            flush()
+        if key is None:
+            run([(path, img)])
+            continue
+        pending.append((path, img))
+        if len(pending) >= opts.batch:
+            flush()
+    flush()
     return report

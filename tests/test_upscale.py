@@ -63,6 +63,36 @@ def test_a_folder_of_odd_inputs(tiny_model, tmp_path):
     assert read("photo_out.jpg").shape == (96, 96, 3)
 
 
+def test_small_images_are_batched_with_the_output_of_one_at_a_time(tiny_model, tmp_path, monkeypatch):
+    import storage.upscaling as up
+
+    rng = np.random.default_rng(2)
+    (tmp_path / "in").mkdir()
+    sizes = [(16, 20), (16, 20), (16, 20), (16, 20), (16, 20), (12, 12), (16, 20)]  # 5 alike, another size, one alike
+    for i, (h, w) in enumerate(sizes):
+        assert cv2.imwrite(str(tmp_path / "in" / f"p{i}.png"), rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    assert cv2.imwrite(str(tmp_path / "in" / "p2a.png"), np.dstack([rng.integers(0, 256, (16, 20, 3), dtype=np.uint8), np.full((16, 20), 200, np.uint8)]))
+    paths = sorted((tmp_path / "in").iterdir())
+    gen = load_generator(tiny_model)
+    calls = []
+    real = up.run_batch
+    monkeypatch.setattr(up, "run_batch", lambda net, arrays, *a: calls.append(len(arrays)) or real(net, arrays, *a))
+    single = upscale_paths(paths, tmp_path / "one", gen, UpscaleOptions(batch=1), torch.device("cpu"), log=lambda m: None)
+    assert calls == [] and len(single.written) == 8
+    batched = upscale_paths(paths, tmp_path / "four", gen, UpscaleOptions(batch=4, alpha="bicubic"), torch.device("cpu"), log=lambda m: None)
+    # sorted: p0 p1 p2 | p2a (alpha: alone) | p3 p4 | p5 (12x12: alone) | p6 -- runs of one go the usual way
+    assert calls == [3, 2] and not batched.failed
+    for p in paths:
+        if p.name != "p2a.png":
+            a, b = (cv2.imread(str(tmp_path / d / f"{p.stem}_out.png")).astype(int) for d in ("one", "four"))
+            assert np.abs(a - b).max() <= 1  # the same pixels for each image, whatever its batch
+    calls.clear()
+    monkeypatch.setattr(up, "run_batch", lambda net, arrays, *a: (_ for _ in ()).throw(RuntimeError("out of memory")) if len(arrays) > 1 else real(net, arrays, *a))
+    logs = []
+    retried = upscale_paths(paths[:3], tmp_path / "retry", gen, UpscaleOptions(batch=4), torch.device("cpu"), log=logs.append)
+    assert len(retried.written) == 3 and not retried.failed and any("one at a time" in m for m in logs)
+
+
 def test_exif_orientation_outscale_tiling_and_determinism(tiny_model, tmp_path):
     from PIL import Image, ImageOps
 
