@@ -4,8 +4,9 @@
   realsr inspect RUN_DIR/kernels.zarr|noise.zarr [--sheet OUT.png]
   realsr upscale -i IN -o OUT [--model PATH|NAME] [-s OUTSCALE] [-t TILE] [--tile-pad P] ...
   realsr evaluate --lr DIR [--hr DIR] --model CKPT [--model CKPT ...] --out DIR [-s 4]
+  realsr train RUN_DIR --out TRAIN_DIR [--preset paper|finetune|cpu-small|test-tiny] [--init CKPT] [--auto-resume]
   realsr sample --out DIR [--count 8]      synthetic camera photos to try the pipeline on
-  realsr demo [RUN_DIR]                    sample photos -> degrade -> inspect, all embedded
+  realsr demo [RUN_DIR]                    sample photos -> degrade -> inspect -> fine-tune -> evaluate, all embedded
 """
 
 from __future__ import annotations
@@ -85,11 +86,14 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--tile-pad", type=int, default=48)
     e.add_argument("--device", default="auto")
     e.add_argument("--lpips-alexnet", type=Path, default=None, help="AlexNet features file for LPIPS (default: REALSR_WEIGHTS_DIR's)")
+    from flows.cli_train import add_parser
+
+    add_parser(sub)
     s = sub.add_parser("sample", help="write seeded synthetic camera photos")
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--count", type=int, default=8)
     s.add_argument("--seed", type=int, default=0)
-    m = sub.add_parser("demo", help="sample photos, degrade them and inspect the banks")
+    m = sub.add_parser("demo", help="sample photos, degrade them, inspect the banks, fine-tune a released model, evaluate")
     m.add_argument("run_dir", nargs="?", type=Path, default=Path("runs/demo"))
     _runtime_flags(m)
     return p
@@ -181,28 +185,6 @@ def run_evaluate(args) -> int:
     return 1 if result["failures"] else 0
 
 
-def demo_evaluation(run_dir: Path, out: Path, count: int = 4) -> str:
-    """evaluate-flow on a few of the demo's pairs: bicubic and Real-ESRGAN x4plus where its weights are."""
-    import shutil
-
-    from flows.evaluate import evaluate_flow
-    from flows.settings import EvaluateSettings
-    from storage.checkpoints import resolve_weights
-
-    names = sorted(p.name for p in (run_dir / "pairs" / "lr").glob("*.png"))[:count]
-    for sub in ("lr", "hr"):
-        (out / "set" / sub).mkdir(parents=True, exist_ok=True)
-        for n in names:
-            shutil.copyfile(run_dir / "pairs" / sub / n, out / "set" / sub / n)
-    try:
-        models = [str(resolve_weights("realesrgan-x4plus"))]
-    except FileNotFoundError as e:
-        print(f"(evaluating bicubic only: {e})", file=sys.stderr)
-        models = []
-    result = evaluate_flow(EvaluateSettings(lr=out / "set" / "lr", hr=out / "set" / "hr", models=models, out=out))
-    return f"evaluate-flow on {len(names)} demo pairs ({out}):\n" + (out / "results.md").read_text() + f"contact sheet: {result['sheet']}"
-
-
 def _print_result(summary: dict) -> None:
     from flows.degrade import summary_markdown
 
@@ -239,33 +221,25 @@ def main(argv: list[str] | None = None) -> int:
             return run_upscale(args)
         if args.command == "evaluate":
             return run_evaluate(args)
+        if args.command == "train":
+            from flows.cli_train import run_train
+
+            return run_train(args)
         if args.command == "sample":
             for p in write_samples(args.out, args.count, args.seed):
                 print(p)
             return 0
         if args.command == "demo":
-            from storage.inspect import inspect_bank
+            from flows.demo import run_demo
 
-            from flows.runtime import prefect_api
-
-            source = args.run_dir / "sample_photos"
-            run_dir = args.run_dir / "run"
-            write_samples(source, 8, 0)
-            settings = DegradeSettings(source=source, out=run_dir)
-            with prefect_api():  # one embedded API for both flows
-                summary = run_degrade(settings, args.workers, args.dask_address)
-                _print_result(summary)
-                print(inspect_bank(run_dir / "kernels.zarr"))
-                print(inspect_bank(run_dir / "noise.zarr"))
-                print(demo_evaluation(run_dir, args.run_dir / "eval"))
-            return 0
+            return run_demo(args.run_dir, args.workers, args.dask_address)
     except ValidationError as e:
         print("invalid settings:", file=sys.stderr)
         for err in e.errors():
             where = ".".join(str(x) for x in err["loc"]) or "settings"
             print(f"  {where}: {err['msg']}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, NotADirectoryError, ValueError, EmptyNoiseBank) as e:  # CheckpointError is a ValueError
+    except (FileNotFoundError, NotADirectoryError, ValueError, EmptyNoiseBank, FloatingPointError) as e:  # CheckpointError, TrainingDataError: ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

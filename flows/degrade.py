@@ -18,6 +18,7 @@ from flows.runtime import local_workers, task_runner
 from flows.settings import DegradeSettings
 from storage.images import list_images
 from storage.noise_stage import EmptyNoiseBank
+from storage.stages import jpeg_summary
 from storage.run_dir import RunDir, claim_run_dir
 from storage.stages import save_summary
 from tasks import degrade as t
@@ -144,6 +145,7 @@ def degrade_flow(settings: DegradeSettings) -> dict:
         "kernel_bank": kernels,
         "kernel_failures": kernel_failed,
         "noise_bank": noise,
+        "jpeg": jpeg_summary(records),
         "pairs": manifest,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "settings": settings.model_dump(mode="json"),
@@ -162,6 +164,7 @@ def summary_markdown(s: dict) -> str:
         f"- noise bank: `{s['noise_bank']['path']}` {s['noise_bank']['count']} patches, {s['noise_bank']['rejected']} candidates rejected",
         *([f"- **WARNING: {s['noise_bank']['warning']}**"] if s["noise_bank"].get("warning") else []),
         f"- pairs: {s['pairs']['pairs']} in `{s['pairs']['path']}`",
+        *([f"- JPEG sources: {s['jpeg']['jpeg_sources']} (median quality {s['jpeg']['median_quality']}), others {s['jpeg']['other_sources']}"] if s.get("jpeg") else []),
         "",
         "| stage | seconds |",
         "|---|---|",

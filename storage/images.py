@@ -155,6 +155,26 @@ def decode_image(path: Path | str, data: bytes, max_pixels: int = 200_000_000, u
     return SourceImage(str(path), sha256_bytes(data), rgb, opaque, depth, notes, alpha, channels == 1)
 
 
+def jpeg_quality(data: bytes) -> dict | None:
+    """A JPEG's libjpeg quality read from its quantisation tables (None for other formats):
+    {"quality": 1-100, "table_error": mean absolute table difference at it (0: exact)}."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    import io
+
+    from PIL import Image
+
+    from models.jpeg import estimate_quality
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            tables = getattr(im, "quantization", None)
+        quality, err = estimate_quality(tables or {})
+    except (OSError, ValueError):
+        return None
+    return {"quality": quality, "table_error": round(err, 3)}
+
+
 def read_bytes(path: Path | str) -> bytes:
     """A file's bytes, with read failures turned into BadImageError naming the file."""
     try:

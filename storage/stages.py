@@ -20,7 +20,7 @@ from models.kernels import KERNEL_SIZE, RESIZE_CONVENTION, analytic_x4, bicubic_
 from storage.atomic import write_bytes, write_json
 from storage.banks import KernelSet, open_kernel_bank, open_noise_bank, write_kernel_bank
 from storage.noise_stage import COLUMNS, draw_noise, extract_noise, write_bank
-from storage.images import BadImageError, decode_image, read_bytes, read_png_uint8, sha256_bytes, write_png
+from storage.images import BadImageError, decode_image, jpeg_quality, read_bytes, read_png_uint8, sha256_bytes, write_png
 from storage.run_dir import RunDir, image_name, stage_key
 
 Log = Callable[[str], None]
@@ -61,6 +61,7 @@ def prepare_source(path: Path, run: RunDir, s, log: Log = _quiet) -> dict:
         "name": name,
         "source_size": [w, h],
         "bit_depth": src.bit_depth,
+        "jpeg": jpeg_quality(data),
         "notes": src.notes,
         "clean_hr": str(clean_path),
         "hr_size": [int(hr.shape[1]), int(hr.shape[0])],
@@ -72,6 +73,22 @@ def prepare_source(path: Path, run: RunDir, s, log: Log = _quiet) -> dict:
     run.save_record("preprocess", key, record)
     log(f"{path}: clean HR {hr.shape[1]}x{hr.shape[0]}, {noise['count']} noise patches ({noise['rejected']} rejected)")
     return {**record, "cached": False}
+
+
+def source_jpeg(record: dict) -> dict | None:
+    """A prepared source's JPEG quality (records from before it was recorded read the file)."""
+    if "jpeg" in record:
+        return record["jpeg"]
+    try:
+        return jpeg_quality(read_bytes(record["source"]))
+    except BadImageError:
+        return None
+
+
+def jpeg_summary(records: list[dict]) -> dict:
+    """How many sources are JPEGs and at what quality: training re-compresses its LR the same way."""
+    q = sorted(j["quality"] for r in records if (j := source_jpeg(r)))
+    return {"jpeg_sources": len(q), "other_sources": len(records) - len(q), "median_quality": int(np.median(q)) if q else None, "qualities": sorted(set(q))}
 
 
 def _source_key(path: Path, s, fields: dict) -> tuple[bytes, str, str]:
@@ -285,6 +302,7 @@ def make_pairs(record: dict, run: RunDir, s, kernel_digest: str, noise_digest: s
         if s.kernels == "kernelgan-camera":  # one camera, one kernel: its consensus, when there is one
             valid = [i for i in valid if ks.method[i].startswith("kernelgan-camera")] or valid
         ki = int(valid[rng.integers(len(valid))])
+        jpeg_q = (source_jpeg(record) or {}).get("quality")
         lr = degrade(hr, ks.kernels[ki].astype(np.float64), scale)
         bank = _noise_bank_cached(str(run.noise), noise_digest)
         lr_size = size // scale
@@ -308,6 +326,7 @@ def make_pairs(record: dict, run: RunDir, s, kernel_digest: str, noise_digest: s
                     "kernel_index": ki,
                     "kernel_id": ks.kernel_id(ki),
                     **noise_row,
+                    "source_jpeg_quality": jpeg_q,
                     "scale": scale,
                     "seed": s.seed,
                 }

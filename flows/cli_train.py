@@ -1,0 +1,82 @@
+"""`realsr train RUN_DIR --out TRAIN_DIR [--preset ...] [--init CKPT] [--auto-resume] ...`.
+
+Every TrainSettings field is a flag (`--lr-g`, `--no-noise`, `--milestones 1000,2000`); a flag
+not given leaves the preset's value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+_SKIP = {"run_dir", "out", "preset", "resume"}
+
+
+def _kind(annotation):
+    text = str(annotation)
+    if annotation is bool:
+        return "bool"
+    if "list[int]" in text:
+        return lambda v: [int(x) for x in v.split(",") if x.strip()]
+    if annotation is int or text == "int":
+        return int
+    if annotation is float:
+        return float
+    if "Path" in text:
+        return Path
+    return str
+
+
+def add_parser(sub) -> None:
+    from flows.train_settings import PRESETS, TrainSettings
+
+    t = sub.add_parser("train", help="train or fine-tune the SR generator on a degrade-flow run's degradations")
+    t.add_argument("run_dir", type=Path, help="degrade-flow run folder")
+    t.add_argument("--out", required=True, type=Path, help="training folder (checkpoints, logs, samples)")
+    t.add_argument("--preset", default="paper", choices=list(PRESETS), help="bundle of settings to start from (default paper)")
+    t.add_argument("--resume", dest="resume", action="store_const", const="require", default="no", help="continue from the newest state (fail if none)")
+    t.add_argument("--auto-resume", dest="resume", action="store_const", const="auto", help="continue from the newest state if there is one")
+    t.add_argument("--runtime", default="prefect", choices=["prefect", "local"], help="prefect: as train-flow (an embedded API unless PREFECT_API_URL is set); local: in this process, with a progress bar")
+    for name, field in TrainSettings.model_fields.items():
+        if name in _SKIP:
+            continue
+        flag = "--" + name.replace("_", "-")
+        kind = _kind(field.annotation)
+        if kind == "bool":
+            t.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"{field.description} (default {field.default})")
+        else:
+            t.add_argument(flag, type=kind, default=None, help=f"{field.description} (default {field.default})")
+
+
+def settings_from(args):
+    from flows.train_settings import TrainSettings
+
+    given = {n: getattr(args, n) for n in TrainSettings.model_fields if n not in _SKIP and getattr(args, n, None) is not None}
+    return TrainSettings.from_preset(args.preset, run_dir=args.run_dir, out=args.out, resume=args.resume, **given)
+
+
+def describe(settings) -> str:
+    """The resolved settings, printed at the start (train.json in the folder keeps them)."""
+    fields = settings.model_dump(mode="json")
+    return f"preset {settings.preset}: " + ", ".join(f"{k}={fields[k]}" for k in fields if k not in ("run_dir", "out", "preset"))
+
+
+def run_train(args) -> int:
+    """`realsr train`: 0 when training reached its last iteration."""
+    settings = settings_from(args)
+    print(describe(settings), file=sys.stderr)
+    if args.runtime == "prefect":
+        from flows.runtime import prefect_api
+        from flows.train import summary_markdown, train_flow
+
+        with prefect_api():
+            summary = train_flow(settings)
+    else:
+        from flows.train import summary_markdown
+        from storage.training import train
+
+        summary = train(settings, log=lambda m: print(m, file=sys.stderr))
+    print(summary_markdown(summary))
+    print(f"upscale with:  realsr upscale -i PHOTOS -o OUT --model {summary['latest']}")
+    return 0

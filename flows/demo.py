@@ -1,0 +1,71 @@
+"""`realsr demo`: the whole method on the embedded default, in about 15 minutes on 2 cores.
+
+sample camera photos -> degrade-flow (KernelGAN kernels, noise bank, pairs) -> inspect the banks
+-> train-flow (a short fine-tune of Real-ESRGAN x4plus on the camera's degradations) ->
+evaluate-flow (bicubic, the released model and the fine-tuned one on held-out photos' pairs).
+
+The budget is a demonstration's, not a recipe's: KernelGAN runs DEMO_KERNELGAN_ITERATIONS steps
+(the paper: 3000) and the fine-tune DEMO_ITERATIONS (BENCHMARKS.md has what longer runs give).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+DEMO_KERNELGAN_ITERATIONS = 600
+DEMO_ITERATIONS = 60
+DEMO_PHOTOS = 8
+HELD_OUT = 2  # photos kept out of training; their pairs are the evaluation set
+
+
+def run_demo(root: Path, workers: int | None = None, address: str | None = None) -> int:
+    from flows.cli import _print_result, run_degrade, write_samples
+    from flows.evaluate import evaluate_flow
+    from flows.runtime import prefect_api
+    from flows.settings import DegradeSettings, EvaluateSettings
+    from flows.train import summary_markdown, train_flow
+    from flows.train_settings import TrainSettings
+    from storage.checkpoints import resolve_weights
+    from storage.inspect import inspect_bank
+    from storage.run_dir import RunDir
+    from storage.train_data import training_images
+
+    root = Path(root)
+    source, run_dir = root / "sample_photos", root / "run"
+    write_samples(source, DEMO_PHOTOS, 0)
+    degrade = DegradeSettings(source=source, out=run_dir, kernels="kernelgan", kernelgan_iterations=DEMO_KERNELGAN_ITERATIONS)
+    try:
+        init = str(resolve_weights("realesrgan-x4plus"))
+        preset, extra = "finetune", {}
+    except FileNotFoundError as e:
+        print(f"(no released generator found, training cpu-small from scratch instead: {e})", file=sys.stderr)
+        init, preset, extra = None, "cpu-small", {"warmup": DEMO_ITERATIONS // 2}
+    train = TrainSettings.from_preset(
+        preset, run_dir=run_dir, out=root / "train", init=init, iterations=DEMO_ITERATIONS, batch_size=4, hr_size=64,
+        val_images=HELD_OUT, val_pairs=4, val_every=DEMO_ITERATIONS, save_every=DEMO_ITERATIONS // 2, log_every=10, workers=1,
+        resume="auto", **extra,
+    )
+    with prefect_api():  # one embedded API for the three flows
+        summary = run_degrade(degrade, workers, address)
+        _print_result(summary)
+        print(inspect_bank(run_dir / "kernels.zarr"))
+        print(inspect_bank(run_dir / "noise.zarr"))
+        trained = train_flow(train)
+        print(summary_markdown(trained))
+        _, held, _ = training_images(RunDir(run_dir), train.hr_size, HELD_OUT)
+        names = [f"{p}.png" for im in held for p in im.pairs]
+        eval_set = root / "eval" / "set"
+        for sub in ("lr", "hr"):
+            (eval_set / sub).mkdir(parents=True, exist_ok=True)
+            for n in names:
+                shutil.copyfile(run_dir / "pairs" / sub / n, eval_set / sub / n)
+        fine_tuned = root / "eval" / "fine_tuned.pth"  # a stable name for the table's row
+        shutil.copyfile(trained["latest"], fine_tuned)
+        models = ([init] if init else []) + [str(fine_tuned)]
+        result = evaluate_flow(EvaluateSettings(lr=eval_set / "lr", hr=eval_set / "hr", models=models, out=root / "eval"))
+    print(f"evaluate-flow on {len(names)} pairs of the {len(held)} held-out photos:")
+    print((root / "eval" / "results.md").read_text())
+    print(f"upscaled images: {root / 'eval' / 'sr'}/<model>/; contact sheet: {result['sheet']}; training samples: {root / 'train' / 'samples'}")
+    return 0

@@ -1,0 +1,104 @@
+"""train-flow's parameters, and the presets: named bundles of them.
+
+`paper` is the released RealSR/ESRGAN recipe; `finetune` adapts a released generator to one
+camera; `cpu-small` and `test-tiny` are small networks for this CPU and for tests. A preset sets
+fields (in validation, so Prefect parameters `{"preset": "finetune", ...}` get it too); anything
+given explicitly wins over it. The resolved settings are printed at the start and stored with
+the run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PRESETS: dict[str, dict] = {
+    # ESRGAN / RealSR: RRDB 23 blocks, PatchGAN, batch 16 of 128 px, 60k steps, halving at 5k/10k/20k/30k
+    "paper": {},
+    # a released generator adapted to one camera: lower G learning rate, short schedule (BENCHMARKS.md)
+    "finetune": {
+        "init": "realesrgan-x4plus", "iterations": 5000, "batch_size": 8, "lr_g": 5e-5, "lr_d": 1e-4,
+        "milestones": [2500, 4000], "val_every": 500, "save_every": 500,
+    },
+    # small networks that train in minutes on two CPU cores
+    "cpu-small": {
+        "g_feat": 32, "g_blocks": 6, "g_grow": 16, "d_feat": 32, "iterations": 2000, "batch_size": 4, "hr_size": 64,
+        "lr_g": 2e-4, "lr_d": 2e-4, "milestones": [1000, 1500], "warmup": 300, "val_every": 250, "save_every": 250, "workers": 1,
+    },
+    # for tests: seconds on a CPU
+    "test-tiny": {
+        "g_feat": 8, "g_blocks": 1, "g_grow": 8, "d_feat": 8, "iterations": 6, "batch_size": 2, "hr_size": 32,
+        "milestones": [4], "warmup": 2, "val_every": 3, "save_every": 3, "val_pairs": 2, "workers": 0, "log_every": 1,
+    },
+}
+
+
+class TrainSettings(BaseModel):
+    """What train-flow trains, on what, for how long."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run_dir: Path = Field(description="A degrade-flow run folder (clean_hr/, kernels.zarr, noise.zarr, pairs/).")
+    out: Path = Field(description="Training folder: models/, training_states/, losses.csv, validation.csv, samples/.")
+    preset: Literal["paper", "finetune", "cpu-small", "test-tiny"] = Field("paper", description="The bundle of settings this run started from.")
+    init: str | None = Field(None, description="Generator to start from: a checkpoint path or realsr-df2k / realesrgan-x4plus (none: from scratch, with the L1 warm-up).")
+    resume: Literal["no", "auto", "require"] = Field("no", description="'auto' continues from the newest complete state in out if there is one; 'require' fails without one.")
+    iterations: int = Field(60_000, ge=1, le=10_000_000, description="Total training iterations (a resumed run continues to this).")
+    batch_size: int = Field(16, ge=1, le=1024, description="HR crops per iteration.")
+    hr_size: int = Field(128, ge=16, le=1024, description="Side of an HR training crop, px (a multiple of the scale).")
+    g_feat: int = Field(64, ge=4, le=256, description="RRDB features (from scratch; an init file sets its own).")
+    g_blocks: int = Field(23, ge=1, le=64, description="RRDB blocks (from scratch).")
+    g_grow: int = Field(32, ge=4, le=128, description="RRDB growth channels (from scratch).")
+    discriminator: Literal["patchgan", "vgg128"] = Field("patchgan", description="The paper's PatchGAN (70x70 windows) or ESRGAN's VGG-128 (128 px crops only).")
+    d_feat: int = Field(64, ge=4, le=256, description="Discriminator features of its first layer.")
+    lr_g: float = Field(1e-4, gt=0, le=1e-2, description="Adam learning rate of G.")
+    lr_d: float = Field(1e-4, gt=0, le=1e-2, description="Adam learning rate of D.")
+    milestones: list[int] = Field([5000, 10000, 20000, 30000], description="Iterations at which both learning rates halve.")
+    warmup: int = Field(5000, ge=0, description="L1-only iterations first, when training from scratch (ignored with init).")
+    pixel_weight: float = Field(1e-2, ge=0, description="L1 weight.")
+    perceptual_weight: float = Field(1.0, ge=0, description="VGG19 conv5_4 (before ReLU) L1 weight.")
+    gan_weight: float = Field(5e-3, ge=0, description="Relativistic average GAN weight.")
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of G (saved as params_ema).")
+    kernel_per: Literal["image", "sample"] = Field("image", description="'image': each source keeps its one kernel, as the paper; 'sample': a valid bank kernel drawn per crop.")
+    noise: bool = Field(True, description="Inject a noise-bank crop into every LR.")
+    noise_match_brightness: bool = Field(True, description="Draw noise from patches of the LR crop's brightness (off: uniform, as the paper).")
+    jpeg: Literal["auto", "off"] = Field("auto", description="'auto': re-compress each LR at its source JPEG's quality (PNG sources: none).")
+    jpeg_range: int = Field(5, ge=0, le=50, description="auto: the quality varies by up to this much around the source's.")
+    val_images: int = Field(1, ge=0, description="Source images held out of training; their degrade-flow pairs validate.")
+    val_pairs: int = Field(8, ge=1, le=1000, description="At most this many held-out pairs per validation.")
+    val_every: int = Field(5000, ge=1, description="Validate (PSNR-Y, LPIPS, sample crops) every N iterations, and at the end.")
+    save_every: int = Field(5000, ge=1, description="Checkpoint every N iterations, and at the end.")
+    keep_checkpoints: int = Field(2, ge=1, le=1000, description="Numbered checkpoints kept besides best and latest.")
+    log_every: int = Field(50, ge=1, description="Loss rows to losses.csv (means over the last N iterations).")
+    workers: int = Field(2, ge=0, le=64, description="DataLoader worker processes (0: in the training process).")
+    seed: int = Field(0, ge=0, description="Seeds the networks' initialisation and every data draw.")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="Torch device: auto, cpu, cuda or cuda:N.")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="'auto': bf16 autocast on CUDA, fp32 on CPU.")
+    vgg19_weights: Path | None = Field(None, description="VGG19 features file for the perceptual loss (default: REALSR_WEIGHTS_DIR's, else torchvision's download).")
+    lpips_alexnet: Path | None = Field(None, description="AlexNet features file for validation LPIPS (default: REALSR_WEIGHTS_DIR's).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data):
+        """The preset's values for every field not given (so a Prefect run's parameters work alike)."""
+        if isinstance(data, dict):
+            preset = data.get("preset") or "paper"
+            if preset not in PRESETS:
+                raise ValueError(f"unknown preset {preset!r} (one of {', '.join(PRESETS)})")
+            return {**PRESETS[preset], **{k: v for k, v in data.items() if v is not None}, "preset": preset}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainSettings":
+        if sorted(self.milestones) != list(self.milestones) or any(m < 1 for m in self.milestones):
+            raise ValueError(f"milestones must be increasing positive iterations, got {self.milestones}")
+        if self.discriminator == "vgg128" and self.hr_size != 128:
+            raise ValueError(f"the vgg128 discriminator takes 128 px crops: set hr_size 128 (got {self.hr_size})")
+        return self
+
+    @classmethod
+    def from_preset(cls, preset: str = "paper", **given) -> "TrainSettings":
+        """The preset's values under the explicitly given ones (None means 'not given')."""
+        return cls(preset=preset, **given)

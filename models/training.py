@@ -1,0 +1,150 @@
+"""One ESRGAN training step (G, then D, then the EMA of G), as BasicSR's ESRGANModel does it.
+
+Pure tensors: no disk, no data loading. `Trainer` holds the networks, optimisers and LR
+schedules and can hand all of it over as a state dict, so a resumed run continues bitwise.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.losses import PerceptualLoss, ragan_d_loss, ragan_g_loss
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """RealSR's (and ESRGAN's) weights; the warm-up stage uses L1 alone at weight 1."""
+
+    pixel: float = 1e-2
+    perceptual: float = 1.0
+    gan: float = 5e-3
+
+
+@dataclass(frozen=True)
+class Schedule:
+    lr_g: float = 1e-4
+    lr_d: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    milestones: tuple[int, ...] = (5000, 10000, 20000, 30000)
+    gamma: float = 0.5
+
+
+class EMA:
+    """An exponential moving average of G's parameters (BasicSR's `model_ema`, decay 0.999):
+    the weights that are saved as `params_ema` and that inference uses."""
+
+    def __init__(self, net: nn.Module, decay: float = 0.999):
+        self.decay = decay
+        self.net = copy.deepcopy(net).eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, net: nn.Module) -> None:
+        for e, p in zip(self.net.parameters(), net.parameters()):
+            e.mul_(self.decay).add_(p.detach(), alpha=1 - self.decay)
+        for e, b in zip(self.net.buffers(), net.buffers()):
+            e.copy_(b)
+
+
+class Trainer:
+    """G, D, their Adam optimisers and MultiStepLR schedules, the EMA, and the losses.
+
+    Args:
+        g, d: the generator and discriminator (moved to `device` by the caller).
+        perceptual: the VGG19 loss; None leaves it out (weights.perceptual is ignored).
+        autocast: a dtype for `torch.autocast` on `device` (bf16 on GPUs), None for fp32.
+    """
+
+    def __init__(
+        self, g: nn.Module, d: nn.Module, perceptual: PerceptualLoss | None, weights: LossWeights, schedule: Schedule,
+        ema_decay: float = 0.999, device: torch.device | str = "cpu", autocast: torch.dtype | None = None,
+    ):
+        self.g, self.d, self.perceptual, self.weights = g, d, perceptual, weights
+        self.device = torch.device(device)
+        self.autocast = autocast
+        self.opt_g = torch.optim.Adam(g.parameters(), lr=schedule.lr_g, betas=schedule.betas)
+        self.opt_d = torch.optim.Adam(d.parameters(), lr=schedule.lr_d, betas=schedule.betas)
+        self.sched_g = torch.optim.lr_scheduler.MultiStepLR(self.opt_g, list(schedule.milestones), schedule.gamma)
+        self.sched_d = torch.optim.lr_scheduler.MultiStepLR(self.opt_d, list(schedule.milestones), schedule.gamma)
+        self.ema = EMA(g, ema_decay)
+
+    def _cast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else nullcontext()
+
+    def step(self, lr: torch.Tensor, hr: torch.Tensor, warmup: bool = False) -> dict[str, float]:
+        """One iteration on a batch (N, 3, h, w) -> (N, 3, sh, sw); returns the loss values.
+
+        Warm-up: L1 alone at weight 1 (the PSNR-oriented start ESRGAN needs from scratch), no D.
+        Otherwise G minimises pixel + perceptual + RaGAN (D frozen), then D its RaGAN loss on
+        the detached fakes, with BatchNorm seeing real and fake crops in separate passes.
+        """
+        self.g.train()
+        for p in self.d.parameters():
+            p.requires_grad_(False)
+        self.opt_g.zero_grad(set_to_none=True)
+        with self._cast():
+            fake = self.g(lr)
+        fake = fake.float()
+        logs: dict[str, float] = {}
+        if warmup:
+            loss = F.l1_loss(fake, hr)
+            logs["l_pix"] = loss.item()
+        else:
+            w = self.weights
+            l_pix = F.l1_loss(fake, hr) * w.pixel
+            loss = l_pix
+            logs["l_pix"] = l_pix.item()
+            if self.perceptual is not None and w.perceptual:
+                with self._cast():
+                    l_percep = self.perceptual(fake, hr).float() * w.perceptual
+                loss = loss + l_percep
+                logs["l_percep"] = l_percep.item()
+            self.d.train()
+            with self._cast():
+                real_logits = self.d(hr).detach().float()
+                fake_logits = self.d(fake).float()
+            l_gan = ragan_g_loss(real_logits, fake_logits) * w.gan
+            loss = loss + l_gan
+            logs["l_g_gan"] = l_gan.item()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"G's loss is {loss.item()} ({', '.join(f'{k} {v:.4g}' for k, v in logs.items())}): training diverged")
+        loss.backward()
+        self.opt_g.step()
+        if not warmup:
+            for p in self.d.parameters():
+                p.requires_grad_(True)
+            self.opt_d.zero_grad(set_to_none=True)
+            with self._cast():
+                fake_logits = self.d(fake.detach()).float()
+                real_logits = self.d(hr).float()
+            l_d = ragan_d_loss(real_logits, fake_logits)
+            l_d.backward()
+            self.opt_d.step()
+            logs.update(l_d=l_d.item(), d_real=real_logits.mean().item(), d_fake=fake_logits.mean().item())
+        self.sched_g.step()
+        with warnings.catch_warnings():  # in the warm-up D's schedule moves on without D stepping: intended
+            warnings.simplefilter("ignore", UserWarning)
+            self.sched_d.step()
+        self.ema.update(self.g)
+        return logs
+
+    def state_dict(self) -> dict:
+        """Everything but the networks' weights (saved as BasicSR's net_g / net_d files)."""
+        return {
+            "optimizers": [self.opt_g.state_dict(), self.opt_d.state_dict()],
+            "schedulers": [self.sched_g.state_dict(), self.sched_d.state_dict()],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt_g.load_state_dict(state["optimizers"][0])
+        self.opt_d.load_state_dict(state["optimizers"][1])
+        self.sched_g.load_state_dict(state["schedulers"][0])
+        self.sched_d.load_state_dict(state["schedulers"][1])
