@@ -40,6 +40,7 @@ _FLAGS = {
     "max_megapixels": float,
     "images_per_task": int,
     "kernelgan_iterations": int,
+    "kernelgan_seeds": int,
     "kernelgan_device": str,
     "kernelgan_batch": int,
 }

@@ -14,8 +14,8 @@ import shutil
 import sys
 from pathlib import Path
 
-DEMO_KERNELGAN_ITERATIONS = 600
-DEMO_ITERATIONS = 60
+DEMO_KERNELGAN_ITERATIONS = 1000
+DEMO_ITERATIONS = 100
 DEMO_PHOTOS = 8
 HELD_OUT = 2  # photos kept out of training; their pairs are the evaluation set
 

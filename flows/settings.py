@@ -26,6 +26,7 @@ class DegradeSettings(BaseModel):
         description="Kernel source: 'bicubic' (the paper's Track 1 recipe), 'kernelgan' (each source's own kernel), 'kernelgan-camera' (one kernel for the camera: the consensus of its photos' kernels) or 'bank:PATH' (reuse a kernel bank).",
     )
     kernelgan_iterations: int = Field(3000, ge=1, le=100_000, description="KernelGAN training steps per image (the paper: 3000).")
+    kernelgan_seeds: int = Field(1, ge=1, le=16, description="KernelGAN runs per image, each with its own seed; their kernels are averaged (2: twice the time, nearer the truth on strongly blurred photos, BENCHMARKS.md).")
     kernelgan_device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="Torch device for KernelGAN: auto, cpu, cuda or cuda:N.")
     kernelgan_batch: int | None = Field(
         None, ge=1, le=1024, description="Images trained together in one KernelGAN task (default: split evenly over the workers, at most 16)."
@@ -105,7 +106,7 @@ class DegradeSettings(BaseModel):
         """The settings an image's KernelGAN kernel depends on (not the device: results agree to float rounding)."""
         from models.kernelgan import VERSION
 
-        return {"stage": "kernelgan", "version": f"{STAGE_VERSION}.{VERSION}", "iterations": self.kernelgan_iterations, "seed": self.seed}
+        return {"stage": "kernelgan", "version": f"{STAGE_VERSION}.{VERSION}", "iterations": self.kernelgan_iterations, "seed": self.seed, **({"seeds": self.kernelgan_seeds} if self.kernelgan_seeds > 1 else {})}
 
     def pairs_key_fields(self) -> dict:
         """The settings an image's pairs depend on (bank digests are added by the caller)."""

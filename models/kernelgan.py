@@ -39,7 +39,7 @@ from models.kernelgan_losses import (
     SparsityLoss,
     SumOfWeightsLoss,
 )
-from models.kernelgan_post import collapse, finalize_kernel  # noqa: F401 (re-exported)
+from models.kernelgan_post import average_estimates, collapse, finalize_kernel  # noqa: F401 (re-exported)
 
 VERSION = "2"  # bump when the kernel estimated for the same image and config changes
 
@@ -62,6 +62,7 @@ class KernelGANConfig:
     settle_tol: float = 0.0  # stop an image once its kernel moves less than this (relative) in 100 steps; 0: never
     settle_after: int = 1500  # ... looked for from this step on (the learning rate is 2e-6 there)
     retries: int = 1  # an image that diverges or collapses trains again with the next seed, this often
+    seeds: int = 1  # train each image this many times (seeds seed, seed + SEED_STRIDE, ...) and average the kernels
     seed: int = 0
 
     @property
@@ -259,13 +260,20 @@ def estimate_kernel(image: np.ndarray, cfg: KernelGANConfig = KernelGANConfig(),
     return estimate_kernels([image], cfg, device, deep, progress)[0]
 
 
+SEED_STRIDE = 1000  # between the seeds of an average: far from the retries' seed + 1, + 2
+
+
 def estimate_kernels(images: list[np.ndarray], cfg: KernelGANConfig = KernelGANConfig(), device: str = "cpu", deep: bool = False, progress=None) -> list[KernelEstimate]:
     """Train KernelGAN on each float32 RGB image in [0, 1] (HWC) and return their x2 kernels.
 
     `train_kernels` on all of them; an image whose training diverged or whose kernel collapsed
     (`collapse`) trains again with the next seed, up to `cfg.retries` times (alone or with the
     other failures: the result is the same), and keeps its problem if every attempt failed.
+    With `cfg.seeds` > 1 every image trains that many times and gets the average (`average_estimates`).
     """
+    if cfg.seeds > 1:
+        runs = [estimate_kernels(images, replace(cfg, seed=cfg.seed + SEED_STRIDE * j, seeds=1), device, deep, progress) for j in range(cfg.seeds)]
+        return [average_estimates(list(per_image), cfg.n_filtering) for per_image in zip(*runs)]
     out = train_kernels(images, cfg, device, deep, progress)
     seeds = [cfg.seed]
     for _ in range(cfg.retries):

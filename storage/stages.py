@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from models.degradation import clean_up, crop_to_multiple, degrade, inject_noise, patch_grid, to_uint8
+from models.kernelgan_post import x4_base
 from models.kernels import KERNEL_SIZE, RESIZE_CONVENTION, analytic_x4, bicubic_kernel, check_kernel, consensus_kernel
 from storage.atomic import write_bytes, write_json
 from storage.banks import KernelSet, open_kernel_bank, open_noise_bank, write_kernel_bank
@@ -184,7 +185,7 @@ def _kernelgan_config(s):
     """The KernelGAN configuration a run's settings ask for (the reference's defaults otherwise)."""
     from models.kernelgan import KernelGANConfig
 
-    return KernelGANConfig(iterations=s.kernelgan_iterations, seed=s.seed)
+    return KernelGANConfig(iterations=s.kernelgan_iterations, seed=s.seed, seeds=s.kernelgan_seeds)
 
 
 def kernelgan_sets(run: RunDir, records: list[dict], camera: bool = False) -> list[KernelSet]:
@@ -193,19 +194,21 @@ def kernelgan_sets(run: RunDir, records: list[dict], camera: bool = False) -> li
     kernel for the camera, the consensus of the estimates that did not fail (`kernelgan-camera`,
     the last row), which the pairs then use for every image."""
     records = sorted(records, key=lambda r: r["source"])
-    k2 = []
+    k2, raw = [], []
     for r in records:
         with np.load(run.staged_kernel(r["key"]), allow_pickle=False) as z:
             k2.append(z["kernel"])
+            raw.append(z["raw"])
     src, sha = [r["source"] for r in records], [r["sha256"] for r in records]
     failed = [bool(r.get("fallback")) for r in records]
     m2 = ["bicubic-fallback" if f else "kernelgan" for f in failed]
-    k4 = [bicubic_kernel(4) if f else analytic_x4(k) for k, f in zip(k2, failed)]
+    base = [None if f else x4_base(r) for r, f in zip(raw, failed)]  # x4 composes the unthresholded x2 kernel
+    k4 = [bicubic_kernel(4) if f else analytic_x4(b) for b, f in zip(base, failed)]
     m4 = ["bicubic-fallback" if f else "kernelgan+analytic-x4" for f in failed]
     good = [k for k, f in zip(k2, failed) if not f]
     if camera and good:
         cam = consensus_kernel(good)
-        k2, k4 = [*k2, cam], [*k4, analytic_x4(cam)]
+        k2, k4 = [*k2, cam], [*k4, analytic_x4(consensus_kernel([b for b in base if b is not None]))]
         src, sha = [*src, f"camera: consensus of {len(good)} photos"], [*sha, ""]
         m2, m4 = [*m2, "kernelgan-camera"], [*m4, "kernelgan-camera+analytic-x4"]
     return [_kernel_set(2, k2, src, sha, m2), _kernel_set(4, k4, src, sha, m4)]

@@ -273,3 +273,24 @@ def test_a_settled_image_stops_at_the_step_it_settled_whatever_its_batch():
         assert g.losses == alone.losses
     strict = estimate_kernel(images[0], KernelGANConfig(**{**cfg.as_dict(), "settle_tol": 1e-12}))
     assert strict.iterations == 400  # nothing settles that tightly: the whole run
+
+
+def test_seeds_are_averaged_and_a_failed_seed_has_no_say(monkeypatch):
+    import models.kernelgan as kg
+    from models.kernelgan_post import x4_base
+
+    calls = []
+    wide, narrow = gaussian_kernel(2.0, 1.6, 0.3, 13), gaussian_kernel(1.0, 0.8, 0.3, 13)
+
+    def runs(images, cfg, *a, **k):  # seed 0: narrow kernels; seed 1000: wide ones, the last image fails
+        calls.append((len(images), cfg.seed))
+        raw = narrow if cfg.seed == 0 else wide
+        fail = lambda i: cfg.seed == 1000 and i == len(images) - 1  # noqa: E731
+        return [kg.KernelEstimate(None if fail(i) else finalize_kernel(raw), raw, {}, 10, None, "collapsed" if fail(i) else None, cfg.seed) for i in range(len(images))]
+
+    monkeypatch.setattr(kg, "train_kernels", runs)
+    got = kg.estimate_kernels([camera_photo(0, 96, 96)] * 2, KernelGANConfig(iterations=10, seeds=2, retries=0))
+    assert calls == [(2, 0), (2, 1000)]
+    assert np.allclose(got[0].kernel, centre_kernel((finalize_kernel(narrow) + finalize_kernel(wide)) / 2)) and got[0].iterations == 20
+    assert np.allclose(x4_base(got[0].raw), centre_kernel((x4_base(narrow) + x4_base(wide)) / 2))  # x4 composes the average too
+    assert np.allclose(got[1].kernel, finalize_kernel(narrow)) and got[1].iterations == 10  # the failed seed is left out

@@ -195,6 +195,22 @@ def test_the_camera_kernel_is_the_consensus_of_the_photos_that_did_not_fail(tmp_
     assert len(stages.kernelgan_sets(run, records)[0]) == 4  # per-image only without `camera`
 
 
+def test_x4_kernels_compose_the_unthresholded_x2_kernel(tmp_path):
+    from models.kernelgan_post import finalize_kernel
+    from models.kernels import analytic_x4
+    from models.synthetic import gaussian_kernel
+    from storage.atomic import write_bytes
+
+    s = _settings(tmp_path / "p", tmp_path / "run", kernels="kernelgan")
+    run = RunDir(claim_run_dir(s.out, {}))
+    raw = gaussian_kernel(2.4, 1.8, 0.4, 13)  # wide: the soft threshold would cut its tails
+    write_bytes(run.staged_kernel("k"), stages._npz_bytes({"kernel": finalize_kernel(raw, 40), "raw": raw}))
+    x2, x4 = stages.kernelgan_sets(run, [{"key": "k", "source": "p/0.png", "sha256": "0" * 64}])
+    assert np.allclose(x2.kernels[0], finalize_kernel(raw, 40))  # x2: the reference's post-processing
+    assert np.allclose(x4.kernels[0], analytic_x4(finalize_kernel(raw, 0)), atol=1e-7)  # x4: the whole kernel, composed
+    assert not np.allclose(x4.kernels[0], analytic_x4(finalize_kernel(raw, 40)), atol=1e-4)
+
+
 def test_with_the_camera_kernel_every_pair_uses_it(photo_dir, tmp_path):
     from models.synthetic import gaussian_kernel
     from storage.atomic import write_bytes
