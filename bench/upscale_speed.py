@@ -7,11 +7,12 @@ it looks like a photo to upscale), in one process:
 - `tiled T/P`: `models.tiling.upscale` with tiles of T px and P px of context.
 - `batch B`: `--small N` images of 64x64 (`--small-size`), B at a time through `run_batch`.
 Reported: seconds, LR megapixels per second, the max and 99.99th percentile absolute difference
-to `plain` (batches: to batch 1) in 1/255 units, peak RSS. The first call of each shape is a
-warm-up, not timed. `--variants` picks some; run `--variants tiled` alone for the tiled peak RSS.
+to `plain` (batches: to batch 1) in 1/255 units, and the process's peak RSS after each variant:
+they run smallest memory first (batches, tiled, inference, plain), so each peak is its own. The
+first call of each shape is a warm-up, not timed. `--variants` picks some.
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/upscale_speed.py --size 256 --tiles 128/48,256/48
-    OMP_NUM_THREADS=2 .venv/bin/python bench/upscale_speed.py --size 1000x750 --tiles 256/48 --variants tiled
+    OMP_NUM_THREADS=2 .venv/bin/python bench/upscale_speed.py --size 1000x750 --tiles 256/48 --variants tiled,plain
 """
 
 from __future__ import annotations
@@ -81,47 +82,48 @@ def main() -> None:
 
     variants = args.variants.split(",")
     upscale(net, img[:32, :32], 4)  # warm-up: first-call allocations, thread pool
-    ref = None
-    if "plain" in variants:
-        secs, ref = timed(plain, args.repeat)
-        rows.append(("plain", secs, ref, mp))
-    if "inference" in variants:
-        net_cl = net.to(memory_format=torch.channels_last)
-        secs, out = timed(lambda: upscale(net_cl, img, 4, channels_last=True), args.repeat)
-        rows.append(("inference+channels_last", secs, out, mp))
-        net.to(memory_format=torch.contiguous_format)
-        secs, out = timed(lambda: upscale(net, img, 4), args.repeat)
-        rows.append(("inference", secs, out, mp))
-    if "tiled" in variants:
-        for spec in args.tiles.split(","):
-            tile, pad = (int(v) for v in spec.split("/"))
-            secs, out = timed(lambda: upscale(net, img, 4, tile=tile, pad=pad), args.repeat)
-            rows.append((f"tiled {tile}/{pad}", secs, out, mp))
+    rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # noqa: E731  (MB, peak so far)
+    # smallest memory first, so each row's peak RSS so far is its own
     if "batch" in variants:
         n = args.small_size
         smalls = [np.ascontiguousarray(img[(i * n) % (h - n + 1) :][:n, (i * 37) % (w - n + 1) :][:, :n]) for i in range(args.small)]
         net.to(memory_format=torch.channels_last)
         run_batch(net, smalls[:1], torch.device("cpu"), torch.float32, True)
-        first = None
         for b in (int(v) for v in args.batches.split(",")):
             fn = lambda: np.concatenate([np.concatenate(run_batch(net, smalls[i : i + b], torch.device("cpu"), torch.float32, True)) for i in range(0, len(smalls), b)])  # noqa: E731
             secs, out = timed(fn, args.repeat)
-            first = out if first is None else first
-            rows.append((f"batch {b} ({len(smalls)} of {n}x{n})", secs, out, len(smalls) * n * n / 1e6))
+            rows.append((f"batch {b} ({len(smalls)} of {n}x{n})", secs, out, len(smalls) * n * n / 1e6, rss()))
+        net.to(memory_format=torch.contiguous_format)
+    if "tiled" in variants:
+        for spec in args.tiles.split(","):
+            tile, pad = (int(v) for v in spec.split("/"))
+            secs, out = timed(lambda: upscale(net, img, 4, tile=tile, pad=pad), args.repeat)
+            rows.append((f"tiled {tile}/{pad}", secs, out, mp, rss()))
+    if "inference" in variants:
+        net_cl = net.to(memory_format=torch.channels_last)
+        secs, out = timed(lambda: upscale(net_cl, img, 4, channels_last=True), args.repeat)
+        rows.append(("inference+channels_last", secs, out, mp, rss()))
+        net.to(memory_format=torch.contiguous_format)
+        secs, out = timed(lambda: upscale(net, img, 4), args.repeat)
+        rows.append(("inference", secs, out, mp, rss()))
+    ref = None
+    if "plain" in variants:
+        secs, ref = timed(plain, args.repeat)
+        rows.insert(0, ("plain", secs, ref, mp, rss()))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     load = open("/proc/loadavg").read().split()[0] if Path("/proc/loadavg").exists() else "?"
     print(f"RRDB 23 blocks x4 ({args.model}), LR {w}x{h}, torch threads {torch.get_num_threads()}, load {load}, commit {commit}")
-    print("| variant | seconds | LR MP/s | vs the first of its kind | max diff (1/255) | p99.99 diff |")
-    print("|---|---|---|---|---|---|")
+    print("| variant | seconds | LR MP/s | vs the first of its kind | max diff (1/255) | p99.99 diff | peak RSS so far, MB |")
+    print("|---|---|---|---|---|---|---|")
     base = {}
     with args.results.open("a") as f:
-        for name, secs, out, size in rows:
+        for name, secs, out, size, peak in rows:
             kind = name.split()[0] == "batch"
             base.setdefault(kind, (secs, out))
             against = ref if not kind and ref is not None else base[kind][1]
             d = np.abs(out - against) * 255
-            print(f"| {name} | {secs:.1f} | {size / secs:.4f} | {base[kind][0] / secs:.2f}x | {d.max():.3f} | {np.percentile(d, 99.99):.3f} |")
-            f.write(json.dumps({"variant": name, "lr": [w, h], "seconds": secs, "lr_mp_per_s": size / secs, "max_diff_255": float(d.max()), "threads": torch.get_num_threads(), "load": load, "commit": commit, "machine": platform.node(), "date": time.strftime("%Y-%m-%d %H:%M")}) + "\n")
+            print(f"| {name} | {secs:.1f} | {size / secs:.4f} | {base[kind][0] / secs:.2f}x | {d.max():.3f} | {np.percentile(d, 99.99):.3f} | {peak:.0f} |")
+            f.write(json.dumps({"variant": name, "lr": [w, h], "seconds": secs, "lr_mp_per_s": size / secs, "max_diff_255": float(d.max()), "peak_rss_mb_so_far": peak, "threads": torch.get_num_threads(), "load": load, "commit": commit, "machine": platform.node(), "date": time.strftime("%Y-%m-%d %H:%M")}) + "\n")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 

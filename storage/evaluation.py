@@ -182,10 +182,10 @@ def write_results(out: Path, rows: list[dict], summary: list[dict]) -> tuple[Pat
     write_bytes(out / "results.csv", buf.getvalue().encode())
     mcols = [c for c in METRIC_COLUMNS if any(c in m for m in summary)]
     names = {"psnr_y": "PSNR-Y dB", "ssim_y": "SSIM-Y", "psnr_rgb": "PSNR-RGB dB", "ssim_rgb": "SSIM-RGB", "lpips": "LPIPS-alex"}
-    lines = ["| model | images | " + " | ".join(names[c] for c in mcols) + " | s/image |", "|---|---|" + "---|" * len(mcols) + "---|"]
-    for m in summary:
-        vals = " | ".join(f"{m[c]:.4f}" if c in m else "-" for c in mcols)
-        lines.append(f"| {m['model']} | {m['images']} | {vals} | {m['seconds']:.2f} |")
+    lines = ["| " + " | ".join(["model", "images", *(names[c] for c in mcols), "s/image"]) + " |", "|" + "---|" * (len(mcols) + 3)]
+    for m in summary:  # without HR: model, images and seconds only
+        vals = [f"{m[c]:.4f}" if c in m else "-" for c in mcols]
+        lines.append("| " + " | ".join([m["model"], str(m["images"]), *vals, f"{m['seconds']:.2f}"]) + " |")
     write_bytes(out / "results.md", ("\n".join(lines) + "\n").encode())
     return out / "results.csv", out / "results.md"
 

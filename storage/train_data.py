@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -115,9 +114,18 @@ def _hr_shape(path: str) -> tuple[int, int]:
         return (0, 0)
 
 
-@lru_cache(maxsize=256)
+CACHE_BYTES = 1 << 30  # decoded clean HR images kept per process (each loader worker has its own)
+_cache: dict[str, np.ndarray] = {}
+
+
 def _clean_hr(path: str) -> np.ndarray:
-    return read_png_uint8(Path(path))  # uint8 RGB, cached per process (a worker's images)
+    """uint8 RGB of a clean HR image; the first ones read stay decoded, up to CACHE_BYTES."""
+    img = _cache.get(path)
+    if img is None:
+        img = read_png_uint8(Path(path))
+        if sum(a.nbytes for a in _cache.values()) + img.nbytes <= CACHE_BYTES:
+            _cache[path] = img
+    return img
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,10 @@ def train(s, log: Log = print, bar: bool = True, on_iteration: Callable[[int, di
         d.to(memory_format=torch.channels_last)
     trainer = Trainer(g, d, perceptual, LossWeights(s.pixel_weight, s.perceptual_weight, s.gan_weight), Schedule(s.lr_g, s.lr_d, (0.9, 0.999), tuple(s.milestones)), s.ema_decay, device, amp)
     start = 0
-    if s.resume != "no" and (found := newest_complete(out, log)) is not None:
+    found = newest_complete(out, log) if s.resume != "no" else None
+    if s.resume == "require" and found is None:
+        raise TrainingDataError(f"{out}: no complete training state to resume (every state or its weights failed to load, listed above)")
+    if found is not None:
         start, (state, g_params, ema_params, d_params) = found
         g.load_state_dict(g_params, strict=True)
         trainer.ema.net.load_state_dict(ema_params, strict=True)
@@ -199,7 +202,7 @@ def train(s, log: Log = print, bar: bool = True, on_iteration: Callable[[int, di
             lr, hr = lr.to(device, non_blocking=True), hr.to(device, non_blocking=True)
             if device.type == "cuda":
                 lr, hr = lr.contiguous(memory_format=torch.channels_last), hr.contiguous(memory_format=torch.channels_last)
-            logs = trainer.step(lr, hr, warmup=it <= warmup)
+            logs = trainer.step(lr, hr, warmup=it <= warmup, iteration=it)
             window.append(logs)
             progress.update(1)
             if it % s.log_every == 0 or it == s.iterations:

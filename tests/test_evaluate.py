@@ -81,6 +81,7 @@ def test_evaluate_flow_with_hr_cache_and_without_hr(test_set, tmp_path, prefect_
     assert main(no_hr) == 0
     assert len(list((tmp_path / "sr_only" / "sr" / "tiny").glob("*.png"))) == 4
     assert "lpips" not in (tmp_path / "sr_only" / "results.csv").read_text().splitlines()[0]
+    assert (tmp_path / "sr_only" / "results.md").read_text().splitlines()[:2] == ["| model | images | s/image |", "|---|---|---|"]
     torch.save({"params": {"conv.weight": torch.zeros(1)}}, tmp_path / "odd.pth")
     assert main([*no_hr[:-2], "--out", str(tmp_path / "x"), "--model", str(tmp_path / "odd.pth")]) == 2
     assert "odd.pth: architecture not recognised" in capsys.readouterr().err

@@ -84,6 +84,9 @@ def test_ema_follows_the_average():
     ema.update(net)
     assert torch.allclose(ema.net.weight, torch.full((1, 2), 0.9 * 1 + 0.1 * 3))
     assert not ema.net.weight.requires_grad
+    assert EMA(net, 0.999).decay_at(1) == pytest.approx(2 / 11) and EMA(net, 0.999).decay_at(10**6) == 0.999  # ramps up
+    ema.update(net, iteration=0)  # decay 0.1 at the first update: the average moves to G at once
+    assert torch.allclose(ema.net.weight, torch.full((1, 2), 0.1 * 1.2 + 0.9 * 3))
 
 
 def test_jpeg_quality_from_files_at_known_qualities(tmp_path):
@@ -188,3 +191,14 @@ def test_tiny_train_then_upscale_and_evaluate(degrade_run, tmp_path, capsys):
     assert "bicubic" in table and "net_g_latest" in table
     assert main([*args[:4], "--preset", "test-tiny", "--lr-g", "5"]) == 2  # out of bounds: a clear refusal
     assert "lr_g" in capsys.readouterr().err
+
+
+def test_a_damaged_newest_state_is_skipped_and_nothing_to_resume_is_refused(degrade_run, tmp_path):
+    train(_tiny(degrade_run, tmp_path / "t"), log=lambda m: None, bar=False)
+    state = tmp_path / "t" / "training_states" / "6.state"
+    state.write_bytes(state.read_bytes()[:100])  # torn: as if the disk filled up while writing
+    logs = []
+    again = train(_tiny(degrade_run, tmp_path / "t", resume="require"), log=logs.append, bar=False)
+    assert again["resumed_from"] == 3 and any("skipping iteration 6" in m for m in logs)
+    with pytest.raises(TrainingDataError, match="nothing to resume"):
+        train(_tiny(degrade_run, tmp_path / "empty", resume="require"), log=lambda m: None, bar=False)
