@@ -47,7 +47,7 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def make_sets(work: Path) -> tuple[Path, Path, Path]:
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(0)  # the photos' draws; the test set has its own stream below
     photos, lr, hr = work / "photos", work / "test" / "lr", work / "test" / "hr"
     for d in (photos, lr, hr):
         d.mkdir(parents=True, exist_ok=True)
@@ -58,6 +58,7 @@ def make_sets(work: Path) -> tuple[Path, Path, Path]:
             img = read_rgb(p)
             ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(camera(img, rng)[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, QUALITY])
             out.write_bytes(buf.tobytes())
+    rng = np.random.default_rng(0)  # the same test set whether or not the photos were made now
     for p in sorted((DATA / "hr" / "set5").glob("*.png")):
         img = read_rgb(p)
         h, w = (img.shape[0] // 4) * 4, (img.shape[1] // 4) * 4

@@ -202,7 +202,7 @@ def train(s, log: Log = print, bar: bool = True, on_iteration: Callable[[int, di
             lr, hr = lr.to(device, non_blocking=True), hr.to(device, non_blocking=True)
             if device.type == "cuda":
                 lr, hr = lr.contiguous(memory_format=torch.channels_last), hr.contiguous(memory_format=torch.channels_last)
-            logs = trainer.step(lr, hr, warmup=it <= warmup, iteration=it)
+            logs = trainer.step(lr, hr, warmup=it <= warmup, iteration=None if s.init else it)  # fine-tuning: the EMA starts as a trained model, no ramp
             window.append(logs)
             progress.update(1)
             if it % s.log_every == 0 or it == s.iterations:
