@@ -124,9 +124,7 @@ def train(s, log: Log = print, bar: bool = True, on_iteration: Callable[[int, di
     t_start = time.perf_counter()
     run = RunDir(Path(s.run_dir))
     scale = run_scale(run)
-    if s.hr_size % scale:
-        raise TrainingDataError(f"hr_size {s.hr_size} is not a multiple of the run's scale x{scale}")
-    train_images, held, notes = training_images(run, s.hr_size, s.val_images)
+    train_images, held, notes = training_images(run, s.hr_size, s.val_images)  # checks hr_size against the scale
     data = DegradedCrops(run, train_images, DataConfig(scale, s.hr_size, s.seed, s.kernel_per, s.noise, s.noise_match_brightness, s.jpeg, s.jpeg_range))
     if s.noise and not data.noise_count:
         notes.append(f"the noise bank {run.noise} is EMPTY: training LR gets no noise (rerun degrade with --noise-rule adaptive, or pass --no-noise to silence this)")
