@@ -262,6 +262,8 @@ def main() -> None:
                 for c, k in zip(mine, kernels):
                     e = c["estimate"]
                     extra = {"kernel": np.round(k, 7).tolist(), "raw": np.round(e.raw, 9).tolist(), "losses": e.losses, "diverged_at": e.diverged_at, "problem": e.problem, "seed": e.seed, "steps": e.iterations}
+                    if e.runs:  # each seed's raw kernel (None: failed), for studies of the consensus
+                        extra["seed_raws"] = [np.round(r.raw, 9).tolist() if r.ok else None for r in e.runs]
                     save(args.results, {"scale": scale, "index": c["index"], "name": c["name"], "method": args.label, "seconds": secs, **figures(c, k), **extra})
             if "official" in methods:
                 if args.official is None:

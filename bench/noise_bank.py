@@ -8,7 +8,8 @@ variance a*x + b on [0, 1] with 30 % of it shared by the three channels, and may
 (quality 75, OpenCV's 4:2:0). The true noise of a photo is its camera's output minus the same
 camera's output without noise, so JPEG's removal of noise counts as the camera's.
 
-For the reference rule (256 px, luma variance < 20, mean > 0: the paper's collect_noise.py), the
+For the released collect_noise.py run unmodified (`official`, with `--official`), the reference rule
+as this project implements it (256 px, luma variance < 20, mean > 0), the
 same rule with 64 px patches (`reference-64`, so that it finds something on small photos) and
 the adaptive rule (`models.noise.select_noise_tiles`), per camera and size:
 - patches found per image (min and mean) and images with none;
@@ -25,6 +26,7 @@ the adaptive rule (`models.noise.select_noise_tiles`), per camera and size:
 - extraction seconds per MP (one thread of OpenCV).
 
     .venv/bin/python bench/noise_bank.py            # prints the tables; rows to bench/results/noise_bank.jsonl
+    .venv/bin/python bench/noise_bank.py --official ~/src/Real-SR   # adds the released collect_noise.py's rows
 """
 
 from __future__ import annotations
@@ -159,6 +161,29 @@ def extract(rule: str, photo: np.ndarray) -> dict:
     return {"noise": noise, "luma": ny, "brightness": np.asarray(brightness, np.float64), "seconds": secs}
 
 
+def official_bank(photos: list[np.ndarray], repo: Path) -> list[dict]:
+    """The released collect_noise.py (`official_collect_noise.py`) on the photos as PNGs: per
+    photo its patches read back, minus their channel means as the paper's injection uses them."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = Path(tmp) / "photos", Path(tmp) / "df2k" / "Corrupted_noise"
+        src.mkdir()
+        out.parent.mkdir()
+        for i, ph in enumerate(photos):
+            cv2.imwrite(str(src / f"{i:03d}.png"), np.rint(ph[..., ::-1] * 255).astype(np.uint8))
+        t = time.perf_counter()
+        cmd = [sys.executable, str(ROOT / "bench" / "official_collect_noise.py"), "--repo", str(repo), "--images", str(src), "--out", str(out)]
+        subprocess.run(cmd, check=True, capture_output=True)
+        secs = (time.perf_counter() - t) / len(photos)
+        bank = []
+        for i in range(len(photos)):
+            patches = [cv2.imread(str(f), cv2.IMREAD_COLOR)[..., ::-1].astype(np.float64) for f in sorted(out.glob(f"{i:03d}_*.png"))]
+            noise = [q - q.mean((0, 1)) for q in patches]
+            bank.append({"noise": noise, "luma": [luma(q / 255.0) for q in noise], "brightness": np.array([float(luma(q / 255.0).mean()) for q in patches]), "seconds": secs})
+    return bank
+
+
 def inject_error(bank: list[dict], level: np.ndarray, bins: np.ndarray, matched: bool, rng: np.random.Generator, size: int = 64) -> float:
     """Mean relative error of the injected noise std on flat crops of each contained brightness."""
     noise = [p for b in bank for p in b["noise"]]
@@ -183,13 +208,13 @@ def inject_error(bank: list[dict], level: np.ndarray, bins: np.ndarray, matched:
     return float(np.mean(errs))
 
 
-def measure(camera_name: str, size: str, scenes: list, rule: str, seed: int = 0) -> dict:
+def measure(camera_name: str, size: str, scenes: list, rule: str, seed: int = 0, official: Path | None = None) -> dict:
     rng = np.random.default_rng(seed)
     photos, noises = zip(*[camera(c, camera_name, rng) for _, c in scenes])
     level, share = true_nlf([c for _, c in scenes], noises)
     contained = np.flatnonzero((share >= 0.005) & np.isfinite(level))  # bins whose flat areas the photos hold (not the clipped ends)
     contained = contained[(contained > 0) & (contained < len(share) - 1)]
-    bank = [extract(rule, p) for p in photos]
+    bank = official_bank(list(photos), official) if rule == "official" else [extract(rule, p) for p in photos]
     counts = [len(b["noise"]) for b in bank]
     lum = [s for b in bank for s in b["luma"]]
     bri = np.concatenate([b["brightness"] for b in bank])
@@ -214,7 +239,7 @@ def measure(camera_name: str, size: str, scenes: list, rule: str, seed: int = 0)
     mp = sum(ph.shape[0] * ph.shape[1] for ph in photos) / 1e6
     return {
         "camera": camera_name, "size": size, "rule": rule, "images": len(photos), "mp_per_image": round(mp / len(photos), 2),
-        "patches_min": int(min(counts)), "patches_mean": float(np.mean(counts)), "images_without": int(sum(c == 0 for c in counts)),
+        "counts": counts, "patches_min": int(min(counts)), "patches_mean": float(np.mean(counts)), "images_without": int(sum(c == 0 for c in counts)),
         "bins_contained": len(contained), "bins_held": len(err_held),
         "max_err_held": max(map(abs, err_held.values())) if err_held else None,
         "max_err_all": max(map(abs, err_all.values())) if err_all else None,
@@ -235,10 +260,12 @@ def _fmt(v, pct=False):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cameras", default=",".join(CAMERAS))
-    ap.add_argument("--rules", default="reference,reference-64,adaptive", help="reference-P: the reference rule with P px patches")
+    ap.add_argument("--rules", default="reference,reference-64,adaptive", help="reference-P: the reference rule with P px patches; official: the released collect_noise.py (needs --official)")
+    ap.add_argument("--official", type=Path, help="checkout of Tencent/Real-SR, for the `official` rule")
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "noise_bank.jsonl")
     args = ap.parse_args()
     cv2.setNumThreads(1)
+    rules = args.rules.split(",") + (["official"] if args.official and "official" not in args.rules.split(",") else [])
     scenes = {**clean_scenes(), **rendered_scenes()}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     rows = []
@@ -246,8 +273,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for cam in args.cameras.split(","):
         for size, sc in scenes.items():
-            for rule in args.rules.split(","):
-                r = measure(cam, size, sc, rule)
+            for rule in rules:
+                r = measure(cam, size, sc, rule, official=args.official)
                 r.update(commit=commit, machine=f"{platform.node()} {platform.processor() or platform.machine()}", date=time.strftime("%Y-%m-%d %H:%M"))
                 rows.append(r)
                 print(

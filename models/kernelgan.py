@@ -41,7 +41,7 @@ from models.kernelgan_losses import (
 )
 from models.kernelgan_post import average_estimates, collapse, finalize_kernel  # noqa: F401 (re-exported)
 
-VERSION = "2"  # bump when the kernel estimated for the same image and config changes
+VERSION = "3"  # bump when the kernel estimated for the same image and config changes
 
 
 @dataclass(frozen=True)
@@ -249,6 +249,7 @@ class KernelEstimate:
     diverged_at: int | None = None  # the first step whose losses were not finite
     problem: str | None = None  # why `kernel` is None, in words
     seed: int = 0  # the seed that gave this estimate (the config's, or a retry's)
+    runs: tuple = ()  # with several seeds: each seed's own estimate, that this one is the consensus of
 
     @property
     def ok(self) -> bool:
@@ -287,7 +288,7 @@ def estimate_kernels(images: list[np.ndarray], cfg: KernelGANConfig = KernelGANC
     return out
 
 
-def train_kernels(images: list[np.ndarray], cfg: KernelGANConfig, device: str = "cpu", deep: bool = False, progress=None) -> list[KernelEstimate]:
+def train_kernels(images: list[np.ndarray], cfg: KernelGANConfig, device: str = "cpu", deep: bool = False, progress=None, trace=None) -> list[KernelEstimate]:
     """One training run of every image at `cfg.seed`, all in one loop.
 
     Each image has its own G, D, crops, noise and loss weights, all from the seed's draws, and
@@ -368,6 +369,9 @@ def train_kernels(images: list[np.ndarray], cfg: KernelGANConfig, device: str = 
         for s, value in zip(schedules, bic):
             s.update(it, value)
         LossWeights.decay_learning_rate(it, (opt_g, opt_d))  # the learning rate is shared
+        if trace is not None and (it + 1) % TRACE_EVERY == 0:
+            with torch.no_grad():
+                trace.append((it + 1, g.kernels().double().cpu().numpy()))
         if progress is not None and (it + 1) % 500 == 0:
             progress(it + 1, {"g": round(loss_g.mean().item(), 5), "d": round(loss_d.mean().item(), 5)})
         if cfg.settle_tol > 0 and (it + 1) % SETTLE_EVERY == 0 and it + 1 >= cfg.settle_after - SETTLE_EVERY:
@@ -401,6 +405,7 @@ def train_kernels(images: list[np.ndarray], cfg: KernelGANConfig, device: str = 
     return out
 
 
+TRACE_EVERY = 10  # steps between two kernels of a `trace`
 SETTLE_EVERY = 100  # steps between two looks at whether a kernel still moves
 
 

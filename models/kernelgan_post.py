@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from models.kernels import centre_kernel
+from models.kernels import centre_kernel, consensus_kernel
 
 
 def collapse(raw: np.ndarray) -> str | None:
@@ -48,16 +48,20 @@ def x4_base(raw: np.ndarray) -> np.ndarray:
 
 
 def average_estimates(estimates: list, n_filtering: int):
-    """One image's `KernelEstimate`s from several seeds as one: the mean of their post-processed kernels,
-    centred. Seeds disagree most on strongly blurred photos, where one run's kernel comes out
-    too narrow; the average is nearer the truth (BENCHMARKS.md). `raw` becomes the mean of the
-    seeds' clipped, centred raw kernels, so the x4 kernel composes their average too. The failed
-    seeds have no say; with none left the first failure is returned."""
+    """One image's `KernelEstimate`s from several seeds as one: the geometric median of their
+    post-processed kernels (`consensus_kernel`), centred.
+
+    GAN training is chaotic: one seed's kernel for a strongly blurred photo can come out far too
+    narrow or turned, and float rounding alone (another thread count) gives another run. The
+    geometric median follows the seeds that agree and is not dragged by the one that strayed
+    (the mean is: BENCHMARKS.md). `raw` becomes the geometric median of the seeds' clipped,
+    centred raw kernels, so the x4 kernel composes their consensus too. Failed seeds have no
+    say; with none left the first failure is returned."""
     ok = [e for e in estimates if e.ok]
     if not ok:
         return estimates[0]
     if len(ok) == 1:
         return ok[0]
-    kernel = centre_kernel(np.mean([finalize_kernel(e.raw, n_filtering) for e in ok], axis=0))
-    raw = np.mean([finalize_kernel(e.raw, 0) for e in ok], axis=0)
-    return replace(ok[0], kernel=kernel, raw=raw, iterations=sum(e.iterations for e in ok))
+    kernel = consensus_kernel([finalize_kernel(e.raw, n_filtering) for e in ok])
+    raw = consensus_kernel([finalize_kernel(e.raw, 0) for e in ok])
+    return replace(ok[0], kernel=kernel, raw=raw, iterations=sum(e.iterations for e in ok), runs=tuple(estimates))

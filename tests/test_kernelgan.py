@@ -294,3 +294,17 @@ def test_seeds_are_averaged_and_a_failed_seed_has_no_say(monkeypatch):
     assert np.allclose(got[0].kernel, centre_kernel((finalize_kernel(narrow) + finalize_kernel(wide)) / 2)) and got[0].iterations == 20
     assert np.allclose(x4_base(got[0].raw), centre_kernel((x4_base(narrow) + x4_base(wide)) / 2))  # x4 composes the average too
     assert np.allclose(got[1].kernel, finalize_kernel(narrow)) and got[1].iterations == 10  # the failed seed is left out
+
+
+def test_seeds_agree_by_geometric_median_so_a_stray_seed_does_not_drag_the_kernel():
+    import models.kernelgan as kg
+    from models.kernelgan_post import average_estimates, x4_base
+
+    agree, stray = [gaussian_kernel(1.6, 1.2, 0.3, 13), gaussian_kernel(1.65, 1.2, 0.35, 13)], gaussian_kernel(0.7, 2.6, 1.6, 13)
+    est = lambda raw, seed: kg.KernelEstimate(finalize_kernel(raw), raw, {}, 10, None, None, seed)  # noqa: E731
+    got = average_estimates([est(agree[0], 0), est(stray, 1000), est(agree[1], 2000)], 40)
+    mean = centre_kernel(np.mean([finalize_kernel(k) for k in (*agree, stray)], 0))
+    to_agree = lambda k: np.linalg.norm(k - finalize_kernel(agree[0]))  # noqa: E731
+    assert to_agree(got.kernel) < 0.5 * to_agree(mean)
+    assert np.linalg.norm(x4_base(got.raw) - x4_base(agree[0])) < 0.15 * np.linalg.norm(x4_base(stray) - x4_base(agree[0]))  # the mean: 0.33
+    assert got.iterations == 30 and got.seed == 0

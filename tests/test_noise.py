@@ -104,6 +104,17 @@ def test_tiles_per_image_are_capped_across_brightness():
     assert len(tiles.x) == 12 and np.ptp(tiles.brightness) > 100  # not 12 of one brightness
 
 
+def test_a_capped_bank_keeps_the_noise_level_of_its_candidates():
+    # 1024 flat candidates, 32 kept: the flattest 32 would read the noise ~5 % low
+    rng = np.random.default_rng(9)
+    sigma = 4.0
+    img = np.clip(0.5 + rng.normal(0, sigma / 255, (1024, 1024, 3)).astype(np.float32), 0, 1)
+    every, capped = select_noise_tiles(img, max_tiles=100_000), select_noise_tiles(img, max_tiles=32)
+    assert len(every.x) > 500 and len(capped.x) == 32
+    assert abs(np.median(capped.sigma) / np.median(every.sigma) - 1) < 0.01
+    assert abs(np.median(capped.sigma) / (sigma * LUMA_GAIN) - 1) < 0.03
+
+
 def test_brightness_matched_draws_stay_near_the_wanted_brightness():
     rng = np.random.default_rng(7)
     bank = np.linspace(10, 240, 60)

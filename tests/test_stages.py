@@ -158,7 +158,7 @@ def test_kernelgan_stage_isolates_small_images_and_caches(tmp_path):
     src = tmp_path / "p"
     write_rgb(src / "ok.png", small_photo(1, 96, 96))
     write_rgb(src / "small.png", small_photo(2, 40, 200))
-    s = _settings(src, tmp_path / "run", kernels="kernelgan", kernelgan_iterations=3)
+    s = _settings(src, tmp_path / "run", kernels="kernelgan", kernelgan_iterations=3, kernelgan_seeds=1)
     run = RunDir(claim_run_dir(s.out, {}))
     paths = [src / "ok.png", src / "small.png"]
     ok, small = stages.estimate_source_kernels(paths, run, s)
