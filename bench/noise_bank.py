@@ -156,9 +156,12 @@ def extract(rule: str, photo: np.ndarray) -> dict:
     else:
         tiles = select_noise_tiles(photo)
         noise, brightness = list(tiles.residual), tiles.brightness
-    secs = time.perf_counter() - t
-    ny = [luma(p / 255.0) for p in noise]
-    return {"noise": noise, "luma": ny, "brightness": np.asarray(brightness, np.float64), "seconds": secs}
+    return _bank_part(noise, brightness, time.perf_counter() - t)
+
+
+def _bank_part(noise: list[np.ndarray], brightness, seconds: float) -> dict:
+    """What `measure` reads of one photo's bank part: its patches' noise (0-255), their luma, brightness."""
+    return {"noise": noise, "luma": [luma(p / 255.0) for p in noise], "brightness": np.asarray(brightness, np.float64), "seconds": seconds}
 
 
 def official_bank(photos: list[np.ndarray], repo: Path) -> list[dict]:
@@ -179,8 +182,7 @@ def official_bank(photos: list[np.ndarray], repo: Path) -> list[dict]:
         bank = []
         for i in range(len(photos)):
             patches = [cv2.imread(str(f), cv2.IMREAD_COLOR)[..., ::-1].astype(np.float64) for f in sorted(out.glob(f"{i:03d}_*.png"))]
-            noise = [q - q.mean((0, 1)) for q in patches]
-            bank.append({"noise": noise, "luma": [luma(q / 255.0) for q in noise], "brightness": np.array([float(luma(q / 255.0).mean()) for q in patches]), "seconds": secs})
+            bank.append(_bank_part([q - q.mean((0, 1)) for q in patches], [float(luma(q / 255.0).mean()) for q in patches], secs))
     return bank
 
 
@@ -265,7 +267,8 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "noise_bank.jsonl")
     args = ap.parse_args()
     cv2.setNumThreads(1)
-    rules = args.rules.split(",") + (["official"] if args.official and "official" not in args.rules.split(",") else [])
+    rules = args.rules.split(",")
+    rules += ["official"] if args.official and "official" not in rules else []
     scenes = {**clean_scenes(), **rendered_scenes()}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     rows = []

@@ -39,7 +39,7 @@ from models.kernelgan_losses import (
     SparsityLoss,
     SumOfWeightsLoss,
 )
-from models.kernelgan_post import average_estimates, collapse, finalize_kernel  # noqa: F401 (re-exported)
+from models.kernelgan_post import consensus_estimate, collapse, finalize_kernel  # noqa: F401 (re-exported)
 
 VERSION = "3"  # bump when the kernel estimated for the same image and config changes
 
@@ -270,11 +270,11 @@ def estimate_kernels(images: list[np.ndarray], cfg: KernelGANConfig = KernelGANC
     `train_kernels` on all of them; an image whose training diverged or whose kernel collapsed
     (`collapse`) trains again with the next seed, up to `cfg.retries` times (alone or with the
     other failures: the result is the same), and keeps its problem if every attempt failed.
-    With `cfg.seeds` > 1 every image trains that many times and gets the average (`average_estimates`).
+    With `cfg.seeds` > 1 every image trains that many times and gets their consensus (`consensus_estimate`).
     """
     if cfg.seeds > 1:
         runs = [estimate_kernels(images, replace(cfg, seed=cfg.seed + SEED_STRIDE * j, seeds=1), device, deep, progress) for j in range(cfg.seeds)]
-        return [average_estimates(list(per_image), cfg.n_filtering) for per_image in zip(*runs)]
+        return [consensus_estimate(list(per_image), cfg.n_filtering) for per_image in zip(*runs)]
     out = train_kernels(images, cfg, device, deep, progress)
     seeds = [cfg.seed]
     for _ in range(cfg.retries):
@@ -288,7 +288,7 @@ def estimate_kernels(images: list[np.ndarray], cfg: KernelGANConfig = KernelGANC
     return out
 
 
-def train_kernels(images: list[np.ndarray], cfg: KernelGANConfig, device: str = "cpu", deep: bool = False, progress=None, trace=None) -> list[KernelEstimate]:
+def train_kernels(images: list[np.ndarray], cfg: KernelGANConfig, device: str = "cpu", deep: bool = False, progress=None) -> list[KernelEstimate]:
     """One training run of every image at `cfg.seed`, all in one loop.
 
     Each image has its own G, D, crops, noise and loss weights, all from the seed's draws, and
@@ -369,9 +369,6 @@ def train_kernels(images: list[np.ndarray], cfg: KernelGANConfig, device: str = 
         for s, value in zip(schedules, bic):
             s.update(it, value)
         LossWeights.decay_learning_rate(it, (opt_g, opt_d))  # the learning rate is shared
-        if trace is not None and (it + 1) % TRACE_EVERY == 0:
-            with torch.no_grad():
-                trace.append((it + 1, g.kernels().double().cpu().numpy()))
         if progress is not None and (it + 1) % 500 == 0:
             progress(it + 1, {"g": round(loss_g.mean().item(), 5), "d": round(loss_d.mean().item(), 5)})
         if cfg.settle_tol > 0 and (it + 1) % SETTLE_EVERY == 0 and it + 1 >= cfg.settle_after - SETTLE_EVERY:
@@ -405,7 +402,6 @@ def train_kernels(images: list[np.ndarray], cfg: KernelGANConfig, device: str = 
     return out
 
 
-TRACE_EVERY = 10  # steps between two kernels of a `trace`
 SETTLE_EVERY = 100  # steps between two looks at whether a kernel still moves
 
 

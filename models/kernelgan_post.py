@@ -47,7 +47,7 @@ def x4_base(raw: np.ndarray) -> np.ndarray:
     return finalize_kernel(raw, n=0)
 
 
-def average_estimates(estimates: list, n_filtering: int):
+def consensus_estimate(estimates: list, n_filtering: int):
     """One image's `KernelEstimate`s from several seeds as one: the geometric median of their
     post-processed kernels (`consensus_kernel`), centred.
 

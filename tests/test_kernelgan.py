@@ -298,11 +298,11 @@ def test_seeds_are_averaged_and_a_failed_seed_has_no_say(monkeypatch):
 
 def test_seeds_agree_by_geometric_median_so_a_stray_seed_does_not_drag_the_kernel():
     import models.kernelgan as kg
-    from models.kernelgan_post import average_estimates, x4_base
+    from models.kernelgan_post import consensus_estimate, x4_base
 
     agree, stray = [gaussian_kernel(1.6, 1.2, 0.3, 13), gaussian_kernel(1.65, 1.2, 0.35, 13)], gaussian_kernel(0.7, 2.6, 1.6, 13)
     est = lambda raw, seed: kg.KernelEstimate(finalize_kernel(raw), raw, {}, 10, None, None, seed)  # noqa: E731
-    got = average_estimates([est(agree[0], 0), est(stray, 1000), est(agree[1], 2000)], 40)
+    got = consensus_estimate([est(agree[0], 0), est(stray, 1000), est(agree[1], 2000)], 40)
     mean = centre_kernel(np.mean([finalize_kernel(k) for k in (*agree, stray)], 0))
     to_agree = lambda k: np.linalg.norm(k - finalize_kernel(agree[0]))  # noqa: E731
     assert to_agree(got.kernel) < 0.5 * to_agree(mean)
