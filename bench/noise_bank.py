@@ -23,7 +23,10 @@ the adaptive rule (`models.noise.select_noise_tiles`), per camera and size:
   the same measure on crops of the pure true noise;
 - injection: the noise std that injection puts on flat LR crops of each contained brightness,
   drawn uniformly (the reference) or brightness-matched, mean relative error to the truth;
-- extraction seconds per MP (one thread of OpenCV).
+- extraction seconds per MP (one thread of OpenCV);
+- where the level comes from: the truth's range over the contained bins, the bank's median
+  patch level, and at the bank's patches the true camera noise and the scene's own residual
+  (a bank holds about sqrt(camera^2 + scene^2) there).
 
     .venv/bin/python bench/noise_bank.py            # prints the tables; rows to bench/results/noise_bank.jsonl
     .venv/bin/python bench/noise_bank.py --official ~/src/Real-SR   # adds the released collect_noise.py's rows
@@ -47,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data"
 
 from models.degradation import gray255, noise_crop, select_noise_patches  # noqa: E402
-from models.noise import BRIGHTNESS_BINS, assemble_noise, block_stats, brightness_matched, luma, noise_cells, select_noise_tiles  # noqa: E402
+from models.noise import BRIGHTNESS_BINS, assemble_noise, block_stats, brightness_matched, detrend, luma, noise_cells, select_noise_tiles  # noqa: E402
 from storage.images import read_image  # noqa: E402
 
 CAMERAS = {  # name: (a, b) of variance a*x + b on [0, 1]; sigma at mid-grey in levels noted
@@ -152,16 +155,35 @@ def extract(rule: str, photo: np.ndarray) -> dict:
         sel, _ = select_noise_patches(photo, p, p, 20.0, 0.0)
         noise = [photo[y : y + p, x : x + p] * 255.0 for y, x in zip(sel["y"], sel["x"])]
         noise = [p - p.mean((0, 1)) for p in noise]
-        brightness = sel["mean"]
+        brightness, at = sel["mean"], list(zip(sel["y"], sel["x"]))
     else:
         tiles = select_noise_tiles(photo)
-        noise, brightness = list(tiles.residual), tiles.brightness
-    return _bank_part(noise, brightness, time.perf_counter() - t)
+        noise, brightness, at = list(tiles.residual), tiles.brightness, list(zip(tiles.y, tiles.x))
+    return _bank_part(noise, brightness, time.perf_counter() - t, at)
 
 
-def _bank_part(noise: list[np.ndarray], brightness, seconds: float) -> dict:
-    """What `measure` reads of one photo's bank part: its patches' noise (0-255), their luma, brightness."""
-    return {"noise": noise, "luma": [luma(p / 255.0) for p in noise], "brightness": np.asarray(brightness, np.float64), "seconds": seconds}
+def _bank_part(noise: list[np.ndarray], brightness, seconds: float, at: list | None = None) -> dict:
+    """What `measure` reads of one photo's bank part: its patches' noise (0-255), their luma,
+    brightness and (where known) their top-left corners in the photo."""
+    return {"noise": noise, "luma": [luma(p / 255.0) for p in noise], "brightness": np.asarray(brightness, np.float64), "seconds": seconds, "at": at}
+
+
+def at_tiles(bank: list[dict], cleans: list[np.ndarray], noises: list[np.ndarray], surface: bool) -> tuple[float, float]:
+    """Median over the bank's patches of the scene's own residual and of the true camera noise
+    there, each as the bank holds a patch: luma std after the quadratic surface (`surface`, the
+    adaptive rule) or after the mean (the reference); 0-255 levels.
+
+    A bank can hold no less than sqrt(camera^2 + scene^2) at a patch: where the scene's flattest
+    areas carry texture near the camera's noise level, no rule can read the camera's level alone.
+    """
+    scene, camera_ = [], []
+    for b, c, n in zip(bank, cleans, noises):
+        for (y, x), q in zip(b["at"] or [], b["noise"]):
+            p = q.shape[0]
+            for img, out in ((luma(c), scene), (luma(n / 255.0), camera_)):
+                crop = img[y : y + p, x : x + p].astype(np.float64).reshape(1, -1)
+                out.append(float(np.sqrt((detrend(crop.astype(np.float32))[1] ** 2).sum() / (crop.size - 6))) if surface else float(crop.std()))
+    return (float(np.median(scene)), float(np.median(camera_))) if scene else (float("nan"), float("nan"))
 
 
 def official_bank(photos: list[np.ndarray], repo: Path) -> list[dict]:
@@ -216,7 +238,10 @@ def measure(camera_name: str, size: str, scenes: list, rule: str, seed: int = 0,
     level, share = true_nlf([c for _, c in scenes], noises)
     contained = np.flatnonzero((share >= 0.005) & np.isfinite(level))  # bins whose flat areas the photos hold (not the clipped ends)
     contained = contained[(contained > 0) & (contained < len(share) - 1)]
-    bank = official_bank(list(photos), official) if rule == "official" else [extract(rule, p) for p in photos]
+    if rule == "official":
+        bank = official_bank(list(photos), official)
+    else:
+        bank = [extract(rule, p) for p in photos]
     counts = [len(b["noise"]) for b in bank]
     lum = [s for b in bank for s in b["luma"]]
     bri = np.concatenate([b["brightness"] for b in bank])
@@ -239,6 +264,7 @@ def measure(camera_name: str, size: str, scenes: list, rule: str, seed: int = 0,
     limit = float(np.percentile(pure, 99)) if pure else np.inf
     textured = float(np.mean([low_share(q) > limit for q in lum])) if lum else float("nan")
     mp = sum(ph.shape[0] * ph.shape[1] for ph in photos) / 1e6
+    scene_at, camera_at = at_tiles(bank, [c for _, c in scenes], noises, surface=not rule.startswith("reference"))
     return {
         "camera": camera_name, "size": size, "rule": rule, "images": len(photos), "mp_per_image": round(mp / len(photos), 2),
         "counts": counts, "patches_min": int(min(counts)), "patches_mean": float(np.mean(counts)), "images_without": int(sum(c == 0 for c in counts)),
@@ -247,6 +273,9 @@ def measure(camera_name: str, size: str, scenes: list, rule: str, seed: int = 0,
         "max_err_all": max(map(abs, err_all.values())) if err_all else None,
         "err_by_bin": {int(b): round(v, 3) for b, v in err_all.items()},
         "textured": textured,
+        "true_level_range": [float(np.nanmin(level[contained])), float(np.nanmax(level[contained]))] if len(contained) else None,
+        "bank_level": float(np.median([q.std() for q in lum])) if lum else None,
+        "camera_at_patches": camera_at, "scene_at_patches": scene_at,
         "inject_uniform": inject_error(bank, level, contained, False, np.random.default_rng(1)),
         "inject_matched": inject_error(bank, level, contained, True, np.random.default_rng(1)),
         "s_per_mp": sum(b["seconds"] for b in bank) / mp,
@@ -272,8 +301,8 @@ def main() -> None:
     scenes = {**clean_scenes(), **rendered_scenes()}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     rows = []
-    print("| camera | size | rule | patches/image min, mean | images without | brightness bins held / contained | max err held | max err all | textured | inject err uniform | inject err matched | s/MP |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| camera | size | rule | patches/image min, mean | images without | brightness bins held / contained | max err held | max err all | textured | inject err uniform | inject err matched | s/MP | truth levels | bank level | camera at patches | scene at patches |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for cam in args.cameras.split(","):
         for size, sc in scenes.items():
             for rule in rules:
@@ -283,7 +312,8 @@ def main() -> None:
                 print(
                     f"| {cam} | {size} ({r['mp_per_image']} MP) | {rule} | {r['patches_min']}, {r['patches_mean']:.1f} | {r['images_without']}/{r['images']} | "
                     f"{r['bins_held']}/{r['bins_contained']} | {_fmt(r['max_err_held'], True)} | {_fmt(r['max_err_all'], True)} | {_fmt(r['textured'], True)} | "
-                    f"{_fmt(r['inject_uniform'], True)} | {_fmt(r['inject_matched'], True)} | {r['s_per_mp']:.2f} |",
+                    f"{_fmt(r['inject_uniform'], True)} | {_fmt(r['inject_matched'], True)} | {r['s_per_mp']:.2f} | "
+                    f"{'-' if not r['true_level_range'] else '%.2f-%.2f' % tuple(r['true_level_range'])} | {_fmt(r['bank_level'])} | {_fmt(r['camera_at_patches'])} | {_fmt(r['scene_at_patches'])} |",
                     flush=True,
                 )
     args.results.parent.mkdir(parents=True, exist_ok=True)
