@@ -12,6 +12,9 @@ small photo has no 256 px flat patch, and a kept patch carries the sky's gradien
 3. keeps the `tile`-px tiles whose residual std is within `tolerance` of the NLF at their
    brightness, that hold no clipped, saturated or near-black pixel, and whose brightness varies
    little across the tile (so their brightness is well defined for signal-dependent draws);
+   blocks under `EMPTIED` (a quarter level, below what 8-bit rounding leaves of any noise) are
+   areas that JPEG or a camera's denoiser emptied: they neither set the level (the floor would
+   sit on them) nor enter the bank (injection would pass them on as "no noise");
 4. stores each tile's residual (colour correlation and brightness dependence kept) with its
    source position, brightness, measured and estimated noise level.
 
@@ -29,11 +32,12 @@ import numpy as np
 
 from models.degradation import LUMA_WEIGHTS, patch_grid
 
-VERSION = "3"  # in the preprocess cache key: bump when the tiles for the same photo change
+VERSION = "4"  # in the preprocess cache key: bump when the tiles for the same photo change
 CLIP_LOW, CLIP_HIGH = 3.0 / 255.0, 252.0 / 255.0  # a channel this dark or bright has clipped noise
 BRIGHTNESS_BINS = np.linspace(0.0, 255.0, 17)  # 16 bins of 16 levels
 POOL_BINS = 2
 TWO_SCALE_SLACK = 0.05  # a tile's std over its 16 px sub-blocks', at most this above the photo's median
+EMPTIED = 0.25  # a block's residual luma std under this holds no noise: compression or denoising emptied it
 CAPPED_SPAN = 0.8  # a capped bin's share is drawn across the lower four fifths of its candidates' noise ratios
 
 
@@ -148,7 +152,7 @@ def estimate_noise_level(
 
 def _level_from_blocks(st: BlockStats, min_blocks: int, max_spread: float) -> NoiseLevel:
     edges = BRIGHTNESS_BINS
-    usable = ~st.clipped & (st.spread <= max_spread)
+    usable = ~st.clipped & (st.spread <= max_spread) & (st.sigma >= EMPTIED)
     which = np.clip(np.digitize(st.brightness, edges) - 1, 0, len(edges) - 2)
     sigma = np.full(len(edges) - 1, np.nan)
     count = np.zeros(len(edges) - 1, dtype=np.int64)
@@ -200,7 +204,7 @@ def select_noise_tiles(
     st = block_stats(y, bad, tile)
     level = nlf(st.brightness)
     ratio = st.sigma / np.maximum(level, 1e-3)
-    keep = ~st.clipped & (st.spread <= max_spread) & np.isfinite(level) & (ratio <= 1 + tolerance) & (st.sigma > 0)
+    keep = ~st.clipped & (st.spread <= max_spread) & np.isfinite(level) & (ratio <= 1 + tolerance) & (st.sigma >= EMPTIED)
     if tile % 16 == 0 and tile > 16 and keep.sum() >= 4:
         # two scales: structure between 16 px and the tile's size (a remnant that the finer
         # surfaces take but the tile's does not) raises the tile's std over its sub-blocks'

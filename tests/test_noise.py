@@ -130,6 +130,19 @@ def test_a_capped_bank_leaves_out_the_faint_texture_at_the_top_of_its_candidates
     assert share_capped < share_every / 3  # drawing across all the candidates keeps ~22 %
 
 
+def test_areas_emptied_by_compression_neither_set_the_level_nor_enter_the_bank():
+    # half of a flat photo has no noise left (as JPEG leaves a clean camera's flat areas): the
+    # floor of the level estimate sat on it and the bank held its empty tiles, i.e. no noise
+    rng = np.random.default_rng(11)
+    img = np.full((512, 512, 3), 0.5, np.float32)
+    img[:, 256:] += rng.normal(0, 2 / 255, (512, 256, 3)).astype(np.float32)
+    img = (np.round(np.clip(img, 0, 1) * 255) / 255).astype(np.float32)
+    tiles = select_noise_tiles(img)
+    assert len(tiles.x) > 0 and (tiles.x >= 256).all()
+    assert abs(np.median(tiles.sigma) / (2 * LUMA_GAIN) - 1) < 0.05
+    assert abs(estimate_noise_level(img)(128.0) / (2 * LUMA_GAIN) - 1) < 0.05
+
+
 def test_brightness_matched_draws_stay_near_the_wanted_brightness():
     rng = np.random.default_rng(7)
     bank = np.linspace(10, 240, 60)
