@@ -173,16 +173,16 @@ def at_tiles(bank: list[dict], cleans: list[np.ndarray], noises: list[np.ndarray
     there, each as the bank holds a patch: luma std after the quadratic surface (`surface`, the
     adaptive rule) or after the mean (the reference); 0-255 levels.
 
-    A bank can hold no less than sqrt(camera^2 + scene^2) at a patch: where the scene's flattest
-    areas carry texture near the camera's noise level, no rule can read the camera's level alone.
+    A patch holds about sqrt(camera^2 + scene^2): where the scene's flattest areas carry texture
+    near the camera's noise level, a bank of them reads high though the rule chose well.
     """
     scene, camera_ = [], []
     for b, c, n in zip(bank, cleans, noises):
         for (y, x), q in zip(b["at"] or [], b["noise"]):
             p = q.shape[0]
             for img, out in ((luma(c), scene), (luma(n / 255.0), camera_)):
-                crop = img[y : y + p, x : x + p].astype(np.float64).reshape(1, -1)
-                out.append(float(np.sqrt((detrend(crop.astype(np.float32))[1] ** 2).sum() / (crop.size - 6))) if surface else float(crop.std()))
+                crop = img[y : y + p, x : x + p].reshape(1, -1).astype(np.float32)
+                out.append(float(np.sqrt((detrend(crop)[1].astype(np.float64) ** 2).sum() / (crop.size - 6))) if surface else float(crop.std(dtype=np.float64)))
     return (float(np.median(scene)), float(np.median(camera_))) if scene else (float("nan"), float("nan"))
 
 
@@ -238,10 +238,7 @@ def measure(camera_name: str, size: str, scenes: list, rule: str, seed: int = 0,
     level, share = true_nlf([c for _, c in scenes], noises)
     contained = np.flatnonzero((share >= 0.005) & np.isfinite(level))  # bins whose flat areas the photos hold (not the clipped ends)
     contained = contained[(contained > 0) & (contained < len(share) - 1)]
-    if rule == "official":
-        bank = official_bank(list(photos), official)
-    else:
-        bank = [extract(rule, p) for p in photos]
+    bank = official_bank(list(photos), official) if rule == "official" else [extract(rule, p) for p in photos]
     counts = [len(b["noise"]) for b in bank]
     lum = [s for b in bank for s in b["luma"]]
     bri = np.concatenate([b["brightness"] for b in bank])
