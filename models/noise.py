@@ -8,7 +8,8 @@ small photo has no 256 px flat patch, and a kept patch carries the sky's gradien
    shading) and a residual; the residual is what a bank tile holds, the surface its brightness;
 2. estimates the image's noise level function (NLF: residual std against brightness) from the
    least textured 16 px blocks of each brightness bin: texture only adds residual energy, so the
-   low end of the block distribution is the noise;
+   low end of the block distribution is the noise; a bin whose floor stands `SPIKE` times over
+   its neighbours' has no flat block at all (noise varies slowly with brightness) and is dropped;
 3. keeps the `tile`-px tiles whose residual std is within `tolerance` of the NLF at their
    brightness, that hold no clipped, saturated or near-black pixel, and whose brightness varies
    little across the tile (so their brightness is well defined for signal-dependent draws);
@@ -32,11 +33,12 @@ import numpy as np
 
 from models.degradation import LUMA_WEIGHTS, patch_grid
 
-VERSION = "4"  # in the preprocess cache key: bump when the tiles for the same photo change
+VERSION = "5"  # in the preprocess cache key: bump when the tiles for the same photo change
 CLIP_LOW, CLIP_HIGH = 3.0 / 255.0, 252.0 / 255.0  # a channel this dark or bright has clipped noise
 BRIGHTNESS_BINS = np.linspace(0.0, 255.0, 17)  # 16 bins of 16 levels
 POOL_BINS = 2
 TWO_SCALE_SLACK = 0.05  # a tile's std over its 16 px sub-blocks', at most this above the photo's median
+SPIKE = 1.5  # a bin's level this far above its neighbours' median is texture, not noise
 EMPTIED = 0.25  # a block's residual luma std under this holds no noise: compression or denoising emptied it
 CAPPED_SPAN = 0.8  # a capped bin's share is drawn across the lower four fifths of its candidates' noise ratios
 
@@ -168,6 +170,11 @@ def _level_from_blocks(st: BlockStats, min_blocks: int, max_spread: float) -> No
             near = usable & (np.abs(which - b) <= POOL_BINS)
             if near.sum() >= min_blocks:
                 sigma[b] = robust_floor(st.sigma[near])
+    # a bin whose blocks are all textured has its floor far above its neighbours' (noise varies
+    # slowly with brightness): it is no noise level; the bins around it stand in
+    seen = np.flatnonzero(np.isfinite(sigma))
+    spikes = [b for b in seen if (near := sigma[seen[(seen != b) & (np.abs(seen - b) <= POOL_BINS)]]).size and sigma[b] > SPIKE * np.median(near)]
+    sigma[spikes] = np.nan
     return NoiseLevel((edges[:-1] + edges[1:]) / 2, sigma, count)
 
 

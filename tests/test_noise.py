@@ -143,6 +143,19 @@ def test_areas_emptied_by_compression_neither_set_the_level_nor_enter_the_bank()
     assert abs(estimate_noise_level(img)(128.0) / (2 * LUMA_GAIN) - 1) < 0.05
 
 
+def test_a_brightness_with_only_textured_blocks_gets_no_level_of_its_own_and_no_tiles():
+    # three stripes: flat, a fine texture of 10 levels, flat; the texture's brightness has no
+    # flat block, so its floor was the texture (7 levels against 1.3) and its tiles passed
+    rng = np.random.default_rng(12)
+    img = np.empty((480, 512, 3), np.float32)
+    img[:160], img[160:320], img[320:] = 0.30, 0.41, 0.52
+    img[160:320] += (10 / 255 * np.sin(2 * np.pi * np.arange(512) / 4))[None, :, None]
+    img = np.clip(img + rng.normal(0, 2 / 255, img.shape), 0, 1).astype(np.float32)
+    assert estimate_noise_level(img)(104.0) == pytest.approx(2 * LUMA_GAIN, rel=0.05)  # its neighbours stand in
+    tiles = select_noise_tiles(img)
+    assert len(tiles.y) > 0 and not ((tiles.y >= 160) & (tiles.y < 320)).any()
+
+
 def test_brightness_matched_draws_stay_near_the_wanted_brightness():
     rng = np.random.default_rng(7)
     bank = np.linspace(10, 240, 60)
