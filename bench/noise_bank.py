@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data"
 
 from models.degradation import gray255, noise_crop, select_noise_patches  # noqa: E402
-from models.noise import BRIGHTNESS_BINS, assemble_noise, block_stats, brightness_matched, detrend, luma, noise_cells, select_noise_tiles  # noqa: E402
+from models.noise import BRIGHTNESS_BINS, assemble_noise, block_stats, brightness_matched, luma, noise_cells, select_noise_tiles  # noqa: E402
 from storage.images import read_image  # noqa: E402
 
 CAMERAS = {  # name: (a, b) of variance a*x + b on [0, 1]; sigma at mid-grey in levels noted
@@ -178,11 +178,12 @@ def at_tiles(bank: list[dict], cleans: list[np.ndarray], noises: list[np.ndarray
     """
     scene, camera_ = [], []
     for b, c, n in zip(bank, cleans, noises):
+        images = ((luma(c), scene), (luma(n / 255.0), camera_))  # once per photo, not per patch
         for (y, x), q in zip(b["at"] or [], b["noise"]):
             p = q.shape[0]
-            for img, out in ((luma(c), scene), (luma(n / 255.0), camera_)):
-                crop = img[y : y + p, x : x + p].reshape(1, -1).astype(np.float32)
-                out.append(float(np.sqrt((detrend(crop)[1].astype(np.float64) ** 2).sum() / (crop.size - 6))) if surface else float(crop.std(dtype=np.float64)))
+            for img, out in images:
+                crop = img[y : y + p, x : x + p]
+                out.append(float(block_stats(crop, np.zeros(crop.shape, bool), p).sigma[0]) if surface else float(crop.std(dtype=np.float64)))
     return (float(np.median(scene)), float(np.median(camera_))) if scene else (float("nan"), float("nan"))
 
 

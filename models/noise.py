@@ -173,7 +173,11 @@ def _level_from_blocks(st: BlockStats, min_blocks: int, max_spread: float) -> No
     # a bin whose blocks are all textured has its floor far above its neighbours' (noise varies
     # slowly with brightness): it is no noise level; the bins around it stand in
     seen = np.flatnonzero(np.isfinite(sigma))
-    spikes = [b for b in seen if (near := sigma[seen[(seen != b) & (np.abs(seen - b) <= POOL_BINS)]]).size and sigma[b] > SPIKE * np.median(near)]
+    spikes = []
+    for b in seen:
+        near = sigma[seen[(seen != b) & (np.abs(seen - b) <= POOL_BINS)]]
+        if near.size and sigma[b] > SPIKE * np.median(near):
+            spikes.append(b)
     sigma[spikes] = np.nan
     return NoiseLevel((edges[:-1] + edges[1:]) / 2, sigma, count)
 
