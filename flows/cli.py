@@ -5,6 +5,7 @@
   realsr upscale -i IN -o OUT [--model PATH|NAME] [-s OUTSCALE] [-t TILE] [--tile-pad P] ...
   realsr evaluate --lr DIR [--hr DIR] --model CKPT [--model CKPT ...] --out DIR [-s 4]
   realsr train RUN_DIR --out TRAIN_DIR [--preset paper|finetune|cpu-small|test-tiny] [--init CKPT] [--auto-resume]
+  realsr weights list | fetch [NAME ...] | verify   the released and backbone weights, verified by sha256
   realsr sample --out DIR [--count 8]      synthetic camera photos to try the pipeline on
   realsr demo [RUN_DIR]                    sample photos -> degrade -> inspect -> fine-tune -> evaluate, all embedded
 """
@@ -65,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     u = sub.add_parser("upscale", help="super-resolve a photo or a folder of photos with an SR generator")
     u.add_argument("-i", "--input", required=True, type=Path, help="an image file or a folder of images")
     u.add_argument("-o", "--output", required=True, type=Path, help="output folder (or file name for one input)")
-    u.add_argument("--model", default="realesrgan-x4plus", help="checkpoint path, or realsr-df2k / realesrgan-x4plus from REALSR_WEIGHTS_DIR")
+    u.add_argument("--model", default="realesrgan-x4plus", help="checkpoint path, or a released generator's name (realsr weights list), fetched on first use")
     u.add_argument("-s", "--outscale", type=float, default=None, help="final upscale factor (a Lanczos resize after the model); default the model's scale")
     u.add_argument("-t", "--tile", type=int, default=0, help="tile size in input px, 0 for none (use it when memory runs short)")
     u.add_argument("--tile-pad", type=int, default=48, help="context around each tile, px (more: closer to untiled output)")
@@ -86,10 +87,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("-t", "--tile", type=int, default=0)
     e.add_argument("--tile-pad", type=int, default=48)
     e.add_argument("--device", default="auto")
-    e.add_argument("--lpips-alexnet", type=Path, default=None, help="AlexNet features file for LPIPS (default: REALSR_WEIGHTS_DIR's)")
-    from flows.cli_train import add_parser
+    e.add_argument("--lpips-alexnet", type=Path, default=None, help="AlexNet file for LPIPS (default: the verified `alexnet` weights, see realsr weights list)")
+    from flows import cli_train, cli_weights
 
-    add_parser(sub)
+    cli_train.add_parser(sub)
+    cli_weights.add_parser(sub)
     s = sub.add_parser("sample", help="write seeded synthetic camera photos")
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--count", type=int, default=8)
@@ -226,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
             from flows.cli_train import run_train
 
             return run_train(args)
+        if args.command == "weights":
+            from flows.cli_weights import run_weights
+
+            return run_weights(args)
         if args.command == "sample":
             for p in write_samples(args.out, args.count, args.seed):
                 print(p)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import time
 from pathlib import Path
 
 DEMO_KERNELGAN_ITERATIONS = 1000
@@ -28,25 +29,28 @@ def run_demo(root: Path, workers: int | None = None, address: str | None = None)
     from flows.settings import DegradeSettings, EvaluateSettings
     from flows.train import summary_markdown, train_flow
     from flows.train_settings import TrainSettings
-    from storage.checkpoints import resolve_weights
+    from flows.cli_weights import DEMO_NEEDS, fetch
     from storage.inspect import inspect_bank
     from storage.run_dir import RunDir
     from storage.train_data import training_images
 
+    t0 = time.perf_counter()
+    missing = fetch(list(DEMO_NEEDS))  # before any work: a machine that cannot have them fails in seconds
+    if missing:
+        for line in missing:
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+    t_weights = time.perf_counter() - t0
+    print(f"weights ready in {t_weights:.1f} s ({', '.join(DEMO_NEEDS)})")
     root = Path(root)
     source, run_dir = root / "sample_photos", root / "run"
     write_samples(source, DEMO_PHOTOS, 0)
     degrade = DegradeSettings(source=source, out=run_dir, kernels="kernelgan", kernelgan_iterations=DEMO_KERNELGAN_ITERATIONS, kernelgan_seeds=DEMO_KERNELGAN_SEEDS)
-    try:
-        init = str(resolve_weights("realesrgan-x4plus"))
-        preset, extra = "finetune", {}
-    except FileNotFoundError as e:
-        print(f"(no released generator found, training cpu-small from scratch instead: {e})", file=sys.stderr)
-        init, preset, extra = None, "cpu-small", {"warmup": DEMO_ITERATIONS // 2}
+    init = "realesrgan-x4plus"
     train = TrainSettings.from_preset(
-        preset, run_dir=run_dir, out=root / "train", init=init, iterations=DEMO_ITERATIONS, batch_size=4, hr_size=64,
+        "finetune", run_dir=run_dir, out=root / "train", init=init, iterations=DEMO_ITERATIONS, batch_size=4, hr_size=64,
         val_images=HELD_OUT, val_pairs=4, val_every=DEMO_ITERATIONS, save_every=DEMO_ITERATIONS // 2, log_every=10, workers=1,
-        resume="auto", **extra,
+        resume="auto",
     )
     with prefect_api():  # one embedded API for the three flows
         summary = run_degrade(degrade, workers, address)
@@ -64,9 +68,11 @@ def run_demo(root: Path, workers: int | None = None, address: str | None = None)
                 shutil.copyfile(run_dir / "pairs" / sub / n, eval_set / sub / n)
         fine_tuned = root / "eval" / "fine_tuned.pth"  # a stable name for the table's row
         shutil.copyfile(trained["latest"], fine_tuned)
-        models = ([init] if init else []) + [str(fine_tuned)]
+        models = [init, str(fine_tuned)]
         result = evaluate_flow(EvaluateSettings(lr=eval_set / "lr", hr=eval_set / "hr", models=models, out=root / "eval"))
     print(f"evaluate-flow on {len(names)} pairs of the {len(held)} held-out photos:")
     print((root / "eval" / "results.md").read_text())
     print(f"upscaled images: {root / 'eval' / 'sr'}/<model>/; contact sheet: {result['sheet']}; training samples: {root / 'train' / 'samples'}")
+    total = time.perf_counter() - t0
+    print(f"demo finished in {(total - t_weights) / 60:.1f} min (weights {t_weights:.0f} s before that)")
     return 0

@@ -134,7 +134,7 @@ class EvaluateSettings(BaseModel):
     tile: int = Field(0, ge=0, le=8192, description="Tile size in LR px for the models (0: whole images).")
     tile_pad: int = Field(48, ge=0, le=512, description="Context around each tile, px.")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="Torch device: auto, cpu, cuda or cuda:N.")
-    lpips_alexnet: Path | None = Field(None, description="AlexNet features file for LPIPS (default: REALSR_WEIGHTS_DIR's, else lpips' own download).")
+    lpips_alexnet: Path | None = Field(None, description="AlexNet file for LPIPS (default: the verified `alexnet` weights: REALSR_WEIGHTS_DIR, the cache, else fetched).")
 
     @property
     def crop(self) -> int:

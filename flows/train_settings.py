@@ -76,8 +76,8 @@ class TrainSettings(BaseModel):
     seed: int = Field(0, ge=0, description="Seeds the networks' initialisation and every data draw.")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="Torch device: auto, cpu, cuda or cuda:N.")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="'auto': bf16 autocast on CUDA, fp32 on CPU.")
-    vgg19_weights: Path | None = Field(None, description="VGG19 features file for the perceptual loss (default: REALSR_WEIGHTS_DIR's, else torchvision's download).")
-    lpips_alexnet: Path | None = Field(None, description="AlexNet features file for validation LPIPS (default: REALSR_WEIGHTS_DIR's).")
+    vgg19_weights: Path | None = Field(None, description="VGG19 file for the perceptual loss (default: the verified `vgg19` weights: REALSR_WEIGHTS_DIR, the cache, else fetched).")
+    lpips_alexnet: Path | None = Field(None, description="AlexNet file for validation LPIPS (default: the verified `alexnet` weights).")
 
     @model_validator(mode="before")
     @classmethod

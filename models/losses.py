@@ -20,24 +20,19 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def vgg19_features(weights: Path | None, last: str = "conv5_4") -> nn.Sequential:
+def vgg19_features(weights: Path, last: str = "conv5_4") -> nn.Sequential:
     """torchvision's VGG19 trunk up to `last` (inclusive), frozen and in eval mode.
 
-    `weights`: a torchvision-format features state dict (`features.N.weight` ...), loaded with
-    `weights_only=True`; None takes torchvision's own download (user machines with internet).
+    `weights`: torchvision's VGG19 file or its features alone (`features.N.weight` ...), loaded
+    with `weights_only=True` (storage.weights finds and verifies it).
     """
     from torchvision.models import vgg19
 
     end = VGG19_LAYERS[last] + 1
-    if weights is None:
-        from torchvision.models import VGG19_Weights
-
-        trunk = vgg19(weights=VGG19_Weights.IMAGENET1K_V1).features[:end]
-    else:
-        trunk = vgg19(weights=None).features[:end]
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        state = {k.removeprefix("features."): v.float() for k, v in state.items()}
-        trunk.load_state_dict({k: v for k, v in state.items() if int(k.split(".")[0]) < end}, strict=True)
+    trunk = vgg19(weights=None).features[:end]
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    state = {k.removeprefix("features."): v.float() for k, v in state.items() if not k.startswith("classifier.")}
+    trunk.load_state_dict({k: v for k, v in state.items() if int(k.split(".")[0]) < end}, strict=True)
     for p in trunk.parameters():
         p.requires_grad_(False)
     return trunk.eval()

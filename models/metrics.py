@@ -59,28 +59,26 @@ def ssim(sr: np.ndarray, hr: np.ndarray, crop_border: int = 0, y: bool = True) -
 
 
 class LPIPS:
-    """LPIPS-alex v0.1 from local weights: the trunk from a torchvision-format AlexNet features
-    file, the linear heads from the `lpips` package (or a folder holding `alex.pth`).
-
-    With `alexnet_path=None` the lpips package fetches torchvision's AlexNet as it normally does.
+    """LPIPS-alex v0.1 from local files: the trunk from torchvision's AlexNet file (or its features
+    alone), the linear heads from `lin_path` (default: the copy the `lpips` package carries).
+    Nothing is downloaded here: storage.weights finds and verifies both files.
     """
 
-    def __init__(self, alexnet_path: Path | None = None, lin_path: Path | None = None, device: str | torch.device = "cpu"):
+    def __init__(self, alexnet_path: Path, lin_path: Path | None = None, device: str | torch.device = "cpu"):
         import lpips
 
         self.device = torch.device(device)
         kwargs = {"model_path": str(lin_path)} if lin_path else {}
         with warnings.catch_warnings():  # lpips still passes torchvision's deprecated `pretrained`
             warnings.simplefilter("ignore", UserWarning)
-            self.net = lpips.LPIPS(net="alex", version="0.1", pnet_rand=alexnet_path is not None, verbose=False, **kwargs)
-        if alexnet_path is not None:
-            state = torch.load(alexnet_path, map_location="cpu", weights_only=True)
-            state = {k.removeprefix("features."): v.float() for k, v in state.items()}
-            for block in (self.net.net.slice1, self.net.net.slice2, self.net.net.slice3, self.net.net.slice4, self.net.net.slice5):
-                for name, module in block.named_children():
-                    if isinstance(module, torch.nn.Conv2d):
-                        module.weight.data.copy_(state[f"{name}.weight"])
-                        module.bias.data.copy_(state[f"{name}.bias"])
+            self.net = lpips.LPIPS(net="alex", version="0.1", pnet_rand=True, verbose=False, **kwargs)
+        state = torch.load(alexnet_path, map_location="cpu", weights_only=True)
+        state = {k.removeprefix("features."): v.float() for k, v in state.items()}
+        for block in (self.net.net.slice1, self.net.net.slice2, self.net.net.slice3, self.net.net.slice4, self.net.net.slice5):
+            for name, module in block.named_children():
+                if isinstance(module, torch.nn.Conv2d):
+                    module.weight.data.copy_(state[f"{name}.weight"])
+                    module.bias.data.copy_(state[f"{name}.bias"])
         self.net.eval().to(self.device)
 
     @torch.inference_mode()

@@ -11,7 +11,6 @@ architectures load through spandrel when it is installed (for upscaling and eval
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import re
 import zipfile
@@ -23,43 +22,23 @@ from torch import nn
 
 from models.rrdbnet import RRDBConfig, RRDBNet
 from storage.atomic import write_bytes
+from storage.weights import CATALOG, require
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used, with the file and what was found."""
 
 
-KNOWN_WEIGHTS = {  # name -> (file in the weights folder, release URL for machines with internet)
-    "realsr-df2k": ("realsr_df2k_x4_rrdb.pth", "https://github.com/jixiaozhong/RealSR/releases"),
-    "realesrgan-x4plus": ("realesrgan_x4plus_rrdb.pth", "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth"),
-}
-
-
-def weights_dir() -> Path | None:
-    """`REALSR_WEIGHTS_DIR`, else a `shared/weights` beside the checkout (the offline copies), else None."""
-    env = os.environ.get("REALSR_WEIGHTS_DIR")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve().parents[2] / "shared" / "weights"
-    return here if here.is_dir() else None
-
-
 def resolve_weights(spec: str | Path) -> Path:
-    """A path, or a known name (`realsr-df2k`, `realesrgan-x4plus`) looked up in `weights_dir()`."""
+    """A checkpoint path, or a known name (`realesrgan-x4plus`, `realsr-df2k`, ...: `realsr weights list`)
+    found verified in REALSR_WEIGHTS_DIR or the cache, else fetched (storage.weights)."""
     path = Path(spec).expanduser()
     if path.exists():
         return path
-    name = str(spec)
-    if name in KNOWN_WEIGHTS:
-        file, url = KNOWN_WEIGHTS[name]
-        folder = weights_dir()
-        if folder is not None and (folder / file).exists():
-            return folder / file
-        raise FileNotFoundError(
-            f"weights {name!r}: {file} is not in {folder or 'REALSR_WEIGHTS_DIR (unset)'}; download it from {url} "
-            "and set REALSR_WEIGHTS_DIR to its folder, or pass the file's path"
-        )
-    raise FileNotFoundError(f"{spec}: no such checkpoint (known names: {', '.join(KNOWN_WEIGHTS)})")
+    if str(spec) in CATALOG and CATALOG[str(spec)].generator:
+        return require(str(spec))
+    generators = [n for n, w in CATALOG.items() if w.generator]
+    raise FileNotFoundError(f"{spec}: no such checkpoint (known names: {', '.join(generators)})")
 
 
 def read_state(path: Path) -> dict[str, torch.Tensor]:

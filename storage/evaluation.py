@@ -25,7 +25,8 @@ from models.devices import resolve_device
 from models.metrics import LPIPS, psnr, ssim
 from models.tiling import upscale
 from storage.atomic import read_json, write_bytes, write_json
-from storage.checkpoints import LoadedGenerator, load_generator, resolve_weights, weights_dir
+from storage.checkpoints import LoadedGenerator, load_generator, resolve_weights
+from storage.weights import require
 from storage.images import IMAGE_SUFFIXES, BadImageError, read_bytes, read_image, sha256_bytes, write_png
 from storage.inspect import _grid, _label, _write_sheet
 
@@ -82,10 +83,8 @@ def file_digest(path: Path) -> str:
 
 @lru_cache(maxsize=2)
 def lpips_metric(alexnet: Path | None) -> LPIPS:
-    """LPIPS-alex from the given trunk, else the weights folder's, else lpips' own download."""
-    if alexnet is None and (folder := weights_dir()) is not None and (folder / "alexnet_features_imagenet.pth").exists():
-        alexnet = folder / "alexnet_features_imagenet.pth"
-    return LPIPS(alexnet)
+    """LPIPS-alex v0.1: the given AlexNet trunk file, else the verified `alexnet` weights (storage.weights)."""
+    return LPIPS(alexnet or require("alexnet"), require("lpips-alex-heads"))
 
 
 def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:

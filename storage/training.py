@@ -24,7 +24,8 @@ from models.rrdbnet import RRDBConfig, RRDBNet
 from models.tiling import upscale
 from models.training import LossWeights, Schedule, Trainer
 from storage.atomic import read_json, write_bytes, write_json
-from storage.checkpoints import load_rrdb, save_generator, weights_dir
+from storage.checkpoints import load_rrdb, save_generator
+from storage.weights import WeightsError, require
 from storage.images import write_png
 from storage.run_dir import RunDir
 from storage.train_data import DataConfig, DegradedCrops, TrainingDataError, loader, run_scale, training_images, validation_pairs
@@ -51,14 +52,16 @@ def claim_train_dir(out: Path, settings: dict, resume: str) -> Path:
     return out
 
 
-def vgg19_path(given: Path | None) -> Path | None:
-    """The VGG19 file: the given one, else the weights folder's; None means torchvision's download."""
+def vgg19_path(given: Path | None) -> Path:
+    """The VGG19 file: the given one, else the verified `vgg19` weights (found or fetched)."""
     if given is not None:
         if not Path(given).is_file():
             raise TrainingDataError(f"vgg19_weights: {given} is not a file")
         return Path(given)
-    folder = weights_dir()
-    return folder / "vgg19_features_imagenet.pth" if folder and (folder / "vgg19_features_imagenet.pth").exists() else None
+    try:
+        return require("vgg19")
+    except WeightsError as e:
+        raise TrainingDataError(f"VGG19 weights for the perceptual loss: {e}") from None
 
 
 def build_perceptual(given: Path | None) -> PerceptualLoss:
@@ -66,10 +69,9 @@ def build_perceptual(given: Path | None) -> PerceptualLoss:
     try:
         return PerceptualLoss(vgg19_features(path))
     except Exception as e:
-        where = path or "torchvision's download"
         raise TrainingDataError(
-            f"VGG19 weights for the perceptual loss could not be loaded from {where} ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); "
-            "pass --vgg19-weights FILE (torchvision's vgg19 features) or set REALSR_WEIGHTS_DIR"
+            f"VGG19 weights for the perceptual loss could not be loaded from {path} ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); "
+            "pass --vgg19-weights FILE (torchvision's vgg19 or its features) or run `realsr weights fetch vgg19`"
         ) from None
 
 
@@ -129,7 +131,8 @@ def train(s, log: Log = print, bar: bool = True, on_iteration: Callable[[int, di
     if s.noise and not data.noise_count:
         notes.append(f"the noise bank {run.noise} is EMPTY: training LR gets no noise (rerun degrade with --noise-rule adaptive, or pass --no-noise to silence this)")
     val = validation_pairs(run, held, s.val_pairs)
-    perceptual = build_perceptual(s.vgg19_weights) if s.perceptual_weight else None
+    vgg19_file = vgg19_path(s.vgg19_weights) if s.perceptual_weight else None
+    perceptual = build_perceptual(vgg19_file) if vgg19_file else None
     g, g_desc = build_generator(s, scale)
     out = claim_train_dir(Path(s.out), s.model_dump(mode="json"), s.resume)
     device = resolve_device(s.device)
@@ -159,7 +162,7 @@ def train(s, log: Log = print, bar: bool = True, on_iteration: Callable[[int, di
         if changed:
             notes.append(f"resumed with other settings than the run was started with: {', '.join(changed)}")
     warmup = 0 if s.init else s.warmup
-    log(f"{g_desc}; D {s.discriminator} ({s.d_feat} features); device {device}, precision {'bf16 autocast' if amp else 'fp32'}")
+    log(f"{g_desc}; D {s.discriminator} ({s.d_feat} features); device {device}, precision {'bf16 autocast' if amp else 'fp32'}" + (f"; VGG19 {vgg19_file}" if vgg19_file else ""))
     log(f"{len(train_images)} training images, {len(val)} held-out pairs from {len(held)} images; iterations {start + 1}..{s.iterations} (warm-up L1 to {warmup}), batch {s.batch_size} of {s.hr_size} px")
     for n in notes:
         log(f"NOTE: {n}")
@@ -229,7 +232,7 @@ def train(s, log: Log = print, bar: bool = True, on_iteration: Callable[[int, di
             tb.close()
     summary = {
         "out": str(out), "iterations": s.iterations, "resumed_from": start, "device": str(device), "precision": "bf16" if amp else "fp32",
-        "generator": g_desc, "training_images": len(train_images), "held_out_pairs": len(val), "best": best,
+        "generator": g_desc, "vgg19": str(vgg19_file) if vgg19_file else None, "training_images": len(train_images), "held_out_pairs": len(val), "best": best,
         "validation": val_rows[-1] if val_rows else None, "latest": str(out / MODELS / "net_g_latest.pth"),
         "notes": notes, "seconds": round(time.perf_counter() - t_start, 2),
     }

@@ -33,9 +33,10 @@ def test_y_psnr_and_ssim_known_values():
         psnr(img[:30], img)
 
 
-def test_lpips_alex_reproduces_the_reference_values():
+@pytest.mark.skipif(not (SHARED / "data" / "lpips_check").exists(), reason="the LPIPS reference images (shared data) are not on this machine")
+def test_lpips_alex_reproduces_the_reference_values(weights_ready):
     read = lambda n: cv2.imread(str(SHARED / "data" / "lpips_check" / f"{n}.png"))[..., ::-1].astype(np.float32) / 255  # noqa: E731
-    metric = LPIPS(SHARED / "weights" / "alexnet_features_imagenet.pth")
+    metric = LPIPS(weights_ready["alexnet"], weights_ready["lpips-alex-heads"])
     ref = read("ex_ref")
     assert metric(read("ex_p0"), ref) == pytest.approx(0.722, abs=5e-4)
     assert metric(read("ex_p1"), ref) == pytest.approx(0.138, abs=5e-4)
@@ -56,12 +57,11 @@ def test_set(tmp_path) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
-def test_evaluate_flow_with_hr_cache_and_without_hr(test_set, tmp_path, prefect_server, capsys):
+def test_evaluate_flow_with_hr_cache_and_without_hr(test_set, tmp_path, prefect_server, capsys, weights_ready):
     lr, hr = test_set
     torch.manual_seed(0)
     save_generator(tmp_path / "tiny.pth", RRDBNet(RRDBConfig(num_feat=8, num_block=1, num_grow_ch=32)))
     args = ["evaluate", "--lr", str(lr), "--hr", str(hr), "--model", str(tmp_path / "tiny.pth"), "--out", str(tmp_path / "ev")]
-    args += ["--lpips-alexnet", str(SHARED / "weights" / "alexnet_features_imagenet.pth")]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "| bicubic | 3 |" in out and "| tiny | 3 |" in out and "6 computed, 0 from the cache" in out

@@ -20,7 +20,7 @@ def _tiny(scale=4, seed=0) -> RRDBNet:
 
 
 @pytest.mark.parametrize("name", ["realsr-df2k", "realesrgan-x4plus"])
-def test_released_generators_load_strictly_from_the_shared_folder(name):
+def test_released_generators_load_strictly_by_name(name, weights_ready):
     g = load_rrdb(name)
     assert g.config == RRDBConfig(num_feat=64, num_block=23, num_grow_ch=32, scale=4) and g.arch == "RRDBNet"
     with torch.inference_mode():

