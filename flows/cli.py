@@ -149,28 +149,36 @@ def run_upscale(args) -> int:
 
     from models.devices import resolve_device
     from storage.checkpoints import load_generator
-    from storage.upscaling import UpscaleOptions, inputs, upscale_paths
+    from storage.upscaling import UpscaleOptions, inputs, plan_outputs, upscale_paths
 
     device = resolve_device(args.device)
+    precision = "fp32" if args.fp32 or device.type == "cpu" else ("bf16" if args.bf16 else "fp16")
+    opts = UpscaleOptions(outscale=args.outscale, tile=args.tile, tile_pad=args.tile_pad, precision=precision, ext=args.ext, suffix=args.suffix, alpha=args.alpha, batch=max(1, args.batch))
+    paths, others = inputs(args.input)
+    plan_outputs(paths, args.output, opts)  # names and the folder checked before the model loads
     gen = load_generator(args.model)
     gen.model.to(device)
-    precision = "fp32" if args.fp32 or device.type == "cpu" else ("bf16" if args.bf16 else "fp16")
     if device.type == "cuda" and precision != "fp32":
         gen.model.to(torch.float16 if precision == "fp16" else torch.bfloat16)
     gen.model.to(memory_format=torch.channels_last)  # 1.19x on this CPU too (BENCHMARKS.md)
-    opts = UpscaleOptions(outscale=args.outscale, tile=args.tile, tile_pad=args.tile_pad, precision=precision, ext=args.ext, suffix=args.suffix, alpha=args.alpha, batch=max(1, args.batch))
-    paths = inputs(args.input)
     print(f"{gen.describe()} on {device} ({precision}); {len(paths)} image(s); tile {args.tile or 'off'}", file=sys.stderr)
     with tqdm(total=1, unit="tile", file=sys.stderr, leave=False, disable=None) as bar:
         report = upscale_paths(paths, args.output, gen, opts, device, bar, log=lambda m: tqdm.write(m, file=sys.stderr))
-    print(f"{len(report.written)} written, {len(report.failed)} failed", file=sys.stderr)
+    skipped = others + report.skipped
+    print(f"{len(report.written)} written, {len(report.failed)} failed, {len(skipped)} skipped", file=sys.stderr)
     for f in report.failed:
-        print(f"  {f['source']}: {f['reason']}", file=sys.stderr)
+        print(f"  FAILED {f['source']}: {f['reason']}", file=sys.stderr)
+    for f in skipped:
+        print(f"  skipped {f['source']}: {f['reason']}", file=sys.stderr)
+    for w in report.written:
+        if w["notes"]:
+            print(f"  note {w['source']}: {'; '.join(w['notes'])}", file=sys.stderr)
     return 1 if report.failed else 0
 
 
 def run_evaluate(args) -> int:
     """`realsr evaluate` against the configured Prefect API or an embedded one; prints the means."""
+    from flows import preflight
     from flows.evaluate import evaluate_flow
     from flows.runtime import prefect_api
     from flows.settings import EvaluateSettings
@@ -179,6 +187,7 @@ def run_evaluate(args) -> int:
         lr=args.lr, hr=args.hr, models=args.model, out=args.out, scale=args.scale, crop_border=args.crop_border,
         tile=args.tile, tile_pad=args.tile_pad, device=args.device, lpips_alexnet=args.lpips_alexnet,
     )
+    preflight.evaluate(settings)
     with prefect_api():
         result = evaluate_flow(settings)
     print((Path(result["out"]) / "results.md").read_text())
@@ -205,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so the embedded API server and the Dask cluster are stopped
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args = _parser().parse_args(argv)
+    from flows import preflight
     from flows.settings import DegradeSettings
     from storage.noise_stage import EmptyNoiseBank
 
@@ -212,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "degrade":
             given = {k: getattr(args, k) for k in _FLAGS if getattr(args, k) is not None}
             settings = DegradeSettings(source=args.source, out=args.out, **given)
+            preflight.degrade(settings)
             summary = run_degrade(settings, args.workers, args.dask_address)
             _print_result(summary)
             return 1 if summary["processed"] == 0 else 0

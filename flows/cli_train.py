@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+import types
+import typing
 from pathlib import Path
 
 _SKIP = {"run_dir", "out", "preset", "resume"}
 
 
 def _kind(annotation):
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation = args[0]  # `int | None`: None means "the preset's value"
     text = str(annotation)
     if annotation is bool:
         return "bool"
@@ -29,7 +34,7 @@ def _kind(annotation):
 
 
 def add_parser(sub) -> None:
-    from flows.train_settings import PRESETS, TrainSettings
+    from flows.train_settings import PAPER, PRESETS, TrainSettings
 
     t = sub.add_parser("train", help="train or fine-tune the SR generator on a degrade-flow run's degradations")
     t.add_argument("run_dir", type=Path, help="degrade-flow run folder")
@@ -44,9 +49,9 @@ def add_parser(sub) -> None:
         flag = "--" + name.replace("_", "-")
         kind = _kind(field.annotation)
         if kind == "bool":
-            t.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"{field.description} (default {field.default})")
+            t.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"{field.description} (default: the preset's; paper {PAPER.get(name)})")
         else:
-            t.add_argument(flag, type=kind, default=None, help=f"{field.description} (default {field.default})")
+            t.add_argument(flag, type=kind, default=None, help=f"{field.description} (default: the preset's; paper {PAPER.get(name)})")
 
 
 def settings_from(args):
@@ -64,8 +69,11 @@ def describe(settings) -> str:
 
 def run_train(args) -> int:
     """`realsr train`: 0 when training reached its last iteration."""
+    from flows import preflight
+
     settings = settings_from(args)
     print(describe(settings), file=sys.stderr)
+    preflight.train(settings)
     if args.runtime == "prefect":
         from flows.runtime import prefect_api
         from flows.train import summary_markdown, train_flow

@@ -139,7 +139,7 @@ def degrade_flow(settings: DegradeSettings) -> dict:
         "processed": len(records),
         "cached": sum(1 for r in records if r["cached"]),
         "skipped": skipped + pair_failed,
-        "ignored_files": [str(p) for p in ignored],
+        "ignored_files": [{"file": str(p), "reason": why} for p, why in ignored],
         "converted": [{"source": r["source"], "notes": r["notes"]} for r in records if r["notes"]],
         "too_small_for_pairs": [r["source"] for r in pairs if not r["rows"]],
         "kernel_bank": kernels,
@@ -183,7 +183,7 @@ def summary_markdown(s: dict) -> str:
     if s["converted"]:
         lines += ["", "## Converted on input", "", *[f"- `{x['source']}`: {'; '.join(x['notes'])}" for x in s["converted"]]]
     if s["ignored_files"]:
-        lines += ["", "## Ignored (not an image file name)", "", *[f"- `{x}`" for x in s["ignored_files"]]]
+        lines += ["", "## Left out of the source folder", "", *[f"- `{x['file']}`: {x['reason']}" for x in s["ignored_files"]]]
     return "\n".join(lines) + "\n"
 
 

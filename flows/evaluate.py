@@ -20,15 +20,17 @@ def evaluate_flow(settings: EvaluateSettings) -> dict:
     images, notes = ev.test_images(settings.lr, settings.hr)
     for n in notes:
         log.warning(n)
-    models = ev.load_models(settings.models, settings.scale)  # loaded once; a bad checkpoint is refused before any work
+    models, failed_models = ev.load_models(settings.models, settings.scale)  # loaded once; a bad one fails alone
+    for f in failed_models:
+        log.error(f"model {f['model']} left out: {f['reason']}")
     log.info(f"{len(images)} test images, models: {', '.join(label for label, _, _ in models)}")
-    rows, failures = [], []
+    rows, failures = [], list(failed_models)
     for label, gen, digest in models:
         got = t.evaluate_model(label, gen, digest, images, out, settings)
         rows += got["rows"]
         failures += got["failures"]
     order = [label for label, _, _ in models]
-    result = t.write_results(out, rows, order, images, settings.scale)
+    result = t.write_results(out, rows, order, images, settings.scale, failed_models)
     result.update(failures=failures, notes=notes, out=str(out), computed=sum(not r["cached"] for r in rows), cached=sum(r["cached"] for r in rows))
     try:
         create_table_artifact([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()} for m in result["summary"]], key="evaluate-means", description="mean metrics per model")

@@ -8,7 +8,10 @@ cluster starts (workers inherit it), and drain the log and event queues before s
 
 from __future__ import annotations
 
+import functools
 import os
+import signal
+import sys
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -52,7 +55,7 @@ def prefect_api() -> Iterator[str]:
     from prefect.logging.handlers import APILogWorker
     from prefect.server.api.server import SubprocessASGIServer
 
-    server = SubprocessASGIServer()
+    server = _server_class(SubprocessASGIServer)()
     # a fresh database migrates for ~10 s on an idle core and twice that beside a busy one;
     # Prefect's 20 s default then fails the whole run (seen here with KernelGAN on the other core)
     server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")))
@@ -67,6 +70,36 @@ def prefect_api() -> Iterator[str]:
     finally:
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@functools.cache
+def _server_class(base):
+    """Prefect's subprocess API server, whose process gets SIGTERM from the kernel when the
+    thread that started it dies, SIGKILL of the run included (Linux parent-death signal): a
+    killed run leaves no server behind. Elsewhere it is Prefect's own."""
+    if not sys.platform.startswith("linux"):
+        return base
+    from prefect.server.api import server as module
+
+    class ParentBoundServer(base):
+        def _run_uvicorn_command(self):
+            popen = module.subprocess.Popen
+            module.subprocess.Popen = functools.partial(popen, preexec_fn=_die_with_parent)
+            try:
+                return super()._run_uvicorn_command()
+            finally:
+                module.subprocess.Popen = popen
+
+    return ParentBoundServer
 
 
 def local_workers() -> int:
@@ -96,5 +129,7 @@ def task_runner(workers: int | None = None, address: str | None = None):
     processes = os.environ.get("REALSR_DASK_PROCESSES", "1") != "0"
     return DaskTaskRunner(
         cluster_class="distributed.LocalCluster",
-        cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": processes, "dashboard_address": ":0"},
+        # scheduler, workers and dashboard on loopback: nothing of a local run listens outside
+        # (thread workers talk in-process, where a host is not taken)
+        cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": processes, "dashboard_address": "127.0.0.1:0", **({"host": "127.0.0.1"} if processes else {})},
     )

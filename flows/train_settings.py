@@ -1,10 +1,11 @@
 """train-flow's parameters, and the presets: named bundles of them.
 
 `paper` is the released RealSR/ESRGAN recipe; `finetune` adapts a released generator to one
-camera; `cpu-small` and `test-tiny` are small networks for this CPU and for tests. A preset sets
-fields (in validation, so Prefect parameters `{"preset": "finetune", ...}` get it too); anything
-given explicitly wins over it. The resolved settings are printed at the start and stored with
-the run.
+camera; `cpu-small` and `test-tiny` are small networks for this CPU and for tests. Every tunable
+field defaults to None, "the preset's value", and the preset fills it in validation: so a preset
+means the same from the CLI, `prefect deployment run` and the Prefect UI's form (which submits
+every field at its schema default). A value given explicitly wins over the preset. The resolved
+settings are printed at the start and stored with the run.
 """
 
 from __future__ import annotations
@@ -14,6 +15,40 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+PAPER: dict = {  # the released ESRGAN / RealSR recipe: every field a preset sets
+    "init": None,
+    "iterations": 60_000,
+    "batch_size": 16,
+    "hr_size": 128,
+    "g_feat": 64,
+    "g_blocks": 23,
+    "g_grow": 32,
+    "discriminator": "patchgan",
+    "d_feat": 64,
+    "lr_g": 1e-4,
+    "lr_d": 1e-4,
+    "milestones": [5000, 10000, 20000, 30000],
+    "warmup": 5000,
+    "pixel_weight": 1e-2,
+    "perceptual_weight": 1.0,
+    "gan_weight": 5e-3,
+    "ema_decay": 0.999,
+    "kernel_per": "image",
+    "noise": True,
+    "noise_match_brightness": True,
+    "jpeg": "auto",
+    "jpeg_range": 5,
+    "val_images": 1,
+    "val_pairs": 8,
+    "val_every": 5000,
+    "save_every": 5000,
+    "keep_checkpoints": 2,
+    "log_every": 50,
+    "workers": 2,
+    "seed": 0,
+    "device": "auto",
+    "precision": "auto",
+}
 PRESETS: dict[str, dict] = {
     # ESRGAN / RealSR: RRDB 23 blocks, PatchGAN, batch 16 of 128 px, 60k steps, halving at 5k/10k/20k/30k
     "paper": {},
@@ -43,39 +78,39 @@ class TrainSettings(BaseModel):
     run_dir: Path = Field(description="A degrade-flow run folder (clean_hr/, kernels.zarr, noise.zarr, pairs/).")
     out: Path = Field(description="Training folder: models/, training_states/, losses.csv, validation.csv, samples/.")
     preset: Literal["paper", "finetune", "cpu-small", "test-tiny"] = Field("paper", description="The bundle of settings this run started from.")
-    init: str | None = Field(None, description="Generator to start from: a checkpoint path or realsr-df2k / realesrgan-x4plus (none: from scratch, with the L1 warm-up).")
+    init: str | None = Field(None, description="Generator to start from: a checkpoint path or a released generator by name (realsr weights list; fetched and verified on first use), none: from scratch with the L1 warm-up.")
     resume: Literal["no", "auto", "require"] = Field("no", description="'auto' continues from the newest complete state in out if there is one; 'require' fails without one.")
-    iterations: int = Field(60_000, ge=1, le=10_000_000, description="Total training iterations (a resumed run continues to this).")
-    batch_size: int = Field(16, ge=1, le=1024, description="HR crops per iteration.")
-    hr_size: int = Field(128, ge=16, le=1024, description="Side of an HR training crop, px (a multiple of the scale).")
-    g_feat: int = Field(64, ge=4, le=256, description="RRDB features (from scratch; an init file sets its own).")
-    g_blocks: int = Field(23, ge=1, le=64, description="RRDB blocks (from scratch).")
-    g_grow: int = Field(32, ge=4, le=128, description="RRDB growth channels (from scratch).")
-    discriminator: Literal["patchgan", "vgg128"] = Field("patchgan", description="The paper's PatchGAN (70x70 windows) or ESRGAN's VGG-128 (128 px crops only).")
-    d_feat: int = Field(64, ge=4, le=256, description="Discriminator features of its first layer.")
-    lr_g: float = Field(1e-4, gt=0, le=1e-2, description="Adam learning rate of G.")
-    lr_d: float = Field(1e-4, gt=0, le=1e-2, description="Adam learning rate of D.")
-    milestones: list[int] = Field([5000, 10000, 20000, 30000], description="Iterations at which both learning rates halve.")
-    warmup: int = Field(5000, ge=0, description="L1-only iterations first, when training from scratch (ignored with init).")
-    pixel_weight: float = Field(1e-2, ge=0, description="L1 weight.")
-    perceptual_weight: float = Field(1.0, ge=0, description="VGG19 conv5_4 (before ReLU) L1 weight.")
-    gan_weight: float = Field(5e-3, ge=0, description="Relativistic average GAN weight.")
-    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of G (saved as params_ema).")
-    kernel_per: Literal["image", "sample"] = Field("image", description="'image': each source keeps its one kernel, as the paper; 'sample': a valid bank kernel drawn per crop.")
-    noise: bool = Field(True, description="Inject a noise-bank crop into every LR.")
-    noise_match_brightness: bool = Field(True, description="Draw noise from patches of the LR crop's brightness (off: uniform, as the paper).")
-    jpeg: Literal["auto", "off"] = Field("auto", description="'auto': re-compress each LR at its source JPEG's quality (PNG sources: none).")
-    jpeg_range: int = Field(5, ge=0, le=50, description="auto: the quality varies by up to this much around the source's.")
-    val_images: int = Field(1, ge=0, description="Source images held out of training; their degrade-flow pairs validate.")
-    val_pairs: int = Field(8, ge=1, le=1000, description="At most this many held-out pairs per validation.")
-    val_every: int = Field(5000, ge=1, description="Validate (PSNR-Y, LPIPS, sample crops) every N iterations, and at the end.")
-    save_every: int = Field(5000, ge=1, description="Checkpoint every N iterations, and at the end.")
-    keep_checkpoints: int = Field(2, ge=1, le=1000, description="Numbered checkpoints kept besides best and latest.")
-    log_every: int = Field(50, ge=1, description="Loss rows to losses.csv (means over the last N iterations).")
-    workers: int = Field(2, ge=0, le=64, description="DataLoader worker processes (0: in the training process).")
-    seed: int = Field(0, ge=0, description="Seeds the networks' initialisation and every data draw.")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="Torch device: auto, cpu, cuda or cuda:N.")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="'auto': bf16 autocast on CUDA, fp32 on CPU.")
+    iterations: int | None = Field(None, ge=1, le=10_000_000, description="Total training iterations (a resumed run continues to this).")
+    batch_size: int | None = Field(None, ge=1, le=1024, description="HR crops per iteration.")
+    hr_size: int | None = Field(None, ge=16, le=1024, description="Side of an HR training crop, px (a multiple of the scale).")
+    g_feat: int | None = Field(None, ge=4, le=256, description="RRDB features (from scratch; an init file sets its own).")
+    g_blocks: int | None = Field(None, ge=1, le=64, description="RRDB blocks (from scratch).")
+    g_grow: int | None = Field(None, ge=4, le=128, description="RRDB growth channels (from scratch).")
+    discriminator: Literal["patchgan", "vgg128"] | None = Field(None, description="The paper's PatchGAN (70x70 windows) or ESRGAN's VGG-128 (128 px crops only).")
+    d_feat: int | None = Field(None, ge=4, le=256, description="Discriminator features of its first layer.")
+    lr_g: float | None = Field(None, gt=0, le=1e-2, description="Adam learning rate of G.")
+    lr_d: float | None = Field(None, gt=0, le=1e-2, description="Adam learning rate of D.")
+    milestones: list[int] | None = Field(None, description="Iterations at which both learning rates halve.")
+    warmup: int | None = Field(None, ge=0, description="L1-only iterations first, when training from scratch (ignored with init).")
+    pixel_weight: float | None = Field(None, ge=0, description="L1 weight.")
+    perceptual_weight: float | None = Field(None, ge=0, description="VGG19 conv5_4 (before ReLU) L1 weight.")
+    gan_weight: float | None = Field(None, ge=0, description="Relativistic average GAN weight.")
+    ema_decay: float | None = Field(None, ge=0, lt=1, description="EMA of G (saved as params_ema).")
+    kernel_per: Literal["image", "sample"] | None = Field(None, description="'image': each source keeps its one kernel, as the paper; 'sample': a valid bank kernel drawn per crop.")
+    noise: bool | None = Field(None, description="Inject a noise-bank crop into every LR.")
+    noise_match_brightness: bool | None = Field(None, description="Draw noise from patches of the LR crop's brightness (off: uniform, as the paper).")
+    jpeg: Literal["auto", "off"] | None = Field(None, description="'auto': re-compress each LR at its source JPEG's quality (PNG sources: none).")
+    jpeg_range: int | None = Field(None, ge=0, le=50, description="auto: the quality varies by up to this much around the source's.")
+    val_images: int | None = Field(None, ge=0, description="Source images held out of training; their degrade-flow pairs validate.")
+    val_pairs: int | None = Field(None, ge=1, le=1000, description="At most this many held-out pairs per validation.")
+    val_every: int | None = Field(None, ge=1, description="Validate (PSNR-Y, LPIPS, sample crops) every N iterations, and at the end.")
+    save_every: int | None = Field(None, ge=1, description="Checkpoint every N iterations, and at the end.")
+    keep_checkpoints: int | None = Field(None, ge=1, le=1000, description="Numbered checkpoints kept besides best and latest.")
+    log_every: int | None = Field(None, ge=1, description="Loss rows to losses.csv (means over the last N iterations).")
+    workers: int | None = Field(None, ge=0, le=64, description="DataLoader worker processes (0: in the training process).")
+    seed: int | None = Field(None, ge=0, description="Seeds the networks' initialisation and every data draw.")
+    device: str | None = Field(None, pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="Torch device: auto, cpu, cuda or cuda:N.")
+    precision: Literal["auto", "fp32", "bf16"] | None = Field(None, description="'auto': bf16 autocast on CUDA, fp32 on CPU.")
     vgg19_weights: Path | None = Field(None, description="VGG19 file for the perceptual loss (default: the verified `vgg19` weights: REALSR_WEIGHTS_DIR, the cache, else fetched).")
     lpips_alexnet: Path | None = Field(None, description="AlexNet file for validation LPIPS (default: the verified `alexnet` weights).")
 
@@ -87,7 +122,7 @@ class TrainSettings(BaseModel):
             preset = data.get("preset") or "paper"
             if preset not in PRESETS:
                 raise ValueError(f"unknown preset {preset!r} (one of {', '.join(PRESETS)})")
-            return {**PRESETS[preset], **{k: v for k, v in data.items() if v is not None}, "preset": preset}
+            return {**PAPER, **PRESETS[preset], **{k: v for k, v in data.items() if v is not None}, "preset": preset}
         return data
 
     @model_validator(mode="after")

@@ -11,6 +11,11 @@ noise.zarr                                    kernels.zarr
   gray_mean, gray_var  (N,) float32              kernel_sum, center_offset, border_energy,
   channel_mean, channel_var  (N, 3) float32       bicubic_distance (N,) float32; valid (N,) bool
 attrs: selection rule, sources, versions         attrs: scale, size, resize_convention, ...
+
+Each store carries `content_sha256`, a digest of every array in it, and every reader checks it
+(once per process and store version): a deleted chunk file, which Zarr would read back as zeros,
+or a truncated one is refused with the store's path and the array that is wrong. `digest` (all
+arrays and the writer's attributes) is the bank's identity in cache keys.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from zarr.codecs import ZstdCodec
 
 from storage.atomic import readable_dir, replace_dir
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: content_sha256 over every array; `digest` covers every array
 _ZSTD = ZstdCodec(level=3)
 
 
@@ -60,6 +65,10 @@ def _put(group: zarr.Group, name: str, data: np.ndarray, chunks=None, compress=T
 def strings(values) -> np.ndarray:
     """Zarr's variable-length strings (numpy StringDType) as a plain `str` array."""
     return np.array(np.asarray(values).tolist(), dtype=str).reshape(np.shape(values))
+
+
+class DamagedStoreError(ValueError):
+    """A bank whose files no longer hold what was written: one line with the store and what is wrong."""
 
 
 def _digest(*arrays: np.ndarray) -> str:
@@ -135,7 +144,7 @@ def write_noise_bank(path: Path, patches: np.ndarray, table: dict[str, np.ndarra
     for k, v in table.items():
         if len(v) != n:
             raise ValueError(f"column {k} has {len(v)} rows for {n} patches")
-    digest = _digest(patches, table["source_sha256"], table["position"], _attrs_array(attrs))
+    digest = _digest(patches, *[np.asarray(table[k]) for k in sorted(table)], _attrs_array(attrs))
     if _stored_digest(path) == digest:
         return digest  # an identical bank is already there: leave it untouched
     with replace_dir(path) as tmp:
@@ -154,12 +163,15 @@ def write_noise_bank(path: Path, patches: np.ndarray, table: dict[str, np.ndarra
                 "versions": package_versions(),
             }
         )
+        g.attrs["content_sha256"] = content_digest(g)
     return digest
 
 
-def open_noise_bank(path: Path) -> NoiseBank:
+def open_noise_bank(path: Path, verify: bool = True) -> NoiseBank:
+    """The noise bank, checked against its content digest unless `verify` is off (a reader whose
+    process already checked this store, e.g. a data-loader worker)."""
     path = Path(path)
-    return NoiseBank(path, _open_group(readable_dir(path), "realsr-noise-bank"))
+    return NoiseBank(path, _open_group(readable_dir(path), "realsr-noise-bank", verify))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,7 +206,8 @@ CHECK_COLUMNS = ("kernel_sum", "center_offset", "border_energy", "bicubic_distan
 
 def write_kernel_bank(path: Path, sets: list[KernelSet], attrs: dict, scale_attrs: dict[int, dict]) -> str:
     """Write the kernel bank atomically (one group per scale); returns its content digest."""
-    digest = _digest(*[s.kernels for s in sets], *[s.source_sha256 for s in sets], _attrs_array([attrs, scale_attrs]))
+    columns = [np.asarray(c) for s in sets for c in (s.kernels, s.source, s.source_sha256, s.method, s.reason, *[s.checks[k] for k in (*CHECK_COLUMNS, "valid")])]
+    digest = _digest(*columns, _attrs_array([attrs, scale_attrs]))
     if _stored_digest(path) == digest:
         return digest
     with replace_dir(path) as tmp:
@@ -219,6 +232,7 @@ def write_kernel_bank(path: Path, sets: list[KernelSet], attrs: dict, scale_attr
                 "versions": package_versions(),
             }
         )
+        root.attrs["content_sha256"] = content_digest(root)
     return digest
 
 
@@ -236,7 +250,38 @@ def _stored_digest(path: Path) -> str | None:
         return None
 
 
-def _open_group(path: Path, kind: str) -> zarr.Group:
+def content_digest(group: zarr.Group, where: Path | str = "") -> str:
+    """sha256 of every array under `group` (names, shapes, dtypes, values), read back from disk."""
+    h = hashlib.sha256()
+    for name, arr in sorted(group.arrays(), key=lambda x: x[0]):
+        try:
+            data = arr[...]
+        except Exception as e:  # a truncated or garbled chunk: the codec's own error names no file
+            raise DamagedStoreError(f"{where}: damaged store: array {name!r} cannot be read ({type(e).__name__}: {str(e)[:120]}); rerun degrade to rebuild it") from None
+        h.update(name.encode() + b"|" + _digest(strings(data) if data.dtype.kind in "OT" else np.asarray(data)).encode())
+    for name, sub in sorted(group.groups(), key=lambda x: x[0]):
+        h.update(name.encode() + b"/" + content_digest(sub, f"{where}/{name}").encode())
+    return h.hexdigest()
+
+
+_VERIFIED: set[tuple[str, int]] = set()
+
+
+def verify_store(path: Path, g: zarr.Group) -> None:
+    """Refuse a store whose arrays no longer match the content digest written with it."""
+    meta = path / "zarr.json"
+    key = (str(path.resolve()), meta.stat().st_mtime_ns)
+    if key in _VERIFIED:
+        return
+    stored = g.attrs.get("content_sha256")
+    if stored is None:
+        raise DamagedStoreError(f"{path}: written by an older version, without a content checksum; rerun degrade to rewrite it (finished work is reused)")
+    if content_digest(g, path) != stored:
+        raise DamagedStoreError(f"{path}: damaged store: its arrays do not match the checksum written with them (a chunk file missing or changed); rerun degrade to rebuild it")
+    _VERIFIED.add(key)
+
+
+def _open_group(path: Path, kind: str, verify: bool = True) -> zarr.Group:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     try:
@@ -245,6 +290,8 @@ def _open_group(path: Path, kind: str) -> zarr.Group:
         raise ValueError(f"{path} is not a Zarr group ({e})") from None
     if g.attrs.get("kind") != kind:
         raise ValueError(f"{path} is not a {kind} (kind={g.attrs.get('kind')!r})")
+    if verify:
+        verify_store(path, g)
     return g
 
 

@@ -57,6 +57,10 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except Exception as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04" and head[:1] != b"\x80":  # torch's zip format, or a legacy pickle
+        raise CheckpointError(f"{path}: not a checkpoint (neither torch's zip format nor a pickle; starts {head.hex()})")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

@@ -50,9 +50,12 @@ def test_images(lr_dir: Path, hr_dir: Path | None) -> tuple[list[TestImage], lis
     lrs = sorted(p for p in lr_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not lrs:
         raise FileNotFoundError(f"{lr_dir}: no images")
+    _refuse_shared_stems(lrs, "LR")
     hrs = {}
     if hr_dir is not None:
-        hrs = {p.stem: p for p in sorted(Path(hr_dir).iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
+        hr_files = sorted(p for p in Path(hr_dir).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        _refuse_shared_stems(hr_files, "HR")
+        hrs = {p.stem: p for p in hr_files}
     notes, out = [], []
     for p in lrs:
         hr = hrs.get(p.stem)
@@ -61,6 +64,18 @@ def test_images(lr_dir: Path, hr_dir: Path | None) -> tuple[list[TestImage], lis
         digest = sha256_bytes(read_bytes(p)) + (sha256_bytes(read_bytes(hr)) if hr else "")
         out.append(TestImage(p.stem, p, hr, hashlib.sha256(digest.encode()).hexdigest()))
     return out, notes
+
+
+def _refuse_shared_stems(files: list[Path], kind: str) -> None:
+    """Results are named (and HR matched) by file stem: two files of one stem would overwrite each
+    other's SR image and share an HR, so they are refused before any work."""
+    stems: dict[str, list[Path]] = {}
+    for p in files:
+        stems.setdefault(p.stem.lower(), []).append(p)
+    clashes = [ps for ps in stems.values() if len(ps) > 1]
+    if clashes:
+        listed = "; ".join(", ".join(p.name for p in ps) for ps in clashes)
+        raise ValueError(f"{kind} images share a file name stem ({listed}) in {files[0].parent}: their results would overwrite each other; rename them")
 
 
 def model_label(spec: str, used: set[str]) -> str:
@@ -161,7 +176,7 @@ def means(rows: list[dict], order: list[str]) -> list[dict]:
         got = [r for r in rows if r["model"] == label]
         if not got:
             continue
-        m = {"model": label, "images": len(got), "seconds": float(np.mean([r["seconds"] for r in got]))}
+        m = {"model": label, "images": len(got), "scored": sum("psnr_y" in r for r in got), "seconds": float(np.mean([r["seconds"] for r in got]))}
         for c in METRIC_COLUMNS:
             vals = [r[c] for r in got if c in r]
             if vals:
@@ -170,8 +185,9 @@ def means(rows: list[dict], order: list[str]) -> list[dict]:
     return out
 
 
-def write_results(out: Path, rows: list[dict], summary: list[dict]) -> tuple[Path, Path]:
-    """results.csv (per image and model) and results.md (means), atomically."""
+def write_results(out: Path, rows: list[dict], summary: list[dict], failed_models: list[dict] = ()) -> tuple[Path, Path]:
+    """results.csv (per image and model) and results.md (means, each over the `scored` images
+    that have an HR; then the models that could not be run, with why), atomically."""
     cols = ["image", "model", *[c for c in METRIC_COLUMNS if any(c in r for r in rows)], "seconds", "sr"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
@@ -181,10 +197,13 @@ def write_results(out: Path, rows: list[dict], summary: list[dict]) -> tuple[Pat
     write_bytes(out / "results.csv", buf.getvalue().encode())
     mcols = [c for c in METRIC_COLUMNS if any(c in m for m in summary)]
     names = {"psnr_y": "PSNR-Y dB", "ssim_y": "SSIM-Y", "psnr_rgb": "PSNR-RGB dB", "ssim_rgb": "SSIM-RGB", "lpips": "LPIPS-alex"}
-    lines = ["| " + " | ".join(["model", "images", *(names[c] for c in mcols), "s/image"]) + " |", "|" + "---|" * (len(mcols) + 3)]
+    scored = ["scored (with HR)"] if mcols else []
+    lines = ["| " + " | ".join(["model", "images", *scored, *(names[c] for c in mcols), "s/image"]) + " |", "|" + "---|" * (len(mcols) + len(scored) + 3)]
     for m in summary:  # without HR: model, images and seconds only
         vals = [f"{m[c]:.4f}" if c in m else "-" for c in mcols]
-        lines.append("| " + " | ".join([m["model"], str(m["images"]), *vals, f"{m['seconds']:.2f}"]) + " |")
+        lines.append("| " + " | ".join([m["model"], str(m["images"]), *([str(m["scored"])] if mcols else []), *vals, f"{m['seconds']:.2f}"]) + " |")
+    if failed_models:
+        lines += ["", "Models that could not be run:", *[f"- {f['model']}: {f['reason']}" for f in failed_models]]
     write_bytes(out / "results.md", ("\n".join(lines) + "\n").encode())
     return out / "results.csv", out / "results.md"
 
@@ -217,12 +236,17 @@ def contact_sheet(out: Path, images: list[TestImage], order: list[str], scale: i
     return path
 
 
-def load_models(specs: list[str], scale: int) -> list[tuple[str, LoadedGenerator | None, str]]:
-    """(label, generator, file digest) per model spec; bicubic first."""
+def load_models(specs: list[str], scale: int) -> tuple[list[tuple[str, LoadedGenerator | None, str]], list[dict]]:
+    """(label, generator, file digest) per model spec, bicubic first; and the specs that could
+    not be loaded, each with why (a bad model fails alone: the others are still scored)."""
     used: set[str] = {BICUBIC}
     out: list[tuple[str, LoadedGenerator | None, str]] = [(BICUBIC, None, BICUBIC)]
+    failed = []
     for spec in specs:
-        path = resolve_weights(spec)
-        gen = load_generator(path, expect_scale=scale)
-        out.append((model_label(spec, used), gen, file_digest(path)))
-    return out
+        label = model_label(spec, used)
+        try:
+            path = resolve_weights(spec)
+            out.append((label, load_generator(path, expect_scale=scale), file_digest(path)))
+        except (FileNotFoundError, ValueError, OSError) as e:  # CheckpointError is a ValueError
+            failed.append({"model": label, "image": "(all)", "reason": str(e)})
+    return out, failed

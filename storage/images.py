@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,17 +76,41 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def list_images(folder: Path) -> tuple[list[Path], list[Path]]:
-    """Image files (by suffix) under `folder`, sorted, and the other files that were ignored."""
+def list_images(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Image files (by suffix) under `folder`, sorted, and what was left out, each with why:
+    other file types, subfolders that cannot be read, and symlinks that loop or lead nowhere."""
     folder = Path(folder)
     if not folder.exists():
         raise FileNotFoundError(f"source folder {folder} does not exist")
     if not folder.is_dir():
         raise NotADirectoryError(f"source {folder} is not a folder")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
-    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-    others = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
-    return images, others
+    images: list[Path] = []
+    left_out: list[tuple[Path, str]] = []
+
+    def unreadable(e: OSError) -> None:
+        left_out.append((Path(e.filename), f"folder not readable ({e.strerror})"))
+
+    seen_dirs = {folder.resolve()}
+    for root, dirs, files in os.walk(folder, onerror=unreadable, followlinks=True):
+        base = Path(root)
+        for d in list(dirs):
+            real = (base / d).resolve()
+            if d.startswith(".") or real in seen_dirs:
+                if not d.startswith("."):
+                    left_out.append((base / d, "a link back into folders already read (loop)"))
+                dirs.remove(d)
+            seen_dirs.add(real)
+        for name in files:
+            p = base / name
+            if name.startswith("."):
+                continue
+            if p.is_symlink() and not p.exists():
+                left_out.append((p, "a link that leads nowhere (broken or a loop)"))
+            elif p.suffix.lower() in IMAGE_SUFFIXES:
+                images.append(p)
+            else:
+                left_out.append((p, f"not an image type ({p.suffix or 'no extension'})"))
+    return sorted(images), sorted(left_out)
 
 
 def _check_complete(path: Path, data: bytes) -> None:
@@ -99,15 +125,44 @@ def _check_complete(path: Path, data: bytes) -> None:
         raise BadImageError(path, "truncated PNG (no IEND chunk)")
 
 
+_PIL_LIMIT = threading.Lock()
+
+
+def header_size(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, frames) from the file's header alone (PIL reads no pixels), or None when
+    PIL does not know the format (the decoder then has the last word)."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with _PIL_LIMIT:  # PIL's own bomb limit is lifted for the header read: ours decides
+                saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+                try:
+                    with Image.open(io.BytesIO(data)) as im:
+                        return im.size[0], im.size[1], int(getattr(im, "n_frames", 1))
+                finally:
+                    Image.MAX_IMAGE_PIXELS = saved
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return None
+
+
 def decode_image(path: Path | str, data: bytes, max_pixels: int = 200_000_000, upright: bool = False) -> SourceImage:
     """Decode bytes into RGB float32; gray, 16-bit, alpha, palette and CMYK are converted, with notes.
 
-    `upright` applies the EXIF orientation (what a viewer shows); degrade-flow reads pixels as stored.
+    The size is read from the header first: an image over `max_pixels` is refused before a byte
+    of it is decoded (a 600 KB PNG can hold 14500x14500 pixels). `upright` applies the EXIF
+    orientation (what a viewer shows); degrade-flow reads pixels as stored.
     """
     path = Path(path)
     if not data:
         raise BadImageError(path, "empty file")
     _check_complete(path, data)
+    header = header_size(data)
+    if header and header[0] * header[1] > max_pixels:
+        raise BadImageError(path, f"{header[0]}x{header[1]} is over the {max_pixels / 1e6:g} MP limit (--max-megapixels)")
     buf = np.frombuffer(data, dtype=np.uint8)
     try:
         img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
@@ -117,8 +172,10 @@ def decode_image(path: Path | str, data: bytes, max_pixels: int = 200_000_000, u
         raise BadImageError(path, "not a readable image (corrupt or unsupported format)")
     h, w = img.shape[:2]
     if h * w > max_pixels:
-        raise BadImageError(path, f"{w}x{h} is over the {max_pixels / 1e6:.0f} MP limit")
+        raise BadImageError(path, f"{w}x{h} is over the {max_pixels / 1e6:g} MP limit (--max-megapixels)")
     notes: list[str] = []
+    if header and header[2] > 1:
+        notes.append(f"animated ({header[2]} frames): the first frame only")
     if img.dtype == np.uint8:
         depth, scale = 8, 255.0
     elif img.dtype == np.uint16:

@@ -28,6 +28,14 @@ class RunDirError(ValueError):
 
 def claim_run_dir(out: Path, settings: dict) -> Path:
     """Make `out` a run folder, or refuse it if it holds something else."""
+    out = check_run_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / MARKER, {"tool": TOOL, "settings": settings})
+    return out
+
+
+def check_run_dir(out: Path) -> Path:
+    """What `claim_run_dir` refuses, checked without writing anything."""
     out = Path(out)
     marker = out / MARKER
     if out.exists():
@@ -42,8 +50,6 @@ def claim_run_dir(out: Path, settings: dict) -> Path:
                 tool = None
             if tool != TOOL:
                 raise RunDirError(f"{marker} was not written by {TOOL}")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(marker, {"tool": TOOL, "settings": settings})
     return out
 
 

@@ -160,7 +160,7 @@ class DegradedCrops(torch.utils.data.Dataset):
 
     def bank(self):
         if self._bank is None:
-            self._bank = open_noise_bank(RunDir(self.root).noise)
+            self._bank = open_noise_bank(RunDir(self.root).noise, verify=False)  # checked in __init__
         return self._bank
 
     def sample(self, n: int) -> tuple[np.ndarray, np.ndarray, dict]:

@@ -39,7 +39,17 @@ Log = Callable[[str], None]
 
 def claim_train_dir(out: Path, settings: dict, resume: str) -> Path:
     """Make `out` a training folder; refuse one that holds other files, or a run when not resuming."""
+    out = check_train_dir(out, resume)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / MARKER, {"tool": "realsr-pipeline", "kind": "train", "settings": settings})
+    return out
+
+
+def check_train_dir(out: Path, resume: str) -> Path:
+    """What `claim_train_dir` refuses, checked without writing anything."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise TrainingDataError(f"training folder {out} is a file")
     if out.exists() and any(out.iterdir()):
         if not (out / MARKER).exists():
             raise TrainingDataError(f"{out} holds other files and is not a training folder (no {MARKER}); choose an empty or new folder")
@@ -47,8 +57,6 @@ def claim_train_dir(out: Path, settings: dict, resume: str) -> Path:
             raise TrainingDataError(f"{out} holds a training run (iteration {saved_iterations(out)[0]}); resume it (--auto-resume) or choose another folder")
     if resume == "require" and not saved_iterations(out):
         raise TrainingDataError(f"{out}: nothing to resume (no training_states/*.state)")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / MARKER, {"tool": "realsr-pipeline", "kind": "train", "settings": settings})
     return out
 
 
@@ -73,6 +81,19 @@ def build_perceptual(given: Path | None) -> PerceptualLoss:
             f"VGG19 weights for the perceptual loss could not be loaded from {path} ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); "
             "pass --vgg19-weights FILE (torchvision's vgg19 or its features) or run `realsr weights fetch vgg19`"
         ) from None
+
+
+PATH_SETTINGS = ("run_dir", "out", "init", "vgg19_weights", "lpips_alexnet")
+
+
+def comparable(settings: dict) -> dict:
+    """Settings with their paths made absolute, so `runs/a` and `/home/me/runs/a` compare equal
+    (a name like `realesrgan-x4plus` that is no existing path stays as it is)."""
+    out = dict(settings)
+    for k in PATH_SETTINGS:
+        if out.get(k) and (k != "init" or Path(out[k]).expanduser().exists()):
+            out[k] = str(Path(out[k]).expanduser().resolve())
+    return out
 
 
 def build_generator(s, scale: int) -> tuple[torch.nn.Module, str]:
@@ -158,7 +179,8 @@ def train(s, log: Log = print, bar: bool = True, on_iteration: Callable[[int, di
         d.load_state_dict(d_params, strict=True)
         trainer.load_state_dict(state)
         torch.set_rng_state(state["torch_rng"])
-        changed = sorted(k for k, v in state["meta"].get("settings", {}).items() if k not in ("iterations", "resume", "out") and s.model_dump(mode="json").get(k) != v)
+        now, then = comparable(s.model_dump(mode="json")), comparable(state["meta"].get("settings", {}))
+        changed = sorted(k for k, v in then.items() if k not in ("iterations", "resume", "out") and now.get(k) != v)
         if changed:
             notes.append(f"resumed with other settings than the run was started with: {', '.join(changed)}")
     warmup = 0 if s.init else s.warmup
@@ -171,7 +193,7 @@ def train(s, log: Log = print, bar: bool = True, on_iteration: Callable[[int, di
     loss_rows, val_rows = _csv_rows(losses_csv, start), _csv_rows(val_csv, start)
     best = read_json(out / "best.json") if (out / "best.json").exists() and start else None
     tb = _tensorboard(out)
-    meta = {"settings": s.model_dump(mode="json"), "scale": scale, "g": g_desc, "d": DiscriminatorConfig(s.discriminator, s.d_feat).as_dict()}
+    meta = {"settings": comparable(s.model_dump(mode="json")), "scale": scale, "g": g_desc, "d": DiscriminatorConfig(s.discriminator, s.d_feat).as_dict()}
 
     def check(it: int) -> dict | None:
         nonlocal best

@@ -8,6 +8,7 @@ others finish and the summary lists it.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,11 @@ class UpscaleOptions:
 class UpscaleReport:
     written: list[dict] = field(default_factory=list)
     failed: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # inputs not read, each with why
+
+
+class UpscaleError(ValueError):
+    """Settings that would lose or overwrite files; found before any image is computed."""
 
 
 def torch_dtype(precision: str, device: torch.device) -> torch.dtype:
@@ -50,26 +56,60 @@ def torch_dtype(precision: str, device: torch.device) -> torch.dtype:
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
-def inputs(path: Path) -> list[Path]:
-    """One file, or the images of a folder (not recursive, sorted)."""
+def inputs(path: Path) -> tuple[list[Path], list[dict]]:
+    """One file, or the images of a folder (not recursive, sorted); and the folder's other files."""
     path = Path(path)
     if path.is_file():
-        return [path]
+        return [path], []
     if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        other = [{"source": str(p), "reason": f"not an image type ({p.suffix or 'no extension'})"} for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+        return [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES], other
     raise FileNotFoundError(f"{path}: no such file or folder")
 
 
-def output_path(src: Path, out: Path, img: SourceImage, opts: UpscaleOptions, many: bool) -> Path:
-    ext = opts.ext
-    if ext == "auto":
-        ext = src.suffix.lower().lstrip(".") or "png"
-    if ext in ("jpg", "jpeg") and (img.alpha is not None or img.bit_depth == 16):
+WRITABLE = ("png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp")
+
+
+def output_path(src: Path, out: Path, opts: UpscaleOptions, many: bool, img: SourceImage | None = None) -> Path:
+    """Where `src`'s result goes; with `img`, a JPEG name turns PNG where alpha or 16 bits need it."""
+    ext = opts.ext if opts.ext != "auto" else (src.suffix.lower().lstrip(".") or "png")
+    if img is not None and ext in ("jpg", "jpeg") and (img.alpha is not None or img.bit_depth == 16):
         ext = "png"  # JPEG holds neither alpha nor 16 bits
-    if ext not in ("png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp"):
+    if ext not in WRITABLE:
         ext = "png"
     name = f"{src.stem}_{opts.suffix}.{ext}" if opts.suffix else f"{src.stem}.{ext}"
     return (out / name) if many or out.is_dir() or not out.suffix else out
+
+
+def plan_outputs(paths: list[Path], out: Path, opts: UpscaleOptions) -> tuple[dict[Path, Path], list[dict]]:
+    """Each input's output, checked before any work: none may be an input, no two may share a
+    name (compared case-blind), and the folder must be writable. An input that is another input's
+    output (a rerun into the input folder) is not read again: it is listed as skipped."""
+    many = len(paths) > 1
+    plan = {p: output_path(p, Path(out), opts, many) for p in paths}
+    by_file = {p.resolve(): p for p in paths}
+    own = {by_file[t.resolve()]: src for src, t in plan.items() if t.resolve() in by_file and by_file[t.resolve()] != src}
+    skipped = [{"source": str(p), "reason": f"the output of {src.name} from an earlier run (not read again)"} for p, src in own.items()]
+    plan = {p: t for p, t in plan.items() if p not in own}
+    same = [p for p, t in plan.items() if t.resolve() == p.resolve()]
+    if same:
+        raise UpscaleError(f"the output would overwrite the input {same[0]}" + (f" (and {len(same) - 1} more)" if len(same) > 1 else "") + ": choose another -o or a --suffix")
+    names: dict[str, list[Path]] = {}
+    for p, t in plan.items():
+        names.setdefault(str(t.resolve()).lower(), []).append(p)
+    clashes = [ps for ps in names.values() if len(ps) > 1]
+    if clashes:
+        listed = "; ".join(f"{', '.join(p.name for p in ps)} -> {plan[ps[0]].name}" for ps in clashes)
+        raise UpscaleError(f"inputs would write the same output file ({listed}): rename them, or upscale them one at a time")
+    folder = Path(out) if many or Path(out).is_dir() or not Path(out).suffix else Path(out).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".realsr-write-check-"):
+            pass
+    except OSError as e:
+        raise UpscaleError(f"output folder {folder} cannot be written ({e.strerror or e})") from None
+    return plan, skipped
 
 
 def batch_key(img: SourceImage, opts: UpscaleOptions) -> tuple | None:
@@ -151,8 +191,9 @@ def upscale_paths(
     a batch that fails (out of memory, say) is retried one image at a time, so only the image
     that is itself the problem fails.
     """
-    report = UpscaleReport()
-    many = len(paths) > 1
+    plan, skipped = plan_outputs(paths, Path(out), opts)
+    report = UpscaleReport(skipped=skipped)
+    taken = {str(t.resolve()).lower(): p for p, t in plan.items()}
     pending: list[tuple[Path, SourceImage]] = []
 
     def fail(path: Path, e: Exception) -> None:
@@ -179,8 +220,9 @@ def upscale_paths(
         secs = (time.perf_counter() - t0) / len(group)
         for (path, img), result in zip(group, results):
             try:
-                target = output_path(path, out, img, opts, many)
-                target.parent.mkdir(parents=True, exist_ok=True)
+                target = output_path(path, Path(out), opts, len(paths) > 1, img)
+                if taken.get(str(target.resolve()).lower(), path) != path:  # turned PNG onto another input's name
+                    raise OSError(f"its output {target.name} is the output of {taken[str(target.resolve()).lower()].name}")
                 write_bytes(target, encode(result, target), durable=False)
             except _FAILURES as e:
                 fail(path, e)
@@ -193,7 +235,7 @@ def upscale_paths(
             run(pending[:])
             pending.clear()
 
-    for path in paths:
+    for path in plan:
         try:
             img = read_image(path, int(opts.max_megapixels * 1e6), upright=True)
         except _FAILURES as e:

@@ -23,8 +23,8 @@ def evaluate_model(label: str, gen, digest: str, images: list, out: Path, settin
 
 
 @task(name="write-results", cache_policy=NO_CACHE)
-def write_results(out: Path, rows: list[dict], order: list[str], images: list, scale: int) -> dict:
+def write_results(out: Path, rows: list[dict], order: list[str], images: list, scale: int, failed_models: list[dict]) -> dict:
     summary = ev.means(rows, order)
-    csv_path, md_path = ev.write_results(out, rows, summary)
+    csv_path, md_path = ev.write_results(out, rows, summary, failed_models)
     sheet = ev.contact_sheet(out, images, order, scale)
     return {"summary": summary, "csv": str(csv_path), "md": str(md_path), "sheet": str(sheet) if sheet else None}

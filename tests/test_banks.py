@@ -111,3 +111,36 @@ def test_an_identical_bank_is_not_rewritten(tmp_path):
     assert write_noise_bank(path, *args) == first
     assert (path / "zarr.json").stat().st_mtime_ns == stamp
     assert write_noise_bank(path, args[0], args[1], {"patch_size": 8, "max_var": 5}) != first
+
+
+def _bank_with_noise(path, noise_scale: float = 1.0) -> str:
+    rng = np.random.default_rng(0)
+    patches = rng.integers(0, 256, (70, 16, 16, 3), dtype=np.uint8)
+    table = {**_noise_table(70), "noise": (rng.normal(0, 2, (70, 16, 16, 3)) * noise_scale).astype(np.float16)}
+    return write_noise_bank(path, patches, table, {"patch_size": 16})
+
+
+def test_a_missing_or_truncated_chunk_is_refused_with_the_store_and_what_is_wrong(tmp_path):
+    from storage.banks import DamagedStoreError
+
+    store = tmp_path / "noise.zarr"
+    _bank_with_noise(store)
+    chunk = next(p for p in (store / "noise" / "c").rglob("*") if p.is_file())
+    data = chunk.read_bytes()
+    chunk.unlink()  # zarr alone would read it back as zeros
+    with pytest.raises(DamagedStoreError, match=rf"{store}: damaged store"):
+        open_noise_bank(store)
+    chunk.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DamagedStoreError, match=r"array 'noise' cannot be read"):
+        open_noise_bank(store)
+    chunk.write_bytes(data)
+    assert open_noise_bank(store).count == 70
+    k = tmp_path / "k.zarr"
+    write_kernel_bank(k, [_kernel_set(2, [bicubic_kernel(2)], ["a.png"], ["1" * 64], ["test"])], {}, {2: {}})
+    next(p for p in (k / "x2" / "kernels" / "c").rglob("*") if p.is_file()).unlink()
+    with pytest.raises(DamagedStoreError, match=rf"{k}: damaged store"):
+        open_kernel_bank(k)
+
+
+def test_the_noise_banks_digest_covers_what_injection_reads(tmp_path):
+    assert _bank_with_noise(tmp_path / "a.zarr") != _bank_with_noise(tmp_path / "b.zarr", noise_scale=0.5)

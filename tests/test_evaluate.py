@@ -77,11 +77,18 @@ def test_evaluate_flow_with_hr_cache_and_without_hr(test_set, tmp_path, prefect_
     assert main(args) == 0
     captured = capsys.readouterr()
     assert "2 computed, 6 from the cache" in captured.out
+    table = (tmp_path / "ev" / "results.md").read_text()
+    assert "| model | images | scored (with HR) |" in table and "| tiny | 4 | 3 |" in table  # the means are over the 3 with HR
     no_hr = ["evaluate", "--lr", str(lr), "--model", str(tmp_path / "tiny.pth"), "--out", str(tmp_path / "sr_only")]
     assert main(no_hr) == 0
     assert len(list((tmp_path / "sr_only" / "sr" / "tiny").glob("*.png"))) == 4
     assert "lpips" not in (tmp_path / "sr_only" / "results.csv").read_text().splitlines()[0]
     assert (tmp_path / "sr_only" / "results.md").read_text().splitlines()[:2] == ["| model | images | s/image |", "|---|---|---|"]
     torch.save({"params": {"conv.weight": torch.zeros(1)}}, tmp_path / "odd.pth")
-    assert main([*no_hr[:-2], "--out", str(tmp_path / "x"), "--model", str(tmp_path / "odd.pth")]) == 2
+    assert main(["evaluate", "--lr", str(lr), "--out", str(tmp_path / "x"), "--model", str(tmp_path / "odd.pth")]) == 2  # nothing asked for can run
     assert "odd.pth: architecture not recognised" in capsys.readouterr().err
+    both = [*args[:-2], "--model", str(tmp_path / "odd.pth"), "--out", str(tmp_path / "both")]  # one bad, one good
+    assert main(both) == 1
+    captured = capsys.readouterr()
+    assert "FAILED odd on (all): " in captured.err and "| tiny | 4 | 3 |" in captured.out
+    assert "- odd: " in (tmp_path / "both" / "results.md").read_text()

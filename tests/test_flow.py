@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,7 @@ def test_degrade_flow_end_to_end_with_bad_inputs_and_rerun(photo_dir, tmp_path, 
     assert set(skipped) == {"garbage.png", "empty.jpg", "tiny.png", "zz_copy.png"}
     assert skipped["zz_copy.png"].startswith("same content as") and skipped["zz_copy.png"].endswith("photo_0.png")
     assert "empty file" in skipped["empty.jpg"] and "too small" in skipped["tiny.png"]
-    assert summary["processed"] == 5 and [Path(p).name for p in summary["ignored_files"]] == ["notes.txt"]
+    assert summary["processed"] == 5 and [Path(x["file"]).name for x in summary["ignored_files"]] == ["notes.txt"]
     assert any("gray" in n for c in summary["converted"] for n in c["notes"])
     run = tmp_path / "run"
     bank = open_noise_bank(run / "noise.zarr")
@@ -69,25 +70,44 @@ def test_missing_or_empty_source_folder_is_a_clear_error(tmp_path, capsys):
     assert "scale" in capsys.readouterr().err
 
 
-def _cli(args, **kw):
-    env = {**os.environ, "REALSR_DASK_WORKERS": "2"}
+def _cli(args, env=None, **kw):
+    env = {**(env or os.environ), "REALSR_DASK_WORKERS": "2"}
     return subprocess.Popen([sys.executable, "-m", "flows", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
 
 
-def test_a_killed_run_resumes_to_the_same_result(tmp_path, prefect_server):
+def processes_marked(mark: str) -> list[int]:
+    """Live processes whose environment carries `mark` (every process a run starts inherits it)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and mark.encode() in (d / "environ").read_bytes() and (d / "stat").read_text().split(")")[-1].split()[0] != "Z":
+                found.append(int(d.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_killed_run_leaves_no_process_and_resumes_to_the_same_result(tmp_path, prefect_server):
     src = tmp_path / "photos"
     for i in range(16):
         write_rgb(src / f"p{i:02d}.png", small_photo(i, 384, 512))
     flags = ["--noise-rule", "reference", "--noise-patch-size", "32", "--noise-stride", "32", "--pair-hr-size", "32", "--images-per-task", "1"]
     killed = tmp_path / "killed"
-    proc = _cli(["degrade", "--source", str(src), "--out", str(killed), *flags], start_new_session=True)
+    mark = f"REALSR_TEST_RUN={uuid.uuid4().hex}"
+    own = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # its own embedded API server, as a user's run
+    proc = _cli(["degrade", "--source", str(src), "--out", str(killed), *flags], env={**own, mark.split("=")[0]: mark.split("=")[1]})
     records = killed / ".work" / "preprocess"
-    deadline = time.time() + 120
+    deadline = time.time() + 180
     while time.time() < deadline and (not records.exists() or len(list(records.glob("*.json"))) < 3):
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    assert len(processes_marked(mark)) >= 3, "the run, its API server and its Dask workers"
+    proc.kill()  # SIGKILL of the command alone: what it started must go with it
     proc.wait()
     assert 3 <= len(list(records.glob("*.json"))) < 16, "the kill should land mid-run"
+    deadline = time.time() + 15
+    while processes_marked(mark) and time.time() < deadline:
+        time.sleep(0.2)
+    assert processes_marked(mark) == []
 
     for out in (killed, tmp_path / "fresh"):
         p = _cli(["degrade", "--source", str(src), "--out", str(out), *flags])
@@ -145,3 +165,39 @@ def test_an_empty_noise_bank_warns_loudly_or_stops(tmp_path, prefect_server, cap
     err = capsys.readouterr().err
     assert "stopped before the pairs (on_empty_noise=stop)" in err
     assert not (tmp_path / "stop" / "pairs" / "manifest.jsonl").exists()
+
+
+def test_bad_settings_are_one_line_before_any_server_starts(tmp_path, photo_dir):
+    """Each refusal comes in about a second, with no API server or cluster started (no Prefect
+    tracebacks): the process would otherwise spend 10-50 s starting one first."""
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "mine.txt").write_text("a user's file")
+    (tmp_path / "empty").mkdir()
+    cases = {
+        "does not exist": ["degrade", "--source", str(tmp_path / "nope"), "--out", str(tmp_path / "r1")],
+        "no images found": ["degrade", "--source", str(tmp_path / "empty"), "--out", str(tmp_path / "r2")],
+        "is not a run folder": ["degrade", "--source", str(photo_dir), "--out", str(tmp_path / "foreign")],
+        "not a degrade-flow run folder": ["train", str(tmp_path / "foreign"), "--out", str(tmp_path / "t"), "--preset", "test-tiny"],
+        "no such checkpoint": ["evaluate", "--lr", str(photo_dir), "--model", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "e")],
+    }
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    for expected, args in cases.items():
+        p = subprocess.run([sys.executable, "-m", "flows", *args], env=env, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2 and expected in p.stderr, (args, p.stderr)
+        assert "Traceback" not in p.stderr and "Starting temporary server" not in p.stderr + p.stdout, p.stderr
+    assert sorted(p.name for p in (tmp_path / "foreign").iterdir()) == ["mine.txt"]
+
+
+def test_a_local_cluster_listens_on_loopback_only():
+    from flows.runtime import task_runner
+
+    runner = task_runner(workers=1)
+    assert runner.cluster_kwargs["host"] == "127.0.0.1" and runner.cluster_kwargs["dashboard_address"].startswith("127.0.0.1:")
+    from distributed import LocalCluster
+
+    with LocalCluster(**runner.cluster_kwargs) as cluster:
+        ports = {cluster.scheduler.http_server.port, int(cluster.scheduler.address.rsplit(":", 1)[1])}
+        ports |= {int(w.rsplit(":", 1)[1]) for w in cluster.scheduler.workers}
+        listening = [line.split()[1] for line in Path("/proc/net/tcp").read_text().splitlines()[1:] if line.split()[3] == "0A"]
+        for port in ports:  # the dashboard, the scheduler and the worker
+            assert f"0100007F:{port:04X}" in listening and f"00000000:{port:04X}" not in listening, port

@@ -95,7 +95,7 @@ def test_list_images_separates_other_files(tmp_path):
     (tmp_path / "notes.txt").write_text("hi")
     images, others = list_images(tmp_path)
     assert [p.name for p in images] == ["b.png", "a.JPG"] or [p.name for p in images] == ["a.JPG", "b.png"]
-    assert [p.name for p in others] == ["notes.txt"]
+    assert [(p.name, why) for p, why in others] == [("notes.txt", "not an image type (.txt)")]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         list_images(tmp_path / "nope")
 
@@ -106,3 +106,37 @@ def test_shared_odd_inputs_all_decode():
     for p in images:
         img = read_image(p)
         assert img.rgb.ndim == 3 and img.rgb.shape[2] == 3
+
+
+def test_a_decompression_bomb_is_refused_from_its_header_before_decoding():
+    import struct
+    import zlib
+
+    from storage.images import decode_image
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    # 20000 x 20000 gray, 400 MP, in a few hundred bytes (the pixel data is never reached)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+    with pytest.raises(BadImageError, match=r"20000x20000 is over the 200 MP limit \(--max-megapixels\)"):
+        decode_image("bomb.png", png)
+
+
+def test_an_animated_gif_says_it_keeps_the_first_frame(tmp_path):
+    from PIL import Image
+
+    frames = [Image.fromarray(np.full((8, 8, 3), v, np.uint8)) for v in (10, 200)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    img = read_image(tmp_path / "anim.gif")
+    assert "animated (2 frames): the first frame only" in img.notes
+
+
+def test_list_images_names_links_that_loop_or_lead_nowhere(tmp_path):
+    write_rgb(tmp_path / "sub" / "a.png", small_photo(0, 8, 8))
+    (tmp_path / "sub" / "back").symlink_to(tmp_path)  # a loop
+    (tmp_path / "gone.png").symlink_to(tmp_path / "missing.png")
+    images, others = list_images(tmp_path)
+    assert [p.name for p in images] == ["a.png"]
+    reasons = {p.name: why for p, why in others}
+    assert "loop" in reasons["back"] and "leads nowhere" in reasons["gone.png"]

@@ -38,3 +38,18 @@ def test_defaults_follow_the_paper():
 def test_nonsense_values_get_clear_messages(kw, message):
     with pytest.raises(ValidationError, match=message):
         DegradeSettings(**{**BASE, **kw})
+
+
+def test_a_preset_means_the_same_from_the_prefect_ui_form():
+    """The UI's "Custom run" form submits every field at its schema default: the preset must
+    still decide every field that is not given a value of its own."""
+    from flows.train_settings import PAPER, PRESETS, TrainSettings
+
+    schema = TrainSettings.model_json_schema()
+    form = {name: prop.get("default") for name, prop in schema["properties"].items()}
+    form.update(run_dir="/data/runs/a", out="/data/runs/t", preset="finetune")
+    s = TrainSettings.model_validate(form)
+    for name, value in {**PAPER, **PRESETS["finetune"]}.items():
+        assert getattr(s, name) == value, name
+    assert TrainSettings.model_validate({**form, "iterations": 77}).iterations == 77  # a value of the user's own wins
+    assert TrainSettings.model_validate({**form, "preset": "paper"}).iterations == PAPER["iterations"] == 60_000

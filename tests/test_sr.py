@@ -119,6 +119,9 @@ def test_refusals_name_the_file_and_what_was_found(tmp_path):
         load_rrdb(tmp_path / "good.pth", expect_scale=2)
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         load_generator(tmp_path / "missing.pth")
+    (tmp_path / "noise.pth").write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(CheckpointError, match=r"noise\.pth: not a checkpoint \(neither torch's zip format nor a pickle"):
+        load_generator(tmp_path / "noise.pth")
 
 
 def test_tile_weights_sum_to_one_everywhere():

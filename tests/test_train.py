@@ -2,6 +2,11 @@
 resume = uninterrupted (bitwise), and a tiny train -> evaluate on the CPU."""
 
 import io
+import os
+import subprocess
+import sys
+import time
+import uuid
 from pathlib import Path
 
 import cv2
@@ -165,8 +170,9 @@ def test_a_killed_run_resumes_to_the_same_weights(degrade_run, tmp_path):
         train(_tiny(degrade_run, tmp_path / "killed"), log=lambda m: None, bar=False, on_iteration=kill)
     with pytest.raises(TrainingDataError, match="resume it"):
         train(_tiny(degrade_run, tmp_path / "killed"), log=lambda m: None, bar=False)
-    resumed = train(_tiny(degrade_run, tmp_path / "killed", resume="auto"), log=lambda m: None, bar=False)
-    assert resumed["resumed_from"] == 3
+    relative = Path(os.path.relpath(degrade_run))  # the same run folder, named another way
+    resumed = train(_tiny(relative, tmp_path / "killed", resume="auto"), log=lambda m: None, bar=False)
+    assert resumed["resumed_from"] == 3 and not [n for n in resumed["notes"] if "other settings" in n]
     a, b = load_checkpoint(tmp_path / "whole", 6), load_checkpoint(tmp_path / "killed", 6)
     for part in (1, 2, 3):  # G, EMA of G, D: bitwise
         assert a[part].keys() == b[part].keys() and all(torch.equal(a[part][k], b[part][k]) for k in a[part])
@@ -202,3 +208,31 @@ def test_a_damaged_newest_state_is_skipped_and_nothing_to_resume_is_refused(degr
     assert again["resumed_from"] == 3 and any("skipping iteration 6" in m for m in logs)
     with pytest.raises(TrainingDataError, match="nothing to resume"):
         train(_tiny(degrade_run, tmp_path / "empty", resume="require"), log=lambda m: None, bar=False)
+
+
+def test_sigkill_of_train_leaves_no_process_and_the_rerun_ends_as_an_uninterrupted_run(degrade_run, tmp_path):
+    from tests.test_flow import processes_marked
+
+    flags = ["--preset", "test-tiny", "--iterations", "120", "--save-every", "10", "--val-every", "1000", "--workers", "1"]
+    mark = uuid.uuid4().hex
+    env = {**{k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}, "REALSR_TEST_RUN": mark}  # its own API server
+    cmd = [sys.executable, "-m", "flows", "train", str(degrade_run), "--out", str(tmp_path / "killed"), *flags]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    states = tmp_path / "killed" / "training_states"
+    deadline = time.time() + 180
+    while time.time() < deadline and not (states.exists() and list(states.glob("*.state"))):
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    done = sorted(int(p.stem) for p in states.glob("*.state"))
+    assert done and done[-1] < 120, "the kill should land mid-run"
+    deadline = time.time() + 15
+    while processes_marked(f"REALSR_TEST_RUN={mark}") and time.time() < deadline:
+        time.sleep(0.2)
+    assert processes_marked(f"REALSR_TEST_RUN={mark}") == []
+    assert subprocess.run([*cmd, "--auto-resume", "--runtime", "local"], env=env, capture_output=True).returncode == 0
+    whole = _tiny(degrade_run, tmp_path / "whole", iterations=120, save_every=10, val_every=1000, workers=1)
+    train(whole, log=lambda m: None, bar=False)
+    a, b = load_checkpoint(tmp_path / "whole", 120), load_checkpoint(tmp_path / "killed", 120)
+    for part in (1, 2, 3):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])

@@ -131,3 +131,52 @@ def test_cli_reports_failures_and_refuses_a_bad_checkpoint(tiny_model, tmp_path,
     (tmp_path / "bad.pth").write_bytes(tiny_model.read_bytes()[:100])
     assert main(["upscale", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "x"), "--model", str(tmp_path / "bad.pth")]) == 2
     assert "bad.pth: not a readable torch checkpoint" in capsys.readouterr().err
+
+
+def _png(path: Path, seed: int = 0, size=(12, 10)) -> Path:
+    assert cv2.imwrite(str(path), np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8))
+    return path
+
+
+def test_an_output_that_would_overwrite_an_input_is_refused_before_any_work(tiny_model, tmp_path, capsys):
+    a = _png(tmp_path / "a.png")
+    before = a.read_bytes()
+    assert main(["upscale", "-i", str(a), "-o", str(a), "--model", str(tiny_model)]) == 2
+    assert "would overwrite the input" in capsys.readouterr().err and a.read_bytes() == before
+    _png(tmp_path / "b.png", 1)
+    assert main(["upscale", "-i", str(tmp_path), "-o", str(tmp_path), "--suffix", "", "--model", str(tiny_model)]) == 2
+    assert a.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]
+
+
+def test_a_rerun_into_the_input_folder_does_not_upscale_its_own_outputs(tiny_model, tmp_path, capsys):
+    _png(tmp_path / "a.png")
+    args = ["upscale", "-i", str(tmp_path), "-o", str(tmp_path), "--model", str(tiny_model)]
+    assert main(args) == 0 and (tmp_path / "a_out.png").exists()
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "1 written, 0 failed, 1 skipped" in err and "a_out.png: the output of a.png from an earlier run" in err
+    assert not (tmp_path / "a_out_out.png").exists()
+
+
+def test_inputs_whose_outputs_would_collide_are_refused_with_the_list(tiny_model, tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("x.png", "x.PNG", "x.ppm"):
+        _png(src / name)
+    (src / "notes.txt").write_text("not an image")
+    assert main(["upscale", "-i", str(src), "-o", str(tmp_path / "out"), "--model", str(tiny_model)]) == 2
+    err = capsys.readouterr().err
+    assert "x.PNG, x.png, x.ppm -> x_out.png" in err and not list((tmp_path / "out").glob("*.png"))
+    (src / "x.PNG").unlink()
+    (src / "x.ppm").unlink()
+    assert main(["upscale", "-i", str(src), "-o", str(tmp_path / "out"), "--model", str(tiny_model)]) == 0
+    assert "skipped" in (err := capsys.readouterr().err) and "notes.txt: not an image type (.txt)" in err
+
+
+def test_an_output_folder_that_cannot_be_written_is_found_before_the_model_loads(tiny_model, tmp_path, capsys):
+    _png(tmp_path / "a.png")
+    (tmp_path / "file").write_text("a file, not a folder")
+    bad_model = tmp_path / "never-read.pth"  # the check comes first: a bad model is not even reached
+    assert main(["upscale", "-i", str(tmp_path / "a.png"), "-o", str(tmp_path / "file" / "sub" / "x.png"), "--model", str(bad_model)]) == 2
+    assert "cannot be written" in capsys.readouterr().err

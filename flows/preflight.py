@@ -1,0 +1,50 @@
+"""Checks run before a command starts its Prefect API server and cluster (tens of seconds):
+every setting that can be wrong is found in about a second, as one line naming the thing and
+what to do. The flows check the same again where they act (deployments skip the CLI).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def degrade(settings) -> None:
+    from storage.banks import open_kernel_bank
+    from storage.images import list_images
+    from storage.run_dir import check_run_dir
+
+    images, _ = list_images(settings.source)
+    if not images:
+        raise ValueError(f"no images found in {settings.source} (looked for png, jpg, tif, webp, bmp, ...)")
+    check_run_dir(Path(settings.out))
+    if settings.kernels.startswith("bank:"):
+        open_kernel_bank(Path(settings.kernels[5:]))
+
+
+def train(settings) -> None:
+    from storage.checkpoints import load_rrdb
+    from storage.run_dir import RunDir
+    from storage.train_data import run_scale, training_images
+    from storage.training import check_train_dir, vgg19_path
+
+    run = RunDir(Path(settings.run_dir))
+    training_images(run, settings.hr_size, settings.val_images)  # a degrade run with a manifest, banks, large enough images
+    if settings.init:
+        load_rrdb(settings.init, expect_scale=run_scale(run))
+    if settings.perceptual_weight:
+        vgg19_path(settings.vgg19_weights)
+    check_train_dir(Path(settings.out), settings.resume)
+
+
+def evaluate(settings) -> None:
+    from storage import evaluation as ev
+    from storage.weights import require
+
+    ev.test_images(settings.lr, settings.hr)
+    models, failed = ev.load_models(settings.models, settings.scale)
+    if failed and len(models) == 1:  # bicubic alone is left: nothing the user asked for can run
+        raise ValueError("; ".join(f"model {f['model']}: {f['reason']}" for f in failed))
+    if settings.hr is not None:
+        if settings.lpips_alexnet is None:
+            require("alexnet")
+        require("lpips-alex-heads")
