@@ -89,7 +89,7 @@ REALSR_SDIST = dict(
 def _realsr(name: str, folder: str, digest: str, track: str) -> Weight:
     """One of RealSR's released generators, carried as ncnn files in the realsr-ncnn-vulkan sdist."""
     return Weight(
-        name, f"released x4 generator (RealSR {folder[7:].replace("_", "-")}, Ji et al. 2020, NTIRE 2020 {track})", "Apache-2.0 (Tencent/Real-SR)",
+        name, f"released x4 generator (RealSR {folder[7:].replace('_', '-')}, Ji et al. 2020, NTIRE 2020 {track})", "Apache-2.0 (Tencent/Real-SR)",
         (Source(f"{name.replace('-', '_')}_x4_rrdb.pth", "tensors", digest, members=(f"models/{folder}/x4.param", f"models/{folder}/x4.bin"), **REALSR_SDIST),),
         RRDB_NOTE + "; the official .pth is on Google Drive only, no URL to fetch", True,
     )
