@@ -16,7 +16,7 @@ import io
 import os
 import tarfile
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -64,10 +64,10 @@ class Weight:
     sources: tuple[Source, ...]
     note: str = ""
     generator: bool = False  # an SR generator: loadable by name in upscale, evaluate and train --init
-    files: tuple[str, ...] = field(default=())
 
-    def __post_init__(self):
-        object.__setattr__(self, "files", tuple(s.file for s in self.sources))
+    @property
+    def files(self) -> tuple[str, ...]:
+        return tuple(s.file for s in self.sources)
 
 
 RRDB_NOTE = "ncnn fp16 conversion: outputs match the ncnn model within 1/255 (tests/test_weights.py)"
