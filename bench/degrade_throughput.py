@@ -106,9 +106,9 @@ class PeakRSS:
 
 def stages_only(settings) -> tuple[float, dict]:
     """The per-image stages called in a plain loop: the cost of the work itself."""
-    from storage import stages
-    from storage.images import list_images
-    from storage.run_dir import RunDir, claim_run_dir
+    from realsr.steps import degrade as stages
+    from realsr.storage.images import list_images
+    from realsr.storage.run_dir import RunDir, claim_run_dir
 
     shutil.rmtree(settings.out, ignore_errors=True)
     cv2.setNumThreads(1)
@@ -133,9 +133,9 @@ def main() -> None:
     ap.add_argument("--noise-patch-size", type=int, default=64)
     args = ap.parse_args()
 
-    from flows.cli import run_degrade
-    from flows.runtime import apply_env_defaults, prefect_api
-    from flows.settings import DegradeSettings
+    from realsr.flows.cli_degrade import run_degrade
+    from realsr.flows.runtime import apply_env_defaults, prefect_api
+    from realsr.flows.settings import DegradeSettings
 
     apply_env_defaults()
     base = Path(args.keep or tempfile.mkdtemp(prefix="realsr-bench-"))

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 
-from models.synthetic import gaussian_kernel  # noqa: E402
+from realsr.models.synthetic import gaussian_kernel  # noqa: E402
 
 BLUR = gaussian_kernel(1.4, 0.9, np.pi / 6, 13)
 QUALITY = 75

@@ -76,8 +76,8 @@ X4_SOURCES = [
 
 def true_kernel(scale: int, rng: np.random.Generator) -> np.ndarray:
     """A random anisotropic Gaussian with up to 25 % multiplicative noise on its taps, centred."""
-    from models.kernels import KERNEL_SIZE, centre_kernel
-    from models.synthetic import gaussian_kernel
+    from realsr.models.kernels import KERNEL_SIZE, centre_kernel
+    from realsr.models.synthetic import gaussian_kernel
 
     lo, hi = (0.6, 2.5) if scale == 2 else (1.2, 5.0)  # x4 widths ~ sqrt(5) x the x2 ones
     k = gaussian_kernel(rng.uniform(lo, hi), rng.uniform(lo, hi), rng.uniform(0, np.pi), KERNEL_SIZE[scale])
@@ -92,7 +92,7 @@ def make_case(scale: int, index: int, folder: Path, shared: bool = False) -> dic
     """
     import cv2
 
-    from models.degradation import degrade
+    from realsr.models.degradation import degrade
 
     name, file, size, top, left = (X2_SOURCES if scale == 2 else X4_SOURCES)[index]
     rng = np.random.default_rng(10_000 * scale + index)
@@ -115,7 +115,7 @@ def to_pixel_centred(kernel: np.ndarray, scale: int) -> np.ndarray:
     `aligned_kernel` moves a kernel +0.5 px with Lanczos-4 taps; read from the other side, the
     same taps move the reference's back by 0.5 px; x4's extra pixel is a plain index.
     """
-    from models.kernels import KERNEL_SIZE, aligned_kernel
+    from realsr.models.kernels import KERNEL_SIZE, aligned_kernel
 
     k, _ = aligned_kernel(kernel, 2)  # the taps, on both axes (7 px larger)
     centre = k.shape[0] // 2 - 1 + scale // 2  # the old centre (middle + (s-1)/2) + 3.5, the taps' centre
@@ -136,7 +136,7 @@ def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
 
 
 def figures(case: dict, k_est: np.ndarray) -> dict:
-    from models.degradation import degrade
+    from realsr.models.degradation import degrade
 
     d = aligned_difference(k_est, case["kernel"])
     s, hr = case["scale"], case["hr"]
@@ -163,10 +163,10 @@ def run_ours(cases: list[dict], iterations: int, threads: int, overrides: dict) 
     """The product's estimate for every case, trained together; x4 kernels analytically."""
     import torch
 
-    from models.kernelgan import KernelGANConfig, estimate_kernels
-    from models.kernelgan_post import x4_base
-    from models.kernels import KERNEL_SIZE, analytic_x4, bicubic_kernel
-    from storage.images import read_image
+    from realsr.models.kernelgan import KernelGANConfig, estimate_kernels
+    from realsr.models.kernelgan_post import x4_base
+    from realsr.models.kernels import KERNEL_SIZE, analytic_x4, bicubic_kernel
+    from realsr.storage.images import read_image
 
     torch.set_num_threads(threads)
     images = [read_image(c["lr_path"]).rgb for c in cases]
@@ -238,7 +238,7 @@ def main() -> None:
     ap.add_argument("--table", action="store_true", help="only print the tables of the results kept so far")
     ap.add_argument("--camera", action="store_true", help="the camera set instead: every x2 image has one true kernel; adds the consensus kernel of each method's estimates")
     args = ap.parse_args()
-    from models.kernels import bicubic_kernel, consensus_kernel
+    from realsr.models.kernels import bicubic_kernel, consensus_kernel
 
     if args.camera:
         args.scales = "2"

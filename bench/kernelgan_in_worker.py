@@ -28,8 +28,8 @@ def train(images: int, iterations: int) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from models.kernelgan import KernelGANConfig, estimate_kernels
-    from models.synthetic import camera_photo
+    from realsr.models.kernelgan import KernelGANConfig, estimate_kernels
+    from realsr.models.synthetic import camera_photo
 
     imgs = [camera_photo(i, 200, 200) for i in range(images)]
     r0, t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=100)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = ap.parse_args()
-    from flows.runtime import WORKER_ENV
+    from realsr.flows.runtime import WORKER_ENV
 
     threads = {k: v for k, v in WORKER_ENV.items() if k != "MALLOC_MMAP_THRESHOLD_"}
     print(f"{args.images} images trained together, {args.iterations} steps, {os.cpu_count()} cores, 1 torch thread per process\n")

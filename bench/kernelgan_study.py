@@ -18,28 +18,28 @@ from kernelgan_accuracy import RESULTS, figures, load, make_case  # noqa: E402
 
 
 def _hard(raw: np.ndarray, keep: int = 40) -> np.ndarray:
-    from models.kernels import centre_kernel
+    from realsr.models.kernels import centre_kernel
 
     k = np.where(raw >= np.sort(raw.ravel())[-keep], raw, 0.0).clip(0)
     return centre_kernel(k / k.sum())
 
 
 def _none(raw: np.ndarray) -> np.ndarray:
-    from models.kernels import centre_kernel
+    from realsr.models.kernels import centre_kernel
 
     k = raw.clip(0)
     return centre_kernel(k / k.sum())
 
 
 def variants() -> dict:
-    from models.kernelgan import finalize_kernel
+    from realsr.models.kernelgan import finalize_kernel
 
     return {"soft threshold (reference)": finalize_kernel, "hard 40 taps": _hard, "negatives clipped only": _none}
 
 
 def features(row: dict) -> dict:
     """Ground-truth-free figures of one estimate."""
-    from models.kernels import check_kernel
+    from realsr.models.kernels import check_kernel
 
     raw, k = np.array(row["raw"]), np.array(row["kernel"])
     pos, neg = raw.clip(0).sum(), -raw.clip(None, 0).sum()
@@ -55,7 +55,7 @@ def features(row: dict) -> dict:
 def check_table(rows: list[dict], bic: dict) -> None:
     """How often the product's ground-truth-free check (`collapse` of the raw kernel) is right
     about a kernel that does worse than the bicubic kernel, over every kept row with a raw kernel."""
-    from models.kernelgan import collapse
+    from realsr.models.kernelgan import collapse
 
     counts = {(f, w): 0 for f in (True, False) for w in (True, False)}
     for r in rows:

@@ -17,9 +17,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.metrics import psnr, ssim  # noqa: E402
-from storage.evaluation import lpips_metric  # noqa: E402
-from storage.images import read_image  # noqa: E402
+from realsr.models.metrics import psnr, ssim  # noqa: E402
+from realsr.steps.evaluate import lpips_metric  # noqa: E402
+from realsr.storage.images import read_image  # noqa: E402
 
 
 def main() -> None:

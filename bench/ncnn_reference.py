@@ -19,9 +19,9 @@ import cv2
 import numpy as np
 import torch
 
-from storage.checkpoints import load_rrdb
-from storage.weights import CATALOG, read_members, require
-from storage.weights_fetch import download, registry_url
+from realsr.storage.checkpoints import load_rrdb
+from realsr.storage.weights import CATALOG, read_members, require
+from realsr.storage.weights_fetch import download, registry_url
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "weights"
 

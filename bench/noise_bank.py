@@ -49,9 +49,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data"
 
-from models.degradation import gray255, noise_crop, select_noise_patches  # noqa: E402
-from models.noise import BRIGHTNESS_BINS, assemble_noise, block_stats, brightness_matched, luma, noise_cells, select_noise_tiles  # noqa: E402
-from storage.images import read_image  # noqa: E402
+from realsr.models.degradation import noise_crop, select_noise_patches  # noqa: E402
+from realsr.models.noise import BRIGHTNESS_BINS, assemble_noise, block_stats, brightness_matched, luma, noise_cells, select_noise_tiles  # noqa: E402
+from realsr.storage.images import read_image  # noqa: E402
 
 CAMERAS = {  # name: (a, b) of variance a*x + b on [0, 1]; sigma at mid-grey in levels noted
     "clean": (4.0e-5, 2.0e-5, False),  # ~2 levels
@@ -94,7 +94,7 @@ def rendered_scenes() -> dict[str, list[tuple[str, np.ndarray]]]:
     """Noise-free renders (`models.synthetic.camera_photo` with no sensor noise: sky, walls,
     texture, shapes, lens blur): scenes with no residual of their own, to tell the rule's
     error from the photos' (whose cleaned scenes keep 0.5-0.8 levels of residual)."""
-    from models.synthetic import camera_photo
+    from realsr.models.synthetic import camera_photo
 
     small = [(f"render {i}", camera_photo(100 + i, 384, 512, noise_level=0.0)) for i in range(6)]
     large = [(f"render {i} large", camera_photo(200 + i, 1800, 2400, noise_level=0.0)) for i in range(2)]

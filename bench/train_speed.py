@@ -1,7 +1,7 @@
 """Training speed: iterations/s and images/s of a preset, and the data loader alone beside it.
 
 On a degrade-flow run folder (make one with `realsr degrade`), in one process:
-- `loader`: batches from `storage.train_data.loader` alone (the on-the-fly degradation);
+- `loader`: batches from `steps.train_data.loader` alone (the on-the-fly degradation);
 - `step`: `models.training.Trainer.step` alone, on one batch reused (no data cost);
 - `train`: both, as `realsr train` runs them.
 Peak RSS is the process's (run one preset per process for its own figure).
@@ -26,12 +26,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flows.train_settings import TrainSettings  # noqa: E402
-from models.discriminators import DiscriminatorConfig, build_discriminator  # noqa: E402
-from models.training import LossWeights, Schedule, Trainer  # noqa: E402
-from storage.run_dir import RunDir  # noqa: E402
-from storage.train_data import DataConfig, DegradedCrops, loader, run_scale, training_images  # noqa: E402
-from storage.training import build_generator, build_perceptual  # noqa: E402
+from realsr.flows.train_settings import TrainSettings  # noqa: E402
+from realsr.models.discriminators import DiscriminatorConfig, build_discriminator  # noqa: E402
+from realsr.models.training import LossWeights, Schedule, Trainer  # noqa: E402
+from realsr.storage.run_dir import RunDir  # noqa: E402
+from realsr.steps.train_data import DataConfig, DegradedCrops, loader, run_scale, training_images  # noqa: E402
+from realsr.steps.train_setup import build_generator, build_perceptual  # noqa: E402
 
 
 def main() -> None:
@@ -59,7 +59,8 @@ def main() -> None:
     batches = list(loader(data, s.batch_size, 0, n, s.workers))
     rows["loader"] = time.perf_counter() - t
 
-    g, desc = build_generator(s, scale)
+    nets = s.spec().nets
+    g, desc = build_generator(nets.init, nets.g_shape(scale), s.seed)
     d = build_discriminator(DiscriminatorConfig(s.discriminator, s.d_feat))
     trainer = Trainer(g, d, build_perceptual(s.vgg19_weights), LossWeights(s.pixel_weight, s.perceptual_weight, s.gan_weight), Schedule(s.lr_g, s.lr_d))
     lr, hr = batches[0]

@@ -33,9 +33,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.tiling import run_batch, upscale  # noqa: E402
-from storage.checkpoints import load_rrdb  # noqa: E402
-from storage.images import read_image  # noqa: E402
+from realsr.models.tiling import run_batch, upscale  # noqa: E402
+from realsr.storage.checkpoints import load_rrdb  # noqa: E402
+from realsr.storage.images import read_image  # noqa: E402
 
 
 def lr_image(w: int, h: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 import sys
 
-from flows.cli import main
+from realsr.flows.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,35 +6,16 @@ not given leaves the preset's value.
 
 from __future__ import annotations
 
-import argparse
 import sys
-import types
-import typing
 from pathlib import Path
+
+from realsr.flows.cli_fields import add_fields, given
 
 _SKIP = {"run_dir", "out", "preset", "resume"}
 
 
-def _kind(annotation):
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
-        annotation = args[0]  # `int | None`: None means "the preset's value"
-    text = str(annotation)
-    if annotation is bool:
-        return "bool"
-    if "list[int]" in text:
-        return lambda v: [int(x) for x in v.split(",") if x.strip()]
-    if annotation is int or text == "int":
-        return int
-    if annotation is float:
-        return float
-    if "Path" in text:
-        return Path
-    return str
-
-
 def add_parser(sub) -> None:
-    from flows.train_settings import PAPER, PRESETS, TrainSettings
+    from realsr.flows.train_settings import PAPER, PRESETS, TrainSettings
 
     t = sub.add_parser("train", help="train or fine-tune the SR generator on a degrade-flow run's degradations")
     t.add_argument("run_dir", type=Path, help="degrade-flow run folder")
@@ -43,22 +24,13 @@ def add_parser(sub) -> None:
     t.add_argument("--resume", dest="resume", action="store_const", const="require", default="no", help="continue from the newest state (fail if none)")
     t.add_argument("--auto-resume", dest="resume", action="store_const", const="auto", help="continue from the newest state if there is one")
     t.add_argument("--runtime", default="prefect", choices=["prefect", "local"], help="prefect: as train-flow (an embedded API unless PREFECT_API_URL is set); local: in this process, with a progress bar")
-    for name, field in TrainSettings.model_fields.items():
-        if name in _SKIP:
-            continue
-        flag = "--" + name.replace("_", "-")
-        kind = _kind(field.annotation)
-        if kind == "bool":
-            t.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"{field.description} (default: the preset's; paper {PAPER.get(name)})")
-        else:
-            t.add_argument(flag, type=kind, default=None, help=f"{field.description} (default: the preset's; paper {PAPER.get(name)})")
+    add_fields(t, TrainSettings, _SKIP, lambda name, _: f" (default: the preset's; paper {PAPER.get(name)})")
 
 
 def settings_from(args):
-    from flows.train_settings import TrainSettings
+    from realsr.flows.train_settings import TrainSettings
 
-    given = {n: getattr(args, n) for n in TrainSettings.model_fields if n not in _SKIP and getattr(args, n, None) is not None}
-    return TrainSettings.from_preset(args.preset, run_dir=args.run_dir, out=args.out, resume=args.resume, **given)
+    return TrainSettings.from_preset(args.preset, run_dir=args.run_dir, out=args.out, resume=args.resume, **given(args, TrainSettings, _SKIP))
 
 
 def describe(settings) -> str:
@@ -69,22 +41,22 @@ def describe(settings) -> str:
 
 def run_train(args) -> int:
     """`realsr train`: 0 when training reached its last iteration."""
-    from flows import preflight
+    from realsr.flows import preflight
 
     settings = settings_from(args)
     print(describe(settings), file=sys.stderr)
     preflight.train(settings)
     if args.runtime == "prefect":
-        from flows.runtime import prefect_api
-        from flows.train import summary_markdown, train_flow
+        from realsr.flows.runtime import prefect_api
+        from realsr.flows.train import summary_markdown, train_flow
 
         with prefect_api():
             summary = train_flow(settings)
     else:
-        from flows.train import summary_markdown
-        from storage.training import train
+        from realsr.flows.train import summary_markdown
+        from realsr.steps.train import train
 
-        summary = train(settings, log=lambda m: print(m, file=sys.stderr))
+        summary = train(settings.spec(), log=lambda m: print(m, file=sys.stderr))
     print(summary_markdown(summary))
     print(f"upscale with:  realsr upscale -i PHOTOS -o OUT --model {summary['latest']}")
     return 0

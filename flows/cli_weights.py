@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
 
 
 def _names(given: list[str], default: tuple[str, ...]) -> list[str]:
-    from storage.weights import CATALOG, WeightsError
+    from realsr.storage.weights import CATALOG, WeightsError
 
     names = list(CATALOG) if given == ["all"] else (given or list(default))
     unknown = [n for n in names if n not in CATALOG]
@@ -32,7 +32,7 @@ def _names(given: list[str], default: tuple[str, ...]) -> list[str]:
 
 def fetch(names: list[str]) -> list[str]:
     """Each weight found or fetched; returns the one-line reasons of those that could not be had."""
-    from storage.weights import WeightsError, require
+    from realsr.storage.weights import WeightsError, require
 
     missing = []
     for name in names:
@@ -45,7 +45,7 @@ def fetch(names: list[str]) -> list[str]:
 
 
 def run_weights(args) -> int:
-    from storage.weights import CATALOG, cache_dir, locate, search_dirs
+    from realsr.storage.weights import CATALOG, cache_dir, locate, search_dirs
 
     if args.weights_command == "list":
         print(f"searched in order: {', '.join(str(d) for d in search_dirs())}, then fetched into {cache_dir()}")

@@ -14,14 +14,14 @@ import dask
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.runtime import local_workers, task_runner
-from flows.settings import DegradeSettings
-from storage.images import list_images
-from storage.noise_stage import EmptyNoiseBank
-from storage.stages import jpeg_summary
-from storage.run_dir import RunDir, claim_run_dir
-from storage.stages import save_summary
-from tasks import degrade as t
+from realsr.flows.runtime import local_workers, task_runner
+from realsr.flows.settings import DegradeSettings
+from realsr.storage.images import list_images
+from realsr.steps.degrade_noise import EmptyNoiseBank
+from realsr.steps.degrade import jpeg_summary
+from realsr.storage.run_dir import RunDir, claim_run_dir
+from realsr.steps.degrade import save_summary
+from realsr.tasks import degrade as t
 
 
 def batches(items: list, batch_size: int | None) -> list[list]:
@@ -87,20 +87,21 @@ def degrade_flow(settings: DegradeSettings) -> dict:
         raise ValueError(f"no images found in {settings.source} (looked for png, jpg, tif, webp, bmp, ...)")
     run = RunDir(claim_run_dir(Path(settings.out).resolve(), settings.model_dump(mode="json")))
     log.info(f"{len(sources)} source images in {settings.source}; run folder {run.root}")
+    spec = settings.spec()
 
     # clean-up goes first: its seconds-long tasks finish (and bad images show up) before the
     # minutes-long KernelGAN tasks take the workers
     tp = time.perf_counter()
     batched = batches(sources, settings.images_per_task)
-    futures = t.prepare_sources.map(batched, unmapped(run), unmapped(settings))
+    futures = t.prepare_sources.map(batched, unmapped(run), unmapped(spec))
     tk = time.perf_counter()
     kernel_records, kernel_failed, kernel_futures = [], [], None
     if settings.kernels.startswith("kernelgan"):  # one more fan-out, beside clean-up and noise extraction
         kernel_batches = kernelgan_batches(sources, settings.kernelgan_batch)
         with dask.annotate(priority=-1):  # workers run clean-up first (see flows.runtime)
-            kernel_futures = t.estimate_kernels.map(kernel_batches, unmapped(run), unmapped(settings))
+            kernel_futures = t.estimate_kernels.map(kernel_batches, unmapped(run), unmapped(spec), unmapped(settings.kernelgan_device))
     else:
-        kernels = t.build_kernel_bank(run, settings)
+        kernels = t.build_kernel_bank(run, spec)
         timings["kernel bank"] = time.perf_counter() - tk
 
     records, skipped = _gather(futures, batched, str)
@@ -113,11 +114,11 @@ def degrade_flow(settings: DegradeSettings) -> dict:
         tk = time.perf_counter()
         kernel_records, kernel_failed = _gather(kernel_futures, kernel_batches, str)
         kernel_records, _ = drop_duplicates(kernel_records)
-        kernels = t.build_kernel_bank(run, settings, kernel_records)
+        kernels = t.build_kernel_bank(run, spec, kernel_records)
         timings["kernel estimation (after clean-up)"] = time.perf_counter() - tk
 
     tn = time.perf_counter()
-    noise = t.build_noise_bank(records, run, settings)
+    noise = t.build_noise_bank(records, run, spec)
     timings["noise bank"] = time.perf_counter() - tn
     if noise["count"] == 0 and settings.on_empty_noise == "stop":
         raise EmptyNoiseBank(f"stopped before the pairs (on_empty_noise=stop): {noise['warning']}")
@@ -125,7 +126,7 @@ def degrade_flow(settings: DegradeSettings) -> dict:
     tq = time.perf_counter()
     batched = batches(sorted(records, key=lambda r: r["source"]), settings.images_per_task)
     futures = t.make_pairs.map(
-        batched, unmapped(run), unmapped(settings), unmapped(kernels["digest"]), unmapped(noise["digest"])
+        batched, unmapped(run), unmapped(spec), unmapped(kernels["digest"]), unmapped(noise["digest"])
     )
     pairs, pair_failed = _gather(futures, batched, lambda r: r["source"])
     complete = all(f["bad_input"] for f in skipped + pair_failed + kernel_failed)

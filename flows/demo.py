@@ -22,17 +22,34 @@ DEMO_PHOTOS = 8
 HELD_OUT = 2  # photos kept out of training; their pairs are the evaluation set
 
 
+def write_samples(out: Path, count: int, seed: int) -> list[Path]:
+    """`count` seeded synthetic camera photos (blur, sensor noise, JPEG 90): `realsr sample`."""
+    import cv2
+
+    from realsr.models.degradation import to_uint8
+    from realsr.models.synthetic import camera_photo
+    from realsr.storage.atomic import write_bytes
+
+    paths = []
+    for i in range(count):
+        ok, buf = cv2.imencode(".jpg", to_uint8(camera_photo(seed * 1000 + i)[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        path = Path(out) / f"sample_{i:02d}.jpg"
+        write_bytes(path, buf.tobytes())
+        paths.append(path)
+    return paths
+
+
 def run_demo(root: Path, workers: int | None = None, address: str | None = None) -> int:
-    from flows.cli import _print_result, run_degrade, write_samples
-    from flows.evaluate import evaluate_flow
-    from flows.runtime import prefect_api
-    from flows.settings import DegradeSettings, EvaluateSettings
-    from flows.train import summary_markdown, train_flow
-    from flows.train_settings import TrainSettings
-    from flows.cli_weights import DEMO_NEEDS, fetch
-    from storage.inspect import inspect_bank
-    from storage.run_dir import RunDir
-    from storage.train_data import training_images
+    from realsr.flows.cli_degrade import print_result, run_degrade
+    from realsr.flows.evaluate import evaluate_flow
+    from realsr.flows.runtime import prefect_api
+    from realsr.flows.settings import DegradeSettings, EvaluateSettings
+    from realsr.flows.train import summary_markdown, train_flow
+    from realsr.flows.train_settings import TrainSettings
+    from realsr.flows.cli_weights import DEMO_NEEDS, fetch
+    from realsr.steps.inspect import inspect_bank
+    from realsr.storage.run_dir import RunDir
+    from realsr.steps.train_data import training_images
 
     t0 = time.perf_counter()
     missing = fetch(list(DEMO_NEEDS))  # before any work: a machine that cannot have them fails in seconds
@@ -54,7 +71,7 @@ def run_demo(root: Path, workers: int | None = None, address: str | None = None)
     )
     with prefect_api():  # one embedded API for the three flows
         summary = run_degrade(degrade, workers, address)
-        _print_result(summary)
+        print_result(summary)
         print(inspect_bank(run_dir / "kernels.zarr"))
         print(inspect_bank(run_dir / "noise.zarr"))
         trained = train_flow(train)

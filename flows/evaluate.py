@@ -8,9 +8,9 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.settings import EvaluateSettings
-from storage import evaluation as ev
-from tasks import evaluate as t
+from realsr.flows.settings import EvaluateSettings
+from realsr.steps import evaluate as ev
+from realsr.tasks import evaluate as t
 
 
 @flow(name="evaluate-flow", log_prints=False)
@@ -26,7 +26,7 @@ def evaluate_flow(settings: EvaluateSettings) -> dict:
     log.info(f"{len(images)} test images, models: {', '.join(label for label, _, _ in models)}")
     rows, failures = [], list(failed_models)
     for label, gen, digest in models:
-        got = t.evaluate_model(label, gen, digest, images, out, settings)
+        got = t.evaluate_model(label, gen, digest, images, out, settings.spec())
         rows += got["rows"]
         failures += got["failures"]
     order = [label for label, _, _ in models]

@@ -9,9 +9,9 @@ from pathlib import Path
 
 
 def degrade(settings) -> None:
-    from storage.banks import open_kernel_bank
-    from storage.images import list_images
-    from storage.run_dir import check_run_dir
+    from realsr.storage.banks import open_kernel_bank
+    from realsr.storage.images import list_images
+    from realsr.storage.run_dir import check_run_dir
 
     images, _ = list_images(settings.source)
     if not images:
@@ -22,10 +22,10 @@ def degrade(settings) -> None:
 
 
 def train(settings) -> None:
-    from storage.checkpoints import load_rrdb
-    from storage.run_dir import RunDir
-    from storage.train_data import run_scale, training_images
-    from storage.training import check_train_dir, vgg19_path
+    from realsr.storage.checkpoints import load_rrdb
+    from realsr.storage.run_dir import RunDir
+    from realsr.steps.train_data import run_scale, training_images
+    from realsr.steps.train_setup import check_train_dir, vgg19_path
 
     run = RunDir(Path(settings.run_dir))
     training_images(run, settings.hr_size, settings.val_images)  # a degrade run with a manifest, banks, large enough images
@@ -37,8 +37,8 @@ def train(settings) -> None:
 
 
 def evaluate(settings) -> None:
-    from storage import evaluation as ev
-    from storage.weights import require
+    from realsr.steps import evaluate as ev
+    from realsr.storage.weights import require
 
     ev.test_images(settings.lr, settings.hr)
     models, failed = ev.load_models(settings.models, settings.scale)

@@ -6,12 +6,15 @@ Defaults follow the released RealSR code (`collect_noise.py`, `create_kernel_dat
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-STAGE_VERSION = "1"  # bump when a stage's output for the same inputs would change
+if TYPE_CHECKING:
+    from realsr.steps.degrade import DegradeSpec
+    from realsr.steps.evaluate import Scoring
 
+DEVICE = r"^(auto|cpu|cuda(:\d+)?)$"  # a torch device a setting may name
 
 class DegradeSettings(BaseModel):
     """What degrade-flow does with a folder of real photos."""
@@ -27,7 +30,7 @@ class DegradeSettings(BaseModel):
     )
     kernelgan_iterations: int = Field(1000, ge=1, le=100_000, description="KernelGAN training steps per image and seed (the paper: 3000; its kernel has settled by step 750, BENCHMARKS.md).")
     kernelgan_seeds: int = Field(3, ge=1, le=16, description="KernelGAN runs per image, each with its own seed; the kernel is their geometric median (3 x 1000 steps: ahead of the official code at x2 and x4, BENCHMARKS.md).")
-    kernelgan_device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="Torch device for KernelGAN: auto, cpu, cuda or cuda:N.")
+    kernelgan_device: str = Field("auto", pattern=DEVICE, description="Torch device for KernelGAN: auto, cpu, cuda or cuda:N.")
     kernelgan_batch: int | None = Field(
         None, ge=1, le=1024, description="Images trained together in one KernelGAN task (default: split evenly over the workers, at most 16)."
     )
@@ -82,42 +85,20 @@ class DegradeSettings(BaseModel):
             raise ValueError("the run folder must not be inside the source folder (its PNGs would become sources)")
         return self
 
-    @property
-    def stride(self) -> int:
-        return self.pair_stride or self.pair_hr_size
+    def spec(self) -> "DegradeSpec":
+        """The typed input of degrade-flow's steps."""
+        from realsr.steps.degrade import DegradeSpec
+        from realsr.steps.degrade_noise import NoiseRule
 
-    def preprocess_key_fields(self) -> dict:
-        """The settings a source's clean-up and noise extraction depend on."""
-        from models.noise import VERSION
-
-        fields = ("scale", "cleanup_factor", "noise_rule") + (
-            ("noise_patch_size", "noise_stride", "noise_max_var", "noise_min_mean")
-            if self.noise_rule == "reference"
-            else ("noise_tile", "noise_tolerance", "noise_max_per_image")
+        noise = NoiseRule(
+            rule=self.noise_rule, tile=self.noise_tile, tolerance=self.noise_tolerance, max_per_image=self.noise_max_per_image, patch_size=self.noise_patch_size,
+            stride=self.noise_stride, max_var=self.noise_max_var, min_mean=self.noise_min_mean, min_patches=self.noise_min_patches,
         )
-        return {"stage": "preprocess", "version": STAGE_VERSION, "noise_version": VERSION, **{f: getattr(self, f) for f in fields}}
-
-    @property
-    def noise_size(self) -> int:
-        """Side of the bank's patches under the chosen rule."""
-        return self.noise_patch_size if self.noise_rule == "reference" else self.noise_tile
-
-    def kernelgan_key_fields(self) -> dict:
-        """The settings an image's KernelGAN kernel depends on (not the device: results agree to float rounding)."""
-        from models.kernelgan import VERSION
-
-        return {"stage": "kernelgan", "version": f"{STAGE_VERSION}.{VERSION}", "iterations": self.kernelgan_iterations, "seed": self.seed, **({"seeds": self.kernelgan_seeds} if self.kernelgan_seeds > 1 else {})}
-
-    def pairs_key_fields(self) -> dict:
-        """The settings an image's pairs depend on (bank digests are added by the caller)."""
-        return {
-            **self.preprocess_key_fields(),
-            "stage": "pairs",
-            "pair_hr_size": self.pair_hr_size,
-            "stride": self.stride,
-            "seed": self.seed,
-            "noise_match_brightness": self.noise_match_brightness,
-        }
+        return DegradeSpec(
+            source=self.source, scale=self.scale, kernels=self.kernels, seed=self.seed, cleanup_factor=self.cleanup_factor, pair_hr_size=self.pair_hr_size,
+            stride=self.pair_stride or self.pair_hr_size, max_megapixels=self.max_megapixels, noise=noise, noise_match_brightness=self.noise_match_brightness,
+            kernelgan_iterations=self.kernelgan_iterations, kernelgan_seeds=self.kernelgan_seeds,
+        )
 
 
 class EvaluateSettings(BaseModel):
@@ -133,12 +114,15 @@ class EvaluateSettings(BaseModel):
     crop_border: int | None = Field(None, ge=0, le=64, description="Pixels dropped on each side before PSNR/SSIM (default: the scale).")
     tile: int = Field(0, ge=0, le=8192, description="Tile size in LR px for the models (0: whole images).")
     tile_pad: int = Field(48, ge=0, le=512, description="Context around each tile, px.")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="Torch device: auto, cpu, cuda or cuda:N.")
+    device: str = Field("auto", pattern=DEVICE, description="Torch device: auto, cpu, cuda or cuda:N.")
     lpips_alexnet: Path | None = Field(None, description="AlexNet file for LPIPS (default: the verified `alexnet` weights: REALSR_WEIGHTS_DIR, the cache, else fetched).")
 
-    @property
-    def crop(self) -> int:
-        return self.scale if self.crop_border is None else self.crop_border
+    def spec(self) -> "Scoring":
+        """The typed input of evaluate-flow's steps."""
+        from realsr.steps.evaluate import Scoring
+
+        crop = self.scale if self.crop_border is None else self.crop_border
+        return Scoring(scale=self.scale, crop=crop, tile=self.tile, tile_pad=self.tile_pad, device=self.device, lpips_alexnet=self.lpips_alexnet)
 
     @model_validator(mode="after")
     def _paths(self) -> "EvaluateSettings":

@@ -11,8 +11,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.train_settings import TrainSettings
-from tasks import train as t
+from realsr.flows.train_settings import TrainSettings
+from realsr.tasks import train as t
 
 
 def summary_markdown(s: dict) -> str:

@@ -11,9 +11,14 @@ settings are printed at the start and stored with the run.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from realsr.flows.settings import DEVICE
+
+if TYPE_CHECKING:
+    from realsr.steps.train import TrainSpec
 
 PAPER: dict = {  # the released ESRGAN / RealSR recipe: every field a preset sets
     "init": None,
@@ -109,7 +114,7 @@ class TrainSettings(BaseModel):
     log_every: int | None = Field(None, ge=1, description="Loss rows to losses.csv (means over the last N iterations).")
     workers: int | None = Field(None, ge=0, le=64, description="DataLoader worker processes (0: in the training process).")
     seed: int | None = Field(None, ge=0, description="Seeds the networks' initialisation and every data draw.")
-    device: str | None = Field(None, pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="Torch device: auto, cpu, cuda or cuda:N.")
+    device: str | None = Field(None, pattern=DEVICE, description="Torch device: auto, cpu, cuda or cuda:N.")
     precision: Literal["auto", "fp32", "bf16"] | None = Field(None, description="'auto': bf16 autocast on CUDA, fp32 on CPU.")
     vgg19_weights: Path | None = Field(None, description="VGG19 file for the perceptual loss (default: the verified `vgg19` weights: REALSR_WEIGHTS_DIR, the cache, else fetched).")
     lpips_alexnet: Path | None = Field(None, description="AlexNet file for validation LPIPS (default: the verified `alexnet` weights).")
@@ -137,3 +142,22 @@ class TrainSettings(BaseModel):
     def from_preset(cls, preset: str = "paper", **given) -> "TrainSettings":
         """The preset's values under the explicitly given ones (None means 'not given')."""
         return cls(preset=preset, **given)
+
+    def spec(self) -> "TrainSpec":
+        """The typed input of train-flow's steps."""
+        from realsr.models.discriminators import DiscriminatorConfig
+        from realsr.models.training import LossWeights, Schedule
+        from realsr.steps.train import Cadence, Networks, Recipe, TrainSpec
+        from realsr.steps.train_data import DataConfig
+
+        return TrainSpec(
+            run_dir=self.run_dir, out=self.out, resume=self.resume, seed=self.seed, device=self.device, precision=self.precision, workers=self.workers,
+            data=DataConfig(0, self.hr_size, self.seed, self.kernel_per, self.noise, self.noise_match_brightness, self.jpeg, self.jpeg_range),
+            nets=Networks(self.init, self.g_feat, self.g_blocks, self.g_grow, DiscriminatorConfig(self.discriminator, self.d_feat)),
+            recipe=Recipe(
+                self.iterations, self.batch_size, self.warmup, LossWeights(self.pixel_weight, self.perceptual_weight, self.gan_weight),
+                Schedule(self.lr_g, self.lr_d, (0.9, 0.999), tuple(self.milestones)), self.ema_decay, self.vgg19_weights,
+            ),
+            cadence=Cadence(self.val_images, self.val_pairs, self.val_every, self.save_every, self.keep_checkpoints, self.log_every, self.lpips_alexnet),
+            settings=self.model_dump(mode="json"),
+        )

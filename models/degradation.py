@@ -10,7 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from models.kernels import aligned_kernel, cubic
+from realsr.models.kernels import aligned_kernel, cubic
 
 
 def _imresize_taps(factor: int) -> np.ndarray:

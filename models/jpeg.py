@@ -11,6 +11,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from realsr.models.degradation import to_uint8
+
 # Annex K luminance and chrominance tables, in natural (row-major) order
 _LUMA = np.array([
     16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
@@ -64,8 +66,7 @@ def estimate_quality(tables: dict[int, list[int]] | list) -> tuple[int, float]:
 
 def recompress(image: np.ndarray, quality: int) -> np.ndarray:
     """RGB float32 in [0, 1] through a JPEG encode/decode at `quality` (OpenCV's libjpeg, 4:2:0)."""
-    u8 = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(u8[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(to_uint8(image)[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         raise ValueError("JPEG encoding failed")
     return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]).astype(np.float32) / 255.0

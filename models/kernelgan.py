@@ -28,9 +28,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.batched import compose_linear, conv_stack, strided_correlation
-from models.kernelgan_crops import CropSampler
-from models.kernelgan_losses import (
+from realsr.models.batched import compose_linear, conv_stack, strided_correlation
+from realsr.models.kernelgan_crops import CropSampler
+from realsr.models.kernelgan_losses import (
     BoundariesLoss,
     CentralizedLoss,
     DownScaleLoss,
@@ -39,7 +39,7 @@ from models.kernelgan_losses import (
     SparsityLoss,
     SumOfWeightsLoss,
 )
-from models.kernelgan_post import consensus_estimate, collapse, finalize_kernel  # noqa: F401 (re-exported)
+from realsr.models.kernelgan_post import consensus_estimate, collapse, finalize_kernel  # noqa: F401 (re-exported)
 
 VERSION = "3"  # bump when the kernel estimated for the same image and config changes
 
@@ -58,9 +58,6 @@ class KernelGANConfig:
     lr: float = 2e-4
     beta1: float = 0.5
     n_filtering: int = 40  # the post-processing's soft threshold: 0.75 x the 41st largest tap
-    accumulate_d_noise: bool = True  # the reference adds D's crop noise to the image itself
-    settle_tol: float = 0.0  # stop an image once its kernel moves less than this (relative) in 100 steps; 0: never
-    settle_after: int = 1500  # ... looked for from this step on (the learning rate is 2e-6 there)
     retries: int = 1  # an image that diverges or collapses trains again with the next seed, this often
     seeds: int = 1  # train each image this many times (seeds seed, seed + SEED_STRIDE, ...) and average the kernels
     seed: int = 0
@@ -87,8 +84,8 @@ class KernelGANConfig:
 class Generator(nn.Module):
     """Deep linear network: no bias, no activation; the last 1x1 layer has stride 2.
 
-    Holds one seeded set of weights and the ways to read its kernel; training runs on
-    `Generators`, which starts every image from these weights.
+    Holds one seeded set of weights; training runs on `Generators`, which starts every image
+    from them and reads their composed kernel.
 
     Args:
         cfg: sizes of the layers and the channel width.
@@ -104,20 +101,6 @@ class Generator(nn.Module):
         self.kernel_size = cfg.kernel_size
         for layer in self.layers:
             nn.init.xavier_normal_(layer.weight, 0.1)  # the reference's weights_init_G
-
-    def kernel(self) -> torch.Tensor:
-        """The composed correlation kernel (K, K), differentiable in every weight."""
-        return compose_linear([layer.weight.unsqueeze(0) for layer in self.layers])[0]
-
-    def kernel_by_delta(self) -> torch.Tensor:
-        """The reference's read-out: a delta pushed through the layers, flipped."""
-        k = self.kernel_size
-        delta = torch.zeros(1, 1, 2 * k - 1, 2 * k - 1, device=self.layers[0].weight.device)
-        delta[0, 0, k - 1, k - 1] = 1.0
-        y = delta
-        for layer in self.layers:
-            y = F.conv2d(y, layer.weight)  # stride 1: the composition, not the subsampling
-        return y[0, 0].flip(0, 1)
 
 
 class Discriminator(nn.Module):
@@ -172,14 +155,6 @@ class Generators(nn.Module):
     def forward(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """G as the single stride-2 convolution it equals: (B, 3, H, W) with kernels (B, K, K)."""
         return strided_correlation(x, k, 2)
-
-    def deep(self, x: torch.Tensor) -> torch.Tensor:
-        """The reference's path, layer by layer: RGB channels go through as gray images."""
-        b, ch = x.shape[:2]
-        y = x.transpose(0, 1)  # (3, B, H, W): image b's channel c is row c, group b
-        for i, w in enumerate(self.weights):
-            y = F.conv2d(y, w.flatten(0, 1), stride=2 if i == len(self.weights) - 1 else 1, groups=b)
-        return y.transpose(0, 1)
 
 
 class Discriminators(nn.Module):
@@ -256,15 +231,10 @@ class KernelEstimate:
         return self.kernel is not None
 
 
-def estimate_kernel(image: np.ndarray, cfg: KernelGANConfig = KernelGANConfig(), device: str = "cpu", deep: bool = False, progress=None) -> KernelEstimate:
-    """KernelGAN on one float32 RGB image in [0, 1] (HWC): `estimate_kernels` of one image."""
-    return estimate_kernels([image], cfg, device, deep, progress)[0]
-
-
 SEED_STRIDE = 1000  # between the seeds of an average: far from the retries' seed + 1, + 2
 
 
-def estimate_kernels(images: list[np.ndarray], cfg: KernelGANConfig = KernelGANConfig(), device: str = "cpu", deep: bool = False, progress=None) -> list[KernelEstimate]:
+def estimate_kernels(images: list[np.ndarray], cfg: KernelGANConfig = KernelGANConfig(), device: str = "cpu", progress=None) -> list[KernelEstimate]:
     """Train KernelGAN on each float32 RGB image in [0, 1] (HWC) and return their x2 kernels.
 
     `train_kernels` on all of them; an image whose training diverged or whose kernel collapsed
@@ -273,9 +243,9 @@ def estimate_kernels(images: list[np.ndarray], cfg: KernelGANConfig = KernelGANC
     With `cfg.seeds` > 1 every image trains that many times and gets their consensus (`consensus_estimate`).
     """
     if cfg.seeds > 1:
-        runs = [estimate_kernels(images, replace(cfg, seed=cfg.seed + SEED_STRIDE * j, seeds=1), device, deep, progress) for j in range(cfg.seeds)]
+        runs = [estimate_kernels(images, replace(cfg, seed=cfg.seed + SEED_STRIDE * j, seeds=1), device, progress) for j in range(cfg.seeds)]
         return [consensus_estimate(list(per_image), cfg.n_filtering) for per_image in zip(*runs)]
-    out = train_kernels(images, cfg, device, deep, progress)
+    out = train_kernels(images, cfg, device, progress)
     seeds = [cfg.seed]
     for _ in range(cfg.retries):
         failed = [i for i, e in enumerate(out) if not e.ok]
@@ -283,18 +253,16 @@ def estimate_kernels(images: list[np.ndarray], cfg: KernelGANConfig = KernelGANC
             break
         retry = replace(cfg, seed=cfg.seed + len(seeds))
         seeds.append(retry.seed)
-        for i, e in zip(failed, train_kernels([images[i] for i in failed], retry, device, deep, progress)):
+        for i, e in zip(failed, train_kernels([images[i] for i in failed], retry, device, progress)):
             out[i] = e if e.ok else replace(e, problem=f"{e.problem} (seeds {', '.join(map(str, seeds))})")
     return out
 
 
-def train_kernels(images: list[np.ndarray], cfg: KernelGANConfig, device: str = "cpu", deep: bool = False, progress=None) -> list[KernelEstimate]:
+def train_kernels(images: list[np.ndarray], cfg: KernelGANConfig, device: str = "cpu", progress=None) -> list[KernelEstimate]:
     """One training run of every image at `cfg.seed`, all in one loop.
 
     Each image has its own G, D, crops, noise and loss weights, all from the seed's draws, and
-    gets exactly the kernel it gets alone (bitwise on the CPU with the composed G; `deep` runs G
-    layer by layer as the reference does, with grouped convolutions, equal only to float
-    rounding). `progress(iteration, losses)` is called every 500 iterations. An image whose
+    gets exactly the kernel it gets alone (bitwise on the CPU). `progress(iteration, losses)` is called every 500 iterations. An image whose
     losses stop being finite is reported with the step (`diverged_at`); it cannot disturb the
     others, which share no weights, statistics or random streams with it.
     """
@@ -323,19 +291,14 @@ def train_kernels(images: list[np.ndarray], cfg: KernelGANConfig, device: str = 
         return [torch.randn(shape, generator=n, device=dev, dtype=dtype) * scale for n in noises]
 
     def real_crops(it: int) -> torch.Tensor:
-        """D's real crops with the reference's noise (1/255 on [0, 1]), kept in the image if asked."""
+        """D's real crops with the reference's noise (1/255 on [0, 1]), left in the image as the
+        reference's crop is a view of its image: the noise accumulates there."""
         out = []
         for im, n, (y, x) in zip(imgs, noise((3, dc, dc), 2 / 255), (c[it] for c in d_corners)):
             region = im[:, y : y + dc, x : x + dc]
-            if cfg.accumulate_d_noise:
-                region += n  # the reference's crop is a view of its image: the noise stays there
-                out.append(region.clone())
-            else:
-                out.append(region + n)
+            region += n
+            out.append(region.clone())
         return torch.stack(out)
-
-    settled = [None] * b  # per image: (step, raw kernel, losses) once it stopped moving
-    previous = None
 
     def losses_of(i: int) -> dict[str, float]:
         return {"g": loss_g[i].item(), "d": loss_d[i].item(), "bicubic": loss_bic[i].item()}
@@ -348,7 +311,7 @@ def train_kernels(images: list[np.ndarray], cfg: KernelGANConfig, device: str = 
         # G step: fool D, within the kernel constraints
         opt_g.zero_grad(set_to_none=True)
         k = g.kernels()  # (B, K, K)
-        g_out = g.deep(g_in) if deep else g(g_in, k)
+        g_out = g(g_in, k)
         loss_bic = down(g_in, g_out)
         loss_g = gan(d(g_out), real=True) + w[0] * loss_bic + w[1] * sum2one(k) + w[2] * bounds(k) + w[3] * central(k) + w[4] * sparse(k)
         loss_g.sum().backward()  # images share no weights: each gets its own gradient
@@ -357,7 +320,7 @@ def train_kernels(images: list[np.ndarray], cfg: KernelGANConfig, device: str = 
         # D step: real crops vs G's output (with a little noise), as the reference
         opt_d.zero_grad(set_to_none=True)
         with torch.no_grad():
-            fake = g.deep(g_in) if deep else g(g_in, g.kernels())
+            fake = g(g_in, g.kernels())
             fake = fake + torch.stack(noise(fake.shape[1:], 1 / 255))
         loss_d = 0.5 * (gan(d(d_in), real=True) + gan(d(fake), real=False))
         loss_d.sum().backward()
@@ -371,23 +334,11 @@ def train_kernels(images: list[np.ndarray], cfg: KernelGANConfig, device: str = 
         LossWeights.decay_learning_rate(it, (opt_g, opt_d))  # the learning rate is shared
         if progress is not None and (it + 1) % 500 == 0:
             progress(it + 1, {"g": round(loss_g.mean().item(), 5), "d": round(loss_d.mean().item(), 5)})
-        if cfg.settle_tol > 0 and (it + 1) % SETTLE_EVERY == 0 and it + 1 >= cfg.settle_after - SETTLE_EVERY:
-            with torch.no_grad():
-                now = g.kernels().double().cpu().numpy()
-            if previous is not None and it + 1 >= cfg.settle_after:
-                for i in np.flatnonzero(_relative_moves(now, previous) < cfg.settle_tol):
-                    settled[i] = settled[i] or (it + 1, now[i].copy(), losses_of(i))
-            previous = now
-            if all(s is not None for s in settled):
-                break
     with torch.no_grad():
         raws = g.kernels().double().cpu().numpy()
     out = []
     for i, step in enumerate(diverged.tolist()):
         losses = losses_of(i)
-        steps = cfg.iterations
-        if settled[i] is not None:  # its kernel when it settled: what it is alone, whatever the others do
-            steps, raws[i], losses = settled[i]
         kernel, problem = None, None
         if step >= 0:
             problem = f"KernelGAN diverged: its losses became NaN/inf at step {step} of {cfg.iterations}"
@@ -398,14 +349,5 @@ def train_kernels(images: list[np.ndarray], cfg: KernelGANConfig, device: str = 
                 kernel = finalize_kernel(raws[i], cfg.n_filtering)
             except ValueError as e:  # one image's degenerate kernel must not cost the others theirs
                 problem = f"KernelGAN ended with an unusable kernel: {e}"
-        out.append(KernelEstimate(kernel, raws[i], losses, steps, step if step >= 0 else None, problem, cfg.seed))
+        out.append(KernelEstimate(kernel, raws[i], losses, cfg.iterations, step if step >= 0 else None, problem, cfg.seed))
     return out
-
-
-SETTLE_EVERY = 100  # steps between two looks at whether a kernel still moves
-
-
-def _relative_moves(now: np.ndarray, previous: np.ndarray) -> np.ndarray:
-    """(B,) how far each kernel moved since the last look, relative to its size."""
-    flat_now, flat_prev = now.reshape(len(now), -1), previous.reshape(len(previous), -1)
-    return np.linalg.norm(flat_now - flat_prev, axis=1) / np.maximum(np.linalg.norm(flat_now, axis=1), 1e-30)

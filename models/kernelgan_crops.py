@@ -12,7 +12,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from models.degradation import clean_up
+from realsr.models.degradation import clean_up
 
 
 class CropSampler:

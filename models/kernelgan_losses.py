@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.batched import strided_correlation
-from models.kernels import bicubic_kernel
+from realsr.models.batched import strided_correlation
+from realsr.models.kernels import bicubic_kernel
 
 
 class GANLoss(nn.Module):
@@ -97,11 +97,11 @@ class SparsityLoss(nn.Module):
 class LossWeights:
     """The reference's weight schedule (learner.py), as named constants and one update rule."""
 
-    bicubic: float = 5.0
-    sum2one: float = 0.5
-    boundaries: float = 0.5
-    centralized: float = 0.0
-    sparse: float = 0.0
+    bicubic: float = 5.0  # G's output near the bicubic downscale: strong at first, decayed once close
+    sum2one: float = 0.5  # the kernel sums to one
+    boundaries: float = 0.5  # no mass at the kernel's border
+    centralized: float = 0.0  # centre of mass in the middle: switched on with `sparse` late
+    sparse: float = 0.0  # few large taps
 
     UPDATE_EVERY = 200
     BICUBIC_LOSS_TO_START = 0.4

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from models.kernels import centre_kernel, consensus_kernel
+from realsr.models.kernels import centre_kernel, consensus_kernel
 
 
 def collapse(raw: np.ndarray) -> str | None:

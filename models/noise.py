@@ -31,7 +31,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from models.degradation import LUMA_WEIGHTS, patch_grid
+from realsr.models.degradation import LUMA_WEIGHTS, patch_grid
 
 VERSION = "5"  # in the preprocess cache key: bump when the tiles for the same photo change
 CLIP_LOW, CLIP_HIGH = 3.0 / 255.0, 252.0 / 255.0  # a channel this dark or bright has clipped noise
@@ -142,14 +142,6 @@ def robust_floor(sigmas: np.ndarray, slack: float = 0.3, rounds: int = 2) -> flo
     for _ in range(rounds):
         level = float(np.median(sigmas[sigmas <= level * (1 + slack)]))
     return level
-
-
-def estimate_noise_level(
-    image: np.ndarray, opaque: np.ndarray | None = None, block: int = 16, min_blocks: int = 8, max_spread: float = 24.0
-) -> NoiseLevel:
-    """The image's own NLF from its residual, no ground truth needed (see the module docstring)."""
-    st = block_stats(luma(image), clipped_mask(image, opaque), block)
-    return _level_from_blocks(st, min_blocks, max_spread)
 
 
 def _level_from_blocks(st: BlockStats, min_blocks: int, max_spread: float) -> NoiseLevel:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.losses import PerceptualLoss, ragan_d_loss, ragan_g_loss
+from realsr.models.losses import PerceptualLoss, ragan_d_loss, ragan_g_loss
 
 
 @dataclass(frozen=True)

@@ -1,1 +1,2 @@
-"""Everything that touches disk: images, Zarr banks, run folders, atomic writes. No Prefect."""
+"""What touches disk and nothing else: images, Zarr banks, run and training folders, checkpoints,
+training states, weights (found, fetched, verified), atomic writes. No Prefect, no steps."""

@@ -29,7 +29,7 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from storage.atomic import readable_dir, replace_dir
+from realsr.storage.atomic import readable_dir, replace_dir
 
 SCHEMA_VERSION = 2  # 2: content_sha256 over every array; `digest` covers every array
 _ZSTD = ZstdCodec(level=3)
@@ -86,38 +86,54 @@ def _digest(*arrays: np.ndarray) -> str:
 
 @dataclass
 class NoiseBank:
-    """The noise bank in memory (small records; patches read lazily by index)."""
+    """The noise bank in memory (small records; patches read lazily by index). The only reader of
+    noise.zarr's layout: callers ask for columns and rows by name, never for Zarr arrays."""
 
     path: Path
-    group: zarr.Group
+    _group: zarr.Group
     _ids: list[str] | None = None
 
     @property
     def count(self) -> int:
-        return int(self.group["patches"].shape[0])
+        return int(self._group["patches"].shape[0])
 
     @property
     def patch_size(self) -> int:
-        return int(self.group.attrs["patch_size"])
+        return int(self._group.attrs["patch_size"])
 
     @property
     def digest(self) -> str:
-        return str(self.group.attrs["digest"])
+        return str(self._group.attrs["digest"])
 
-    def patch(self, index: int) -> np.ndarray:
-        return np.asarray(self.group["patches"][index])
+    @property
+    def attrs(self) -> dict:
+        """How the bank was made: its rule and settings, its sources (a copy)."""
+        return dict(self._group.attrs)
+
+    @property
+    def rule(self) -> str:
+        return str(self._group.attrs.get("rule", "reference"))
+
+    def rows(self, column: str, indices) -> np.ndarray:
+        """Rows `indices` of a column, in one read."""
+        return np.asarray(self._group[column].get_orthogonal_selection((np.asarray(indices),)))
 
     def patches(self, indices) -> np.ndarray:
-        return np.asarray(self.group["patches"].get_orthogonal_selection((np.asarray(indices),)))
+        return self.rows("patches", indices)
+
+    def noise(self, indices) -> np.ndarray:
+        """What injection adds for rows `indices`: the `reference` rule's patches (their channel
+        means are removed at injection, as the released code) or the `adaptive` rule's residuals."""
+        return self.rows("patches" if self.rule == "reference" else "noise", indices)
 
     def column(self, name: str) -> np.ndarray:
-        return np.asarray(self.group[name][...])
+        return np.asarray(self._group[name][...])
 
     def patch_id(self, index: int) -> str:
         """A stable name for a patch: its source's hash and its position there."""
         if self._ids is None:
-            sha = strings(self.group["source_sha256"][...])
-            pos = np.asarray(self.group["position"][...])
+            sha = strings(self._group["source_sha256"][...])
+            pos = np.asarray(self._group["position"][...])
             self._ids = [f"{h[:16]}@{y},{x}" for h, (y, x) in zip(sha, pos.tolist())]
         return self._ids[index]
 
@@ -311,3 +327,14 @@ def open_kernel_bank(path: Path) -> tuple[dict, dict[int, KernelSet]]:
             reason=strings(g["reason"][...]),
         )
     return dict(root.attrs), sets
+
+
+def bank_kind(path: Path) -> str:
+    try:
+        g = zarr.open_group(zarr.storage.LocalStore(Path(path), read_only=True), mode="r")
+    except Exception as e:
+        raise ValueError(f"{path} is not a Zarr store ({e})") from None
+    kind = g.attrs.get("kind", "")
+    if kind not in ("realsr-kernel-bank", "realsr-noise-bank"):
+        raise ValueError(f"{path} is not a kernel or noise bank (kind={kind!r})")
+    return kind

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.rrdbnet import RRDBConfig, RRDBNet
-from storage.atomic import write_bytes
-from storage.weights import CATALOG, require
+from realsr.models.rrdbnet import RRDBConfig, RRDBNet
+from realsr.storage.atomic import write_bytes
+from realsr.storage.weights import CATALOG, require
 
 
 class CheckpointError(ValueError):

@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from storage.atomic import write_bytes
+from realsr.storage.atomic import write_bytes
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2"}
 
@@ -221,7 +221,7 @@ def jpeg_quality(data: bytes) -> dict | None:
 
     from PIL import Image
 
-    from models.jpeg import estimate_quality
+    from realsr.models.jpeg import estimate_quality
 
     try:
         with Image.open(io.BytesIO(data)) as im:

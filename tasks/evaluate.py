@@ -7,16 +7,16 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from storage import evaluation as ev
+from realsr.steps import evaluate as ev
 
 
 @task(name="evaluate-model", tags=["gpu"], cache_policy=NO_CACHE, task_run_name="evaluate-{label}")
-def evaluate_model(label: str, gen, digest: str, images: list, out: Path, settings) -> dict:
+def evaluate_model(label: str, gen, digest: str, images: list, out: Path, spec: ev.Scoring) -> dict:
     """`gen`: the loaded generator (`storage.checkpoints.LoadedGenerator`), None for bicubic."""
     log = get_run_logger()
     if gen is not None:
         log.info(gen.describe())
-    rows, failures = ev.evaluate_model(label, gen, digest, images, out, settings, lambda: ev.lpips_metric(settings.lpips_alexnet), log.info)
+    rows, failures = ev.evaluate_model(label, gen, digest, images, out, spec, log.info)
     cached = sum(r["cached"] for r in rows)
     log.info(f"{label}: {len(rows)} images ({cached} from the cache), {len(failures)} failed")
     return {"rows": rows, "failures": failures}

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from flows.runtime import apply_env_defaults
+from realsr.flows.runtime import apply_env_defaults
 
 apply_env_defaults()
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -56,7 +56,7 @@ def prefect_server(tmp_path_factory):
     """One real Prefect API server for the tests that run flows (started on 127.0.0.1)."""
     home = tmp_path_factory.mktemp("prefect-home")
     os.environ["PREFECT_HOME"] = str(home)
-    from flows.runtime import prefect_api
+    from realsr.flows.runtime import prefect_api
 
     with prefect_api() as url:
         yield url
@@ -66,6 +66,6 @@ def prefect_server(tmp_path_factory):
 def weights_ready() -> dict[str, Path]:
     """Every released generator and backbone, verified: from REALSR_WEIGHTS_DIR or the user cache,
     else fetched there as a user's first run would (so a fresh clone tests the real fetch)."""
-    from storage.weights import CATALOG, require
+    from realsr.storage.weights import CATALOG, require
 
     return {name: require(name) for name in CATALOG}

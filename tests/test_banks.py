@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import zarr
 
-from models.kernels import bicubic_kernel
-from storage.atomic import recover_dir, replace_dir
-from storage.banks import open_kernel_bank, open_noise_bank, patches_per_chunk, write_noise_bank
-from storage.stages import _kernel_set, kernel_sets_for
-from storage.banks import write_kernel_bank
+from realsr.models.kernels import bicubic_kernel
+from realsr.storage.atomic import recover_dir, replace_dir
+from realsr.storage.banks import open_kernel_bank, open_noise_bank, patches_per_chunk, write_noise_bank
+from realsr.steps.degrade_kernels import _kernel_set, kernel_sets_for
+from realsr.storage.banks import write_kernel_bank
 
 
 def _noise_table(n: int) -> dict:
@@ -121,7 +121,7 @@ def _bank_with_noise(path, noise_scale: float = 1.0) -> str:
 
 
 def test_a_missing_or_truncated_chunk_is_refused_with_the_store_and_what_is_wrong(tmp_path):
-    from storage.banks import DamagedStoreError
+    from realsr.storage.banks import DamagedStoreError
 
     store = tmp_path / "noise.zarr"
     _bank_with_noise(store)

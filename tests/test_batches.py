@@ -1,6 +1,6 @@
 """How degrade-flow splits per-image work into tasks."""
 
-from flows.degrade import batches, kernelgan_batches
+from realsr.flows.degrade import batches, kernelgan_batches
 
 
 def test_cheap_stages_go_in_about_eight_tasks():

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from models.degradation import (
+from realsr.models.degradation import (
     clean_up,
     crop_to_multiple,
     degrade,
@@ -11,8 +11,8 @@ from models.degradation import (
     patch_grid,
     select_noise_patches,
 )
-from models.kernels import bicubic_kernel, cubic
-from models.synthetic import camera_photo
+from realsr.models.kernels import bicubic_kernel, cubic
+from realsr.models.synthetic import camera_photo
 from tests.conftest import flat_noisy, textured
 
 

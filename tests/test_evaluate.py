@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from flows.cli import main
-from models.metrics import LPIPS, psnr, ssim
-from models.rrdbnet import RRDBConfig, RRDBNet
-from storage.checkpoints import save_generator
+from realsr.flows.cli import main
+from realsr.models.metrics import LPIPS, psnr, ssim
+from realsr.models.rrdbnet import RRDBConfig, RRDBNet
+from realsr.storage.checkpoints import save_generator
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -11,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import main, run_degrade
-from flows.settings import DegradeSettings
-from storage.banks import open_kernel_bank, open_noise_bank
+from realsr.flows.cli import main
+from realsr.flows.cli_degrade import run_degrade
+from realsr.flows.settings import DegradeSettings
+from realsr.storage.banks import open_kernel_bank, open_noise_bank
 from tests.conftest import small_photo, write_rgb
 
 pytestmark = pytest.mark.slow
@@ -72,7 +72,7 @@ def test_missing_or_empty_source_folder_is_a_clear_error(tmp_path, capsys):
 
 def _cli(args, env=None, **kw):
     env = {**(env or os.environ), "REALSR_DASK_WORKERS": "2"}
-    return subprocess.Popen([sys.executable, "-m", "flows", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+    return subprocess.Popen([sys.executable, "-m", "realsr.flows", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
 
 
 def processes_marked(mark: str) -> list[int]:
@@ -85,6 +85,28 @@ def processes_marked(mark: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def process_tree(root: int) -> set[int]:
+    """`root` and every process below it, zombies included (a zombie holds a pid until reaped)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit():
+                children.setdefault(int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]), []).append(int(d.name))
+        except OSError:
+            continue
+    tree, todo = set(), [root]
+    while todo:
+        tree.add(pid := todo.pop())
+        todo += children.get(pid, [])
+    return tree
+
+
+def left_behind(pids: set[int], mark: str) -> list[int]:
+    """What remains of a killed run: any of its processes seen before the kill (a zombie counts)
+    and any live process carrying its mark (one started after the snapshot)."""
+    return sorted({p for p in pids if Path(f"/proc/{p}").exists()} | set(processes_marked(mark)))
 
 
 def test_a_killed_run_leaves_no_process_and_resumes_to_the_same_result(tmp_path, prefect_server):
@@ -101,13 +123,14 @@ def test_a_killed_run_leaves_no_process_and_resumes_to_the_same_result(tmp_path,
     while time.time() < deadline and (not records.exists() or len(list(records.glob("*.json"))) < 3):
         time.sleep(0.05)
     assert len(processes_marked(mark)) >= 3, "the run, its API server and its Dask workers"
+    tree = process_tree(proc.pid)
     proc.kill()  # SIGKILL of the command alone: what it started must go with it
     proc.wait()
     assert 3 <= len(list(records.glob("*.json"))) < 16, "the kill should land mid-run"
     deadline = time.time() + 15
-    while processes_marked(mark) and time.time() < deadline:
+    while left_behind(tree, mark) and time.time() < deadline:
         time.sleep(0.2)
-    assert processes_marked(mark) == []
+    assert left_behind(tree, mark) == []
 
     for out in (killed, tmp_path / "fresh"):
         p = _cli(["degrade", "--source", str(src), "--out", str(out), *flags])
@@ -182,14 +205,14 @@ def test_bad_settings_are_one_line_before_any_server_starts(tmp_path, photo_dir)
     }
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     for expected, args in cases.items():
-        p = subprocess.run([sys.executable, "-m", "flows", *args], env=env, capture_output=True, text=True, timeout=120)
+        p = subprocess.run([sys.executable, "-m", "realsr.flows", *args], env=env, capture_output=True, text=True, timeout=120)
         assert p.returncode == 2 and expected in p.stderr, (args, p.stderr)
         assert "Traceback" not in p.stderr and "Starting temporary server" not in p.stderr + p.stdout, p.stderr
     assert sorted(p.name for p in (tmp_path / "foreign").iterdir()) == ["mine.txt"]
 
 
 def test_a_local_cluster_listens_on_loopback_only():
-    from flows.runtime import task_runner
+    from realsr.flows.runtime import task_runner
 
     runner = task_runner(workers=1)
     assert runner.cluster_kwargs["host"] == "127.0.0.1" and runner.cluster_kwargs["dashboard_address"].startswith("127.0.0.1:")

@@ -1,13 +1,15 @@
 """Odd and bad inputs: each is converted with a note or refused with a message naming the file."""
 
 import io
+import os
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
-from storage.images import BadImageError, decode_image, list_images, read_image
+from realsr.storage.images import BadImageError, decode_image, list_images, read_image
 from tests.conftest import SHARED, small_photo, write_rgb
 
 
@@ -112,7 +114,7 @@ def test_a_decompression_bomb_is_refused_from_its_header_before_decoding():
     import struct
     import zlib
 
-    from storage.images import decode_image
+    from realsr.storage.images import decode_image
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
@@ -140,3 +142,19 @@ def test_list_images_names_links_that_loop_or_lead_nowhere(tmp_path):
     assert [p.name for p in images] == ["a.png"]
     reasons = {p.name: why for p, why in others}
     assert "loop" in reasons["back"] and "leads nowhere" in reasons["gone.png"]
+
+
+def test_list_images_names_a_subfolder_it_cannot_read(tmp_path, monkeypatch):
+    write_rgb(tmp_path / "a.png", small_photo(0, 8, 8))
+    write_rgb(tmp_path / "locked" / "b.png", small_photo(1, 8, 8))
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # as a folder without read permission behaves for a user who is not root
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    images, others = list_images(tmp_path)
+    assert [p.name for p in images] == ["a.png"]
+    assert [(p.name, why) for p, why in others] == [("locked", "folder not readable (Permission denied)")]

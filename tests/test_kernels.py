@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from models.degradation import crop_to_multiple, degrade
-from models.kernels import (
+from realsr.models.degradation import crop_to_multiple, degrade
+from realsr.models.kernels import (
     KERNEL_SIZE,
     aligned_kernel,
     analytic_x4,
@@ -13,7 +13,7 @@ from models.kernels import (
     consensus_kernel,
     pad_to,
 )
-from models.synthetic import gaussian_kernel, camera_photo
+from realsr.models.synthetic import gaussian_kernel, camera_photo
 
 
 @pytest.mark.parametrize("scale", [2, 4])

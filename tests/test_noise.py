@@ -3,11 +3,10 @@
 import numpy as np
 import pytest
 
-from models.degradation import LUMA_WEIGHTS
-from models.noise import (
+from realsr.models.degradation import LUMA_WEIGHTS
+from realsr.models.noise import (
     assemble_noise,
     brightness_matched,
-    estimate_noise_level,
     luma,
     noise_cells,
     robust_floor,
@@ -25,7 +24,7 @@ def _ramp(h=256, w=512, lo=0.15, hi=0.85):
 def test_noise_level_of_known_white_noise(sigma):
     rng = np.random.default_rng(0)
     img = np.clip(_ramp() + rng.normal(0, sigma / 255, (256, 512, 3)).astype(np.float32), 0, 1)
-    nlf = estimate_noise_level(img)
+    nlf = select_noise_tiles(img).nlf
     measured = nlf.sigma[np.isfinite(nlf.sigma)]
     assert len(measured) >= 8  # every brightness of the ramp is measured
     np.testing.assert_allclose(measured, sigma * LUMA_GAIN, rtol=0.06)
@@ -36,7 +35,7 @@ def test_noise_level_follows_signal_dependent_noise():
     clean = _ramp(384, 768)
     sd = np.sqrt(1e-3 * clean + 2e-5)  # Poisson-Gaussian: brighter is noisier
     img = np.clip(clean + sd * rng.standard_normal(clean.shape).astype(np.float32), 0, 1)
-    nlf = estimate_noise_level(img)
+    nlf = select_noise_tiles(img).nlf
     ok = np.isfinite(nlf.sigma)
     truth = np.sqrt(1e-3 * nlf.centres[ok] / 255 + 2e-5) * 255 * LUMA_GAIN
     np.testing.assert_allclose(nlf.sigma[ok], truth, rtol=0.1)
@@ -140,7 +139,7 @@ def test_areas_emptied_by_compression_neither_set_the_level_nor_enter_the_bank()
     tiles = select_noise_tiles(img)
     assert len(tiles.x) > 0 and (tiles.x >= 256).all()
     assert abs(np.median(tiles.sigma) / (2 * LUMA_GAIN) - 1) < 0.05
-    assert abs(estimate_noise_level(img)(128.0) / (2 * LUMA_GAIN) - 1) < 0.05
+    assert abs(select_noise_tiles(img).nlf(128.0) / (2 * LUMA_GAIN) - 1) < 0.05
 
 
 def test_a_brightness_with_only_textured_blocks_gets_no_level_of_its_own_and_no_tiles():
@@ -151,7 +150,7 @@ def test_a_brightness_with_only_textured_blocks_gets_no_level_of_its_own_and_no_
     img[:160], img[160:320], img[320:] = 0.30, 0.41, 0.52
     img[160:320] += (10 / 255 * np.sin(2 * np.pi * np.arange(512) / 4))[None, :, None]
     img = np.clip(img + rng.normal(0, 2 / 255, img.shape), 0, 1).astype(np.float32)
-    assert estimate_noise_level(img)(104.0) == pytest.approx(2 * LUMA_GAIN, rel=0.05)  # its neighbours stand in
+    assert select_noise_tiles(img).nlf(104.0) == pytest.approx(2 * LUMA_GAIN, rel=0.05)  # its neighbours stand in
     tiles = select_noise_tiles(img)
     assert len(tiles.y) > 0 and not ((tiles.y >= 160) & (tiles.y < 320)).any()
 

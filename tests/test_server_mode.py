@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import write_samples
+from realsr.flows.demo import write_samples
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from flows.settings import DegradeSettings
+from realsr.flows.settings import DegradeSettings
 
 BASE = dict(source=Path("/data/photos"), out=Path("/data/run"))
 
@@ -11,10 +11,10 @@ BASE = dict(source=Path("/data/photos"), out=Path("/data/run"))
 def test_defaults_follow_the_paper():
     s = DegradeSettings(**BASE)
     assert (s.scale, s.cleanup_factor, s.noise_patch_size, s.noise_stride, s.noise_max_var, s.noise_min_mean) == (4, 2, 256, 256, 20.0, 0.0)
-    assert s.kernels == "bicubic" and s.stride == s.pair_hr_size == 256
+    assert s.kernels == "bicubic" and s.spec().stride == s.pair_hr_size == 256
     # the reference noise rule stays a named option; the adaptive one is the default (BENCHMARKS.md)
-    assert (s.noise_rule, s.noise_size, s.noise_match_brightness, s.on_empty_noise) == ("adaptive", 32, True, "warn")
-    assert DegradeSettings(**BASE, noise_rule="reference").noise_size == 256
+    assert (s.noise_rule, s.spec().noise.size, s.noise_match_brightness, s.on_empty_noise) == ("adaptive", 32, True, "warn")
+    assert DegradeSettings(**BASE, noise_rule="reference").spec().noise.size == 256
 
 
 @pytest.mark.parametrize(
@@ -43,7 +43,7 @@ def test_nonsense_values_get_clear_messages(kw, message):
 def test_a_preset_means_the_same_from_the_prefect_ui_form():
     """The UI's "Custom run" form submits every field at its schema default: the preset must
     still decide every field that is not given a value of its own."""
-    from flows.train_settings import PAPER, PRESETS, TrainSettings
+    from realsr.flows.train_settings import PAPER, PRESETS, TrainSettings
 
     schema = TrainSettings.model_json_schema()
     form = {name: prop.get("default") for name, prop in schema["properties"].items()}

@@ -7,25 +7,27 @@ import numpy as np
 import pytest
 from distributed import Client, LocalCluster
 
-from flows.settings import DegradeSettings
-from models.kernels import bicubic_kernel
-from storage import stages
-from storage.banks import open_noise_bank
-from storage.images import BadImageError, read_image
-from storage.run_dir import RunDir, RunDirError, claim_run_dir
+from realsr.flows.settings import DegradeSettings
+from realsr.models.kernels import bicubic_kernel
+from realsr.steps import degrade as stages
+from realsr.steps.degrade import DegradeSpec
+from realsr.steps import degrade_kernels as kernel_steps
+from realsr.storage.banks import open_noise_bank
+from realsr.storage.images import BadImageError, read_image
+from realsr.storage.run_dir import RunDir, RunDirError, claim_run_dir
 from tests.conftest import small_photo, write_rgb
 
 
-def _settings(src: Path, out: Path, **kw) -> DegradeSettings:
+def _settings(src: Path, out: Path, **kw) -> DegradeSpec:
     base = dict(source=src, out=out, noise_rule="reference", noise_patch_size=32, noise_stride=32, pair_hr_size=32, scale=4)
-    return DegradeSettings(**{**base, **kw})
+    return DegradeSettings(**{**base, **kw}).spec()
 
 
 def _run(photo_dir: Path, tmp_path: Path, **kw):
     s = _settings(photo_dir, tmp_path / "run", **kw)
-    run = RunDir(claim_run_dir(s.out, {}))
+    run = RunDir(claim_run_dir(tmp_path / "run", {}))
     records = [stages.prepare_source(p, run, s) for p in sorted(photo_dir.glob("*.png"))]
-    kinfo = stages.build_kernel_bank(run, s)
+    kinfo = kernel_steps.build_kernel_bank(run, s)
     ninfo = stages.build_noise_bank(records, run, s)
     pairs = [stages.make_pairs(r, run, s, kinfo["digest"], ninfo["digest"]) for r in records]
     stages.write_manifest(run, pairs)
@@ -42,7 +44,7 @@ def test_prepare_source_outputs(photo_dir, tmp_path):
     bank = open_noise_bank(run.noise)
     src = read_image(photo_dir / "photo_0.png").rgb
     y, x = bank.column("position")[0]
-    np.testing.assert_array_equal(bank.patch(0), np.rint(src[y : y + 32, x : x + 32] * 255).astype(np.uint8))
+    np.testing.assert_array_equal(bank.patches([0])[0], np.rint(src[y : y + 32, x : x + 32] * 255).astype(np.uint8))
     # 128x96 clean HR, 32px pairs at stride 32: 4x3 = 12 pairs per image
     assert sum(len(p["rows"]) for p in pairs) == 48
     lr = read_image(run.pairs / "lr" / f"{pairs[0]['rows'][0]['name']}.png").rgb
@@ -94,11 +96,11 @@ def test_an_image_without_flat_patches_still_gives_pairs(tmp_path):
 def test_a_copied_file_is_dropped_as_a_duplicate(photo_dir, tmp_path):
     import shutil
 
-    from flows.degrade import drop_duplicates
+    from realsr.flows.degrade import drop_duplicates
 
     shutil.copy(photo_dir / "photo_1.png", photo_dir / "photo_1_copy.png")
     s = _settings(photo_dir, tmp_path / "run")
-    run = RunDir(claim_run_dir(s.out, {}))
+    run = RunDir(claim_run_dir(tmp_path / "run", {}))
     records = [stages.prepare_source(p, run, s) for p in sorted(photo_dir.glob("*.png"))]
     by_source = {Path(r["source"]).name: r for r in records}
     assert by_source["photo_1.png"]["key"] != by_source["photo_1_copy.png"]["key"]  # own records
@@ -110,7 +112,7 @@ def test_a_copied_file_is_dropped_as_a_duplicate(photo_dir, tmp_path):
 def test_batch_errors_cross_processes_and_say_whether_to_retry():
     import pickle
 
-    from tasks.degrade import BatchError
+    from realsr.tasks.degrade import BatchError
 
     bad = BatchError([{"name": "a"}], [{"source": "x.png", "reason": "empty file", "bad_input": True}])
     back = pickle.loads(pickle.dumps(bad))
@@ -121,7 +123,7 @@ def test_batch_errors_cross_processes_and_say_whether_to_retry():
 def test_a_tiny_image_is_a_bad_image(tmp_path):
     write_rgb(tmp_path / "p" / "tiny.png", small_photo(0, 5, 5))
     s = _settings(tmp_path / "p", tmp_path / "run")
-    run = RunDir(claim_run_dir(s.out, {}))
+    run = RunDir(claim_run_dir(tmp_path / "run", {}))
     with pytest.raises(BadImageError, match="tiny.png.*too small"):
         stages.prepare_source(tmp_path / "p" / "tiny.png", run, s)
 
@@ -139,7 +141,7 @@ def test_concurrent_workers_lose_no_patches(tmp_path):
     src = tmp_path / "photos"
     paths = [write_rgb(src / f"p{i:02d}.png", small_photo(i)) for i in range(12)]
     s = _settings(src, tmp_path / "run")
-    run = RunDir(claim_run_dir(s.out, {}))
+    run = RunDir(claim_run_dir(tmp_path / "run", {}))
     with LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address=":0") as cluster, Client(cluster) as client:
         records = client.gather(client.map(stages.prepare_source, paths, run=run, s=s, pure=False))
     info = stages.build_noise_bank(records, run, s)
@@ -151,7 +153,7 @@ def test_concurrent_workers_lose_no_patches(tmp_path):
     for i in (0, bank.count // 2, bank.count - 1):
         img = read_image(str(sources[i])).rgb
         y, x = pos[i]
-        np.testing.assert_array_equal(bank.patch(i), np.rint(img[y : y + 32, x : x + 32] * 255).astype(np.uint8))
+        np.testing.assert_array_equal(bank.patches([i])[0], np.rint(img[y : y + 32, x : x + 32] * 255).astype(np.uint8))
 
 
 def test_kernelgan_stage_isolates_small_images_and_caches(tmp_path):
@@ -159,71 +161,69 @@ def test_kernelgan_stage_isolates_small_images_and_caches(tmp_path):
     write_rgb(src / "ok.png", small_photo(1, 96, 96))
     write_rgb(src / "small.png", small_photo(2, 40, 200))
     s = _settings(src, tmp_path / "run", kernels="kernelgan", kernelgan_iterations=3, kernelgan_seeds=1)
-    run = RunDir(claim_run_dir(s.out, {}))
+    run = RunDir(claim_run_dir(tmp_path / "run", {}))
     paths = [src / "ok.png", src / "small.png"]
-    ok, small = stages.estimate_source_kernels(paths, run, s)
+    ok, small = kernel_steps.estimate_source_kernels(paths, run, s)
     assert isinstance(small, BadImageError) and "small.png" in str(small) and "too small for KernelGAN" in str(small)
     assert not ok["cached"] and run.staged_kernel(ok["key"]).exists()
-    again, _ = stages.estimate_source_kernels(paths, run, s)
+    again, _ = kernel_steps.estimate_source_kernels(paths, run, s)
     assert again["cached"] and again["key"] == ok["key"]
-    sets = stages.kernelgan_sets(run, [ok])
+    sets = kernel_steps.kernelgan_sets(run, [ok])
     assert sets[0].kernels.shape == (1, 13, 13) and sets[1].kernels.shape == (1, 25, 25)
     # 3 steps cannot grow G into a blur: the image keeps the bicubic kernel, and says why
     assert "G's kernel collapsed" in ok["fallback"] and ok["fallback"].endswith("the bicubic kernel stands in")
     assert list(sets[0].method) == ["bicubic-fallback"] == list(sets[1].method)
     np.testing.assert_allclose(sets[0].kernels[0], bicubic_kernel(2), atol=1e-7)
-    info = stages.build_kernel_bank(run, s, [ok])  # the run summary lists it
+    info = kernel_steps.build_kernel_bank(run, s, [ok])  # the run summary lists it
     assert info["fallbacks"] == [{"source": str(src / "ok.png"), "reason": ok["fallback"]}]
 
 
 def test_the_camera_kernel_is_the_consensus_of_the_photos_that_did_not_fail(tmp_path):
-    from models.synthetic import gaussian_kernel
-    from storage.atomic import write_bytes
+    from realsr.models.synthetic import gaussian_kernel
+    from realsr.storage.atomic import write_bytes
 
-    s = _settings(tmp_path / "p", tmp_path / "run", kernels="kernelgan-camera")
-    run = RunDir(claim_run_dir(s.out, {}))
+    run = RunDir(claim_run_dir(tmp_path / "run", {}))
     true = gaussian_kernel(1.6, 1.1, 0.5, 13)
     records = []
     for i, (k, fallback) in enumerate([(true * 1.01, None), (true, None), (np.roll(true, 1, 0), None), (bicubic_kernel(2), "collapsed")]):
         key = f"k{i}"
-        write_bytes(run.staged_kernel(key), stages._npz_bytes({"kernel": k / k.sum(), "raw": k}))
+        write_bytes(run.staged_kernel(key), stages.npz_bytes({"kernel": k / k.sum(), "raw": k}))
         records.append({"key": key, "source": f"p/{i}.png", "sha256": str(i) * 64, "fallback": fallback})
-    x2, x4 = stages.kernelgan_sets(run, records, camera=True)
+    x2, x4 = kernel_steps.kernelgan_sets(run, records, camera=True)
     assert list(x2.method) == ["kernelgan"] * 3 + ["bicubic-fallback", "kernelgan-camera"]
     assert x2.source[-1] == "camera: consensus of 3 photos" and x4.method[-1] == "kernelgan-camera+analytic-x4"
     assert np.linalg.norm(x2.kernels[-1] - true) < 0.02  # the fallback's bicubic kernel has no say
-    assert len(stages.kernelgan_sets(run, records)[0]) == 4  # per-image only without `camera`
+    assert len(kernel_steps.kernelgan_sets(run, records)[0]) == 4  # per-image only without `camera`
 
 
 def test_x4_kernels_compose_the_unthresholded_x2_kernel(tmp_path):
-    from models.kernelgan_post import finalize_kernel
-    from models.kernels import analytic_x4
-    from models.synthetic import gaussian_kernel
-    from storage.atomic import write_bytes
+    from realsr.models.kernelgan_post import finalize_kernel
+    from realsr.models.kernels import analytic_x4
+    from realsr.models.synthetic import gaussian_kernel
+    from realsr.storage.atomic import write_bytes
 
-    s = _settings(tmp_path / "p", tmp_path / "run", kernels="kernelgan")
-    run = RunDir(claim_run_dir(s.out, {}))
+    run = RunDir(claim_run_dir(tmp_path / "run", {}))
     raw = gaussian_kernel(2.4, 1.8, 0.4, 13)  # wide: the soft threshold would cut its tails
-    write_bytes(run.staged_kernel("k"), stages._npz_bytes({"kernel": finalize_kernel(raw, 40), "raw": raw}))
-    x2, x4 = stages.kernelgan_sets(run, [{"key": "k", "source": "p/0.png", "sha256": "0" * 64}])
+    write_bytes(run.staged_kernel("k"), stages.npz_bytes({"kernel": finalize_kernel(raw, 40), "raw": raw}))
+    x2, x4 = kernel_steps.kernelgan_sets(run, [{"key": "k", "source": "p/0.png", "sha256": "0" * 64}])
     assert np.allclose(x2.kernels[0], finalize_kernel(raw, 40))  # x2: the reference's post-processing
     assert np.allclose(x4.kernels[0], analytic_x4(finalize_kernel(raw, 0)), atol=1e-7)  # x4: the whole kernel, composed
     assert not np.allclose(x4.kernels[0], analytic_x4(finalize_kernel(raw, 40)), atol=1e-4)
 
 
 def test_with_the_camera_kernel_every_pair_uses_it(photo_dir, tmp_path):
-    from models.synthetic import gaussian_kernel
-    from storage.atomic import write_bytes
+    from realsr.models.synthetic import gaussian_kernel
+    from realsr.storage.atomic import write_bytes
 
     s = _settings(photo_dir, tmp_path / "run", kernels="kernelgan-camera")
-    run = RunDir(claim_run_dir(s.out, {}))
+    run = RunDir(claim_run_dir(tmp_path / "run", {}))
     records = [stages.prepare_source(p, run, s) for p in sorted(photo_dir.glob("*.png"))]
     kernel_records = []
     for i, r in enumerate(records):
         k = gaussian_kernel(1.0 + 0.2 * i, 1.2, 0.3, 13)
-        write_bytes(run.staged_kernel(f"k{i}"), stages._npz_bytes({"kernel": k, "raw": k}))
+        write_bytes(run.staged_kernel(f"k{i}"), stages.npz_bytes({"kernel": k, "raw": k}))
         kernel_records.append({"key": f"k{i}", "source": r["source"], "sha256": r["sha256"]})
-    kinfo = stages.build_kernel_bank(run, s, kernel_records)
+    kinfo = kernel_steps.build_kernel_bank(run, s, kernel_records)
     ninfo = stages.build_noise_bank(records, run, s)
     rows = [row for r in records for row in stages.make_pairs(r, run, s, kinfo["digest"], ninfo["digest"])["rows"]]
     assert rows and {row["kernel_id"].split(":")[0] for row in rows} == {"kernelgan-camera+analytic-x4"}
@@ -243,12 +243,12 @@ def test_the_reference_rule_draws_as_the_released_code(photo_dir, tmp_path):
 
 @pytest.mark.parametrize("pair,scale,tile", [(32, 4, 16), (64, 2, 16)])  # one tile per crop; a 2x2 mosaic
 def test_adaptive_rule_bank_and_pairs(photo_dir, tmp_path, pair, scale, tile):
-    from models.degradation import degrade
-    from models.noise import assemble_noise
+    from realsr.models.degradation import degrade
+    from realsr.models.noise import assemble_noise
 
     s, run, records, pairs, ninfo = _run(photo_dir, tmp_path, noise_rule="adaptive", noise_tile=tile, pair_hr_size=pair, scale=scale)
     bank = open_noise_bank(run.noise)
-    assert bank.count == ninfo["count"] > 0 and not ninfo["warning"] and bank.group.attrs["rule"] == "adaptive"
+    assert bank.count == ninfo["count"] > 0 and not ninfo["warning"] and bank.rule == "adaptive"
     level = bank.column("noise_level")
     # the photos' flat halves have noise of 2 levels per channel: luma about 1.34 levels
     assert np.isfinite(level).all() and np.median(level) == pytest.approx(2.0 * 0.668, rel=0.15)
@@ -260,7 +260,7 @@ def test_adaptive_rule_bank_and_pairs(photo_dir, tmp_path, pair, scale, tile):
     lr = read_image(run.pairs / "lr" / f"{row['name']}.png").rgb
     index = row["noise_index"] if isinstance(row["noise_index"], list) else [row["noise_index"]]
     assert len(index) == (1 if pair // scale <= tile else (pair // scale // tile) ** 2)
-    noise = np.asarray(bank.group["noise"].get_orthogonal_selection((np.array(index),)))
+    noise = bank.rows("noise", index)
     if len(index) == 1:
         y, x = row["noise_offset"]
         field = noise[0][y : y + pair // scale, x : x + pair // scale].astype(np.float32) / 255

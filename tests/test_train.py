@@ -15,19 +15,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flows.cli import main
-from flows.train_settings import TrainSettings
-from models.degradation import degrade
-from models.discriminators import PatchGAN, VGGStyleDiscriminator128
-from models.jpeg import estimate_quality
-from models.losses import PerceptualLoss, ragan_d_loss, ragan_g_loss, vgg19_features
-from models.training import EMA, LossWeights, Schedule, Trainer
-from storage.banks import KernelSet, open_kernel_bank, write_kernel_bank
-from storage.run_dir import RunDir
-from storage.train_data import DataConfig, DegradedCrops, TrainingDataError, loader, training_images
-from storage.train_state import load_checkpoint
-from storage.training import build_generator, train
-from storage.weights import require
+from realsr.flows.cli import main
+from realsr.flows.train_settings import TrainSettings
+from realsr.models.degradation import degrade
+from realsr.models.discriminators import PatchGAN, VGGStyleDiscriminator128
+from realsr.models.jpeg import estimate_quality
+from realsr.models.losses import PerceptualLoss, ragan_d_loss, ragan_g_loss, vgg19_features
+from realsr.models.training import EMA, LossWeights, Schedule, Trainer
+from realsr.storage.banks import KernelSet, open_kernel_bank, write_kernel_bank
+from realsr.storage.run_dir import RunDir
+from realsr.steps.train_data import DataConfig, DegradedCrops, TrainingDataError, loader, training_images
+from realsr.storage.train_state import load_checkpoint
+from realsr.steps.train import TrainSpec, train
+from realsr.steps.train_setup import build_generator
+from realsr.storage.weights import require
 from tests.conftest import flat_noisy, textured, write_rgb
 
 QUALITY = 80
@@ -45,8 +46,8 @@ def degrade_run(tmp_path_factory, prefect_server) -> Path:
     return root / "run"
 
 
-def _tiny(run: Path, out: Path, **over) -> TrainSettings:
-    return TrainSettings.from_preset("test-tiny", run_dir=run, out=out, **over)  # VGG19: the verified `vgg19` weights
+def _tiny(run: Path, out: Path, **over) -> TrainSpec:
+    return TrainSettings.from_preset("test-tiny", run_dir=run, out=out, **over).spec()  # VGG19: the verified `vgg19` weights
 
 
 def test_ragan_and_perceptual_losses_on_known_inputs():
@@ -97,7 +98,7 @@ def test_ema_follows_the_average():
 def test_jpeg_quality_from_files_at_known_qualities(tmp_path):
     from PIL import Image
 
-    from storage.images import jpeg_quality
+    from realsr.storage.images import jpeg_quality
 
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
@@ -136,8 +137,8 @@ def test_on_the_fly_degradation_applies_the_kernel_noise_and_jpeg(degrade_run):
 
 def test_init_from_both_released_generators(tmp_path):
     for name in ("realsr-df2k", "realesrgan-x4plus"):
-        s = TrainSettings.from_preset("finetune", run_dir=tmp_path, out=tmp_path / "o", init=name)
-        g, desc = build_generator(s, 4)
+        nets = TrainSettings.from_preset("finetune", run_dir=tmp_path, out=tmp_path / "o", init=name).spec().nets
+        g, desc = build_generator(nets.init, nets.g_shape(4), 0)
         assert "23 blocks" in desc and name.split("-")[0] in desc.lower().replace("_", "")
     trainer = Trainer(g, PatchGAN(3, 8, 3), None, LossWeights(), Schedule())
     before = g.conv_last.weight.detach().clone()
@@ -211,25 +212,27 @@ def test_a_damaged_newest_state_is_skipped_and_nothing_to_resume_is_refused(degr
 
 
 def test_sigkill_of_train_leaves_no_process_and_the_rerun_ends_as_an_uninterrupted_run(degrade_run, tmp_path):
-    from tests.test_flow import processes_marked
+    from tests.test_flow import left_behind, process_tree
 
     flags = ["--preset", "test-tiny", "--iterations", "120", "--save-every", "10", "--val-every", "1000", "--workers", "1"]
     mark = uuid.uuid4().hex
     env = {**{k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}, "REALSR_TEST_RUN": mark}  # its own API server
-    cmd = [sys.executable, "-m", "flows", "train", str(degrade_run), "--out", str(tmp_path / "killed"), *flags]
+    cmd = [sys.executable, "-m", "realsr.flows", "train", str(degrade_run), "--out", str(tmp_path / "killed"), *flags]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     states = tmp_path / "killed" / "training_states"
     deadline = time.time() + 180
     while time.time() < deadline and not (states.exists() and list(states.glob("*.state"))):
         time.sleep(0.02)
+    tree = process_tree(proc.pid)
+    assert len(tree) >= 3, "the command, its API server and a data-loader worker"
     proc.kill()
     proc.wait()
     done = sorted(int(p.stem) for p in states.glob("*.state"))
     assert done and done[-1] < 120, "the kill should land mid-run"
     deadline = time.time() + 15
-    while processes_marked(f"REALSR_TEST_RUN={mark}") and time.time() < deadline:
+    while left_behind(tree, f"REALSR_TEST_RUN={mark}") and time.time() < deadline:
         time.sleep(0.2)
-    assert processes_marked(f"REALSR_TEST_RUN={mark}") == []
+    assert left_behind(tree, f"REALSR_TEST_RUN={mark}") == []
     assert subprocess.run([*cmd, "--auto-resume", "--runtime", "local"], env=env, capture_output=True).returncode == 0
     whole = _tiny(degrade_run, tmp_path / "whole", iterations=120, save_every=10, val_every=1000, workers=1)
     train(whole, log=lambda m: None, bar=False)

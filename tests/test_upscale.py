@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from flows.cli import main
-from models.rrdbnet import RRDBConfig, RRDBNet
-from storage.checkpoints import load_generator, save_generator
-from storage.upscaling import UpscaleOptions, upscale_paths
+from realsr.flows.cli import main
+from realsr.models.rrdbnet import RRDBConfig, RRDBNet
+from realsr.storage.checkpoints import load_generator, save_generator
+from realsr.steps.upscale import UpscaleOptions, upscale_paths
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_a_folder_of_odd_inputs(tiny_model, tmp_path):
 
 
 def test_small_images_are_batched_with_the_output_of_one_at_a_time(tiny_model, tmp_path, monkeypatch):
-    import storage.upscaling as up
+    import realsr.steps.upscale as up
 
     rng = np.random.default_rng(2)
     (tmp_path / "in").mkdir()
@@ -108,7 +108,7 @@ def test_exif_orientation_outscale_tiling_and_determinism(tiny_model, tmp_path):
     assert main([*args, "-o", str(tmp_path / "a")]) == 0
     out = cv2.imread(str(tmp_path / "a" / "turned_out.png"))[..., ::-1]
     assert out.shape == (upright.shape[0] * 4, upright.shape[1] * 4, 3) == (128, 80, 3)
-    from storage.images import read_image
+    from realsr.storage.images import read_image
 
     seen = read_image(tmp_path / "in" / "turned.jpg", upright=True)  # the pixels as a viewer shows them
     assert np.abs(seen.rgb * 255 - upright).max() <= 2 and "EXIF orientation 6 applied" in seen.notes

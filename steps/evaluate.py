@@ -21,14 +21,15 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from models.devices import resolve_device
-from models.metrics import LPIPS, psnr, ssim
-from models.tiling import upscale
-from storage.atomic import read_json, write_bytes, write_json
-from storage.checkpoints import LoadedGenerator, load_generator, resolve_weights
-from storage.weights import require
-from storage.images import IMAGE_SUFFIXES, BadImageError, read_bytes, read_image, sha256_bytes, write_png
-from storage.inspect import _grid, _label, _write_sheet
+from realsr.models.degradation import to_uint8
+from realsr.models.devices import resolve_device
+from realsr.models.metrics import LPIPS, psnr, ssim
+from realsr.models.tiling import upscale
+from realsr.storage.atomic import read_json, write_bytes, write_json
+from realsr.storage.checkpoints import LoadedGenerator, load_generator, resolve_weights
+from realsr.storage.weights import require
+from realsr.storage.images import IMAGE_SUFFIXES, BadImageError, read_bytes, read_image, sha256_bytes, write_png
+from realsr.steps import sheets
 
 METRICS_VERSION = "1"  # in every record's key: bump when a metric's definition changes
 BICUBIC = "bicubic"
@@ -116,15 +117,24 @@ def _hr_for(img: TestImage, shape: tuple[int, int], scale: int) -> np.ndarray:
     return hr[:h, :w]
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """How every model is run and scored (`flows.settings.EvaluateSettings` builds it with `.spec()`)."""
+
+    scale: int = 4
+    crop: int = 4  # pixels dropped on each side before PSNR/SSIM
+    tile: int = 0
+    tile_pad: int = 48
+    device: str = "auto"
+    lpips_alexnet: Path | None = None
+
+    def key(self, model_digest: str, image_key: str) -> str:
+        """An image's record key under one model: anything that changes its figures changes it."""
+        return hashlib.sha256(json.dumps([METRICS_VERSION, model_digest, image_key, self.scale, self.crop, self.tile, self.tile_pad], sort_keys=True).encode()).hexdigest()
+
+
 def evaluate_model(
-    label: str,
-    gen: LoadedGenerator | None,
-    model_digest: str,
-    images: list[TestImage],
-    out: Path,
-    s,
-    metric: Callable[[], LPIPS],
-    log: Callable[[str], None] = print,
+    label: str, gen: LoadedGenerator | None, model_digest: str, images: list[TestImage], out: Path, s: Scoring, log: Callable[[str], None] = print
 ) -> tuple[list[dict], list[dict]]:
     """Every image through one model (None: bicubic); cached records are reused. Returns (rows, failures)."""
     rows, failures = [], []
@@ -133,8 +143,7 @@ def evaluate_model(
         gen.model.to(device)
     lp = None
     for n, img in enumerate(images):
-        key = hashlib.sha256(json.dumps([METRICS_VERSION, model_digest, img.key, s.scale, s.crop, s.tile, s.tile_pad], sort_keys=True).encode()).hexdigest()
-        rec_path = out / "cache" / f"{key}.json"
+        rec_path = out / "cache" / f"{s.key(model_digest, img.key)}.json"
         sr_path = out / "sr" / label / f"{img.stem}.png"
         if rec_path.exists() and sr_path.exists():
             rows.append({**read_json(rec_path), "cached": True})
@@ -151,12 +160,12 @@ def evaluate_model(
             if img.hr is not None:
                 hr = _hr_for(img, sr.shape[:2], s.scale)
                 if lp is None:
-                    lp = metric()
+                    lp = lpips_metric(s.lpips_alexnet)
                 row.update(
                     psnr_y=psnr(sr, hr, s.crop, y=True), ssim_y=ssim(sr, hr, s.crop, y=True),
                     psnr_rgb=psnr(sr, hr, s.crop, y=False), ssim_rgb=ssim(sr, hr, s.crop, y=False), lpips=lp(sr, hr),
                 )
-            write_png(sr_path, np.clip(np.rint(sr * 255), 0, 255).astype(np.uint8))
+            write_png(sr_path, to_uint8(sr))
             write_json(rec_path, row)
             rows.append({**row, "cached": False})
             log(f"{label}: {n + 1}/{len(images)} {img.stem} ({secs:.1f} s)" + (f" PSNR-Y {row['psnr_y']:.2f} LPIPS {row['lpips']:.3f}" if "lpips" in row else ""))
@@ -228,11 +237,11 @@ def contact_sheet(out: Path, images: list[TestImage], order: list[str], scale: i
             canvas = np.ones((size, size, 3), np.float32)  # white where a model failed or there is no HR
             if t is not None:
                 canvas[: t.shape[0], : t.shape[1]] = t[:size, :size]
-            tiles.append(_label(np.clip(np.rint(canvas[..., ::-1] * 255), 0, 255).astype(np.uint8), f"{img.stem[:12]} {name}"))
+            tiles.append(sheets.label(to_uint8(canvas[..., ::-1]), f"{img.stem[:12]} {name}"))
     if not tiles:
         return None
     path = out / "contact_sheet.png"
-    _write_sheet(path, _grid(tiles, cols=len(order) + 1 + with_hr))
+    sheets.write_sheet(path, sheets.grid(tiles, cols=len(order) + 1 + with_hr))
     return path
 
 

@@ -1,6 +1,6 @@
 """degrade-flow's noise steps: one photo's noise patches, the bank, and the noise of one LR crop.
 
-Two rules fill the bank (`DegradeSettings.noise_rule`):
+Two rules fill the bank (`NoiseRule.rule`):
 - `reference`: the paper's collect_noise.py (square patches of low luma variance); injection
   crops a patch and removes its channel means, exactly as the released code;
 - `adaptive`: `models.noise.select_noise_tiles`; the bank holds each tile's residual noise, and an
@@ -10,11 +10,39 @@ Either way, draws can match the LR crop's brightness (signal-dependent noise) or
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from models.degradation import noise_crop, select_noise_patches, to_uint8
-from models.noise import assemble_noise, brightness_matched, luma, noise_cells, select_noise_tiles
-from storage.banks import write_noise_bank
+from realsr.models.degradation import noise_crop, select_noise_patches, to_uint8
+from realsr.models.noise import assemble_noise, brightness_matched, luma, noise_cells, select_noise_tiles
+from realsr.storage.banks import write_noise_bank
+
+
+@dataclass(frozen=True)
+class NoiseRule:
+    """How noise patches are chosen (`DegradeSettings.noise_*` has each field's meaning and bounds)."""
+
+    rule: str = "adaptive"  # "adaptive" (the photo's own noise level) or "reference" (the paper's variance rule)
+    tile: int = 32  # adaptive: side of a bank tile
+    tolerance: float = 0.08  # adaptive: a tile's noise may stand this far above the photo's level
+    max_per_image: int = 64  # adaptive: one photo's share of the bank
+    patch_size: int = 256  # reference: side of a patch
+    stride: int = 256  # reference: step of its grid
+    max_var: float = 20.0  # reference: a patch's luma variance under this is flat
+    min_mean: float = 0.0  # reference: ... and its mean over this
+    min_patches: int = 16  # either rule: a bank with fewer patches gets a loud warning
+
+    @property
+    def size(self) -> int:
+        """Side of the bank's patches under the rule."""
+        return self.patch_size if self.rule == "reference" else self.tile
+
+    def key_fields(self) -> dict:
+        """The fields a photo's noise patches depend on, under the settings' names (stage keys)."""
+        used = ("patch_size", "stride", "max_var", "min_mean") if self.rule == "reference" else ("tile", "tolerance", "max_per_image")
+        return {"noise_rule": self.rule, **{f"noise_{f}": getattr(self, f) for f in used}}
+
 
 class EmptyNoiseBank(RuntimeError):
     """The bank is empty and the settings say to stop rather than make noise-free pairs."""
@@ -23,11 +51,11 @@ class EmptyNoiseBank(RuntimeError):
 COLUMNS = ("patches", "noise", "position", "gray_mean", "gray_var", "channel_mean", "channel_var", "noise_level")
 
 
-def extract_noise(rgb: np.ndarray, opaque: np.ndarray | None, s) -> tuple[dict[str, np.ndarray], dict]:
+def extract_noise(rgb: np.ndarray, opaque: np.ndarray | None, s: NoiseRule) -> tuple[dict[str, np.ndarray], dict]:
     """One source photo's noise patches as bank columns, and a small record of how they were chosen."""
-    if s.noise_rule == "reference":
-        sel, rejected = select_noise_patches(rgb, s.noise_patch_size, s.noise_stride, s.noise_max_var, s.noise_min_mean, opaque)
-        p = s.noise_patch_size
+    if s.rule == "reference":
+        sel, rejected = select_noise_patches(rgb, s.patch_size, s.stride, s.max_var, s.min_mean, opaque)
+        p = s.patch_size
         patches = np.stack([to_uint8(rgb[y : y + p, x : x + p]) for y, x in zip(sel["y"], sel["x"])]) if len(sel["y"]) else np.zeros((0, p, p, 3), np.uint8)
         pf = patches.reshape(len(patches), p * p, 3).astype(np.float64)
         table = {
@@ -41,8 +69,8 @@ def extract_noise(rgb: np.ndarray, opaque: np.ndarray | None, s) -> tuple[dict[s
             "noise_level": np.full(len(patches), np.nan, np.float32),
         }
         return table, {"count": len(patches), "rejected": rejected}
-    tiles = select_noise_tiles(rgb, s.noise_tile, s.noise_tolerance, s.noise_max_per_image, opaque)
-    n, t = len(tiles.y), s.noise_tile
+    tiles = select_noise_tiles(rgb, s.tile, s.tolerance, s.max_per_image, opaque)
+    n, t = len(tiles.y), s.tile
     table = {
         "patches": to_uint8(tiles.pixels) if n else np.zeros((0, t, t, 3), np.uint8),
         "noise": tiles.residual.astype(np.float16),
@@ -56,33 +84,33 @@ def extract_noise(rgb: np.ndarray, opaque: np.ndarray | None, s) -> tuple[dict[s
     return table, {"count": n, "rejected": tiles.candidates - n, "noise_level": tiles.nlf.as_dict()}
 
 
-def bank_attrs(s) -> dict:
+def bank_attrs(s: NoiseRule) -> dict:
     """What the bank says of the rule that filled it (stored in noise.zarr, shown by inspect)."""
-    common = {"rule": s.noise_rule, "patch_size": s.noise_size, "grayscale": "BT.601 luma 0.299 R + 0.587 G + 0.114 B on the 0-255 scale"}
-    if s.noise_rule == "reference":
+    common = {"rule": s.rule, "patch_size": s.size, "grayscale": "BT.601 luma 0.299 R + 0.587 G + 0.114 B on the 0-255 scale"}
+    if s.rule == "reference":
         return {
             **common,
-            "stride": s.noise_stride,
-            "max_var": s.noise_max_var,
-            "min_mean": s.noise_min_mean,
+            "stride": s.stride,
+            "max_var": s.max_var,
+            "min_mean": s.min_mean,
             "selection": "luma variance < max_var and luma mean > min_mean, on the source image (collect_noise.py)",
             "grid": "every whole patch from the top-left corner, the last whole row/column included",
             "noise": "patch minus its channel means",
         }
     return {
         **common,
-        "stride": s.noise_tile,
-        "tolerance": s.noise_tolerance,
-        "max_per_image": s.noise_max_per_image,
+        "stride": s.tile,
+        "tolerance": s.tolerance,
+        "max_per_image": s.max_per_image,
         "selection": "detrended luma std <= (1 + tolerance) x the photo's own noise level at the tile's brightness; no clipped, near-black or transparent pixel",
         "noise": "each channel minus its best-fitting quadratic surface (0-255 scale, float16)",
         "gray_mean": "luma of the tile (its brightness); gray_var: the residual's luma variance; noise_level: the photo's estimated level there",
     }
 
 
-def write_bank(path, parts: list[dict[str, np.ndarray]], source: list[str], sha: list[str], s, sources: list[dict]) -> dict:
+def write_bank(path, parts: list[dict[str, np.ndarray]], source: list[str], sha: list[str], s: NoiseRule, sources: list[dict]) -> dict:
     """Stack every photo's columns (in the given order) into noise.zarr."""
-    p = s.noise_size
+    p = s.size
     empty = {"patches": (0, p, p, 3), "noise": (0, p, p, 3), "position": (0, 2), "channel_mean": (0, 3), "channel_var": (0, 3)}
     table = {c: np.concatenate([q[c] for q in parts]) if parts else np.zeros(empty.get(c, (0,)), np.float32) for c in COLUMNS}
     stack = table.pop("patches").astype(np.uint8)
@@ -95,12 +123,12 @@ def write_bank(path, parts: list[dict[str, np.ndarray]], source: list[str], sha:
     return {"path": str(path), "count": count, "rejected": attrs["rejected"], "digest": digest, "warning": bank_warning(count, s)}
 
 
-def bank_warning(count: int, s) -> str:
+def bank_warning(count: int, s: NoiseRule) -> str:
     """The loud message for an empty or tiny bank (empty string when the bank is fine)."""
-    if count >= max(1, s.noise_min_patches):
+    if count >= max(1, s.min_patches):
         return ""
-    what = "is EMPTY: every pair will be noise-free" if count == 0 else f"holds only {count} patches (fewer than noise_min_patches={s.noise_min_patches}): few noise samples repeat in every pair"
-    if s.noise_rule == "reference":
+    what = "is EMPTY: every pair will be noise-free" if count == 0 else f"holds only {count} patches (fewer than noise_min_patches={s.min_patches}): few noise samples repeat in every pair"
+    if s.rule == "reference":
         fix = "try --noise-rule adaptive, or a smaller --noise-patch-size / a larger --noise-max-var"
     else:
         fix = "add photos with flat areas (sky, walls, out-of-focus background), raise --noise-tolerance, or lower --noise-tile"
@@ -120,7 +148,6 @@ def draw_noise(bank, rng: np.random.Generator, crops: list[np.ndarray], match: b
     if not crops or not bank.count:
         return []
     L, P = crops[0].shape[0], bank.patch_size
-    source = "patches" if bank.group.attrs.get("rule", "reference") == "reference" else "noise"
     brightness = bank.column("gray_mean").astype(np.float64) if match else None
     if P >= L:  # one patch per crop
         if match:
@@ -142,7 +169,7 @@ def draw_noise(bank, rng: np.random.Generator, crops: list[np.ndarray], match: b
         else:
             picks = rng.integers(bank.count, size=(len(crops), len(cells)))
     unique = np.unique(np.concatenate([np.asarray(q).ravel() for q in picks]))
-    data = dict(zip(unique.tolist(), np.asarray(bank.group[source].get_orthogonal_selection((unique,)))))
+    data = dict(zip(unique.tolist(), bank.noise(unique)))
     out = []
     for q, off in zip(picks, offsets):
         q, off = [int(i) for i in np.asarray(q).ravel()], [int(v) for v in off]

@@ -18,10 +18,10 @@ import cv2
 import numpy as np
 import torch
 
-from models.tiling import run_batch, tile_count, to_dtype, upscale
-from storage.atomic import write_bytes
-from storage.checkpoints import LoadedGenerator
-from storage.images import IMAGE_SUFFIXES, BadImageError, SourceImage, read_image
+from realsr.models.tiling import run_batch, tile_count, to_dtype, upscale
+from realsr.storage.atomic import write_bytes
+from realsr.storage.checkpoints import LoadedGenerator
+from realsr.storage.images import IMAGE_SUFFIXES, BadImageError, SourceImage, read_image
 
 
 @dataclass(frozen=True)
@@ -251,4 +251,27 @@ def upscale_paths(
         if len(pending) >= opts.batch:
             flush()
     flush()
+    return report
+
+
+def upscale_files(source: Path, out: Path, model: str, opts: UpscaleOptions, device: str = "auto", bar=None, log: Callable[[str], None] = print) -> UpscaleReport:
+    """`realsr upscale`'s driver: a file or a folder through `model` (a checkpoint or a released
+    name). Names and the output folder are checked before the model loads; the report lists
+    what was written, what failed and what was not read, each with why."""
+    from dataclasses import replace
+
+    from realsr.models.devices import resolve_device
+    from realsr.storage.checkpoints import load_generator
+
+    dev = resolve_device(device)
+    opts = replace(opts, precision="fp32" if dev.type == "cpu" else opts.precision)  # half precision is slow on CPUs
+    paths, others = inputs(source)
+    plan_outputs(paths, out, opts)  # refuses lost or overwritten files before any work
+    gen = load_generator(model)
+    dtype = torch_dtype(opts.precision, dev)
+    gen.model.to(dev, dtype)
+    gen.model.to(memory_format=torch.channels_last)  # 1.19x on this CPU too (BENCHMARKS.md)
+    log(f"{gen.describe()} on {dev} ({str(dtype).removeprefix('torch.')}); {len(paths)} image(s); tile {opts.tile or 'off'}")
+    report = upscale_paths(paths, out, gen, opts, dev, bar, log)
+    report.skipped[:0] = others
     return report

@@ -19,12 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.degradation import degrade, inject_noise
-from models.jpeg import recompress
-from storage.banks import open_kernel_bank, open_noise_bank
-from storage.images import BadImageError, jpeg_quality, read_bytes, read_png_uint8
-from storage.noise_stage import draw_noise
-from storage.run_dir import MARKER, RunDir
+from realsr.models.degradation import degrade, inject_noise, to_uint8
+from realsr.models.jpeg import recompress
+from realsr.storage.banks import open_kernel_bank, open_noise_bank
+from realsr.storage.images import read_png_uint8
+from realsr.steps.degrade import recorded_quality
+from realsr.steps.degrade_noise import draw_noise
+from realsr.storage.run_dir import MARKER, RunDir
 
 
 class TrainingDataError(ValueError):
@@ -85,13 +86,9 @@ def training_images(run: RunDir, hr_size: int, val_images: int) -> tuple[list[Tr
         if k not in valid:
             notes.append(f"{name}: its kernel {k} is not valid in the bank, left out")
             continue
-        q = row.get("source_jpeg_quality", "unknown")
-        if q == "unknown":  # manifests from before the quality was recorded: read the source
-            try:
-                q = (jpeg_quality(read_bytes(row["source"])) or {}).get("quality")
-            except BadImageError:
-                q = None
-                notes.append(f"{name}: source {row['source']} not readable, JPEG quality unknown (no re-compression)")
+        q, note = recorded_quality(row, "source_jpeg_quality")
+        if note:
+            notes.append(f"{name}: {note}")
         images.append(TrainImage(name, str(clean), row["source"], k, q, tuple(pairs)))
     held = images[len(images) - val_images :] if 0 < val_images < len(images) else []
     train = images[: len(images) - len(held)]
@@ -182,7 +179,7 @@ class DegradedCrops(torch.utils.data.Dataset):
             field, row = draw_noise(self.bank(), rng, [lr], c.noise_match_brightness)[0]
             lr = inject_noise(lr, field)
             info["noise_id"] = row["noise_id"]
-        lr = np.rint(np.clip(lr, 0, 1) * 255).astype(np.float32) / 255  # 8 bits, as every LR photo
+        lr = to_uint8(lr).astype(np.float32) / 255  # 8 bits, as every LR photo
         if c.jpeg == "auto" and im.jpeg_quality:
             q = int(np.clip(im.jpeg_quality + rng.integers(-c.jpeg_range, c.jpeg_range + 1), 10, 100))
             lr = recompress(lr, q)

@@ -6,43 +6,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import zarr
 
-from models.noise import BRIGHTNESS_BINS
-from storage.atomic import write_bytes
-from storage.banks import open_kernel_bank, open_noise_bank
-
-
-def bank_kind(path: Path) -> str:
-    try:
-        g = zarr.open_group(zarr.storage.LocalStore(Path(path), read_only=True), mode="r")
-    except Exception as e:
-        raise ValueError(f"{path} is not a Zarr store ({e})") from None
-    kind = g.attrs.get("kind", "")
-    if kind not in ("realsr-kernel-bank", "realsr-noise-bank"):
-        raise ValueError(f"{path} is not a kernel or noise bank (kind={kind!r})")
-    return kind
-
-
-def _label(tile: np.ndarray, text: str) -> np.ndarray:
-    bar = np.full((14, tile.shape[1], 3), 255, np.uint8)
-    cv2.putText(bar, text[: tile.shape[1] // 6], (2, 11), cv2.FONT_HERSHEY_PLAIN, 0.8, (0, 0, 0), 1, cv2.LINE_AA)
-    return np.concatenate([tile, bar], 0)
-
-
-def _grid(tiles: list[np.ndarray], cols: int) -> np.ndarray:
-    h, w = tiles[0].shape[:2]
-    rows = -(-len(tiles) // cols)
-    sheet = np.full((rows * (h + 4), cols * (w + 4), 3), 255, np.uint8)
-    for i, t in enumerate(tiles):
-        r, c = divmod(i, cols)
-        sheet[r * (h + 4) : r * (h + 4) + h, c * (w + 4) : c * (w + 4) + w] = t
-    return sheet
-
-
-def _write_sheet(path: Path, bgr: np.ndarray) -> None:
-    ok, buf = cv2.imencode(".png", bgr)
-    write_bytes(path, buf.tobytes())
+from realsr.models.noise import BRIGHTNESS_BINS
+from realsr.steps.sheets import grid, label, write_sheet
+from realsr.storage.banks import bank_kind, open_kernel_bank, open_noise_bank
 
 
 def kernel_report(path: Path, sheet: Path, max_tiles: int = 64) -> str:
@@ -66,24 +33,23 @@ def kernel_report(path: Path, sheet: Path, max_tiles: int = 64) -> str:
             heat = cv2.resize(heat, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST)
             tag = "" if v[i] else " INVALID"
             name = Path(str(ks.source[i])).stem or ks.kernel_id(i)  # the photo it came from, if any
-            tiles.append(_label(heat, f"x{scale} {name}{tag}"))
+            tiles.append(label(heat, f"x{scale} {name}{tag}"))
     if tiles:
         size = max(t.shape[0] for t in tiles), max(t.shape[1] for t in tiles)
         tiles = [cv2.resize(t, (size[1], size[0]), interpolation=cv2.INTER_NEAREST) for t in tiles]
-        _write_sheet(sheet, _grid(tiles, cols=min(8, len(tiles))))
+        write_sheet(sheet, grid(tiles, cols=min(8, len(tiles))))
         lines.append(f"  contact sheet: {sheet}")
     return "\n".join(lines)
 
 
 def noise_report(path: Path, sheet: Path, max_tiles: int = 64, gain: float = 8.0) -> str:
     bank = open_noise_bank(path)
-    g = bank.group
-    rule = g.attrs.get("rule", "reference")
-    how = f"luma var < {g.attrs.get('max_var')}, mean > {g.attrs.get('min_mean')}" if rule == "reference" else f"noise std within {g.attrs.get('tolerance')} of each photo's own level"
+    attrs, rule = bank.attrs, bank.rule
+    how = f"luma var < {attrs.get('max_var')}, mean > {attrs.get('min_mean')}" if rule == "reference" else f"noise std within {attrs.get('tolerance')} of each photo's own level"
     lines = [
         f"noise bank {path}: {bank.count} patches of {bank.patch_size}px from "
-        f"{sum(1 for s in g.attrs['sources'] if s['patches'])}/{len(g.attrs['sources'])} sources, "
-        f"{g.attrs['rejected']} candidates rejected (rule {rule}: {how})"
+        f"{sum(1 for s in attrs['sources'] if s['patches'])}/{len(attrs['sources'])} sources, "
+        f"{attrs['rejected']} candidates rejected (rule {rule}: {how})"
     ]
     if bank.count == 0:
         lines.append("  (empty: no flat patches were found)")
@@ -94,17 +60,17 @@ def noise_report(path: Path, sheet: Path, max_tiles: int = 64, gain: float = 8.0
         "channel noise std (R, G, B) median " + ", ".join(f"{v:.2f}" for v in np.sqrt(np.median(cv, 0))) + " levels"
     )
     idx = np.unique(np.linspace(0, bank.count - 1, min(bank.count, max_tiles)).round().astype(int))
-    noise = np.asarray(g["noise"].get_orthogonal_selection((idx,))) if "noise" in g else bank.patches(idx).astype(np.float32)
-    crop = min(bank.patch_size, 128)
+    noise = bank.noise(idx).astype(np.float32)
+    crop, source = min(bank.patch_size, 128), bank.column("source")
     tiles = []
     for i, p in zip(idx, noise):
         p = p[:crop, :crop].astype(np.float32)
         amp = np.clip((p - p.mean(axis=(0, 1))) * gain + 128, 0, 255).astype(np.uint8)
-        tiles.append(_label(amp[..., ::-1].copy(), f"#{i} {Path(str(g['source'][i])).stem}"))
-    _write_sheet(sheet, _grid(tiles, cols=min(8, len(tiles))))
+        tiles.append(label(amp[..., ::-1].copy(), f"#{i} {Path(str(source[i])).stem}"))
+    write_sheet(sheet, grid(tiles, cols=min(8, len(tiles))))
     lines.append(f"  contact sheet (noise x{gain:g} around mid-gray, {crop}px crops): {sheet}")
     plot = sheet.with_name(sheet.stem + "_level.png")
-    _write_sheet(plot, noise_level_plot(bank.column("gray_mean"), np.sqrt(gv), [s.get("noise_level") for s in g.attrs["sources"]]))
+    write_sheet(plot, noise_level_plot(bank.column("gray_mean"), np.sqrt(gv), [s.get("noise_level") for s in attrs["sources"]]))
     lines.append(f"  noise level against brightness (dots: patches, red: their median per 16 levels, gray: each photo's estimate): {plot}")
     return "\n".join(lines)
 

@@ -1,0 +1,304 @@
+"""degrade-flow's steps: clean-up and noise extraction of a photo, the noise bank, its pairs.
+
+Each per-image step is idempotent: it derives a key from the image's content hash and the
+recipe fields it depends on, returns the stored record when that key is done, and otherwise
+writes its outputs atomically and its record last. The kernel steps are in `degrade_kernels`;
+the flow (`flows/degrade.py`) fans these out over Dask through the tasks in `tasks/degrade.py`.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from realsr.models.degradation import clean_up, crop_to_multiple, degrade, inject_noise, patch_grid, to_uint8
+from realsr.steps.degrade_noise import COLUMNS, NoiseRule, draw_noise, extract_noise, write_bank
+from realsr.storage.atomic import write_bytes, write_json
+from realsr.storage.banks import KernelSet, open_kernel_bank, open_noise_bank
+from realsr.storage.images import BadImageError, decode_image, jpeg_quality, read_bytes, read_png_uint8, sha256_bytes, write_png
+from realsr.storage.run_dir import RunDir, image_name, stage_key
+
+Log = Callable[[str], None]
+STAGE_VERSION = "1"  # bump when a step's output for the same inputs would change
+
+
+@dataclass(frozen=True)
+class DegradeSpec:
+    """What the steps need of a degrade run (`flows.settings.DegradeSettings` has each field's
+    meaning and bounds, and builds this once with `.spec()`)."""
+
+    source: Path  # the source folder: records are keyed on each photo's path inside it
+    scale: int = 4
+    kernels: str = "bicubic"
+    seed: int = 0
+    cleanup_factor: int = 2
+    pair_hr_size: int = 256
+    stride: int = 256
+    max_megapixels: float = 200.0
+    noise: NoiseRule = NoiseRule()
+    noise_match_brightness: bool = True
+    kernelgan_iterations: int = 1000
+    kernelgan_seeds: int = 3
+
+    @property
+    def max_pixels(self) -> int:
+        return int(self.max_megapixels * 1e6)
+
+    def preprocess_key_fields(self) -> dict:
+        """The fields a source's clean-up and noise extraction depend on."""
+        from realsr.models.noise import VERSION
+
+        return {"stage": "preprocess", "version": STAGE_VERSION, "noise_version": VERSION, "scale": self.scale, "cleanup_factor": self.cleanup_factor, **self.noise.key_fields()}
+
+    def kernelgan_key_fields(self) -> dict:
+        """The fields an image's KernelGAN kernel depends on (not the device: results agree to float rounding)."""
+        from realsr.models.kernelgan import VERSION
+
+        seeds = {"seeds": self.kernelgan_seeds} if self.kernelgan_seeds > 1 else {}
+        return {"stage": "kernelgan", "version": f"{STAGE_VERSION}.{VERSION}", "iterations": self.kernelgan_iterations, "seed": self.seed, **seeds}
+
+    def pairs_key_fields(self) -> dict:
+        """The fields an image's pairs depend on (the banks' digests are added by the caller)."""
+        return {**self.preprocess_key_fields(), "stage": "pairs", "pair_hr_size": self.pair_hr_size, "stride": self.stride, "seed": self.seed, "noise_match_brightness": self.noise_match_brightness}
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+# ----------------------------------------------------------------------------------------------
+# per image: clean-up and noise extraction (one decode serves both)
+
+
+def prepare_source(path: Path, run: RunDir, s: DegradeSpec, log: Log = _quiet) -> dict:
+    """Clean up one source photo and find its noise patches; returns a small record."""
+    t0 = time.perf_counter()
+    data, _, key = source_key(path, s, s.preprocess_key_fields())
+    done = run.load_record("preprocess", key)
+    if done is not None and Path(done["clean_hr"]).exists() and (done["noise_count"] == 0 or run.staged_noise(key).exists()):
+        return {**done, "cached": True, "source": str(path)}
+    src = decode_image(path, data, max_pixels=s.max_pixels)
+    name = image_name(path, src.sha256)
+    h, w = src.rgb.shape[:2]
+    need = s.cleanup_factor * s.scale
+    if h < need or w < need:
+        raise BadImageError(path, f"{w}x{h} is too small for clean-up x{s.cleanup_factor} and scale x{s.scale}")
+    # noise extraction reads the *source* (the sensor noise lives there), as collect_noise.py
+    table, noise = extract_noise(src.rgb, src.opaque, s.noise)
+    hr = crop_to_multiple(clean_up(src.rgb, s.cleanup_factor), s.scale)
+    clean_path = run.clean_hr / f"{name}.png"
+    write_png(clean_path, to_uint8(hr))
+    if noise["count"]:  # patches and their table go to a staging file, so the record the flow handles stays small
+        write_bytes(run.staged_noise(key), npz_bytes(table))
+    record = {
+        "key": key,
+        "source": str(path),
+        "sha256": src.sha256,
+        "name": name,
+        "source_size": [w, h],
+        "bit_depth": src.bit_depth,
+        "jpeg": jpeg_quality(data),
+        "notes": src.notes,
+        "clean_hr": str(clean_path),
+        "hr_size": [int(hr.shape[1]), int(hr.shape[0])],
+        "noise_count": int(noise["count"]),
+        "noise_rejected": int(noise["rejected"]),
+        "noise_level": noise.get("noise_level"),
+        "seconds": round(time.perf_counter() - t0, 4),
+    }
+    run.save_record("preprocess", key, record)
+    log(f"{path}: clean HR {hr.shape[1]}x{hr.shape[0]}, {noise['count']} noise patches ({noise['rejected']} rejected)")
+    return {**record, "cached": False}
+
+
+def recorded_quality(record: dict, key: str = "jpeg") -> tuple[int | None, str | None]:
+    """A source's JPEG quality as `record[key]` holds it (None: not a JPEG), and a note when it
+    had to be read from the source and could not be: records from before the quality was
+    recorded lack the key."""
+    if key in record:
+        q = record[key]
+        return (q.get("quality") if isinstance(q, dict) else q), None
+    try:
+        return (jpeg_quality(read_bytes(record["source"])) or {}).get("quality"), None
+    except BadImageError:
+        return None, f"source {record['source']} not readable, JPEG quality unknown (no re-compression)"
+
+
+def jpeg_summary(records: list[dict]) -> dict:
+    """How many sources are JPEGs and at what quality: training re-compresses its LR the same way."""
+    q = sorted(j for r in records if (j := recorded_quality(r)[0]))
+    return {"jpeg_sources": len(q), "other_sources": len(records) - len(q), "median_quality": int(np.median(q)) if q else None, "qualities": sorted(set(q))}
+
+
+def source_key(path: Path, s: DegradeSpec, fields: dict) -> tuple[bytes, str, str]:
+    """A source's bytes, content hash and stage key (settings + hash + path in the source folder).
+
+    The path is part of the key: a renamed or copied file gets records under its own name.
+    """
+    data = read_bytes(path)
+    sha = sha256_bytes(data)
+    return data, sha, stage_key({**fields, "sha256": sha, "path": _relative(path, s.source)})
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(Path(path).resolve())
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    b = io.BytesIO()
+    np.savez(b, **arrays)
+    return b.getvalue()
+
+
+# ----------------------------------------------------------------------------------------------
+# coordinator: the noise bank
+
+
+def build_noise_bank(records: list[dict], run: RunDir, s: DegradeSpec) -> dict:
+    """Gather every image's staged patches, in source order, into noise.zarr."""
+    records = sorted(records, key=lambda r: (r["source"], r["sha256"]))
+    parts, source, sha = [], [], []
+    for r in records:
+        if not r["noise_count"]:
+            continue
+        with np.load(run.staged_noise(r["key"]), allow_pickle=False) as staged:
+            parts.append({c: staged[c] for c in COLUMNS})
+        source += [r["source"]] * r["noise_count"]
+        sha += [r["sha256"]] * r["noise_count"]
+    sources = [
+        {"source": r["source"], "sha256": r["sha256"], "patches": r["noise_count"], "rejected": r["noise_rejected"], **({"noise_level": r["noise_level"]} if r.get("noise_level") else {})}
+        for r in records
+    ]
+    return write_bank(run.noise, parts, source, sha, s.noise, sources)
+
+
+# ----------------------------------------------------------------------------------------------
+# per image: HR/LR pairs
+
+
+def make_pairs(record: dict, run: RunDir, s: DegradeSpec, kernel_digest: str, noise_digest: str, log: Log = _quiet) -> dict:
+    """Cut a clean HR image into patches and degrade each with the image's kernel + real noise."""
+    t0 = time.perf_counter()
+    key = stage_key({**s.pairs_key_fields(), "sha256": record["sha256"], "kernels": kernel_digest, "noise": noise_digest})
+    done = run.load_record("pairs", key)
+    if done is not None and all(_nonempty(run.pairs / d / f"{row['name']}.png") for row in done["rows"] for d in ("hr", "lr")):
+        return {**done, "cached": True}
+    hr = read_png_uint8(Path(record["clean_hr"])).astype(np.float32) / 255.0
+    size, scale = s.pair_hr_size, s.scale
+    ys, xs = patch_grid(hr.shape[0], size, s.stride), patch_grid(hr.shape[1], size, s.stride)
+    grid = [(int(y), int(x)) for y in ys for x in xs]
+    rows: list[dict] = []
+    if grid:
+        # one random stream per image, from the seed and the image's content: any order, same draws
+        rng = np.random.default_rng([s.seed, int(record["sha256"][:15], 16)])
+        ks = kernel_set_cached(str(run.kernels), kernel_digest, scale)
+        valid = ks.valid_indices()
+        if s.kernels == "kernelgan-camera":  # one camera, one kernel: its consensus, when there is one
+            valid = [i for i in valid if ks.method[i].startswith("kernelgan-camera")] or valid
+        ki = int(valid[rng.integers(len(valid))])
+        jpeg_q = recorded_quality(record)[0]
+        lr = degrade(hr, ks.kernels[ki].astype(np.float64), scale)
+        bank = _noise_bank_cached(str(run.noise), noise_digest)
+        lr_size = size // scale
+        crops = [lr[y // scale : y // scale + lr_size, x // scale : x // scale + lr_size] for y, x in grid]
+        noises = draw_noise(bank, rng, crops, s.noise_match_brightness)
+        for n, (y, x) in enumerate(grid):
+            lr_patch = crops[n]
+            noise_row = {"noise_id": "", "noise_index": -1, "noise_offset": [0, 0]}
+            if noises:
+                field, noise_row = noises[n]
+                lr_patch = inject_noise(lr_patch, field)
+            name = f"{record['name']}_s{n:04d}"
+            write_png(run.pairs / "hr" / f"{name}.png", to_uint8(hr[y : y + size, x : x + size]))
+            write_png(run.pairs / "lr" / f"{name}.png", to_uint8(lr_patch))
+            rows.append(
+                {
+                    "name": name,
+                    "source": record["source"],
+                    "source_sha256": record["sha256"],
+                    "hr_position": [y, x],
+                    "kernel_index": ki,
+                    "kernel_id": ks.kernel_id(ki),
+                    **noise_row,
+                    "source_jpeg_quality": jpeg_q,
+                    "scale": scale,
+                    "seed": s.seed,
+                }
+            )
+    out = {"key": key, "name": record["name"], "source": record["source"], "rows": rows, "seconds": round(time.perf_counter() - t0, 4)}
+    run.save_record("pairs", key, out)
+    log(f"{record['source']}: {len(rows)} pairs")
+    return {**out, "cached": False}
+
+
+def _nonempty(path: Path) -> bool:
+    """Exists with content (PNGs are not fsynced: after a power cut a file may be empty)."""
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
+
+
+@lru_cache(maxsize=4)
+def kernel_set_cached(path: str, digest: str, scale: int) -> KernelSet:
+    """A worker reads a bank's kernels once per digest, not once per image."""
+    _, sets = open_kernel_bank(Path(path))
+    return sets[scale]
+
+
+@lru_cache(maxsize=2)
+def _noise_bank_cached(path: str, digest: str):
+    """A worker opens a noise bank (metadata, patch ids) once per digest, not once per image."""
+    bank = open_noise_bank(Path(path))
+    if bank.count:
+        bank.patch_id(0)  # loads every id once
+    return bank
+
+
+def write_manifest(run: RunDir, pair_records: list[dict], remove_stale: bool = True) -> dict:
+    """All pairs of this run in one JSONL file; PNGs of images no longer in the run are removed."""
+    import json
+
+    rows = [row for r in sorted(pair_records, key=lambda r: r["name"]) for row in r["rows"]]
+    write_bytes(run.manifest, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+    keep = {r["name"] for r in rows}
+    removed = 0
+    for sub in ("hr", "lr") if remove_stale else ():
+        folder = run.pairs / sub
+        if folder.exists():
+            for f in folder.glob("*.png"):
+                if f.stem not in keep:
+                    f.unlink()
+                    removed += 1
+    return {"path": str(run.manifest), "pairs": len(rows), "stale_removed": removed}
+
+
+def prune(run: RunDir, records: list[dict], pair_records: list[dict], kernel_records: list[dict] = ()) -> int:
+    """Remove clean HR images and stage files that no image of this run uses any more.
+
+    Call only after a run in which every image either finished or is a bad input: an image that
+    failed for another reason would lose its earlier outputs.
+    """
+    keep = {Path(r["clean_hr"]).name for r in records}
+    keep |= {f"{r['key']}{suffix}" for r in [*records, *pair_records, *kernel_records] for suffix in (".json", ".npz")}
+    removed = 0
+    for folder in (run.clean_hr, run.work / "preprocess", run.work / "pairs", run.work / "noise", run.work / "kernelgan", run.work / "kernels"):
+        if folder.exists():
+            for f in folder.iterdir():
+                if f.is_file() and f.name not in keep:
+                    f.unlink()
+                    removed += 1
+    return removed
+
+
+def save_summary(run: RunDir, summary: dict) -> None:
+    write_json(run.summary, summary)

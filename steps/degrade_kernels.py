@@ -1,0 +1,164 @@
+"""degrade-flow's kernel steps: KernelGAN's kernel of each photo, and the kernel bank.
+
+The bank holds x2 kernels and their analytic x4 kernels, from KernelGAN (one per photo, or the
+camera's consensus), the bicubic kernel (the paper's Track 1), or another run's bank.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from realsr.models.kernelgan_post import x4_base
+from realsr.models.kernels import KERNEL_SIZE, RESIZE_CONVENTION, analytic_x4, bicubic_kernel, check_kernel, consensus_kernel
+from realsr.steps.degrade import DegradeSpec, Log, _quiet, npz_bytes, source_key
+from realsr.storage.atomic import write_bytes
+from realsr.storage.banks import KernelSet, open_kernel_bank, write_kernel_bank
+from realsr.storage.images import BadImageError, decode_image
+from realsr.storage.run_dir import RunDir
+
+
+def estimate_source_kernels(paths: list[Path], run: RunDir, s: DegradeSpec, device: str = "cpu", log: Log = _quiet) -> list[dict | BadImageError]:
+    """KernelGAN's x2 kernel of each source image (the real photo, before clean-up).
+
+    The images not done in an earlier run train together in one loop (`estimate_kernels`): the
+    same algorithm per image, one set of kernel launches. Returns a record or the BadImageError
+    of each path, in order.
+    """
+    from realsr.models.kernelgan import estimate_kernels
+
+    cfg = _kernelgan_config(s)
+    results: dict[Path, dict | BadImageError] = {}
+    todo = []
+    for path in paths:
+        try:
+            data, sha, key = source_key(path, s, s.kernelgan_key_fields())
+            done = run.load_record("kernelgan", key)
+            if done is not None and run.staged_kernel(key).exists():
+                results[path] = {**done, "cached": True}
+                continue
+            rgb = decode_image(path, data, max_pixels=s.max_pixels).rgb
+            if problem := cfg.too_small(*rgb.shape[:2]):
+                raise BadImageError(path, problem)
+            todo.append((path, sha, key, rgb))
+        except BadImageError as e:
+            results[path] = e
+    if todo:
+        t0 = time.perf_counter()
+        names = ", ".join(Path(t[0]).name for t in todo)
+        log(f"KernelGAN on {len(todo)} image(s) at once on {device}: {names}")
+        estimates = estimate_kernels([t[3] for t in todo], cfg, device=device, progress=lambda it, l: log(f"KernelGAN {it}/{cfg.iterations} ({names}) {l}"))
+        seconds = round((time.perf_counter() - t0) / len(todo), 3)
+        for (path, sha, key, _), est in zip(todo, estimates):
+            fallback = None if est.ok else f"{est.problem}: the bicubic kernel stands in"
+            if fallback:
+                log(f"{Path(path).name}: {fallback}")
+            kernel = est.kernel if est.ok else bicubic_kernel(2)
+            write_bytes(run.staged_kernel(key), npz_bytes({"kernel": kernel, "raw": est.raw}))
+            record = {"key": key, "source": str(path), "sha256": sha, "losses": est.losses, "device": device, "seconds": seconds,
+                      "iterations": est.iterations, "seed": est.seed, "fallback": fallback}
+            run.save_record("kernelgan", key, record)
+            results[path] = {**record, "cached": False}
+    return [results[p] for p in paths]
+
+
+def _kernelgan_config(s: DegradeSpec):
+    """The KernelGAN configuration a run's settings ask for (the reference's defaults otherwise)."""
+    from realsr.models.kernelgan import KernelGANConfig
+
+    return KernelGANConfig(iterations=s.kernelgan_iterations, seed=s.seed, seeds=s.kernelgan_seeds)
+
+
+def kernelgan_sets(run: RunDir, records: list[dict], camera: bool = False) -> list[KernelSet]:
+    """x2 kernels from KernelGAN records (source order) and their analytic x4 kernels; an image
+    whose estimate failed has the bicubic kernels, marked `bicubic-fallback`. `camera` adds one
+    kernel for the camera, the consensus of the estimates that did not fail (`kernelgan-camera`,
+    the last row), which the pairs then use for every image."""
+    records = sorted(records, key=lambda r: r["source"])
+    k2, raw = [], []
+    for r in records:
+        with np.load(run.staged_kernel(r["key"]), allow_pickle=False) as z:
+            k2.append(z["kernel"])
+            raw.append(z["raw"])
+    src, sha = [r["source"] for r in records], [r["sha256"] for r in records]
+    failed = [bool(r.get("fallback")) for r in records]
+    m2 = ["bicubic-fallback" if f else "kernelgan" for f in failed]
+    base = [None if f else x4_base(r) for r, f in zip(raw, failed)]  # x4 composes the unthresholded x2 kernel
+    k4 = [bicubic_kernel(4) if f else analytic_x4(b) for b, f in zip(base, failed)]
+    m4 = ["bicubic-fallback" if f else "kernelgan+analytic-x4" for f in failed]
+    good = [k for k, f in zip(k2, failed) if not f]
+    if camera and good:
+        cam = consensus_kernel(good)
+        k2, k4 = [*k2, cam], [*k4, analytic_x4(consensus_kernel([b for b in base if b is not None]))]
+        src, sha = [*src, f"camera: consensus of {len(good)} photos"], [*sha, ""]
+        m2, m4 = [*m2, "kernelgan-camera"], [*m4, "kernelgan-camera+analytic-x4"]
+    return [_kernel_set(2, k2, src, sha, m2), _kernel_set(4, k4, src, sha, m4)]
+
+
+def kernel_sets_for(spec: str, required: int, scales=(2, 4)) -> tuple[list[KernelSet], dict]:
+    """The kernel sets a kernel source gives, with provenance attributes for the bank.
+
+    Only the `required` scale must be there; x4 is derived from x2 when missing.
+    """
+    if spec == "bicubic":
+        sets = []
+        for scale in scales:
+            k = bicubic_kernel(scale, KERNEL_SIZE[scale])
+            sets.append(_kernel_set(scale, [k], [""], [""], ["bicubic"]))
+        return sets, {"kernel_source": "bicubic", "note": "MATLAB antialiased bicubic, the paper's Track 1 recipe"}
+    if spec.startswith("bank:"):
+        path = Path(spec[5:])
+        try:
+            attrs, found = open_kernel_bank(path)
+        except (FileNotFoundError, ValueError) as e:
+            raise ValueError(f"kernel source {spec}: {e}") from None
+        sets = []
+        for scale in scales:
+            if scale in found:
+                sets.append(found[scale])
+            elif scale == 4 and 2 in found:
+                k2 = found[2]
+                k4 = [analytic_x4(k) for k in k2.kernels]
+                sets.append(_kernel_set(4, k4, list(k2.source), list(k2.source_sha256), [f"{m}+analytic-x4" for m in k2.method]))
+            elif scale == required:
+                raise ValueError(f"kernel source {spec}: the bank has no x{scale} kernels")
+        return sets, {"kernel_source": spec, "imported_from": str(path), "imported_digest": attrs.get("digest", "")}
+    raise ValueError(f"unknown kernel source {spec!r}")
+
+
+def _kernel_set(scale: int, kernels, source, sha, method) -> KernelSet:
+    checks = [check_kernel(k, scale) for k in kernels]
+    return KernelSet(
+        scale=scale,
+        kernels=np.asarray(kernels, dtype=np.float32),
+        source=np.asarray(source, dtype=str),
+        source_sha256=np.asarray(sha, dtype=str),
+        method=np.asarray(method, dtype=str),
+        checks={
+            "kernel_sum": np.array([c.kernel_sum for c in checks]),
+            "center_offset": np.array([c.center_offset for c in checks]),
+            "border_energy": np.array([c.border_energy for c in checks]),
+            "bicubic_distance": np.array([c.bicubic_distance for c in checks]),
+            "valid": np.array([c.valid for c in checks], dtype=bool),
+        },
+        reason=np.asarray([c.reason for c in checks], dtype=str),
+    )
+
+
+def build_kernel_bank(run: RunDir, s: DegradeSpec, kernelgan_records: list[dict] | None = None) -> dict:
+    if s.kernels.startswith("kernelgan"):
+        sets = kernelgan_sets(run, kernelgan_records or [], camera=s.kernels == "kernelgan-camera")
+        cfg = _kernelgan_config(s)
+        attrs = {"kernel_source": s.kernels, "kernelgan": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.as_dict().items()}}
+    else:
+        sets, attrs = kernel_sets_for(s.kernels, s.scale)
+    scale_attrs = {st.scale: {"resize_convention": RESIZE_CONVENTION} for st in sets}
+    digest = write_kernel_bank(run.kernels, sets, attrs, scale_attrs)
+    counts = {f"x{st.scale}": {"kernels": len(st), "valid": int(st.checks["valid"].sum())} for st in sets}
+    rejected = [{"source": str(src), "scale": st.scale, "reason": str(why)} for st in sets for src, why in zip(st.source, st.reason) if why]
+    if not counts.get(f"x{s.scale}", {}).get("valid"):
+        raise ValueError(f"the kernel bank has no valid x{s.scale} kernels: no pairs can be made")
+    fallbacks = [{"source": r["source"], "reason": r["fallback"]} for r in kernelgan_records or [] if r.get("fallback")]
+    return {"path": str(run.kernels), "digest": digest, "counts": counts, "rejected": rejected, "fallbacks": fallbacks}

@@ -1,0 +1,233 @@
+"""train-flow's driver: G and D on a degrade-flow run's clean HR, degraded on the fly, with
+validation and resumable checkpoints.
+
+`train(spec)` is the one entry: the CLI, the Prefect task and the demo call it. It sets up
+(`steps.train_setup`: everything that can refuse the run is checked before the first
+iteration), resumes from the newest complete state, runs the loop, and records
+(`steps.train_report`). Checkpoints follow BasicSR's layout (`storage.train_state`); a killed run
+resumed with `resume='auto'` ends with the same weights as one never interrupted.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from realsr.models.devices import resolve_device
+from realsr.models.discriminators import DiscriminatorConfig, build_discriminator
+from realsr.models.rrdbnet import RRDBConfig
+from realsr.models.training import LossWeights, Schedule, Trainer
+from realsr.steps.train_data import DataConfig, DegradedCrops, TrainingDataError, loader, run_scale, training_images, validation_pairs
+from realsr.steps.train_report import LOSS_COLUMNS, RunRecords
+from realsr.steps.train_setup import build_generator, build_perceptual, changed_settings, claim_train_dir, comparable, vgg19_path
+from realsr.storage.atomic import write_json
+from realsr.storage.run_dir import RunDir
+from realsr.storage.train_state import MODELS, newest_complete, prune_checkpoints, save_checkpoint
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Networks:
+    """G (a checkpoint to start from, else the shape of a new RRDBNet) and D."""
+
+    init: str | None = None
+    g_feat: int = 64
+    g_blocks: int = 23
+    g_grow: int = 32
+    d: DiscriminatorConfig = DiscriminatorConfig()
+
+    def g_shape(self, scale: int) -> RRDBConfig:
+        return RRDBConfig(scale=scale, num_feat=self.g_feat, num_block=self.g_blocks, num_grow_ch=self.g_grow)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How long and how G and D learn."""
+
+    iterations: int = 60_000
+    batch_size: int = 16
+    warmup: int = 5000  # L1-only iterations when training from scratch
+    losses: LossWeights = LossWeights()
+    schedule: Schedule = Schedule()
+    ema_decay: float = 0.999
+    vgg19_weights: Path | None = None
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """What is held out, and how often the run logs, validates and saves."""
+
+    val_images: int = 1  # clean photos held out of training
+    val_pairs: int = 8  # at most this many of the held-out photos' degrade pairs validate
+    val_every: int = 5000  # iterations between validations (and best-checkpoint choices)
+    save_every: int = 5000  # iterations between resumable checkpoints
+    keep_checkpoints: int = 2  # older numbered checkpoints are deleted
+    log_every: int = 50  # iterations between loss lines
+    lpips_alexnet: Path | None = None  # the AlexNet trunk for LPIPS; None: the verified `alexnet` weights
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """A training run (`flows.train_settings.TrainSettings.spec()` builds it; its fields say what
+    each value means). `settings` is the resolved settings as JSON: stored with the run, and
+    compared when it is resumed."""
+
+    run_dir: Path
+    out: Path
+    data: DataConfig  # scale 0: the run's own, read from its folder
+    nets: Networks = Networks()
+    recipe: Recipe = Recipe()
+    cadence: Cadence = Cadence()
+    resume: str = "no"  # no, auto or require
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"  # auto: bf16 autocast on CUDA
+    workers: int = 2
+    settings: dict = field(default_factory=dict)
+
+
+@dataclass
+class Session:
+    """A set-up run: its data, networks, trainer and records, at iteration `start`."""
+
+    out: Path
+    scale: int
+    data: DegradedCrops
+    train_images: list
+    held: list
+    val: list
+    notes: list[str]
+    g: torch.nn.Module
+    g_desc: str
+    d: torch.nn.Module
+    trainer: Trainer
+    device: torch.device
+    amp: torch.dtype | None
+    vgg19_file: Path | None
+    start: int = 0
+
+
+def set_up(spec: TrainSpec) -> Session:
+    """Read the run, build G, D and the losses, claim the folder (in that order: a refusal leaves
+    no folder behind)."""
+    run = RunDir(Path(spec.run_dir))
+    scale = run_scale(run)
+    c = spec.data
+    train_images, held, notes = training_images(run, c.hr_size, spec.cadence.val_images)  # checks hr_size against the scale
+    data = DegradedCrops(run, train_images, DataConfig(scale, c.hr_size, c.seed, c.kernel_per, c.noise, c.noise_match_brightness, c.jpeg, c.jpeg_range))
+    if c.noise and not data.noise_count:
+        notes.append(f"the noise bank {run.noise} is EMPTY: training LR gets no noise (rerun degrade with --noise-rule adaptive, or pass --no-noise to silence this)")
+    val = validation_pairs(run, held, spec.cadence.val_pairs)
+    r = spec.recipe
+    vgg19_file = vgg19_path(r.vgg19_weights) if r.losses.perceptual else None
+    perceptual = build_perceptual(vgg19_file) if vgg19_file else None
+    g, g_desc = build_generator(spec.nets.init, spec.nets.g_shape(scale), spec.seed)
+    out = claim_train_dir(Path(spec.out), spec.settings, spec.resume)
+    device = resolve_device(spec.device)
+    amp = torch.bfloat16 if device.type == "cuda" and spec.precision in ("auto", "bf16") else None
+    torch.manual_seed(spec.seed + 1)
+    d = build_discriminator(spec.nets.d)
+    for net in (g, d, perceptual):
+        if net is not None:
+            net.to(device)
+    if device.type == "cuda":
+        g.to(memory_format=torch.channels_last)
+        d.to(memory_format=torch.channels_last)
+    trainer = Trainer(g, d, perceptual, r.losses, r.schedule, r.ema_decay, device, amp)
+    return Session(out, scale, data, train_images, held, val, notes, g, g_desc, d, trainer, device, amp, vgg19_file)
+
+
+def resume(session: Session, spec: TrainSpec, log: Log) -> None:
+    """Continue from the newest complete state in the folder (resume auto or require)."""
+    found = newest_complete(session.out, log) if spec.resume != "no" else None
+    if spec.resume == "require" and found is None:
+        raise TrainingDataError(f"{session.out}: no complete training state to resume (every state or its weights failed to load, listed above)")
+    if found is None:
+        return
+    session.start, (state, g_params, ema_params, d_params) = found
+    session.g.load_state_dict(g_params, strict=True)
+    session.trainer.ema.net.load_state_dict(ema_params, strict=True)
+    session.d.load_state_dict(d_params, strict=True)
+    session.trainer.load_state_dict(state)
+    torch.set_rng_state(state["torch_rng"])
+    if changed := changed_settings(spec.settings, state["meta"].get("settings", {})):
+        session.notes.append(f"resumed with other settings than the run was started with: {', '.join(changed)}")
+
+
+def loop(session: Session, spec: TrainSpec, records: RunRecords, lpips_fn, log: Log, bar: bool, on_iteration) -> None:
+    """Iterations start+1 .. the target: a step each, with loss rows, validation and checkpoints
+    at their cadence (and all three at the last iteration)."""
+    from tqdm import tqdm
+
+    s, r, c, total = session, spec.recipe, spec.cadence, spec.recipe.iterations
+    warmup = 0 if spec.nets.init else r.warmup
+    meta = {"settings": comparable(spec.settings), "scale": s.scale, "g": s.g_desc, "d": spec.nets.d.as_dict()}
+    window: list[dict] = []
+    t_window = time.perf_counter()
+    progress = tqdm(total=total, initial=s.start, unit="it", disable=None if bar else True, leave=False)
+    try:
+        for it, (lr, hr) in enumerate(loader(s.data, r.batch_size, s.start, total, spec.workers), s.start + 1):
+            lr, hr = lr.to(s.device, non_blocking=True), hr.to(s.device, non_blocking=True)
+            if s.device.type == "cuda":
+                lr, hr = lr.contiguous(memory_format=torch.channels_last), hr.contiguous(memory_format=torch.channels_last)
+            logs = s.trainer.step(lr, hr, warmup=it <= warmup, iteration=None if spec.nets.init else it)  # fine-tuning: the EMA starts as a trained model, no ramp
+            window.append(logs)
+            progress.update(1)
+            if it % c.log_every == 0 or it == total:
+                secs = time.perf_counter() - t_window
+                row = {"iter": it, "stage": "warmup" if it <= warmup else "gan", "lr_g": f"{s.trainer.opt_g.param_groups[0]['lr']:.3g}", "seconds": round(secs, 3)}
+                row.update({k: round(float(np.mean([w[k] for w in window if k in w])), 6) for k in LOSS_COLUMNS[3:9] if any(k in w for w in window)})
+                records.losses(row, it)
+                eta = secs / len(window) * (total - it)
+                log(f"iter {it}/{total} ({row['stage']}): " + ", ".join(f"{k} {row[k]:.4g}" for k in LOSS_COLUMNS[3:9] if k in row) + f"; {len(window) / secs:.2f} it/s, ETA {eta / 60:.1f} min")
+                window, t_window = [], time.perf_counter()
+            if s.val and (it % c.val_every == 0 or it == total):
+                records.validation(it, s.trainer.ema.net, s.g, s.val, s.scale, s.device, lpips_fn)
+            if it % c.save_every == 0 or it == total:
+                save_checkpoint(s.out, it, s.g, s.trainer.ema.net, s.d, s.trainer.state_dict(), meta)
+                prune_checkpoints(s.out, c.keep_checkpoints)
+            if on_iteration:
+                on_iteration(it, logs)
+    finally:
+        progress.close()
+
+
+def train(spec: TrainSpec, log: Log = print, bar: bool = True, on_iteration: Callable[[int, dict], None] | None = None) -> dict:
+    """Train (or fine-tune) as `spec` says; returns the run's summary (also in summary.json)."""
+    t_start = time.perf_counter()
+    s = set_up(spec)
+    resume(s, spec, log)
+    r = spec.recipe
+    warmup = 0 if spec.nets.init else r.warmup
+    log(f"{s.g_desc}; D {spec.nets.d.arch} ({spec.nets.d.num_feat} features); device {s.device}, precision {'bf16 autocast' if s.amp else 'fp32'}" + (f"; VGG19 {s.vgg19_file}" if s.vgg19_file else ""))
+    log(f"{len(s.train_images)} training images, {len(s.val)} held-out pairs from {len(s.held)} images; iterations {s.start + 1}..{r.iterations} (warm-up L1 to {warmup}), batch {r.batch_size} of {spec.data.hr_size} px")
+    for n in s.notes:
+        log(f"NOTE: {n}")
+    lpips_fn = _lpips(spec.cadence.lpips_alexnet) if s.val else None
+    records = RunRecords(s.out, s.start, log)
+    try:
+        if s.start == 0 and s.val:
+            records.validation(0, s.trainer.ema.net, s.g, s.val, s.scale, s.device, lpips_fn)  # the starting point's figures
+        loop(s, spec, records, lpips_fn, log, bar, on_iteration)
+    finally:
+        records.close()
+    summary = {
+        "out": str(s.out), "iterations": r.iterations, "resumed_from": s.start, "device": str(s.device), "precision": "bf16" if s.amp else "fp32",
+        "generator": s.g_desc, "vgg19": str(s.vgg19_file) if s.vgg19_file else None, "training_images": len(s.train_images), "held_out_pairs": len(s.val), "best": records.best,
+        "validation": records.val_rows[-1] if records.val_rows else None, "latest": str(s.out / MODELS / "net_g_latest.pth"),
+        "notes": s.notes, "seconds": round(time.perf_counter() - t_start, 2),
+    }
+    write_json(s.out / "summary.json", summary)
+    return summary
+
+
+def _lpips(alexnet: Path | None):
+    from realsr.steps.evaluate import lpips_metric
+
+    return lpips_metric(alexnet)
