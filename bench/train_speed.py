@@ -50,7 +50,7 @@ def main() -> None:
     s = TrainSettings.from_preset(args.preset, run_dir=args.run_dir, out=Path("/tmp/unused"), batch_size=args.batch_size, hr_size=args.hr_size, workers=args.workers)
     run = RunDir(args.run_dir)
     scale = run_scale(run)
-    images, _, _ = training_images(run, s.hr_size, s.val_images)
+    images = training_images(run, s.hr_size, s.val_crops, s.val_images, s.seed).train
     data = DegradedCrops(run, images, DataConfig(scale, s.hr_size, s.seed, s.kernel_per, s.noise, s.noise_match_brightness, s.jpeg, s.jpeg_range))
     n = args.iterations
     rows = {}

@@ -3,6 +3,7 @@
   realsr degrade --source DIR --out RUN_DIR [--scale 4] [--kernels bicubic|bank:PATH] ...
   realsr inspect RUN_DIR/kernels.zarr|noise.zarr [--sheet OUT.png]
   realsr upscale -i IN -o OUT [--model PATH|NAME] [-s OUTSCALE] [-t TILE] [--tile-pad P] ...
+  realsr blend A B ALPHA -o OUT.pth        network interpolation: (1 - ALPHA) A + ALPHA B
   realsr evaluate --lr DIR [--hr DIR] --model CKPT [--model CKPT ...] --out DIR [-s 4]
   realsr train RUN_DIR --out TRAIN_DIR [--preset paper|finetune|cpu-small|test-tiny] [--init CKPT] [--auto-resume]
   realsr weights list | fetch [NAME ...] | verify   the released and backbone weights, verified by sha256
@@ -20,6 +21,13 @@ from pathlib import Path
 from pydantic import ValidationError
 
 _EVALUATE_SKIP = {"lr", "hr", "models", "out"}
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,6 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--alpha", default="model", choices=["model", "bicubic"], help="how an alpha channel is upscaled")
     u.add_argument("--batch", type=int, default=4, help="same-sized small images per forward pass (1: one at a time)")
     u.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    u.add_argument("--blend", type=_share, default=None, metavar="ALPHA", help="fidelity/perception control: the model's share in a weight blend with --blend-with (0..1; 1: the model as it is)")
+    u.add_argument("--blend-with", default=None, metavar="MODEL", help="what --blend mixes in (default: the init the model records, e.g. realesrgan-x4plus)")
+    b = sub.add_parser("blend", help="network interpolation: write (1 - ALPHA) x A + ALPHA x B as a checkpoint")
+    b.add_argument("a", help="checkpoint or released name (ALPHA 0 gives it)")
+    b.add_argument("b", help="checkpoint or released name of the same architecture (ALPHA 1 gives it)")
+    b.add_argument("alpha", type=_share, help="B's share, 0..1")
+    b.add_argument("-o", "--output", required=True, type=Path, help="the .pth to write (BasicSR layout)")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     e = sub.add_parser("evaluate", help="models side by side (and bicubic) on LR test images, with metrics when HR is given")
     fields = EvaluateSettings.model_fields
     e.add_argument("--lr", required=True, type=Path, help=fields["lr"].description)
@@ -75,7 +91,7 @@ def run_upscale(args) -> int:
     precision = "fp32" if args.fp32 else ("bf16" if args.bf16 else "fp16")
     opts = UpscaleOptions(outscale=args.outscale, tile=args.tile, tile_pad=args.tile_pad, precision=precision, ext=args.ext, suffix=args.suffix, alpha=args.alpha, batch=max(1, args.batch))
     with tqdm(total=1, unit="tile", file=sys.stderr, leave=False, disable=None) as bar:
-        report = upscale_files(args.input, args.output, args.model, opts, args.device, bar, log=lambda m: tqdm.write(m, file=sys.stderr))
+        report = upscale_files(args.input, args.output, args.model, opts, args.device, bar, log=lambda m: tqdm.write(m, file=sys.stderr), blend=args.blend, blend_with=args.blend_with)
     print(f"{len(report.written)} written, {len(report.failed)} failed, {len(report.skipped)} skipped", file=sys.stderr)
     for f in report.failed:
         print(f"  FAILED {f['source']}: {f['reason']}", file=sys.stderr)
@@ -129,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
             return run_upscale(args)
         if args.command == "evaluate":
             return run_evaluate(args)
+        if args.command == "blend":
+            from realsr.steps.blend import write_blend
+
+            print(write_blend(args.a, args.b, args.alpha, args.output, args.overwrite))
+            return 0
         if args.command == "train":
             from realsr.flows.cli_train import run_train
 

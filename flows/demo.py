@@ -2,7 +2,8 @@
 
 sample camera photos -> degrade-flow (KernelGAN kernels, noise bank, pairs) -> inspect the banks
 -> train-flow (a short fine-tune of Real-ESRGAN x4plus on the camera's degradations) ->
-evaluate-flow (bicubic, the released model and the fine-tuned one on held-out photos' pairs).
+evaluate-flow (bicubic, the released model and the fine-tuned one on train-flow's validation
+crops: held-out photos degraded with their own kernels, noise and JPEG quality).
 
 The budget is a demonstration's, not a recipe's: KernelGAN runs DEMO_KERNELGAN_ITERATIONS steps
 with one seed (the product's default: three) and the fine-tune DEMO_ITERATIONS (BENCHMARKS.md has what longer runs give).
@@ -19,7 +20,7 @@ DEMO_KERNELGAN_ITERATIONS = 1000
 DEMO_KERNELGAN_SEEDS = 1  # the product's default is 3 (3x the time); one seed keeps the demo short
 DEMO_ITERATIONS = 60  # 5.3 s each on 2 cores (batch 4 of 64 px, x4plus): the demo stays under 15 min
 DEMO_PHOTOS = 8
-HELD_OUT = 2  # photos kept out of training; their pairs are the evaluation set
+VAL_CROPS = 8  # validation crops (of held-out photos): also the evaluation set
 
 
 def write_samples(out: Path, count: int, seed: int) -> list[Path]:
@@ -48,8 +49,6 @@ def run_demo(root: Path, workers: int | None = None, address: str | None = None)
     from realsr.flows.train_settings import TrainSettings
     from realsr.flows.cli_weights import DEMO_NEEDS, fetch
     from realsr.steps.inspect import inspect_bank
-    from realsr.storage.run_dir import RunDir
-    from realsr.steps.train_data import training_images
 
     t0 = time.perf_counter()
     missing = fetch(list(DEMO_NEEDS))  # before any work: a machine that cannot have them fails in seconds
@@ -66,7 +65,7 @@ def run_demo(root: Path, workers: int | None = None, address: str | None = None)
     init = "realesrgan-x4plus"
     train = TrainSettings.from_preset(
         "finetune", run_dir=run_dir, out=root / "train", init=init, iterations=DEMO_ITERATIONS, batch_size=4, hr_size=64,
-        val_images=HELD_OUT, val_pairs=4, val_every=DEMO_ITERATIONS, save_every=DEMO_ITERATIONS // 2, log_every=10, workers=1,
+        val_crops=VAL_CROPS, val_every=DEMO_ITERATIONS, save_every=DEMO_ITERATIONS // 2, log_every=10, workers=1,
         resume="auto",
     )
     with prefect_api():  # one embedded API for the three flows
@@ -76,18 +75,12 @@ def run_demo(root: Path, workers: int | None = None, address: str | None = None)
         print(inspect_bank(run_dir / "noise.zarr"))
         trained = train_flow(train)
         print(summary_markdown(trained))
-        _, held, _ = training_images(RunDir(run_dir), train.hr_size, HELD_OUT)
-        names = [f"{p}.png" for im in held for p in im.pairs]
-        eval_set = root / "eval" / "set"
-        for sub in ("lr", "hr"):
-            (eval_set / sub).mkdir(parents=True, exist_ok=True)
-            for n in names:
-                shutil.copyfile(run_dir / "pairs" / sub / n, eval_set / sub / n)
+        eval_set = Path(trained["out"]) / "val"
         fine_tuned = root / "eval" / "fine_tuned.pth"  # a stable name for the table's row
         shutil.copyfile(trained["latest"], fine_tuned)
         models = [init, str(fine_tuned)]
         result = evaluate_flow(EvaluateSettings(lr=eval_set / "lr", hr=eval_set / "hr", models=models, out=root / "eval"))
-    print(f"evaluate-flow on {len(names)} pairs of the {len(held)} held-out photos:")
+    print(f"evaluate-flow on the {trained['validation_crops']} validation crops of {trained['held_out_images']} held-out photos:")
     print((root / "eval" / "results.md").read_text())
     print(f"upscaled images: {root / 'eval' / 'sr'}/<model>/; contact sheet: {result['sheet']}; training samples: {root / 'train' / 'samples'}")
     total = time.perf_counter() - t0

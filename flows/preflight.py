@@ -28,7 +28,7 @@ def train(settings) -> None:
     from realsr.steps.train_setup import check_train_dir, vgg19_path
 
     run = RunDir(Path(settings.run_dir))
-    training_images(run, settings.hr_size, settings.val_images)  # a degrade run with a manifest, banks, large enough images
+    training_images(run, settings.hr_size, settings.val_crops, settings.val_images, settings.seed)  # a degrade run with a manifest, banks, large enough images
     if settings.init:
         load_rrdb(settings.init, expect_scale=run_scale(run))
     if settings.perceptual_weight:

@@ -43,8 +43,8 @@ PAPER: dict = {  # the released ESRGAN / RealSR recipe: every field a preset set
     "noise_match_brightness": True,
     "jpeg": "auto",
     "jpeg_range": 5,
-    "val_images": 1,
-    "val_pairs": 8,
+    "val_crops": 16,
+    "val_images": 0,
     "val_every": 5000,
     "save_every": 5000,
     "keep_checkpoints": 2,
@@ -70,7 +70,7 @@ PRESETS: dict[str, dict] = {
     # for tests: seconds on a CPU
     "test-tiny": {
         "g_feat": 8, "g_blocks": 1, "g_grow": 8, "d_feat": 8, "iterations": 6, "batch_size": 2, "hr_size": 32,
-        "milestones": [4], "warmup": 2, "val_every": 3, "save_every": 3, "val_pairs": 2, "workers": 0, "log_every": 1,
+        "milestones": [4], "warmup": 2, "val_every": 3, "save_every": 3, "val_crops": 2, "workers": 0, "log_every": 1,
     },
 }
 
@@ -106,8 +106,8 @@ class TrainSettings(BaseModel):
     noise_match_brightness: bool | None = Field(None, description="Draw noise from patches of the LR crop's brightness (off: uniform, as the paper).")
     jpeg: Literal["auto", "off"] | None = Field(None, description="'auto': re-compress each LR at its source JPEG's quality (PNG sources: none).")
     jpeg_range: int | None = Field(None, ge=0, le=50, description="auto: the quality varies by up to this much around the source's.")
-    val_images: int | None = Field(None, ge=0, description="Source images held out of training; their degrade-flow pairs validate.")
-    val_pairs: int | None = Field(None, ge=1, le=1000, description="At most this many held-out pairs per validation.")
+    val_crops: int | None = Field(None, ge=0, le=1000, description="Validation crops (hr_size px, degraded once with their photo's own kernel, noise and JPEG quality, the same all run); 0: no validation.")
+    val_images: int | None = Field(None, ge=0, description="Photos held out of training for validation; 0: as many as val_crops needs, at most a quarter.")
     val_every: int | None = Field(None, ge=1, description="Validate (PSNR-Y, LPIPS, sample crops) every N iterations, and at the end.")
     save_every: int | None = Field(None, ge=1, description="Checkpoint every N iterations, and at the end.")
     keep_checkpoints: int | None = Field(None, ge=1, le=1000, description="Numbered checkpoints kept besides best and latest.")
@@ -158,6 +158,6 @@ class TrainSettings(BaseModel):
                 self.iterations, self.batch_size, self.warmup, LossWeights(self.pixel_weight, self.perceptual_weight, self.gan_weight),
                 Schedule(self.lr_g, self.lr_d, (0.9, 0.999), tuple(self.milestones)), self.ema_decay, self.vgg19_weights,
             ),
-            cadence=Cadence(self.val_images, self.val_pairs, self.val_every, self.save_every, self.keep_checkpoints, self.log_every, self.lpips_alexnet),
+            cadence=Cadence(self.val_crops, self.val_images, self.val_every, self.save_every, self.keep_checkpoints, self.log_every, self.lpips_alexnet),
             settings=self.model_dump(mode="json"),
         )

@@ -10,7 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from realsr.models.network_interp import InterpolationError, interpolate
-from realsr.storage.checkpoints import CheckpointError, LoadedGenerator, generator_from_state, read_checkpoint, resolve_weights, save_state
+from realsr.storage.checkpoints import (
+    CheckpointError,
+    LoadedGenerator,
+    canonical_rrdb_keys,
+    generator_from_state,
+    read_checkpoint,
+    resolve_weights,
+    save_state,
+)
 
 
 class BlendError(ValueError):
@@ -37,11 +45,17 @@ def blend_partner(model: str | Path, given: str | None) -> str:
 def blended_state(a: str | Path, b: str | Path, alpha: float) -> tuple[dict, Path, Path]:
     """(state, path of a, path of b): (1 - alpha) * a + alpha * b, checked to be one architecture."""
     pa, pb = resolve_weights(a), resolve_weights(b)
-    (sa, _), (sb, _) = read_checkpoint(pa), read_checkpoint(pb)
+    sa, sb = (_canonical(read_checkpoint(p)[0]) for p in (pa, pb))
     try:
         return interpolate(sa, sb, alpha), pa, pb
     except InterpolationError as e:
         raise BlendError(f"{pa.name} and {pb.name} cannot be blended: {e}") from None
+
+
+def _canonical(state: dict) -> dict:
+    """RRDBNet tensors under BasicSR's names (old ESRGAN files blend with new ones); others as they are."""
+    canon = canonical_rrdb_keys(state)
+    return state if canon is None else canon
 
 
 def blended_generator(model: str | Path, partner: str | Path, alpha: float, expect_scale: int | None = None) -> LoadedGenerator:

@@ -189,7 +189,7 @@ def make_pairs(record: dict, run: RunDir, s: DegradeSpec, kernel_digest: str, no
     """Cut a clean HR image into patches and degrade each with the image's kernel + real noise."""
     t0 = time.perf_counter()
     key = stage_key({**s.pairs_key_fields(), "sha256": record["sha256"], "kernels": kernel_digest, "noise": noise_digest})
-    done = run.load_record("pairs", key)
+    done = _with_image_fields(run.load_record("pairs", key), record)
     if done is not None and all(_nonempty(run.pairs / d / f"{row['name']}.png") for row in done["rows"] for d in ("hr", "lr")):
         return {**done, "cached": True}
     hr = read_png_uint8(Path(record["clean_hr"])).astype(np.float32) / 255.0
@@ -197,15 +197,15 @@ def make_pairs(record: dict, run: RunDir, s: DegradeSpec, kernel_digest: str, no
     ys, xs = patch_grid(hr.shape[0], size, s.stride), patch_grid(hr.shape[1], size, s.stride)
     grid = [(int(y), int(x)) for y in ys for x in xs]
     rows: list[dict] = []
+    # one random stream per image, from the seed and the image's content: any order, same draws
+    rng = np.random.default_rng([s.seed, int(record["sha256"][:15], 16)])
+    ks = kernel_set_cached(str(run.kernels), kernel_digest, scale)
+    valid = ks.valid_indices()
+    if s.kernels == "kernelgan-camera":  # one camera, one kernel: its consensus, when there is one
+        valid = [i for i in valid if ks.method[i].startswith("kernelgan-camera")] or valid
+    ki = int(valid[rng.integers(len(valid))])  # the image's kernel, also when it is too small for a pair (training crops it smaller)
+    jpeg_q = recorded_quality(record)[0]
     if grid:
-        # one random stream per image, from the seed and the image's content: any order, same draws
-        rng = np.random.default_rng([s.seed, int(record["sha256"][:15], 16)])
-        ks = kernel_set_cached(str(run.kernels), kernel_digest, scale)
-        valid = ks.valid_indices()
-        if s.kernels == "kernelgan-camera":  # one camera, one kernel: its consensus, when there is one
-            valid = [i for i in valid if ks.method[i].startswith("kernelgan-camera")] or valid
-        ki = int(valid[rng.integers(len(valid))])
-        jpeg_q = recorded_quality(record)[0]
         lr = degrade(hr, ks.kernels[ki].astype(np.float64), scale)
         bank = _noise_bank_cached(str(run.noise), noise_digest)
         lr_size = size // scale
@@ -234,10 +234,22 @@ def make_pairs(record: dict, run: RunDir, s: DegradeSpec, kernel_digest: str, no
                     "seed": s.seed,
                 }
             )
-    out = {"key": key, "name": record["name"], "source": record["source"], "rows": rows, "seconds": round(time.perf_counter() - t0, 4)}
+    image = {"kernel_index": ki, "kernel_id": ks.kernel_id(ki), "source_jpeg_quality": jpeg_q, "hr_size": record.get("hr_size")}
+    out = {"key": key, "name": record["name"], "source": record["source"], "image": image, "rows": rows, "seconds": round(time.perf_counter() - t0, 4)}
     run.save_record("pairs", key, out)
     log(f"{record['source']}: {len(rows)} pairs")
     return {**out, "cached": False}
+
+
+def _with_image_fields(done: dict | None, record: dict) -> dict | None:
+    """A pairs record from before it kept the image's own fields: taken from its first pair; one
+    without pairs is redone (cheap: nothing to write)."""
+    if done is None or "image" in done:
+        return done
+    if not done["rows"]:
+        return None
+    r = done["rows"][0]
+    return {**done, "image": {"kernel_index": r["kernel_index"], "kernel_id": r["kernel_id"], "source_jpeg_quality": r["source_jpeg_quality"], "hr_size": record.get("hr_size")}}
 
 
 def _nonempty(path: Path) -> bool:
@@ -265,11 +277,16 @@ def _noise_bank_cached(path: str, digest: str):
 
 
 def write_manifest(run: RunDir, pair_records: list[dict], remove_stale: bool = True) -> dict:
-    """All pairs of this run in one JSONL file; PNGs of images no longer in the run are removed."""
+    """All pairs of this run in one JSONL file, and every clean HR image with its kernel and JPEG
+    quality in another (training reads it: images too small for a pair still train); PNGs of
+    images no longer in the run are removed."""
     import json
 
-    rows = [row for r in sorted(pair_records, key=lambda r: r["name"]) for row in r["rows"]]
+    ordered = sorted(pair_records, key=lambda r: r["name"])
+    rows = [row for r in ordered for row in r["rows"]]
+    images = [{"name": r["name"], "source": r["source"], **r["image"], "pairs": len(r["rows"])} for r in ordered if "image" in r]
     write_bytes(run.manifest, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+    write_bytes(run.images_index, "".join(json.dumps(r, sort_keys=True) + "\n" for r in images).encode())
     keep = {r["name"] for r in rows}
     removed = 0
     for sub in ("hr", "lr") if remove_stale else ():

@@ -22,8 +22,8 @@ from realsr.models.devices import resolve_device
 from realsr.models.discriminators import DiscriminatorConfig, build_discriminator
 from realsr.models.rrdbnet import RRDBConfig
 from realsr.models.training import LossWeights, Schedule, Trainer
-from realsr.steps.train_data import DataConfig, DegradedCrops, TrainingDataError, loader, run_scale, training_images, validation_pairs
-from realsr.steps.train_report import LOSS_COLUMNS, RunRecords
+from realsr.steps.train_data import DataConfig, DegradedCrops, TrainingDataError, loader, run_scale, training_images, validation_crops
+from realsr.steps.train_report import LOSS_COLUMNS, RunRecords, write_validation_set
 from realsr.steps.train_setup import build_generator, build_perceptual, changed_settings, claim_train_dir, comparable, vgg19_path
 from realsr.storage.atomic import write_json
 from realsr.storage.run_dir import RunDir
@@ -63,8 +63,8 @@ class Recipe:
 class Cadence:
     """What is held out, and how often the run logs, validates and saves."""
 
-    val_images: int = 1  # clean photos held out of training
-    val_pairs: int = 8  # at most this many of the held-out photos' degrade pairs validate
+    val_crops: int = 16  # validation crops, from as many held-out photos as they need; 0: no validation
+    val_images: int = 0  # photos held out; 0: as many as the crops need (at most a quarter)
     val_every: int = 5000  # iterations between validations (and best-checkpoint choices)
     save_every: int = 5000  # iterations between resumable checkpoints
     keep_checkpoints: int = 2  # older numbered checkpoints are deleted
@@ -119,11 +119,12 @@ def set_up(spec: TrainSpec) -> Session:
     run = RunDir(Path(spec.run_dir))
     scale = run_scale(run)
     c = spec.data
-    train_images, held, notes = training_images(run, c.hr_size, spec.cadence.val_images)  # checks hr_size against the scale
+    found = training_images(run, c.hr_size, spec.cadence.val_crops, spec.cadence.val_images, c.seed)  # checks hr_size against the scale
+    train_images, held, notes = found.train, found.held, found.notes
     data = DegradedCrops(run, train_images, DataConfig(scale, c.hr_size, c.seed, c.kernel_per, c.noise, c.noise_match_brightness, c.jpeg, c.jpeg_range))
     if c.noise and not data.noise_count:
         notes.append(f"the noise bank {run.noise} is EMPTY: training LR gets no noise (rerun degrade with --noise-rule adaptive, or pass --no-noise to silence this)")
-    val = validation_pairs(run, held, spec.cadence.val_pairs)
+    val = validation_crops(data, held)
     r = spec.recipe
     vgg19_file = vgg19_path(r.vgg19_weights) if r.losses.perceptual else None
     perceptual = build_perceptual(vgg19_file) if vgg19_file else None
@@ -190,7 +191,7 @@ def loop(session: Session, spec: TrainSpec, records: RunRecords, lpips_fn, log: 
             if s.val and (it % c.val_every == 0 or it == total):
                 records.validation(it, s.trainer.ema.net, s.g, s.val, s.scale, s.device, lpips_fn)
             if it % c.save_every == 0 or it == total:
-                save_checkpoint(s.out, it, s.g, s.trainer.ema.net, s.d, s.trainer.state_dict(), meta)
+                save_checkpoint(s.out, it, s.g, s.trainer.ema.net, s.d, s.trainer.state_dict(), meta, records.g_meta)
                 prune_checkpoints(s.out, c.keep_checkpoints)
             if on_iteration:
                 on_iteration(it, logs)
@@ -206,11 +207,13 @@ def train(spec: TrainSpec, log: Log = print, bar: bool = True, on_iteration: Cal
     r = spec.recipe
     warmup = 0 if spec.nets.init else r.warmup
     log(f"{s.g_desc}; D {spec.nets.d.arch} ({spec.nets.d.num_feat} features); device {s.device}, precision {'bf16 autocast' if s.amp else 'fp32'}" + (f"; VGG19 {s.vgg19_file}" if s.vgg19_file else ""))
-    log(f"{len(s.train_images)} training images, {len(s.val)} held-out pairs from {len(s.held)} images; iterations {s.start + 1}..{r.iterations} (warm-up L1 to {warmup}), batch {r.batch_size} of {spec.data.hr_size} px")
+    log(f"{len(s.train_images)} training images, {len(s.val)} validation crops from {len(s.held)} held-out photos; iterations {s.start + 1}..{r.iterations} (warm-up L1 to {warmup}), batch {r.batch_size} of {spec.data.hr_size} px")
     for n in s.notes:
         log(f"NOTE: {n}")
     lpips_fn = _lpips(spec.cadence.lpips_alexnet) if s.val else None
-    records = RunRecords(s.out, s.start, log)
+    records = RunRecords(s.out, s.start, log, generator_meta(spec.nets.init, s.scale))
+    if val_dir := write_validation_set(s.out, s.val):
+        log(f"validation crops (held-out photos, degraded as training degrades): {val_dir}/lr, {val_dir}/hr")
     try:
         if s.start == 0 and s.val:
             records.validation(0, s.trainer.ema.net, s.g, s.val, s.scale, s.device, lpips_fn)  # the starting point's figures
@@ -219,12 +222,20 @@ def train(spec: TrainSpec, log: Log = print, bar: bool = True, on_iteration: Cal
         records.close()
     summary = {
         "out": str(s.out), "iterations": r.iterations, "resumed_from": s.start, "device": str(s.device), "precision": "bf16" if s.amp else "fp32",
-        "generator": s.g_desc, "vgg19": str(s.vgg19_file) if s.vgg19_file else None, "training_images": len(s.train_images), "held_out_pairs": len(s.val), "best": records.best,
+        "generator": s.g_desc, "vgg19": str(s.vgg19_file) if s.vgg19_file else None, "training_images": len(s.train_images), "held_out_images": len(s.held), "validation_crops": len(s.val), "best": records.best,
         "validation": records.val_rows[-1] if records.val_rows else None, "latest": str(s.out / MODELS / "net_g_latest.pth"),
         "notes": s.notes, "seconds": round(time.perf_counter() - t_start, 2),
     }
     write_json(s.out / "summary.json", summary)
     return summary
+
+
+def generator_meta(init: str | None, scale: int) -> dict:
+    """What realsr records in its generator files: the init (a released name, or the file's
+    absolute path), so `realsr upscale --blend` finds what to blend with."""
+    if init and Path(init).expanduser().exists():
+        init = str(Path(init).expanduser().resolve())
+    return {"init": init or "", "scale": scale, "tool": "realsr-pipeline"}
 
 
 def _lpips(alexnet: Path | None):

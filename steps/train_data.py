@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from realsr.models.degradation import degrade, inject_noise, to_uint8
+from realsr.models.degradation import degrade, inject_noise, patch_grid, to_uint8
 from realsr.models.jpeg import recompress
 from realsr.storage.banks import open_kernel_bank, open_noise_bank
 from realsr.storage.images import read_png_uint8
@@ -37,9 +37,28 @@ class TrainImage:
     name: str  # the clean HR's stem: <source stem>-<sha8>
     clean_hr: str
     source: str
-    kernel_index: int  # into the kernel bank's set of the run's scale
+    kernel_index: int  # into the kernel bank's set of the run's scale: the one degrade-flow gave the image
     jpeg_quality: int | None
-    pairs: tuple[str, ...]  # its degrade-flow pair names (validation uses the held-out images')
+    size: tuple[int, int] = (0, 0)  # (height, width) of the clean HR
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """A photo kept out of training, and the top-left corners of its validation crops."""
+
+    image: TrainImage
+    positions: tuple[tuple[int, int], ...]
+
+
+@dataclass
+class TrainingSet:
+    train: list[TrainImage]
+    held: list[HeldOut]
+    notes: list[str]  # what was left out and why, and anything else the user should read
+
+    @property
+    def val_crops(self) -> int:
+        return sum(len(h.positions) for h in self.held)
 
 
 def run_scale(run: RunDir) -> int:
@@ -49,17 +68,34 @@ def run_scale(run: RunDir) -> int:
         raise TrainingDataError(f"{run.root}: not a degrade-flow run folder (no readable {MARKER} with its settings)") from None
 
 
-def training_images(run: RunDir, hr_size: int, val_images: int) -> tuple[list[TrainImage], list[TrainImage], list[str]]:
-    """(training images, held-out images, notes) from the run's manifest, clean HR and banks.
+def _image_rows(run: RunDir, notes: list[str]) -> list[dict]:
+    """One row per clean HR image: degrade-flow's image index, or (a run from before it) the
+    first pair of each image in the pair manifest."""
+    if run.images_index.is_file():
+        return [json.loads(line) for line in run.images_index.read_text().splitlines() if line.strip()]
+    if not run.manifest.is_file():
+        raise TrainingDataError(f"{run.manifest}: no pair manifest; run degrade-flow on this folder first")
+    by_image: dict[str, dict] = {}
+    for line in run.manifest.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            by_image.setdefault(row["name"].rsplit("_s", 1)[0], row)
+    notes.append(f"{run.root} has no {run.images_index.name} (made before it): only the {len(by_image)} images with pairs are used; rerun degrade on it (cached, quick) to train on every clean HR image")
+    return [{**row, "name": name} for name, row in by_image.items()]
 
-    Refuses, with what to do: no manifest, a kernel bank without a valid kernel at the run's
-    scale, no clean HR image large enough for a crop.
+
+def training_images(run: RunDir, hr_size: int, val_crops: int, val_images: int = 0, seed: int = 0) -> TrainingSet:
+    """Every clean HR image of the run at least `hr_size` on both sides, whatever degrade's pair
+    size; some held out for validation (`hold_out`). Notes say what was left out and why.
+
+    Refuses, with what to do: no image index or manifest, a kernel bank without a valid kernel at
+    the run's scale, no clean HR image large enough for a crop.
     """
     scale = run_scale(run)
     if hr_size % scale:
         raise TrainingDataError(f"hr_size {hr_size} is not a multiple of the run's scale x{scale}")
-    if not run.manifest.is_file():
-        raise TrainingDataError(f"{run.manifest}: no pair manifest; run degrade-flow on this folder first")
+    notes: list[str] = []
+    rows = _image_rows(run, notes)
     try:
         _, sets = open_kernel_bank(run.kernels)
     except (FileNotFoundError, ValueError) as e:
@@ -69,36 +105,65 @@ def training_images(run: RunDir, hr_size: int, val_images: int) -> tuple[list[Tr
             f"{run.kernels}: no valid x{scale} kernel (every estimate failed its checks); rerun degrade with --kernels bicubic or more photos"
         )
     valid = set(sets[scale].valid_indices().tolist())
-    by_image: dict[str, dict] = {}
-    for line in run.manifest.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            entry = by_image.setdefault(row["name"].rsplit("_s", 1)[0], {"row": row, "pairs": []})
-            entry["pairs"].append(row["name"])
-    notes, images = [], []
-    for name in sorted(by_image):
-        row, pairs = by_image[name]["row"], by_image[name]["pairs"]
+    images: list[TrainImage] = []
+    left: dict[str, list[str]] = {}
+    for row in sorted(rows, key=lambda r: r["name"]):
+        name = row["name"]
         clean = run.clean_hr / f"{name}.png"
-        if not clean.is_file():
-            notes.append(f"{name}: clean HR {clean} missing, left out")
-            continue
         k = int(row["kernel_index"])
-        if k not in valid:
-            notes.append(f"{name}: its kernel {k} is not valid in the bank, left out")
+        size = _hr_shape(str(clean)) if clean.is_file() else (0, 0)
+        why = (
+            "clean HR missing" if not clean.is_file()
+            else f"kernel {k} not valid in the bank" if k not in valid
+            else f"smaller than {hr_size} px" if min(size) < hr_size
+            else None
+        )
+        if why:
+            left.setdefault(why, []).append(name)
             continue
         q, note = recorded_quality(row, "source_jpeg_quality")
         if note:
             notes.append(f"{name}: {note}")
-        images.append(TrainImage(name, str(clean), row["source"], k, q, tuple(pairs)))
-    held = images[len(images) - val_images :] if 0 < val_images < len(images) else []
-    train = images[: len(images) - len(held)]
-    small = [im.name for im in train if min(_hr_shape(im.clean_hr)) < hr_size]
-    if small:
-        notes.append(f"{len(small)} clean HR images smaller than {hr_size} px left out: {', '.join(small[:5])}")
-        train = [im for im in train if im.name not in small]
-    if not train:
+        images.append(TrainImage(name, str(clean), row["source"], k, q, size))
+    for why, names in left.items():
+        notes.append(f"{len(names)} of {len(rows)} clean HR images left out, {why}: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}")
+    if not images:
         raise TrainingDataError(f"{run.root}: no clean HR image of at least {hr_size} px to train on")
-    return train, held, notes
+    held = hold_out(images, hr_size, val_crops, val_images, seed)
+    if val_crops and not held:
+        notes.append(f"no validation: {len(images)} image(s) are too few to hold one out")
+    elif held and sum(len(h.positions) for h in held) < val_crops:
+        notes.append(f"validation on {sum(len(h.positions) for h in held)} crops, fewer than the {val_crops} asked: the held-out photos have no more")
+    kept = {h.image.name for h in held}
+    return TrainingSet([im for im in images if im.name not in kept], held, notes)
+
+
+PER_PHOTO = 4  # validation crops per held-out photo, unless few photos may be held out
+
+
+def hold_out(images: list[TrainImage], hr_size: int, val_crops: int, val_images: int, seed: int) -> list[HeldOut]:
+    """Photos kept out of training, in a seeded order, until they give `val_crops` crops of
+    `hr_size` (spread over each photo, `PER_PHOTO` each, more when few photos may go): at most a
+    quarter of the photos (at least one, never all), or exactly `val_images` when it is not 0."""
+    if not val_crops or len(images) < 2:
+        return []
+    limit = min(val_images, len(images) - 1) if val_images else max(1, len(images) // 4)
+    per_photo = max(PER_PHOTO, -(-val_crops // limit))
+    order = np.random.default_rng([seed, HOLD_OUT_STREAM]).permutation(len(images))
+    held, count = [], 0
+    for i in order:
+        if len(held) == limit or (not val_images and count >= val_crops):
+            break
+        im = images[int(i)]
+        grid = [(int(y), int(x)) for y in patch_grid(im.size[0], hr_size, hr_size) for x in patch_grid(im.size[1], hr_size, hr_size)]
+        take = min(per_photo, len(grid), per_photo if val_images else val_crops - count)
+        pick = np.unique(np.linspace(0, len(grid) - 1, take).round().astype(int)) if take else []
+        held.append(HeldOut(im, tuple(grid[j] for j in pick)))
+        count += len(pick)
+    return held
+
+
+HOLD_OUT_STREAM, VALIDATION_STREAM = 1, 2  # random streams of their own: [seed, stream, ...]
 
 
 def _hr_shape(path: str) -> tuple[int, int]:
@@ -173,18 +238,26 @@ class DegradedCrops(torch.utils.data.Dataset):
         flip, turns = rng.integers(2), int(rng.integers(4))
         hr = np.ascontiguousarray(np.rot90(hr[:, ::-1] if flip else hr, turns))
         k = im.kernel_index if c.kernel_per == "image" else int(self.valid[rng.integers(len(self.valid))])
-        lr = degrade(hr, self.kernels[k], s)
-        info = {"image": im.name, "position": [y, x], "flip": int(flip), "turns": turns, "kernel_index": k, "noise_id": "", "jpeg_quality": None}
+        lr, info = self.degrade(hr, k, im.jpeg_quality if c.jpeg == "auto" else None, rng, jitter=True)
+        return lr, hr, {"image": im.name, "position": [y, x], "flip": int(flip), "turns": turns, **info}
+
+    def degrade(self, hr: np.ndarray, k: int, quality: int | None, rng: np.random.Generator, jitter: bool) -> tuple[np.ndarray, dict]:
+        """HR crop -> LR: kernel `k`, subsampling, a noise crop drawn with `rng`, 8 bits, JPEG at
+        `quality` (moved by up to `jpeg_range` with `jitter`, drawn last)."""
+        c = self.cfg
+        lr = degrade(hr, self.kernels[k], c.scale)
+        info = {"kernel_index": k, "noise_id": "", "jpeg_quality": None}
         if c.noise and self.noise_count:
             field, row = draw_noise(self.bank(), rng, [lr], c.noise_match_brightness)[0]
             lr = inject_noise(lr, field)
             info["noise_id"] = row["noise_id"]
         lr = to_uint8(lr).astype(np.float32) / 255  # 8 bits, as every LR photo
-        if c.jpeg == "auto" and im.jpeg_quality:
-            q = int(np.clip(im.jpeg_quality + rng.integers(-c.jpeg_range, c.jpeg_range + 1), 10, 100))
-            lr = recompress(lr, q)
-            info["jpeg_quality"] = q
-        return lr, hr, info
+        if quality:
+            if jitter:
+                quality = int(np.clip(quality + rng.integers(-c.jpeg_range, c.jpeg_range + 1), 10, 100))
+            lr = recompress(lr, quality)
+            info["jpeg_quality"] = quality
+        return lr, info
 
     def __getitem__(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         lr, hr, _ = self.sample(n)
@@ -203,14 +276,18 @@ def loader(data: DegradedCrops, batch_size: int, start: int, stop: int, workers:
     )
 
 
-def validation_pairs(run: RunDir, held: list[TrainImage], count: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """Up to `count` degrade-flow pairs of the held-out images, spread over them: (name, LR, HR)."""
-    names = [p for im in held for p in im.pairs]
-    if not names:
-        return []
-    pick = [names[i] for i in np.unique(np.linspace(0, len(names) - 1, min(count, len(names))).round().astype(int))]
+def validation_crops(data: DegradedCrops, held: list[HeldOut]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, LR, HR) of every held-out crop, degraded as training degrades (the photo's own
+    kernel, a noise crop from the bank, its own JPEG quality), from a random stream of its own:
+    the same crops at every validation and on every resume."""
+    c = data.cfg
     out = []
-    for name in pick:
-        lr, hr = (read_png_uint8(run.pairs / d / f"{name}.png").astype(np.float32) / 255 for d in ("lr", "hr"))
-        out.append((name, lr, hr))
+    for h in held:
+        full = _clean_hr(h.image.clean_hr)
+        for j, (y, x) in enumerate(h.positions):
+            hr = full[y : y + c.hr_size, x : x + c.hr_size].astype(np.float32) / 255.0
+            rng = np.random.default_rng([c.seed, VALIDATION_STREAM, len(out)])
+            quality = h.image.jpeg_quality if c.jpeg == "auto" else None
+            lr, _ = data.degrade(hr, h.image.kernel_index, quality, rng, jitter=False)
+            out.append((f"{h.image.name}_v{j:02d}", lr, hr))
     return out

@@ -18,7 +18,7 @@ from realsr.storage.images import write_png
 from realsr.storage.train_state import MODELS
 
 LOSS_COLUMNS = ["iter", "stage", "lr_g", "l_pix", "l_percep", "l_g_gan", "l_d", "d_real", "d_fake", "seconds"]
-VAL_COLUMNS = ["iter", "psnr_y", "lpips", "pairs"]
+VAL_COLUMNS = ["iter", "psnr_y", "lpips", "crops"]
 Log = Callable[[str], None]
 
 
@@ -36,7 +36,7 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
 
 
 def validate(net, pairs, scale: int, device, lpips_fn) -> tuple[dict, list[np.ndarray]]:
-    """Mean PSNR-Y (crop border = scale) and LPIPS of `net` on the held-out pairs, and its SR images."""
+    """Mean PSNR-Y (crop border = scale) and LPIPS of `net` on the validation crops, and its SR images."""
     net.eval()
     srs, p, lp = [], [], []
     for _, lr, hr in pairs:
@@ -44,11 +44,11 @@ def validate(net, pairs, scale: int, device, lpips_fn) -> tuple[dict, list[np.nd
         srs.append(sr)
         p.append(psnr(sr, hr, scale, y=True))
         lp.append(lpips_fn(sr, hr) if lpips_fn else float("nan"))
-    return {"psnr_y": round(float(np.mean(p)), 4), "lpips": round(float(np.mean(lp)), 4), "pairs": len(pairs)}, srs
+    return {"psnr_y": round(float(np.mean(p)), 4), "lpips": round(float(np.mean(lp)), 4), "crops": len(pairs)}, srs
 
 
 def sample_sheet(path: Path, pairs, srs: list[np.ndarray], scale: int, count: int = 4) -> None:
-    """Rows of LR (nearest-upscaled) | SR | HR for the first held-out pairs."""
+    """Rows of LR (nearest-upscaled) | SR | HR for the first validation crops."""
     rows = []
     for (_, lr, hr), sr in list(zip(pairs, srs))[:count]:
         near = np.repeat(np.repeat(lr, scale, 0), scale, 1)[: hr.shape[0], : hr.shape[1]]
@@ -65,11 +65,23 @@ def _tensorboard(out: Path):
     return SummaryWriter(str(out / "tensorboard"))
 
 
-class RunRecords:
-    """The logs of one training folder, continued from iteration `start` on a resume."""
+def write_validation_set(out: Path, crops) -> Path | None:
+    """The validation crops as `val/lr`, `val/hr` PNGs (the LR are already 8-bit): a paired test
+    set of the camera for `realsr evaluate`, made of photos training never saw."""
+    if not crops:
+        return None
+    for name, lr, hr in crops:
+        write_png(out / "val" / "lr" / f"{name}.png", to_uint8(lr))
+        write_png(out / "val" / "hr" / f"{name}.png", to_uint8(hr))
+    return out / "val"
 
-    def __init__(self, out: Path, start: int, log: Log):
-        self.out, self.log = out, log
+
+class RunRecords:
+    """The logs of one training folder, continued from iteration `start` on a resume; `g_meta`
+    goes into every generator file (its init, for `realsr upscale --blend`)."""
+
+    def __init__(self, out: Path, start: int, log: Log, g_meta: dict | None = None):
+        self.out, self.log, self.g_meta = out, log, g_meta
         self.losses_csv, self.val_csv = out / "losses.csv", out / "validation.csv"
         self.loss_rows, self.val_rows = _csv_rows(self.losses_csv, start), _csv_rows(self.val_csv, start)
         self.best = read_json(out / "best.json") if (out / "best.json").exists() and start else None
@@ -93,9 +105,9 @@ class RunRecords:
         score = row["lpips"] if lpips_fn else -row["psnr_y"]
         if it > 0 and (self.best is None or score < self.best["score"]):
             self.best = {"iter": it, "score": score, **row}
-            save_generator(self.out / MODELS / "net_g_best.pth", g, net)
+            save_generator(self.out / MODELS / "net_g_best.pth", g, net, self.g_meta)
             write_json(self.out / "best.json", self.best)
-        self.log(f"validation at {it}: PSNR-Y {row['psnr_y']:.2f} dB, LPIPS {row['lpips']:.4f} on {row['pairs']} held-out pairs")
+        self.log(f"validation at {it}: PSNR-Y {row['psnr_y']:.2f} dB, LPIPS {row['lpips']:.4f} on {row['crops']} validation crops")
         if self.tb:
             self.tb.add_scalar("val/psnr_y", row["psnr_y"], it)
             self.tb.add_scalar("val/lpips", row["lpips"], it)

@@ -254,10 +254,14 @@ def upscale_paths(
     return report
 
 
-def upscale_files(source: Path, out: Path, model: str, opts: UpscaleOptions, device: str = "auto", bar=None, log: Callable[[str], None] = print) -> UpscaleReport:
+def upscale_files(
+    source: Path, out: Path, model: str, opts: UpscaleOptions, device: str = "auto", bar=None, log: Callable[[str], None] = print,
+    blend: float | None = None, blend_with: str | None = None,
+) -> UpscaleReport:
     """`realsr upscale`'s driver: a file or a folder through `model` (a checkpoint or a released
-    name). Names and the output folder are checked before the model loads; the report lists
-    what was written, what failed and what was not read, each with why."""
+    name), or through `model` blended at share `blend` with `blend_with` (default: its init).
+    Names and the output folder are checked before the model loads; the report lists what was
+    written, what failed and what was not read, each with why."""
     from dataclasses import replace
 
     from realsr.models.devices import resolve_device
@@ -265,9 +269,16 @@ def upscale_files(source: Path, out: Path, model: str, opts: UpscaleOptions, dev
 
     dev = resolve_device(device)
     opts = replace(opts, precision="fp32" if dev.type == "cpu" else opts.precision)  # half precision is slow on CPUs
+    from realsr.steps.blend import blend_partner, blended_generator
+
+    partner = blend_partner(model, blend_with) if blend is not None else None  # no init to blend with: refused first
     paths, others = inputs(source)
     plan_outputs(paths, out, opts)  # refuses lost or overwritten files before any work
-    gen = load_generator(model)
+    if partner is None:
+        gen = load_generator(model)
+    else:
+        gen = blended_generator(model, partner, blend)
+        log(f"blend: {blend:g} x {model} + {1 - blend:g} x {partner}")
     dtype = torch_dtype(opts.precision, dev)
     gen.model.to(dev, dtype)
     gen.model.to(memory_format=torch.channels_last)  # 1.19x on this CPU too (BENCHMARKS.md)

@@ -43,6 +43,11 @@ def resolve_weights(spec: str | Path) -> Path:
 
 def read_state(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint file, unwrapped; clear errors for every way it can be wrong."""
+    return read_checkpoint(path)[0]
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, what realsr recorded with them: its `realsr` entry, {} for other files)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
@@ -54,7 +59,7 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
         except ImportError:
             raise CheckpointError(f"{path}: reading .safetensors needs the safetensors package") from None
         try:
-            return load_file(str(path))
+            return load_file(str(path)), {}
         except Exception as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
     with open(path, "rb") as f:
@@ -70,7 +75,11 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
         raise CheckpointError(f"{path}: not a readable torch checkpoint, truncated or corrupt ({type(e).__name__}: {str(e)[:200]})") from None
-    return unwrap(obj, path)
+    meta = obj.get(META) if isinstance(obj, dict) else None
+    return unwrap(obj, path), meta if isinstance(meta, dict) else {}
+
+
+META = "realsr"  # the checkpoint entry holding what realsr records with a generator (its init, a blend's parts)
 
 
 def unwrap(obj, path: Path | str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -154,7 +163,10 @@ class LoadedGenerator:
 def load_rrdb(path: Path | str, expect_scale: int | None = None) -> LoadedGenerator:
     """Our RRDBNet from a checkpoint in any accepted layout and dialect, loaded strictly."""
     path = resolve_weights(path)
-    state = read_state(path)
+    return rrdb_from_state(read_state(path), path, expect_scale)
+
+
+def rrdb_from_state(state: dict[str, torch.Tensor], path: Path, expect_scale: int | None = None) -> LoadedGenerator:
     canon = canonical_rrdb_keys(state)
     if canon is None:
         raise CheckpointError(f"{path}: not an RRDBNet checkpoint (keys like {', '.join(list(state)[:4])})")
@@ -175,9 +187,13 @@ def load_rrdb(path: Path | str, expect_scale: int | None = None) -> LoadedGenera
 def load_generator(path: Path | str, expect_scale: int | None = None) -> LoadedGenerator:
     """Any SR generator for inference: RRDBNet natively, other architectures through spandrel."""
     path = resolve_weights(path)
-    state = read_state(path)
+    return generator_from_state(read_state(path), path, expect_scale)
+
+
+def generator_from_state(state: dict[str, torch.Tensor], path: Path, expect_scale: int | None = None) -> LoadedGenerator:
+    """`load_generator` of tensors already read (`path` names them in messages)."""
     if canonical_rrdb_keys(state) is not None:
-        return load_rrdb(path, expect_scale)
+        return rrdb_from_state(state, path, expect_scale)
     try:
         from spandrel import ModelLoader, UnsupportedModelError
     except ImportError:
@@ -191,11 +207,23 @@ def load_generator(path: Path | str, expect_scale: int | None = None) -> LoadedG
     return LoadedGenerator(desc.model.eval(), int(desc.scale), desc.architecture.name, path)
 
 
-def save_generator(path: Path, net: nn.Module, ema: nn.Module | None = None) -> None:
-    """BasicSR's layout, `{'params': sd, 'params_ema': sd}`, written atomically (loads in BasicSR, Real-ESRGAN, chaiNNer)."""
+def save_generator(path: Path, net: nn.Module, ema: nn.Module | None = None, meta: dict | None = None) -> None:
+    """BasicSR's layout, `{'params': sd, 'params_ema': sd}`, written atomically (loads in BasicSR,
+    Real-ESRGAN, chaiNNer, which read those two entries), with `meta` (strings and numbers) beside them."""
     state = {"params": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
     if ema is not None:
         state["params_ema"] = {k: v.detach().cpu() for k, v in ema.state_dict().items()}
+    _write(path, state, meta)
+
+
+def save_state(path: Path, params: dict[str, torch.Tensor], meta: dict | None = None) -> None:
+    """A generator's tensors as `{'params': ...}` (BasicSR's layout) with `meta`, atomically."""
+    _write(path, {"params": {k: v.detach().cpu() for k, v in params.items()}}, meta)
+
+
+def _write(path: Path, state: dict, meta: dict | None) -> None:
+    if meta:
+        state[META] = meta
     buf = io.BytesIO()
     torch.save(state, buf)
     write_bytes(Path(path), buf.getvalue())

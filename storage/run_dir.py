@@ -6,6 +6,7 @@ RUN_DIR/
   clean_hr/<name>.png      clean HR images (name = <stem>-<sha8>)
   pairs/hr, pairs/lr       training pairs as same-named PNGs (BasicSR's paired layout)
   pairs/manifest.jsonl     one line per pair: source, position, kernel and noise patch used, seed
+  pairs/images.jsonl       one line per clean HR image: its kernel, JPEG quality, pair count
   summary.json             the last run's summary
   .work/                   stage records and staged noise patches (safe to delete: costs a rerun)
 """
@@ -80,6 +81,7 @@ class RunDir:
     clean_hr = property(lambda self: self.root / "clean_hr")
     pairs = property(lambda self: self.root / "pairs")
     manifest = property(lambda self: self.root / "pairs" / "manifest.jsonl")
+    images_index = property(lambda self: self.root / "pairs" / "images.jsonl")
     summary = property(lambda self: self.root / "summary.json")
     work = property(lambda self: self.root / ".work")
 

@@ -37,10 +37,10 @@ def _load(path: Path):
         raise CheckpointError(f"{path}: not a readable training file ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
 
 
-def save_checkpoint(out: Path, iteration: int, g: nn.Module, ema: nn.Module, d: nn.Module, trainer_state: dict, meta: dict) -> Path:
-    """Weights first, then the state that names them complete; returns the state's path."""
+def save_checkpoint(out: Path, iteration: int, g: nn.Module, ema: nn.Module, d: nn.Module, trainer_state: dict, meta: dict, g_meta: dict | None = None) -> Path:
+    """Weights first (`g_meta` beside G's), then the state that names them complete; returns the state's path."""
     out = Path(out)
-    save_generator(out / MODELS / f"net_g_{iteration}.pth", g, ema)
+    save_generator(out / MODELS / f"net_g_{iteration}.pth", g, ema, g_meta)
     _save(out / MODELS / f"net_d_{iteration}.pth", {"params": {k: v.detach().cpu() for k, v in d.state_dict().items()}})
     state = {"iter": iteration, **trainer_state, "torch_rng": torch.get_rng_state(), "meta": meta}
     path = out / STATES / f"{iteration}.state"

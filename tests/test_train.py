@@ -115,8 +115,9 @@ def test_jpeg_quality_from_files_at_known_qualities(tmp_path):
 
 def test_on_the_fly_degradation_applies_the_kernel_noise_and_jpeg(degrade_run):
     run = RunDir(degrade_run)
-    images, held, _ = training_images(run, 32, 1)
-    assert len(images) == 3 and len(held) == 1 and all(im.jpeg_quality == QUALITY for im in images)
+    found = training_images(run, 32, 8)
+    images = found.train
+    assert len(images) == 3 and len(found.held) == 1 and all(im.jpeg_quality == QUALITY for im in images)
     _, sets = open_kernel_bank(run.kernels)
     plain = DegradedCrops(run, images, DataConfig(4, 32, seed=3, noise=False, jpeg="off"))
     lr, hr, info = plain.sample(7)
