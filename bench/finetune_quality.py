@@ -90,7 +90,7 @@ def main() -> None:
     train = args.work / args.label
     extra = ["--lr-g", args.lr_g] if args.lr_g else []
     realsr("train", str(run), "--out", str(train), "--preset", "finetune", "--iterations", str(args.iterations), "--batch-size", "4", "--hr-size", "64",
-           "--val-every", str(args.iterations), "--save-every", str(args.iterations), "--val-pairs", "4", "--log-every", "10", "--workers", "1", "--auto-resume", *extra)
+           "--val-every", str(args.iterations), "--save-every", str(args.iterations), "--val-crops", "4", "--log-every", "10", "--workers", "1", "--auto-resume", *extra)
     model = args.work / f"{args.label}.pth"
     model.write_bytes((train / "models" / "net_g_latest.pth").read_bytes())
     realsr("evaluate", "--lr", str(lr), "--hr", str(hr), "--model", "realesrgan-x4plus", "--model", "realsr-df2k", "--model", str(model), "--out", str(args.work / "eval"))

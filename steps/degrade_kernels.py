@@ -94,7 +94,7 @@ def kernelgan_sets(run: RunDir, records: list[dict], camera: bool = False) -> li
         k2, k4 = [*k2, cam], [*k4, analytic_x4(consensus_kernel([b for b in base if b is not None]))]
         src, sha = [*src, f"camera: consensus of {len(good)} photos"], [*sha, ""]
         m2, m4 = [*m2, "kernelgan-camera"], [*m4, "kernelgan-camera+analytic-x4"]
-    return [_kernel_set(2, k2, src, sha, m2), _kernel_set(4, k4, src, sha, m4)]
+    return [kernel_set(2, k2, src, sha, m2), kernel_set(4, k4, src, sha, m4)]
 
 
 def kernel_sets_for(spec: str, required: int, scales=(2, 4)) -> tuple[list[KernelSet], dict]:
@@ -106,7 +106,7 @@ def kernel_sets_for(spec: str, required: int, scales=(2, 4)) -> tuple[list[Kerne
         sets = []
         for scale in scales:
             k = bicubic_kernel(scale, KERNEL_SIZE[scale])
-            sets.append(_kernel_set(scale, [k], [""], [""], ["bicubic"]))
+            sets.append(kernel_set(scale, [k], [""], [""], ["bicubic"]))
         return sets, {"kernel_source": "bicubic", "note": "MATLAB antialiased bicubic, the paper's Track 1 recipe"}
     if spec.startswith("bank:"):
         path = Path(spec[5:])
@@ -121,14 +121,15 @@ def kernel_sets_for(spec: str, required: int, scales=(2, 4)) -> tuple[list[Kerne
             elif scale == 4 and 2 in found:
                 k2 = found[2]
                 k4 = [analytic_x4(k) for k in k2.kernels]
-                sets.append(_kernel_set(4, k4, list(k2.source), list(k2.source_sha256), [f"{m}+analytic-x4" for m in k2.method]))
+                sets.append(kernel_set(4, k4, list(k2.source), list(k2.source_sha256), [f"{m}+analytic-x4" for m in k2.method]))
             elif scale == required:
                 raise ValueError(f"kernel source {spec}: the bank has no x{scale} kernels")
         return sets, {"kernel_source": spec, "imported_from": str(path), "imported_digest": attrs.get("digest", "")}
     raise ValueError(f"unknown kernel source {spec!r}")
 
 
-def _kernel_set(scale: int, kernels, source, sha, method) -> KernelSet:
+def kernel_set(scale: int, kernels, source, sha, method) -> KernelSet:
+    """Kernels of one scale with their checks, as a bank holds them."""
     checks = [check_kernel(k, scale) for k in kernels]
     return KernelSet(
         scale=scale,

@@ -9,7 +9,7 @@ import zarr
 from realsr.models.kernels import bicubic_kernel
 from realsr.storage.atomic import recover_dir, replace_dir
 from realsr.storage.banks import open_kernel_bank, open_noise_bank, patches_per_chunk, write_noise_bank
-from realsr.steps.degrade_kernels import _kernel_set, kernel_sets_for
+from realsr.steps.degrade_kernels import kernel_set, kernel_sets_for
 from realsr.storage.banks import write_kernel_bank
 
 
@@ -50,7 +50,7 @@ def test_noise_bank_rejects_inconsistent_tables(tmp_path):
 def test_kernel_bank_round_trip_with_checks(tmp_path):
     good, bad = bicubic_kernel(2), np.zeros((13, 13))
     bad[0, 0] = 1
-    ks = _kernel_set(2, [good, bad], ["a.png", "b.png"], ["1" * 64, "2" * 64], ["test", "test"])
+    ks = kernel_set(2, [good, bad], ["a.png", "b.png"], ["1" * 64, "2" * 64], ["test", "test"])
     write_kernel_bank(tmp_path / "k.zarr", [ks], {"kernel_source": "test"}, {2: {"resize_convention": "x"}})
     attrs, sets = open_kernel_bank(tmp_path / "k.zarr")
     got = sets[2]
@@ -61,7 +61,7 @@ def test_kernel_bank_round_trip_with_checks(tmp_path):
 
 
 def test_bank_source_derives_x4_from_an_x2_only_bank(tmp_path):
-    ks = _kernel_set(2, [bicubic_kernel(2)], ["a.png"], ["1" * 64], ["kernelgan"])
+    ks = kernel_set(2, [bicubic_kernel(2)], ["a.png"], ["1" * 64], ["kernelgan"])
     write_kernel_bank(tmp_path / "x2only.zarr", [ks], {}, {})
     sets, attrs = kernel_sets_for(f"bank:{tmp_path / 'x2only.zarr'}", required=4)
     assert [s.scale for s in sets] == [2, 4]
@@ -71,7 +71,7 @@ def test_bank_source_derives_x4_from_an_x2_only_bank(tmp_path):
 
 
 def test_a_bank_with_only_x4_serves_scale_4_but_not_2(tmp_path):
-    ks = _kernel_set(4, [bicubic_kernel(4)], ["a.png"], ["1" * 64], ["imported"])
+    ks = kernel_set(4, [bicubic_kernel(4)], ["a.png"], ["1" * 64], ["imported"])
     write_kernel_bank(tmp_path / "x4only.zarr", [ks], {}, {})
     sets, _ = kernel_sets_for(f"bank:{tmp_path / 'x4only.zarr'}", required=4)
     assert [s.scale for s in sets] == [4]
@@ -136,7 +136,7 @@ def test_a_missing_or_truncated_chunk_is_refused_with_the_store_and_what_is_wron
     chunk.write_bytes(data)
     assert open_noise_bank(store).count == 70
     k = tmp_path / "k.zarr"
-    write_kernel_bank(k, [_kernel_set(2, [bicubic_kernel(2)], ["a.png"], ["1" * 64], ["test"])], {}, {2: {}})
+    write_kernel_bank(k, [kernel_set(2, [bicubic_kernel(2)], ["a.png"], ["1" * 64], ["test"])], {}, {2: {}})
     next(p for p in (k / "x2" / "kernels" / "c").rglob("*") if p.is_file()).unlink()
     with pytest.raises(DamagedStoreError, match=rf"{k}: damaged store"):
         open_kernel_bank(k)
