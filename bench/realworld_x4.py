@@ -72,7 +72,7 @@ CAMERAS = {
     "harsh": Camera((2.0, 1.0, -np.pi / 4), (4.0, 0.06), 70),  # a cheap phone: strong oblique blur, noisy, JPEG 70
 }
 
-# budgets: (KernelGAN steps, seeds), from-scratch (preset, iterations, batch, hr px), fine-tune (iterations, batch, hr px)
+# budgets: (KernelGAN steps, seeds), from-scratch (preset, iterations, batch, hr px; the first third L1 only), fine-tune (iterations, batch, hr px)
 SCALES = {
     "cpu": {"kernelgan": (500, 1), "scratch": ("cpu-small", 300, 4, 64), "finetune": (40, 4, 64), "flips": False, "test_crop": 256},
     "gpu": {"kernelgan": (1000, 3), "scratch": ("cpu-small", 5000, 16, 128), "finetune": (1250, 8, 128), "flips": True, "test_crop": 512},
@@ -161,7 +161,7 @@ def kernel_error(bank: Path, truth: np.ndarray) -> float:
 
 
 def train(run: Path, out: Path, log: Path, *flags: str) -> Path:
-    model = out.with_suffix(".pth")
+    model = out.parent / f"g_{out.name}.pth"  # not named like evaluate's own `bicubic` row
     if not model.exists():
         realsr("train", str(run), "--out", str(out), "--runtime", "local", "--auto-resume", "--workers", "1", *flags, log=log)
         model.write_bytes((out / "models" / "net_g_latest.pth").read_bytes())
@@ -194,7 +194,7 @@ def main() -> None:
         seconds[f"degrade {name}"] = round(time.perf_counter() - t, 1)
     models: dict[str, str] = {"realsr-df2k (released)": "realsr-df2k", "realsr-df2k-jpeg (released)": "realsr-df2k-jpeg", "realesrgan-x4plus (released)": "realesrgan-x4plus"}
     preset, its, batch, size = budget["scratch"]
-    common = ["--iterations", str(its), "--batch-size", str(batch), "--hr-size", str(size), "--val-every", str(its), "--save-every", str(its), "--seed", seed, "--log-every", "25"]
+    common = ["--iterations", str(its), "--batch-size", str(batch), "--hr-size", str(size), "--warmup", str(its // 3), "--val-every", str(its), "--save-every", str(its), "--seed", seed, "--log-every", "25"]
     if "scratch" not in skip:
         for label, run, flags in (
             ("scratch: bicubic", "bicubic", ["--no-noise", "--jpeg", "off"]),
@@ -221,8 +221,20 @@ def main() -> None:
                     realsr("blend", "realesrgan-x4plus", models["fine-tuned x4plus: product"], str(a), "-o", str(out), log=log)
                 models[f"blend {a} (x4plus -> product fine-tune)"] = str(out)
     realsr("evaluate", "--lr", str(lr), "--hr", str(hr), *[x for m in models.values() for x in ("--model", m)], "--out", str(work / "eval"), log=log)
+    if "fine-tuned x4plus: product" in models:
+        sheet(work, lr, hr, [models["realesrgan-x4plus (released)"], models["fine-tuned x4plus: product"], str(work / "blend_0.5.pth")], args.camera, log)
     table = report(work, models, cam, args, seconds, time.perf_counter() - t0)
     print(table)
+
+
+def sheet(work: Path, lr: Path, hr: Path, specs: list[str], camera: str, log: Path) -> None:
+    """LR / bicubic / x4plus / fine-tuned / blend 0.5 / HR crops of four test images, into bench/results."""
+    few = work / "sheet_lr"
+    few.mkdir(exist_ok=True)
+    for p in sorted(lr.glob("*.png"))[:4]:
+        (few / p.name).write_bytes(p.read_bytes())
+    realsr("evaluate", "--lr", str(few), "--hr", str(hr), *[x for m in specs for x in ("--model", m)], "--out", str(work / "sheet"), log=log)
+    (ROOT / "bench" / "results" / f"realworld_x4_{camera}_sheet.png").write_bytes((work / "sheet" / "contact_sheet.png").read_bytes())
 
 
 def report(work: Path, models: dict[str, str], cam: Camera, args, seconds: dict, total: float) -> str:
@@ -244,6 +256,8 @@ def report(work: Path, models: dict[str, str], cam: Camera, args, seconds: dict,
     meta = {"camera": args.camera, "scale": args.scale, "seed": args.seed, "x2 kernel error (TV)": {k: round(v, 4) for k, v in errs.items()}, "seconds": seconds, "total_seconds": round(total)}
     text = "\n".join(lines) + "\n\n" + json.dumps(meta, indent=1) + "\n"
     (work / "table.md").write_text(text)
+    with open(ROOT / "bench" / "results" / "realworld_x4.jsonl", "a") as f:
+        f.write(json.dumps({**meta, "table": lines[2:], "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "load": os.getloadavg()}) + "\n")
     return text
 
 

@@ -77,6 +77,7 @@ def run_demo(root: Path, workers: int | None = None, address: str | None = None)
         print(summary_markdown(trained))
         eval_set = Path(trained["out"]) / "val"
         fine_tuned = root / "eval" / "fine_tuned.pth"  # a stable name for the table's row
+        fine_tuned.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(trained["latest"], fine_tuned)
         models = [init, str(fine_tuned)]
         result = evaluate_flow(EvaluateSettings(lr=eval_set / "lr", hr=eval_set / "hr", models=models, out=root / "eval"))

@@ -215,7 +215,7 @@ def test_a_damaged_newest_state_is_skipped_and_nothing_to_resume_is_refused(degr
 def test_sigkill_of_train_leaves_no_process_and_the_rerun_ends_as_an_uninterrupted_run(degrade_run, tmp_path):
     from tests.test_flow import left_behind, process_tree
 
-    flags = ["--preset", "test-tiny", "--iterations", "120", "--save-every", "10", "--val-every", "1000", "--workers", "1"]
+    flags = ["--preset", "test-tiny", "--iterations", "60", "--save-every", "10", "--val-every", "1000", "--workers", "1"]
     mark = uuid.uuid4().hex
     env = {**{k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}, "REALSR_TEST_RUN": mark}  # its own API server
     cmd = [sys.executable, "-m", "realsr.flows", "train", str(degrade_run), "--out", str(tmp_path / "killed"), *flags]
@@ -229,14 +229,14 @@ def test_sigkill_of_train_leaves_no_process_and_the_rerun_ends_as_an_uninterrupt
     proc.kill()
     proc.wait()
     done = sorted(int(p.stem) for p in states.glob("*.state"))
-    assert done and done[-1] < 120, "the kill should land mid-run"
+    assert done and done[-1] < 60, "the kill should land mid-run"
     deadline = time.time() + 15
     while left_behind(tree, f"REALSR_TEST_RUN={mark}") and time.time() < deadline:
         time.sleep(0.2)
     assert left_behind(tree, f"REALSR_TEST_RUN={mark}") == []
     assert subprocess.run([*cmd, "--auto-resume", "--runtime", "local"], env=env, capture_output=True).returncode == 0
-    whole = _tiny(degrade_run, tmp_path / "whole", iterations=120, save_every=10, val_every=1000, workers=1)
+    whole = _tiny(degrade_run, tmp_path / "whole", iterations=60, save_every=10, val_every=1000, workers=1)
     train(whole, log=lambda m: None, bar=False)
-    a, b = load_checkpoint(tmp_path / "whole", 120), load_checkpoint(tmp_path / "killed", 120)
+    a, b = load_checkpoint(tmp_path / "whole", 60), load_checkpoint(tmp_path / "killed", 60)
     for part in (1, 2, 3):
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
