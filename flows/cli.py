@@ -8,7 +8,9 @@
   realsr train RUN_DIR --out TRAIN_DIR [--preset paper|finetune|cpu-small|test-tiny] [--init CKPT] [--auto-resume]
   realsr weights list | fetch [NAME ...] | verify   the released and backbone weights, verified by sha256
   realsr sample --out DIR [--count 8]      synthetic camera photos to try the pipeline on
-  realsr demo [RUN_DIR]                    sample photos -> degrade -> inspect -> fine-tune -> evaluate, all embedded
+  realsr pipeline --source PHOTOS --out DIR [--preset product|demo|test-tiny]   degrade -> train -> evaluate
+  realsr stack up|down|status --home DIR   server, pools, deployments, workers on this machine
+  realsr demo [DIR]                        sample photos -> the pipeline's demo preset, all embedded
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def _share(text: str) -> float:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from realsr.flows import cli_degrade, cli_train, cli_weights
+    from realsr.flows import cli_degrade, cli_pipeline, cli_train, cli_weights, stack
     from realsr.flows.cli_fields import add_fields, field_default
     from realsr.flows.settings import EvaluateSettings
 
@@ -72,11 +74,13 @@ def _parser() -> argparse.ArgumentParser:
     add_fields(e, EvaluateSettings, _EVALUATE_SKIP, field_default, short={"scale": "-s", "tile": "-t"})
     cli_train.add_parser(sub)
     cli_weights.add_parser(sub)
+    cli_pipeline.add_parser(sub)
+    stack.add_arguments(sub.add_parser("stack", help="a Prefect server, pools, deployments and workers on this machine: up, down, status"))
     s = sub.add_parser("sample", help="write seeded synthetic camera photos")
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--count", type=int, default=8)
     s.add_argument("--seed", type=int, default=0)
-    m = sub.add_parser("demo", help="sample photos, degrade them, inspect the banks, fine-tune a released model, evaluate")
+    m = sub.add_parser("demo", help="sample photos, then the pipeline's demo preset: degrade, fine-tune a released model, evaluate")
     m.add_argument("run_dir", nargs="?", type=Path, default=Path("runs/demo"))
     cli_degrade.runtime_flags(m)
     return p
@@ -164,6 +168,14 @@ def main(argv: list[str] | None = None) -> int:
             for p in write_samples(args.out, args.count, args.seed):
                 print(p)
             return 0
+        if args.command == "stack":
+            from realsr.flows.stack import run
+
+            return run(args)
+        if args.command == "pipeline":
+            from realsr.flows.cli_pipeline import run
+
+            return run(args)
         if args.command == "demo":
             from realsr.flows.demo import run_demo
 

@@ -7,7 +7,6 @@ runs degrade-flow through `run_degrade` too.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -34,19 +33,11 @@ def add_parser(sub) -> None:
 def run_degrade(settings, workers: int | None = None, address: str | None = None) -> dict:
     """Run degrade-flow on a Dask cluster, against the configured Prefect API or an embedded one."""
     from realsr.flows.degrade import degrade_flow
-    from realsr.flows.runtime import prefect_api, task_runner
+    from realsr.flows.runtime import cluster_env, prefect_api, task_runner
 
-    previous = os.environ.get("REALSR_DASK_WORKERS")
-    if workers:
-        os.environ["REALSR_DASK_WORKERS"] = str(workers)  # the flow splits KernelGAN work by it
-    try:
+    with cluster_env(workers, address):  # the flow splits KernelGAN work by the cluster's size
         with prefect_api():
             return degrade_flow.with_options(task_runner=task_runner(workers, address))(settings)
-    finally:
-        if previous is None:
-            os.environ.pop("REALSR_DASK_WORKERS", None)
-        else:
-            os.environ["REALSR_DASK_WORKERS"] = previous
 
 
 def print_result(summary: dict) -> None:

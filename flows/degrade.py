@@ -12,15 +12,16 @@ from pathlib import Path
 
 import dask
 from prefect import flow, get_run_logger, unmapped
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from realsr.flows.runtime import local_workers, task_runner
+from realsr.flows.artifacts import image_markdown, publish
+from realsr.flows.runtime import cluster_slots, task_runner
 from realsr.flows.settings import DegradeSettings
 from realsr.storage.images import list_images
 from realsr.steps.degrade_noise import EmptyNoiseBank
 from realsr.steps.degrade import jpeg_summary
 from realsr.storage.run_dir import RunDir, claim_run_dir
 from realsr.steps.degrade import save_summary
+from realsr.steps.inspect import inspect_bank
 from realsr.tasks import degrade as t
 
 
@@ -34,14 +35,17 @@ def batches(items: list, batch_size: int | None) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def kernelgan_batches(items: list, batch_size: int | None) -> list[list]:
+def kernelgan_batches(items: list, batch_size: int | None, slots: int | None = None) -> list[list]:
     """Images trained together per KernelGAN task: an even split over the workers, at most 16.
 
     A KernelGAN task runs for minutes, so its scheduling cost does not matter; what does is that
     images trained together cost about half as much per image (one set of kernel launches),
     that every worker gets a share, and that a killed run loses at most one batch per worker.
+    The workers are the cluster's (`cluster_slots`): its threads, wherever it runs.
     """
-    return batches(items, batch_size or max(1, min(16, -(-len(items) // local_workers()))))
+    if batch_size is None:
+        batch_size = max(1, min(16, -(-len(items) // (slots or cluster_slots()))))
+    return batches(items, batch_size)
 
 
 def _gather(futures, batched: list[list], label) -> tuple[list[dict], list[dict]]:
@@ -61,6 +65,19 @@ def _gather(futures, batched: list[list], label) -> tuple[list[dict], list[dict]
             reason = str(exc) if isinstance(exc, BaseException) else str(state.message)
             failed += [{"source": str(label(i)), "reason": reason, "bad_input": False} for i in items]
     return done, failed
+
+
+def bank_sheets(run: RunDir, log) -> dict[str, Path]:
+    """Every run writes the banks' contact sheets (what `realsr inspect` draws) beside them."""
+    sheets = {}
+    for title, bank in (("kernels", run.kernels), ("noise", run.noise)):
+        sheet = bank.with_name(bank.name.replace(".zarr", "") + "_sheet.png")
+        try:
+            inspect_bank(bank, sheet)
+            sheets[title] = sheet
+        except Exception as e:  # a view: the banks are the results
+            log.warning(f"no {title} contact sheet: {e}")
+    return sheets
 
 
 def drop_duplicates(records: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -151,9 +168,17 @@ def degrade_flow(settings: DegradeSettings) -> dict:
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "settings": settings.model_dump(mode="json"),
     }
+    sheets = bank_sheets(run, log)
+    summary["sheets"] = {k: str(v) for k, v in sheets.items()}
     save_summary(run, summary)
-    _publish(summary, records)
+    _publish(summary, records, sheets)
     return summary
+
+
+def jpeg_line(j: dict) -> str:
+    if not j["jpeg_sources"]:
+        return f"- JPEG sources: none ({j['other_sources']} other): training adds no JPEG step"
+    return f"- JPEG sources: {j['jpeg_sources']} (median quality {j['median_quality']}; training re-compresses at each photo's own), {j['other_sources']} other"
 
 
 def summary_markdown(s: dict) -> str:
@@ -161,11 +186,11 @@ def summary_markdown(s: dict) -> str:
         f"# degrade-flow: {s['run_dir']}",
         "",
         f"- sources: {s['sources']} ({s['processed']} processed, {s['cached']} from earlier runs, {len(s['skipped'])} skipped)",
-        f"- kernel bank: `{s['kernel_bank']['path']}` {s['kernel_bank']['counts']}",
+        f"- kernel bank: `{s['kernel_bank']['path']}`: " + ", ".join(f"{sc} {c['valid']} valid of {c['kernels']}" for sc, c in s["kernel_bank"]["counts"].items()),
         f"- noise bank: `{s['noise_bank']['path']}` {s['noise_bank']['count']} patches, {s['noise_bank']['rejected']} candidates rejected",
         *([f"- **WARNING: {s['noise_bank']['warning']}**"] if s["noise_bank"].get("warning") else []),
         f"- pairs: {s['pairs']['pairs']} in `{s['pairs']['path']}`",
-        *([f"- JPEG sources: {s['jpeg']['jpeg_sources']} (median quality {s['jpeg']['median_quality']}), others {s['jpeg']['other_sources']}"] if s.get("jpeg") else []),
+        *([jpeg_line(s["jpeg"])] if s.get("jpeg") else []),
         "",
         "| stage | seconds |",
         "|---|---|",
@@ -188,8 +213,8 @@ def summary_markdown(s: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _publish(summary: dict, records: list[dict]) -> None:
-    create_markdown_artifact(summary_markdown(summary), key="degrade-summary", description="degrade-flow run summary")
+def _publish(summary: dict, records: list[dict], sheets: dict[str, Path]) -> None:
+    pictures = [image_markdown(path, title) for title, path in sheets.items()]
     rows = [
         {
             "source": r["source"],
@@ -201,5 +226,7 @@ def _publish(summary: dict, records: list[dict]) -> None:
         }
         for r in records
     ]
-    if rows:
-        create_table_artifact(rows, key="degrade-images", description="per-image clean-up and noise extraction")
+    publish(
+        get_run_logger(), "\n".join([summary_markdown(summary), *pictures]), "degrade-summary", "degrade-flow run summary, kernel and noise contact sheets",
+        rows, "degrade-images", "per-image clean-up and noise extraction",
+    )

@@ -6,10 +6,11 @@
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from realsr.flows.artifacts import image_markdown, publish
 from realsr.flows.settings import EvaluateSettings
 from realsr.steps import evaluate as ev
+from realsr.storage.atomic import write_json
 from realsr.tasks import evaluate as t
 
 
@@ -32,9 +33,8 @@ def evaluate_flow(settings: EvaluateSettings) -> dict:
     order = [label for label, _, _ in models]
     result = t.write_results(out, rows, order, images, settings.scale, failed_models)
     result.update(failures=failures, notes=notes, out=str(out), computed=sum(not r["cached"] for r in rows), cached=sum(r["cached"] for r in rows))
-    try:
-        create_table_artifact([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()} for m in result["summary"]], key="evaluate-means", description="mean metrics per model")
-        create_markdown_artifact((out / "results.md").read_text(), key="evaluate-results")
-    except Exception as e:  # artifacts are a view; the files are the results
-        log.warning(f"artifacts not published: {e}")
+    write_json(out / "summary.json", result)
+    table = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()} for m in result["summary"]]
+    markdown = (out / "results.md").read_text() + "\n" + image_markdown(result["sheet"], "contact sheet (LR / models / HR crops)")
+    publish(log, markdown, "evaluate-results", "evaluate-flow results and contact sheet", table, "evaluate-means", "mean metrics per model")
     return result

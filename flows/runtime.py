@@ -107,6 +107,35 @@ def local_workers() -> int:
     return int(os.environ.get("REALSR_DASK_WORKERS", "0") or 0) or (os.cpu_count() or 1)
 
 
+@contextmanager
+def cluster_env(workers: int | None, address: str | None) -> Iterator[None]:
+    """REALSR_DASK_WORKERS / REALSR_DASK_ADDRESS set from command-line flags for one run (as a
+    deployment's environment sets them), restored after."""
+    env = {"REALSR_DASK_WORKERS": str(workers) if workers else None, "REALSR_DASK_ADDRESS": address}
+    previous = {k: os.environ.get(k) for k in env}
+    os.environ.update({k: v for k, v in env.items() if v})
+    try:
+        yield
+    finally:
+        for k, v in previous.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def cluster_slots() -> int:
+    """Tasks the flow's cluster runs at once: on a scheduler of one's own (REALSR_DASK_ADDRESS),
+    the threads of its workers as the scheduler reports them, not this machine's cores."""
+    address = os.environ.get("REALSR_DASK_ADDRESS")
+    if not address:
+        return local_workers()
+    from distributed import Client
+
+    with Client(address, timeout=30) as client:
+        return max(1, sum(client.nthreads().values()))
+
+
 def task_runner(workers: int | None = None, address: str | None = None):
     """A DaskTaskRunner on an existing scheduler (tcp://...) or on a local process cluster.
 

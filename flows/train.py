@@ -6,11 +6,12 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from realsr.flows.artifacts import image_markdown, publish
 from realsr.flows.train_settings import TrainSettings
 from realsr.tasks import train as t
 
@@ -35,16 +36,12 @@ def train_flow(settings: TrainSettings) -> dict:
     log = get_run_logger()
     log.info("settings: " + ", ".join(f"{k}={v}" for k, v in settings.model_dump(mode="json").items()))
     summary = t.train_generator(settings)
-    try:
-        create_markdown_artifact(summary_markdown(summary), key="train-summary", description="train-flow run summary")
-        val = Path(summary["out"]) / "validation.csv"
-        if val.exists():
-            import csv
-
-            with val.open(newline="") as f:
-                rows = list(csv.DictReader(f))
-            if rows:
-                create_table_artifact(rows, key="train-validation", description="validation (EMA generator) per iteration")
-    except Exception as e:  # artifacts are a view; the files are the results
-        log.warning(f"artifacts not published: {e}")
+    samples = sorted((Path(summary["out"]) / "samples").glob("iter_*.png"))
+    rows = []
+    val = Path(summary["out"]) / "validation.csv"
+    if val.exists():
+        with val.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    picture = image_markdown(samples[-1] if samples else None, f"validation samples at {samples[-1].stem if samples else ''} (LR / SR / HR)")
+    publish(log, summary_markdown(summary) + "\n" + picture, "train-summary", "train-flow run summary and validation samples", rows, "train-validation", "validation (EMA generator) per iteration")
     return summary

@@ -1,6 +1,10 @@
 """`realsr demo` end to end at a tiny budget: every stage runs and the table has its three rows."""
 
+import json
+from pathlib import Path
+
 import realsr.flows.demo as demo
+from realsr.flows.pipeline_settings import PIPELINE_PRESETS
 import realsr.models.synthetic as synthetic
 from realsr.flows.cli import main
 
@@ -8,12 +12,16 @@ from realsr.flows.cli import main
 def test_the_demo_runs_every_stage_and_prints_the_table(prefect_server, tmp_path, monkeypatch, capsys):
     photo = synthetic.camera_photo
     monkeypatch.setattr(synthetic, "camera_photo", lambda seed: photo(seed, 256, 320))  # small photos, same scenes
-    for name, value in (("DEMO_PHOTOS", 4), ("DEMO_KERNELGAN_ITERATIONS", 10), ("DEMO_ITERATIONS", 2), ("VAL_CROPS", 2)):
-        monkeypatch.setattr(demo, name, value)
+    monkeypatch.setattr(demo, "DEMO_PHOTOS", 4)
+    preset = PIPELINE_PRESETS["demo"]
+    small = {"degrade": {**preset["degrade"], "kernelgan_iterations": 10}, "train": {**preset["train"], "iterations": 2, "val_crops": 2, "val_every": 2, "save_every": 2}}
+    monkeypatch.setitem(PIPELINE_PRESETS, "demo", small)
     assert main(["demo", str(tmp_path / "demo"), "--workers", "1"]) == 0
     out = capsys.readouterr().out
-    assert "evaluate-flow on the 2 validation crops of 1 held-out photos" in out
-    table = (tmp_path / "demo" / "eval" / "results.md").read_text()
-    assert all(row in table for row in ("bicubic", "realesrgan-x4plus", "fine_tuned"))
-    assert len(list((tmp_path / "demo" / "train" / "val" / "lr").glob("*.png"))) == 2
-    assert (tmp_path / "demo" / "eval" / "contact_sheet.png").exists() and (tmp_path / "demo" / "run" / "kernels_sheet.png").exists()
+    assert "On held-out photos (" in out and "the camera's model:" in out
+    pipe = tmp_path / "demo" / "pipeline"
+    table = (pipe / "eval" / "results.md").read_text()
+    assert all(row in table for row in ("bicubic", "realesrgan-x4plus", "trained"))
+    summary = json.loads((pipe / "summary.json").read_text())
+    assert summary["validation_crops"] == 2 and len(list((Path(summary["train_dir"]) / "val" / "lr").glob("*.png"))) == 2
+    assert (pipe / "eval" / "contact_sheet.png").exists() and (pipe / "run" / "kernels_sheet.png").exists() and (pipe / "trained.pth").exists()

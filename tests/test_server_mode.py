@@ -1,75 +1,101 @@
-"""Server mode: prefect.yaml deploys, a worker on cpu-pool runs `prefect deployment run degrade-flow/degrade`."""
+"""Server mode as an operator runs it: `realsr stack up` (a real server on a free loopback port, a
+temporary PREFECT_HOME, pools, the gpu limit, `prefect deploy --all`, a CPU and a GPU process
+worker), then the pipeline deployment, the nightly schedule's deployment, a train run with the
+full parameter set the UI's form submits, and a rerun that recomputes nothing; the stack taken
+down by pid at the end, also on failure."""
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from realsr.flows.demo import write_samples
+from realsr.flows.stack import Stack, _alive
+from realsr.storage.banks import open_kernel_bank, open_noise_bank
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
-PREFECT = str(Path(sys.executable).with_name("prefect"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
-def server_env(tmp_path):
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-        "REALSR_REPO": str(REPO),
-        "REALSR_DASK_WORKERS": "1",
-    }
-    server = subprocess.Popen(
-        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
+def stack(tmp_path):
+    s = Stack(tmp_path / "stack")
+    pids = []
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2).read() == b"true":
-                    break
-            except OSError:
-                pass
-            assert time.time() < deadline and server.poll() is None, "prefect server did not start"
-            time.sleep(0.5)
-        yield env
+        state = s.up(say=lambda m: None)
+        pids = [p["pid"] for p in state["processes"]]
+        yield s
     finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
+        pids = pids or [p["pid"] for p in s.read().get("processes", [])]
+        s.down(say=lambda m: None)
+        assert not [p for p in pids if _alive(p)], "a stack process outlived `stack down`"
 
 
-def _ok(args, env, timeout=180):
-    p = subprocess.run([PREFECT, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-    assert p.returncode == 0, p.stdout + p.stderr
-    return p.stdout
+def api(stack: Stack, path: str, body=None):
+    req = urllib.request.Request(stack.read()["url"] + path, data=None if body is None else json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
 
 
-def test_deployment_run_through_a_worker(server_env, tmp_path):
-    write_samples(tmp_path / "photos", 2, 0)
-    out = tmp_path / "run"
-    _ok(["work-pool", "create", "cpu-pool", "--type", "process"], server_env)
-    _ok(["work-pool", "create", "gpu-pool", "--type", "process"], server_env)
-    deployed = _ok(["--no-prompt", "deploy", "--all"], server_env)
-    assert "evaluate-flow/evaluate" in deployed or "evaluate" in _ok(["deployment", "ls"], server_env)
-    params = json.dumps({"source": str(tmp_path / "photos"), "out": str(out)})
-    _ok(["deployment", "run", "degrade-flow/degrade", "-p", f"settings={params}"], server_env)
-    _ok(["worker", "start", "--pool", "cpu-pool", "--run-once"], server_env, timeout=300)
+def start(stack: Stack, name: str, parameters: dict | None = None) -> str:
+    """What the UI's Run button does: a flow run of the deployment (with the form's parameters)."""
+    dep = api(stack, f"/deployments/name/{name}")
+    return api(stack, f"/deployments/{dep['id']}/create_flow_run", {} if parameters is None else {"parameters": parameters})["id"]
+
+
+def wait(stack: Stack, run_id: str, timeout: float = 900) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = api(stack, f"/flow_runs/{run_id}")
+        if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            assert run["state_type"] == "COMPLETED", f"{run['name']}: {run['state_type']} {run['state']['message']}"
+            return run
+        assert time.monotonic() < deadline, f"{run['name']} still {run['state_type']}"
+        time.sleep(1)
+
+
+def test_pipeline_schedule_ui_form_and_rerun_through_the_stack(stack):
+    data = stack.home / "data"
+    write_samples(data / "photos", 3, 0)
+    out = data / "runs" / "tiny"
+    pipeline = {"source": str(data / "photos"), "out": str(out), "preset": "test-tiny", "stages": "deployments"}
+    first = start(stack, "realsr-pipeline/pipeline", {"settings": pipeline})
+    nightly = api(stack, "/deployments/name/degrade-flow/nightly")
+    assert nightly["schedules"] and nightly["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
+    assert nightly["parameters"]["settings"]["source"] == str(data / "photos")  # real paths, not placeholders
+    scheduled = start(stack, "degrade-flow/nightly")  # the schedule's own parameters
+    wait(stack, first)
+    wait(stack, scheduled)
+
+    # the pipeline: its stages ran on their pools, the stores open, the table has its rows
+    runs = api(stack, "/flow_runs/filter", {})
+    pools = {r["flow_id"]: r["work_pool_name"] for r in runs if r["parent_task_run_id"]}
+    flows = {f["id"]: f["name"] for f in api(stack, "/flows/filter", {})}
+    assert {flows[f]: p for f, p in pools.items()} == {"degrade-flow": "cpu-pool", "train-flow": "gpu-pool", "evaluate-flow": "gpu-pool"}
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["processed"] == 2 and summary["pairs"]["pairs"] == 4
-    assert (out / "noise.zarr").exists() and (out / "kernels.zarr").exists()
+    assert summary["stages"] == {"degrade": "ran", "train": "ran", "evaluate": "ran"}
+    assert len(open_kernel_bank(out / "run" / "kernels.zarr")[1][4].valid_indices()) == 1 and open_noise_bank(out / "run" / "noise.zarr") is not None
+    table = (out / "eval" / "results.md").read_text()
+    assert all(f"| {row} |" in table for row in ("bicubic", "realesrgan-x4plus", "trained")) and (out / "trained.pth").exists()
+    artifacts = {a["key"]: a for a in api(stack, "/artifacts/filter", {})}
+    assert "data:image/png;base64," in artifacts["realsr-pipeline"]["data"] and "| trained |" in artifacts["realsr-pipeline"]["data"]
+    assert "data:image/png;base64," in artifacts["degrade-summary"]["data"]
+    assert json.loads((data / "runs" / "nightly" / "summary.json").read_text())["processed"] == 3
+
+    # the UI's "Custom run" form submits every field (at its default: null = the preset's value)
+    dep = api(stack, "/deployments/name/train-flow/train")
+    fields = dep["parameter_openapi_schema"]["definitions"]["TrainSettings"]["properties"]
+    form = {k: v.get("default") for k, v in fields.items()} | dep["parameters"]["settings"]
+    form |= {"run_dir": str(out / "run"), "out": str(data / "runs" / "ui-train"), "preset": "test-tiny", "init": None}
+    wait(stack, start(stack, "train-flow/train", {"settings": form}))
+    trained = json.loads((data / "runs" / "ui-train" / "summary.json").read_text())
+    assert trained["iterations"] == 6  # test-tiny's, not the paper's 60,000
+
+    # a rerun with nothing changed: degrade and train skipped, evaluation from its cache
+    wait(stack, start(stack, "realsr-pipeline/pipeline", {"settings": pipeline}))
+    again = json.loads((out / "summary.json").read_text())
+    assert again["stages"]["degrade"].startswith("skipped") and again["stages"]["train"].startswith("skipped")
+    held = again["evaluations"]["held-out photos"]
+    assert held["computed"] == 0 and held["cached"] > 0
+    assert os.environ.get("PREFECT_API_URL") != stack.read()["url"]  # the stack did not leak into this process

@@ -1,0 +1,128 @@
+"""realsr-pipeline: the design card's DAG as one flow.
+
+    photos ─> degrade-flow (KernelGAN kernels, noise bank, pairs) ─> train-flow (fine-tune on the
+    camera's degradations) ─> evaluate-flow (bicubic, the released model and the trained one on
+    the held-out photos' crops; and on the user's LR/HR folder when given) ─> the table
+
+A stage whose inputs are unchanged (same photos, same settings) and whose output is there is
+skipped; each stage stays a flow of its own, rerunnable alone. `stages="deployments"` runs each
+stage as its deployment (degrade on the CPU pool, train and evaluate on the GPU pool) and waits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+from realsr.flows.artifacts import image_markdown, publish
+from realsr.flows.pipeline_settings import PipelineSettings
+from realsr.steps import pipeline as p
+from realsr.storage.atomic import read_json, write_json
+from realsr.storage.run_dir import TOOL, check_folder
+
+DEPLOYMENTS = {"degrade": "degrade-flow/degrade", "train": "train-flow/train", "evaluate": "evaluate-flow/evaluate"}
+OUTPUT = {"degrade": "summary.json", "train": "summary.json", "evaluate": "summary.json"}
+
+
+def run_stage(stage: str, settings, mode: str, log) -> dict:
+    """Run one stage (a sub-flow, or its deployment on its pool) and read back its summary."""
+    if mode == "deployments":
+        from prefect.deployments import run_deployment
+
+        log.info(f"{stage}: running deployment {DEPLOYMENTS[stage]} and waiting for it")
+        run = run_deployment(DEPLOYMENTS[stage], parameters={"settings": settings.model_dump(mode="json")}, timeout=None)
+        if not run.state or not run.state.is_completed():
+            raise RuntimeError(f"{stage}: deployment run {run.name} ({DEPLOYMENTS[stage]}) ended {run.state.name if run.state else 'without a state'}: {run.state.message if run.state else ''}")
+    else:
+        from realsr.flows.degrade import degrade_flow
+        from realsr.flows.evaluate import evaluate_flow
+        from realsr.flows.train import train_flow
+
+        {"degrade": degrade_flow, "train": train_flow, "evaluate": evaluate_flow}[stage](settings)
+    out = settings.out if stage != "degrade" else Path(settings.out)
+    return read_json(Path(out).resolve() / OUTPUT[stage])
+
+
+def claim_pipeline_dir(root: Path) -> p.PipelineDir:
+    """An empty folder or one a pipeline made: the user's other files are never written over."""
+    root = check_folder(Path(root).resolve(), p.RECORD, "pipeline folder")
+    root.mkdir(parents=True, exist_ok=True)
+    pdir = p.PipelineDir(root)
+    if not pdir.record.exists():
+        write_json(pdir.record, {"tool": TOOL, "stages": {}})
+    return pdir
+
+
+def evaluate_settings(lr: Path, hr: Path | None, models: list[str], out: Path):
+    from realsr.flows.settings import EvaluateSettings
+
+    return EvaluateSettings(lr=lr, hr=hr, models=models, out=out)
+
+
+@flow(name="realsr-pipeline", log_prints=False)
+def pipeline_flow(settings: PipelineSettings) -> dict:
+    """degrade -> train -> evaluate, each skipped when current; the table as the final artifact."""
+    log = get_run_logger()
+    pdir = claim_pipeline_dir(settings.out)
+    ran: dict[str, str] = {}
+
+    d = settings.degrade_settings()
+    dkey = p.degrade_key(d.model_dump(mode="json"), d.source)
+    if p.is_current(pdir, "degrade", dkey, pdir.run / OUTPUT["degrade"]):
+        log.info(f"degrade: current (no photo and no setting changed since {pdir.run} was made): skipped")
+        degraded, ran["degrade"] = read_json(pdir.run / OUTPUT["degrade"]), "skipped (current)"
+    else:
+        degraded, ran["degrade"] = run_stage("degrade", d, settings.stages, log), "ran"
+        p.record_stage(pdir, "degrade", dkey)
+    if not degraded["processed"]:
+        raise ValueError(f"degrade: no photo of {settings.source} could be used (see {pdir.run / 'summary.json'})")
+
+    tkey = p.train_key(settings.train_settings().model_dump(mode="json"), dkey)
+    tr = settings.train_settings(pdir.train(tkey))
+    if p.is_current(pdir, "train", tkey, tr.out) and p.train_done(tr.out, tr.iterations):
+        log.info(f"train: current ({tr.out} finished with these photos and settings): skipped")
+        trained, ran["train"] = read_json(tr.out / OUTPUT["train"]), "skipped (current)"
+    else:
+        trained, ran["train"] = run_stage("train", tr, settings.stages, log), "ran"
+        p.record_stage(pdir, "train", tkey, out=str(tr.out))
+    model = p.publish_model(Path(trained["latest"]), pdir)
+    log.info(f"trained generator: {model} (upscale with: realsr upscale -i PHOTOS -o OUT --model {model})")
+
+    models = [*settings.released_models(), str(model)]
+    results, pictures = {}, []
+    sets = [("held-out photos", Path(trained["out"]) / "val" / "lr", Path(trained["out"]) / "val" / "hr", pdir.eval)]
+    if settings.test_lr:
+        sets.append(("your test photos", settings.test_lr, settings.test_hr, pdir.eval_test))
+    for title, lr, hr, out in sets:
+        if not lr.is_dir():
+            log.warning(f"evaluate on {title}: no {lr} (train validated on no held-out photo: val_crops 0)")
+            continue
+        results[title] = run_stage("evaluate", evaluate_settings(lr, hr, models, out), settings.stages, log)
+        pictures.append((title, results[title]))
+    ran["evaluate"] = "ran" if results else "nothing to evaluate"
+
+    summary = {
+        "out": str(pdir.root), "stages": ran, "run_dir": str(pdir.run), "train_dir": str(tr.out), "model": str(model),
+        "degrade": {k: degraded[k] for k in ("sources", "processed", "cached")}, "kernel_sheet": degraded.get("sheets", {}).get("kernels"),
+        "noise_sheet": degraded.get("sheets", {}).get("noise"), "training_images": trained["training_images"], "validation_crops": trained["validation_crops"],
+        "evaluations": {t: {"table": str(Path(r["md"])), "sheet": r["sheet"], "computed": r["computed"], "cached": r["cached"], "means": r["summary"]} for t, r in results.items()},
+    }
+    write_json(pdir.root / "summary.json", summary)
+    publish(log, summary_markdown(summary, [(t, r) for t, r in pictures]), "realsr-pipeline", "the pipeline's evaluation table and contact sheets")
+    return summary
+
+
+def summary_markdown(s: dict, evaluations: list[tuple[str, dict]]) -> str:
+    lines = [
+        f"# realsr-pipeline: {s['out']}",
+        "",
+        *[f"- {stage}: {how}" for stage, how in s["stages"].items()],
+        f"- photos: {s['degrade']['sources']} ({s['degrade']['processed']} used); training images {s['training_images']}, validation crops {s['validation_crops']}",
+        f"- the camera's model: `{s['model']}`",
+        "",
+    ]
+    for title, r in evaluations:
+        lines += [f"## On {title}", "", Path(r["md"]).read_text(), image_markdown(r["sheet"], f"contact sheet, {title} (LR / models / HR)")]
+    lines += [image_markdown(s["kernel_sheet"], "kernel bank"), image_markdown(s["noise_sheet"], "noise bank")]
+    return "\n".join(lines) + "\n"

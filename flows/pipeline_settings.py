@@ -1,0 +1,91 @@
+"""realsr-pipeline's parameters: where the photos are, where the pipeline folder goes, and a preset.
+
+A preset bundles degrade-flow's and train-flow's settings (`product`: KernelGAN kernels and the
+fine-tune of Real-ESRGAN x4plus; `demo`: the same at a demonstration's budget; `test-tiny`:
+seconds, for tests). `degrade` and `train` hold only the fields a user changes: they go over
+the preset's, so the Prefect UI's form (which submits every field) keeps the preset's meaning.
+Both stages' settings are built and validated here, before any stage starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from realsr.flows.settings import DegradeSettings
+from realsr.flows.train_settings import TrainSettings
+
+RELEASED_ROW = "realesrgan-x4plus"  # the released model every pipeline table shows beside bicubic
+PIPELINE_PRESETS: dict[str, dict[str, dict]] = {
+    "product": {"degrade": {"kernels": "kernelgan"}, "train": {"preset": "finetune"}},
+    # `realsr demo`: about 15 minutes on 2 cores. KernelGAN with one seed (the product's three
+    # cost 3x the time); 60 fine-tune iterations at 5.3 s each (batch 4 of 64 px, x4plus); the
+    # 8 validation crops of held-out photos are also the evaluation set
+    "demo": {
+        "degrade": {"kernels": "kernelgan", "kernelgan_iterations": 1000, "kernelgan_seeds": 1},
+        "train": {
+            "preset": "finetune", "iterations": 60, "batch_size": 4, "hr_size": 64, "val_crops": 8, "val_every": 60, "save_every": 30,
+            "log_every": 10, "workers": 1,
+        },
+    },
+    # for tests: bicubic kernels, a tiny network from scratch
+    "test-tiny": {"degrade": {"kernels": "bicubic", "pair_hr_size": 64}, "train": {"preset": "test-tiny"}},
+}
+_OWN = {"degrade": {"source", "out"}, "train": {"run_dir", "out", "resume"}}
+
+
+class PipelineSettings(BaseModel):
+    """degrade -> train -> evaluate on one folder of photos."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: Path = Field(description="Folder of the camera's photos (searched recursively).")
+    out: Path = Field(description="Pipeline folder: run/ (degrade), train/, trained.pth (the trained generator), eval/ (the table), pipeline.json.")
+    preset: Literal["product", "demo", "test-tiny"] = Field("product", description="The bundle of degrade and train settings this pipeline starts from.")
+    degrade: dict[str, Any] = Field({}, description="degrade-flow settings over the preset's, e.g. {\"kernelgan_seeds\": 1} (any field but source and out).")
+    train: dict[str, Any] = Field({}, description="train-flow settings over the preset's, e.g. {\"iterations\": 2000} (any field but run_dir, out and resume).")
+    models: list[str] | None = Field(None, description="Models scored beside bicubic and the trained one (names or checkpoints); default: the train init, else realesrgan-x4plus.")
+    test_lr: Path | None = Field(None, description="Optional folder of the user's own LR test photos, scored too (eval-test/).")
+    test_hr: Path | None = Field(None, description="Their HR ground truth, matched by file stem.")
+    stages: Literal["inline", "deployments"] = Field(
+        "inline", description="'inline': each stage a sub-flow in this process; 'deployments': each stage its own deployment run (degrade on the CPU pool, train and evaluate on the GPU pool)."
+    )
+
+    @field_validator("degrade", "train", mode="before")
+    @classmethod
+    def _empty(cls, v):
+        return {} if v is None else v  # a form's empty JSON field
+
+    @model_validator(mode="after")
+    def _stages_valid(self) -> "PipelineSettings":
+        for stage, own in _OWN.items():
+            if clash := sorted(own & set(getattr(self, stage))):
+                raise ValueError(f"{stage}: {', '.join(clash)} are set by the pipeline (from source and out)")
+        for stage, build in (("degrade", self.degrade_settings), ("train", self.train_settings)):
+            try:
+                build()
+            except ValidationError as e:
+                raise ValueError("; ".join(f"{stage}.{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}" for err in e.errors())) from None
+        if self.test_hr is not None and self.test_lr is None:
+            raise ValueError("test_hr needs test_lr")
+        for name in ("test_lr", "test_hr"):
+            if (path := getattr(self, name)) is not None and not Path(path).is_dir():
+                raise ValueError(f"{name}: {path} is not a folder")
+        return self
+
+    def degrade_settings(self) -> DegradeSettings:
+        fields = {**PIPELINE_PRESETS[self.preset]["degrade"], **self.degrade}
+        return DegradeSettings(**fields, source=self.source, out=Path(self.out) / "run")
+
+    def train_settings(self, out: Path | None = None) -> TrainSettings:
+        """train-flow's settings; `out` is the folder the stage's key names (pipeline.train_key)."""
+        fields = {**PIPELINE_PRESETS[self.preset]["train"], **self.train}
+        return TrainSettings.from_preset(**fields, run_dir=Path(self.out) / "run", out=out or Path(self.out) / "train", resume="auto")
+
+    def released_models(self) -> list[str]:
+        if self.models is not None:
+            return list(self.models)
+        init = self.train_settings().init
+        return [init] if init and not Path(init).suffix else [RELEASED_ROW]

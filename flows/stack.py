@@ -1,0 +1,223 @@
+"""`realsr stack up|down|status --home DIR`: a Prefect server, pools, limits, deployments and
+workers on one machine, brought up in order (each waited for) and taken down by pid.
+
+    up:   server on a free loopback port (PREFECT_UI_API_URL set, so the UI calls that port)
+          -> cpu-pool, gpu-pool (process) -> tag limit `gpu` = the host's GPUs (1 without one)
+          -> `prefect deploy --all` (REALSR_REPO, REALSR_DATA set) -> CPU and GPU workers online
+    down: workers first (their flow runs with them), then the server; SIGTERM, SIGKILL after 20 s
+
+DIR holds stack.json (pids, URL), env (`source DIR/env` points the CLI at this server), logs/,
+prefect/ (PREFECT_HOME: the database) and data/ (REALSR_DATA: the nightly schedule's folders).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from realsr.flows.runtime import OFFLINE_ENV
+
+REPO = Path(__file__).resolve().parents[1]
+POOLS = ("cpu-pool", "gpu-pool")
+STOP_GRACE_S = 20
+
+
+class StackError(ValueError):
+    """The stack could not be brought up: one line naming the step and where its log is."""
+
+
+def _prefect() -> str:
+    return str(Path(sys.executable).with_name("prefect"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stack_env(home: Path, port: int) -> dict[str, str]:
+    api = f"http://127.0.0.1:{port}/api"
+    return {
+        **OFFLINE_ENV,
+        "PREFECT_HOME": str(home / "prefect"),
+        "PREFECT_API_URL": api,
+        "PREFECT_UI_API_URL": api,  # else the UI on any port but 4200 calls :4200
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+        "REALSR_REPO": str(REPO),
+        "REALSR_DATA": str(home / "data"),
+    }
+
+
+class Stack:
+    def __init__(self, home: Path):
+        self.home = Path(home).resolve()
+        self.file = self.home / "stack.json"
+
+    def read(self) -> dict:
+        return json.loads(self.file.read_text()) if self.file.exists() else {}
+
+    def _save(self, state: dict) -> None:
+        tmp = self.file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        tmp.replace(self.file)
+
+    def _spawn(self, state: dict, name: str, args: list[str], env: dict) -> None:
+        """Start a long-lived process in its own session; its pid is saved before anything waits on it."""
+        with open(self.home / "logs" / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen([_prefect(), *args], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        state["processes"].append({"name": name, "pid": proc.pid})
+        self._save(state)
+
+    def up(self, port: int | None = None, cpu_workers: int = 1, gpu_workers: int = 1, gpus: int | None = None, say=print) -> dict:
+        running = [p for p in self.read().get("processes", []) if _alive(p["pid"])]
+        if running:
+            raise StackError(f"{self.home} already runs a stack ({', '.join(p['name'] for p in running)}); `realsr stack down --home {self.home}` first")
+        for sub in ("logs", "prefect", "data/photos", "data/runs", "data/test/lr", "data/test/hr"):
+            (self.home / sub).mkdir(parents=True, exist_ok=True)
+        port = port or free_port()
+        env = {**os.environ, **stack_env(self.home, port)}
+        state = {"url": env["PREFECT_API_URL"], "ui": f"http://127.0.0.1:{port}", "processes": []}
+        self._save(state)
+        try:
+            self._spawn(state, "server", ["server", "start", "--host", "127.0.0.1", "--port", str(port)], env)
+            self._wait(lambda: self._get("/health") is True, 180, "the Prefect server", state)
+            say(f"server: {state['ui']} (API {state['url']})")
+            for pool in POOLS:
+                self._cli(["work-pool", "create", pool, "--type", "process", "--overwrite"], env)
+            n = gpus if gpus is not None else _gpu_count()
+            self._set_gpu_limit(max(1, n), env)
+            say(f"pools: {', '.join(POOLS)}; tag limit gpu = {max(1, n)} ({n} GPUs here)")
+            self._cli(["--no-prompt", "deploy", "--all"], env, timeout=600)
+            say("deployments: " + ", ".join(sorted(d["name"] for d in self._get("/deployments/filter", {}) or [])))
+            for pool, count in (("cpu-pool", cpu_workers), ("gpu-pool", gpu_workers)):
+                for i in range(count):
+                    name = f"{pool.split('-')[0]}-worker-{i + 1}"
+                    self._spawn(state, name, ["worker", "start", "--pool", pool, "--name", name], env)
+                self._wait(lambda pool=pool, count=count: self._online(pool) >= count, 120, f"{count} worker(s) on {pool}", state)
+            say(f"workers: {cpu_workers} on cpu-pool, {gpu_workers} on gpu-pool")
+        except BaseException:
+            self.down(say=lambda m: None)
+            raise
+        (self.home / "env").write_text("".join(f"export {k}={json.dumps(v)}\n" for k, v in stack_env(self.home, port).items()))
+        say(f"point the CLI at it:  source {self.home / 'env'}")
+        return state
+
+    def down(self, say=print) -> list[str]:
+        """Stop every process of the stack (workers, then the server) by process group."""
+        state = self.read()
+        stopped = []
+        for p in sorted(state.get("processes", []), key=lambda p: p["name"] == "server"):
+            if _alive(p["pid"]):
+                _stop_group(p["pid"])
+                stopped.append(p["name"])
+        if self.file.exists():
+            self.file.unlink()
+        say(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+        return stopped
+
+    def _get(self, path: str, body: dict | None = None):
+        url = self.read()["url"] + path
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"}, method="POST" if data else "GET")
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return json.loads(r.read() or b"null")
+        except (OSError, ValueError):
+            return None
+
+    def _online(self, pool: str) -> int:
+        workers = self._get(f"/work_pools/{pool}/workers/filter", {}) or []
+        return sum(1 for w in workers if w.get("status") == "ONLINE")
+
+    def _wait(self, ready, timeout: float, what: str, state: dict) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            dead = [p["name"] for p in state["processes"] if not _alive(p["pid"])]
+            if dead:
+                raise StackError(f"{', '.join(dead)} exited while waiting for {what} (see {self.home / 'logs'})")
+            if time.monotonic() > deadline:
+                raise StackError(f"{what} not ready after {timeout:.0f} s (see {self.home / 'logs'})")
+            time.sleep(0.5)
+
+    def _cli(self, args: list[str], env: dict, timeout: float = 120) -> str:
+        p = subprocess.run([_prefect(), *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        if p.returncode:
+            raise StackError(f"prefect {' '.join(args)} failed: {(p.stdout + p.stderr).strip()[-2000:]}")
+        return p.stdout
+
+    def _set_gpu_limit(self, n: int, env: dict) -> None:
+        """Training and evaluation tasks carry the `gpu` tag: at most n of them hold a GPU at once."""
+        if any(c.get("tag") == "gpu" for c in (self._get("/concurrency_limits/filter", {}) or [])):
+            self._cli(["concurrency-limit", "delete", "gpu"], env)
+        self._cli(["concurrency-limit", "create", "gpu", str(n)], env)
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # no torch CUDA here: the CPU fallback takes one slot
+        return 0
+
+
+def _stop_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + STOP_GRACE_S
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            break
+        try:
+            os.waitpid(pid, os.WNOHANG)  # reap it when it is our child
+        except ChildProcessError:
+            pass
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)  # the rest of the group too (a worker's flow runs)
+    except ProcessLookupError:
+        pass
+
+
+def add_arguments(p) -> None:
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--home", type=Path, required=True, help="the stack's folder (database, logs, env, data)")
+    p.add_argument("--port", type=int, default=None, help="server port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--cpu-workers", type=int, default=1)
+    p.add_argument("--gpu-workers", type=int, default=1)
+    p.add_argument("--gpus", type=int, default=None, help="the gpu tag limit (default: the GPUs torch sees, at least 1)")
+
+
+def run(args) -> int:
+    stack = Stack(args.home)
+    if args.action == "up":
+        stack.up(args.port, args.cpu_workers, args.gpu_workers, args.gpus)
+    elif args.action == "down":
+        stack.down()
+    else:
+        state = stack.read()
+        for proc in state.get("processes", []):
+            print(f"{proc['name']}: pid {proc['pid']} {'running' if _alive(proc['pid']) else 'GONE'}")
+        print(f"UI: {state['ui']}" if state else "no stack here")
+    return 0
