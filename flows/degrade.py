@@ -17,6 +17,7 @@ from realsr.flows.artifacts import image_markdown, publish
 from realsr.flows.runtime import cluster_slots, task_runner
 from realsr.flows.settings import DegradeSettings
 from realsr.storage.images import list_images
+from realsr.steps import degrade_known as known
 from realsr.steps.degrade_noise import EmptyNoiseBank
 from realsr.steps.degrade import jpeg_summary
 from realsr.storage.run_dir import RunDir, claim_run_dir
@@ -109,12 +110,17 @@ def degrade_flow(settings: DegradeSettings) -> dict:
     # clean-up goes first: its seconds-long tasks finish (and bad images show up) before the
     # minutes-long KernelGAN tasks take the workers
     tp = time.perf_counter()
-    batched = batches(sources, settings.images_per_task)
+    index = known.read_index(run)
+    known_records, to_prepare = known.split_prepared(sources, run, spec, index)  # unchanged photos need no task
+    if known_records:
+        log.info(f"{len(known_records)} photos unchanged since an earlier run (from their records), {len(to_prepare)} to clean up")
+    batched = batches(to_prepare, settings.images_per_task)
     futures = t.prepare_sources.map(batched, unmapped(run), unmapped(spec))
     tk = time.perf_counter()
-    kernel_records, kernel_failed, kernel_futures = [], [], None
+    kernel_records, kernel_failed, kernel_futures, to_estimate = [], [], None, []
     if settings.kernels.startswith("kernelgan"):  # one more fan-out, beside clean-up and noise extraction
-        kernel_batches = kernelgan_batches(sources, settings.kernelgan_batch)
+        kernel_records, to_estimate = known.split_kernels(sources, run, spec, index)
+        kernel_batches = kernelgan_batches(to_estimate, settings.kernelgan_batch)
         with dask.annotate(priority=-1):  # workers run clean-up first (see flows.runtime)
             kernel_futures = t.estimate_kernels.map(kernel_batches, unmapped(run), unmapped(spec), unmapped(settings.kernelgan_device))
     else:
@@ -122,6 +128,7 @@ def degrade_flow(settings: DegradeSettings) -> dict:
         timings["kernel bank"] = time.perf_counter() - tk
 
     records, skipped = _gather(futures, batched, str)
+    records += known_records
     records, duplicates = drop_duplicates(records)
     skipped += duplicates
     timings["clean-up + noise extraction"] = time.perf_counter() - tp
@@ -129,7 +136,8 @@ def degrade_flow(settings: DegradeSettings) -> dict:
 
     if kernel_futures is not None:
         tk = time.perf_counter()
-        kernel_records, kernel_failed = _gather(kernel_futures, kernel_batches, str)
+        estimated, kernel_failed = _gather(kernel_futures, kernel_batches, str)
+        kernel_records += estimated
         kernel_records, _ = drop_duplicates(kernel_records)
         kernels = t.build_kernel_bank(run, spec, kernel_records)
         timings["kernel estimation (after clean-up)"] = time.perf_counter() - tk
@@ -141,13 +149,16 @@ def degrade_flow(settings: DegradeSettings) -> dict:
         raise EmptyNoiseBank(f"stopped before the pairs (on_empty_noise=stop): {noise['warning']}")
 
     tq = time.perf_counter()
-    batched = batches(sorted(records, key=lambda r: r["source"]), settings.images_per_task)
+    known_pairs, to_pair = known.split_pairs(sorted(records, key=lambda r: r["source"]), run, spec, kernels["digest"], noise["digest"])
+    batched = batches(to_pair, settings.images_per_task)
     futures = t.make_pairs.map(
         batched, unmapped(run), unmapped(spec), unmapped(kernels["digest"]), unmapped(noise["digest"])
     )
     pairs, pair_failed = _gather(futures, batched, lambda r: r["source"])
+    pairs += known_pairs
     complete = all(f["bad_input"] for f in skipped + pair_failed + kernel_failed)
     manifest = t.write_manifest(run, pairs, records, kernel_records, complete)
+    known.write_index(run, records)
     timings["pairs"] = time.perf_counter() - tq
     timings["total"] = time.perf_counter() - t0
 
@@ -156,6 +167,7 @@ def degrade_flow(settings: DegradeSettings) -> dict:
         "sources": len(sources),
         "processed": len(records),
         "cached": sum(1 for r in records if r["cached"]),
+        "worked_on": {"clean-up": len(to_prepare), "kernelgan": len(to_estimate), "pairs": len(to_pair)},
         "skipped": skipped + pair_failed,
         "ignored_files": [{"file": str(p), "reason": why} for p, why in ignored],
         "converted": [{"source": r["source"], "notes": r["notes"]} for r in records if r["notes"]],
@@ -186,6 +198,7 @@ def summary_markdown(s: dict) -> str:
         f"# degrade-flow: {s['run_dir']}",
         "",
         f"- sources: {s['sources']} ({s['processed']} processed, {s['cached']} from earlier runs, {len(s['skipped'])} skipped)",
+        *(["- sent to workers: " + ", ".join(f"{k} {v}" for k, v in s["worked_on"].items())] if "worked_on" in s else []),
         f"- kernel bank: `{s['kernel_bank']['path']}`: " + ", ".join(f"{sc} {c['valid']} valid of {c['kernels']}" for sc, c in s["kernel_bank"]["counts"].items()),
         f"- noise bank: `{s['noise_bank']['path']}` {s['noise_bank']['count']} patches, {s['noise_bank']['rejected']} candidates rejected",
         *([f"- **WARNING: {s['noise_bank']['warning']}**"] if s["noise_bank"].get("warning") else []),

@@ -24,7 +24,9 @@ def evaluate_flow(settings: EvaluateSettings) -> dict:
     models, failed_models = ev.load_models(settings.models, settings.scale)  # loaded once; a bad one fails alone
     for f in failed_models:
         log.error(f"model {f['model']} left out: {f['reason']}")
-    log.info(f"{len(images)} test images, models: {', '.join(label for label, _, _ in models)}")
+    from realsr.models.devices import resolve_device
+
+    log.info(f"{len(images)} test images, models: {', '.join(label for label, _, _ in models)}; device {resolve_device(settings.device)}")
     rows, failures = [], list(failed_models)
     for label, gen, digest in models:
         got = t.evaluate_model(label, gen, digest, images, out, settings.spec())

@@ -80,9 +80,8 @@ def prepare_source(path: Path, run: RunDir, s: DegradeSpec, log: Log = _quiet) -
     """Clean up one source photo and find its noise patches; returns a small record."""
     t0 = time.perf_counter()
     data, _, key = source_key(path, s, s.preprocess_key_fields())
-    done = run.load_record("preprocess", key)
-    if done is not None and Path(done["clean_hr"]).exists() and (done["noise_count"] == 0 or run.staged_noise(key).exists()):
-        return {**done, "cached": True, "source": str(path)}
+    if (done := preprocess_done(run, key, path)) is not None:
+        return done
     src = decode_image(path, data, max_pixels=s.max_pixels)
     name = image_name(path, src.sha256)
     h, w = src.rgb.shape[:2]
@@ -137,13 +136,36 @@ def jpeg_summary(records: list[dict]) -> dict:
 
 
 def source_key(path: Path, s: DegradeSpec, fields: dict) -> tuple[bytes, str, str]:
-    """A source's bytes, content hash and stage key (settings + hash + path in the source folder).
-
-    The path is part of the key: a renamed or copied file gets records under its own name.
-    """
+    """A source's bytes, content hash and stage key (`key_of`)."""
     data = read_bytes(path)
     sha = sha256_bytes(data)
-    return data, sha, stage_key({**fields, "sha256": sha, "path": _relative(path, s.source)})
+    return data, sha, key_of(path, sha, s, fields)
+
+
+def key_of(path: Path, sha: str, s: DegradeSpec, fields: dict) -> str:
+    """A source's stage key: settings + content hash + path in the source folder (a renamed or
+    copied file gets records under its own name)."""
+    return stage_key({**fields, "sha256": sha, "path": _relative(path, s.source)})
+
+
+def preprocess_done(run: RunDir, key: str, path: Path) -> dict | None:
+    """The clean-up record of an earlier run, when its outputs are all still there."""
+    done = run.load_record("preprocess", key)
+    if done is not None and Path(done["clean_hr"]).exists() and (done["noise_count"] == 0 or run.staged_noise(key).exists()):
+        return {**done, "cached": True, "source": str(path)}
+    return None
+
+
+def pairs_key(record: dict, s: DegradeSpec, kernel_digest: str, noise_digest: str) -> str:
+    return stage_key({**s.pairs_key_fields(), "sha256": record["sha256"], "kernels": kernel_digest, "noise": noise_digest})
+
+
+def pairs_done(run: RunDir, key: str, record: dict) -> dict | None:
+    """The pairs record of an earlier run, when every pair it lists is still on disk."""
+    done = _with_image_fields(run.load_record("pairs", key), record)
+    if done is not None and all(_nonempty(run.pairs / d / f"{row['name']}.png") for row in done["rows"] for d in ("hr", "lr")):
+        return {**done, "cached": True}
+    return None
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -188,10 +210,9 @@ def build_noise_bank(records: list[dict], run: RunDir, s: DegradeSpec) -> dict:
 def make_pairs(record: dict, run: RunDir, s: DegradeSpec, kernel_digest: str, noise_digest: str, log: Log = _quiet) -> dict:
     """Cut a clean HR image into patches and degrade each with the image's kernel + real noise."""
     t0 = time.perf_counter()
-    key = stage_key({**s.pairs_key_fields(), "sha256": record["sha256"], "kernels": kernel_digest, "noise": noise_digest})
-    done = _with_image_fields(run.load_record("pairs", key), record)
-    if done is not None and all(_nonempty(run.pairs / d / f"{row['name']}.png") for row in done["rows"] for d in ("hr", "lr")):
-        return {**done, "cached": True}
+    key = pairs_key(record, s, kernel_digest, noise_digest)
+    if (done := pairs_done(run, key, record)) is not None:
+        return done
     hr = read_png_uint8(Path(record["clean_hr"])).astype(np.float32) / 255.0
     size, scale = s.pair_hr_size, s.scale
     ys, xs = patch_grid(hr.shape[0], size, s.stride), patch_grid(hr.shape[1], size, s.stride)

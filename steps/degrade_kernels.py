@@ -35,9 +35,8 @@ def estimate_source_kernels(paths: list[Path], run: RunDir, s: DegradeSpec, devi
     for path in paths:
         try:
             data, sha, key = source_key(path, s, s.kernelgan_key_fields())
-            done = run.load_record("kernelgan", key)
-            if done is not None and run.staged_kernel(key).exists():
-                results[path] = {**done, "cached": True}
+            if (done := kernel_done(run, key)) is not None:
+                results[path] = done
                 continue
             rgb = decode_image(path, data, max_pixels=s.max_pixels).rgb
             if problem := cfg.too_small(*rgb.shape[:2]):
@@ -62,6 +61,12 @@ def estimate_source_kernels(paths: list[Path], run: RunDir, s: DegradeSpec, devi
             run.save_record("kernelgan", key, record)
             results[path] = {**record, "cached": False}
     return [results[p] for p in paths]
+
+
+def kernel_done(run: RunDir, key: str) -> dict | None:
+    """The KernelGAN record of an earlier run, when its staged kernel is still there."""
+    done = run.load_record("kernelgan", key)
+    return {**done, "cached": True} if done is not None and run.staged_kernel(key).exists() else None
 
 
 def _kernelgan_config(s: DegradeSpec):

@@ -53,10 +53,16 @@ def test_degrade_flow_end_to_end_with_bad_inputs_and_rerun(photo_dir, tmp_path, 
     again = run_degrade(settings, workers=2)
     assert again["cached"] == 5 and again["noise_bank"]["digest"] == summary["noise_bank"]["digest"]
     assert again["kernel_bank"]["digest"] == summary["kernel_bank"]["digest"]
+    # unchanged photos are decided in the flow (no task); only the files that failed go to workers again
+    assert again["worked_on"] == {"clean-up": 4, "kernelgan": 0, "pairs": 0}
+    assert again["pairs"]["pairs"] == summary["pairs"]["pairs"]
 
     write_rgb(photo_dir / "photo_new.png", small_photo(11))
+    photo = photo_dir / "photo_1.png"
+    os.utime(photo, ns=(photo.stat().st_atime_ns, photo.stat().st_mtime_ns + 10**9))  # touched, same content
     more = run_degrade(settings, workers=2)
-    assert more["processed"] == 6 and more["cached"] == 5
+    assert more["processed"] == 6 and more["cached"] == 5  # the touched photo: sent, found done by content
+    assert more["worked_on"]["clean-up"] == 4 + 2
     assert more["noise_bank"]["count"] == 6 * 24
 
 
@@ -155,6 +161,7 @@ def test_kernelgan_fills_the_kernel_bank(photo_dir, tmp_path, prefect_server, ca
     assert rows and all(r["kernel_id"].startswith("kernelgan+analytic-x4:") for r in rows)
     again = run_degrade(settings, workers=2)
     assert again["kernel_bank"]["digest"] == summary["kernel_bank"]["digest"]  # cached, same kernels
+    assert again["worked_on"] == {"clean-up": 0, "kernelgan": 0, "pairs": 0}
 
 
 def test_inspect_writes_contact_sheets(photo_dir, tmp_path, prefect_server, capsys):
