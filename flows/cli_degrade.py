@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from realsr.flows.cli_fields import add_fields, field_default, given
+from realsr.storage.remote import is_url
 
 _SKIP = {"source", "out"}
 
@@ -24,8 +25,8 @@ def add_parser(sub) -> None:
     from realsr.flows.settings import DegradeSettings
 
     d = sub.add_parser("degrade", help="build kernel and noise banks and HR/LR pairs from a folder of photos")
-    d.add_argument("--source", required=True, type=Path, help=DegradeSettings.model_fields["source"].description)
-    d.add_argument("--out", required=True, type=Path, help=DegradeSettings.model_fields["out"].description)
+    d.add_argument("--source", required=True, help=DegradeSettings.model_fields["source"].description)
+    d.add_argument("--out", required=True, help=DegradeSettings.model_fields["out"].description)
     add_fields(d, DegradeSettings, _SKIP, field_default)
     runtime_flags(d)
 
@@ -46,8 +47,11 @@ def print_result(summary: dict) -> None:
     print(summary_markdown(summary))
     if summary["noise_bank"].get("warning"):
         print(f"\nWARNING: {summary['noise_bank']['warning']}\n", file=sys.stderr)
-    root = Path(summary["run_dir"])
-    print(f"inspect the banks with:\n  realsr inspect {root / 'kernels.zarr'}\n  realsr inspect {root / 'noise.zarr'}")
+    root = summary["run_dir"].rstrip("/")
+    if is_url(root):
+        print(f"open the banks with zarr:\n  zarr.open_group('{root}/kernels.zarr', mode='r')\n  zarr.open_group('{root}/noise.zarr', mode='r')")
+    else:
+        print(f"inspect the banks with:\n  realsr inspect {Path(root) / 'kernels.zarr'}\n  realsr inspect {Path(root) / 'noise.zarr'}")
 
 
 def run(args) -> int:

@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
 
     f = PipelineSettings.model_fields
     p = sub.add_parser("pipeline", help="degrade -> train -> evaluate on a folder of photos: the camera's own model and its table")
-    p.add_argument("--source", required=True, type=Path, help=f["source"].description)
+    p.add_argument("--source", required=True, help=f["source"].description)
     p.add_argument("--out", required=True, type=Path, help=f["out"].description)
     p.add_argument("--preset", default="product", choices=list(PIPELINE_PRESETS), help=f"{f['preset'].description} (default product)")
     p.add_argument("--degrade", type=_json_object, default={}, metavar="JSON", help=f["degrade"].description)

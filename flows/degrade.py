@@ -23,6 +23,7 @@ from realsr.steps.degrade import jpeg_summary
 from realsr.storage.run_dir import RunDir, claim_run_dir
 from realsr.steps.degrade import save_summary
 from realsr.steps.inspect import inspect_bank
+from realsr.steps.staging import staged
 from realsr.tasks import degrade as t
 
 
@@ -96,8 +97,20 @@ def drop_duplicates(records: list[dict]) -> tuple[list[dict], list[dict]]:
 
 @flow(name="degrade-flow", task_runner=task_runner(), log_prints=False)
 def degrade_flow(settings: DegradeSettings) -> dict:
-    """Build the kernel and noise banks and the paired training data for one folder of photos."""
+    """Build the kernel and noise banks and the paired training data for one folder of photos
+    (local, or at a URL: worked on through local mirrors, see steps/staging.py)."""
     log = get_run_logger()
+    with staged(settings.source, settings.out, log) as local:
+        summary, records, sheets = degrade_local(settings.model_copy(update={"source": local.source, "out": local.out}), log)
+        summary = local.rebase(summary)
+        summary["settings"] = settings.model_dump(mode="json")
+        save_summary(RunDir(local.out), summary)
+    _publish(summary, local.rebase(records), sheets)
+    return summary
+
+
+def degrade_local(settings: DegradeSettings, log) -> tuple[dict, list[dict], dict[str, Path]]:
+    """degrade-flow on local folders: the summary, the per-image records and the contact sheets."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     sources, ignored = list_images(settings.source.resolve())
@@ -182,9 +195,7 @@ def degrade_flow(settings: DegradeSettings) -> dict:
     }
     sheets = bank_sheets(run, log)
     summary["sheets"] = {k: str(v) for k, v in sheets.items()}
-    save_summary(run, summary)
-    _publish(summary, records, sheets)
-    return summary
+    return summary, records, sheets
 
 
 def jpeg_line(j: dict) -> str:

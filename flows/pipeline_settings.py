@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from realsr.flows.settings import DegradeSettings
+from realsr.flows.settings import DegradeSettings, Location
 from realsr.flows.train_settings import TrainSettings
 
 RELEASED_ROW = "realesrgan-x4plus"  # the released model every pipeline table shows beside bicubic
@@ -41,7 +41,7 @@ class PipelineSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    source: Path = Field(description="Folder of the camera's photos (searched recursively).")
+    source: Location = Field(description="Folder of the camera's photos (searched recursively): a path, or a URL such as s3://bucket/photos.")
     out: Path = Field(description="Pipeline folder: run/ (degrade), train/, trained.pth (the trained generator), eval/ (the table), pipeline.json.")
     preset: Literal["product", "demo", "test-tiny"] = Field("product", description="The bundle of degrade and train settings this pipeline starts from.")
     degrade: dict[str, Any] = Field({}, description="degrade-flow settings over the preset's, e.g. {\"kernelgan_seeds\": 1} (any field but source and out).")

@@ -6,9 +6,11 @@ Defaults follow the released RealSR code (`collect_noise.py`, `create_kernel_dat
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+
+from realsr.storage.remote import is_url, local_path
 
 if TYPE_CHECKING:
     from realsr.steps.degrade import DegradeSpec
@@ -16,13 +18,30 @@ if TYPE_CHECKING:
 
 DEVICE = r"^(auto|cpu|cuda(:\d+)?)$"  # a torch device a setting may name
 
+def _location(v):
+    """A URL (s3://bucket/photos) stays a string; anything else is a local path."""
+    if is_url(v):
+        return v.rstrip("/")
+    return local_path(v) if isinstance(v, (str, Path)) else v
+
+
+# A folder on this machine or at an fsspec URL (storage/remote.py); the UI shows a text field.
+Location = Annotated[Path | str, BeforeValidator(_location), WithJsonSchema({"type": "string"})]
+
+
+def _inside(inner: Path | str, outer: Path | str) -> bool:
+    if is_url(inner) or is_url(outer):
+        return str(inner) == str(outer) or str(inner).startswith(str(outer) + "/")
+    return Path(inner).resolve() == Path(outer).resolve() or Path(outer).resolve() in Path(inner).resolve().parents
+
+
 class DegradeSettings(BaseModel):
     """What degrade-flow does with a folder of real photos."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    source: Path = Field(description="Folder of real source photos (searched recursively).")
-    out: Path = Field(description="Run folder: empty, or one an earlier degrade run made.")
+    source: Location = Field(description="Folder of real source photos (searched recursively): a path, or a URL such as s3://bucket/photos.")
+    out: Location = Field(description="Run folder: empty, or one an earlier degrade run made; a path, or a URL such as s3://bucket/runs/cam1.")
     scale: Literal[2, 4] = Field(4, description="SR scale of the HR/LR pairs.")
     kernels: str = Field(
         "bicubic",
@@ -81,7 +100,7 @@ class DegradeSettings(BaseModel):
             raise ValueError(
                 f"the LR patch ({lr} px = pair_hr_size/scale) must fit in a noise patch ({self.noise_patch_size} px)"
             )
-        if self.out.resolve() == self.source.resolve() or self.source.resolve() in self.out.resolve().parents:
+        if _inside(self.out, self.source):
             raise ValueError("the run folder must not be inside the source folder (its PNGs would become sources)")
         return self
 

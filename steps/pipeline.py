@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from realsr.storage.atomic import read_json, write_bytes, write_json
-from realsr.storage.images import list_images
+from realsr.storage.images import is_image_name, list_images
+from realsr.storage.remote import Mirror, is_url, stamp
 from realsr.storage.run_dir import TOOL
 
 STAGES = ("degrade", "train", "evaluate")
@@ -59,9 +60,13 @@ def digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def source_listing(source: Path) -> list[list]:
+def source_listing(source: Path | str) -> list[list]:
     """Each source photo's path, size and modification time: what a new, changed or removed
-    photo changes (a stat per file: 1,000 photos cost milliseconds)."""
+    photo changes (a stat per file: 1,000 photos cost milliseconds). At a URL: each photo's
+    path and version stamp (ETag), from one listing."""
+    if is_url(source):
+        files = Mirror(str(source), "sources").remote_files(is_image_name)
+        return [[rel, info.get("size"), stamp(info)] for rel, info in sorted(files.items())]
     images, _ = list_images(Path(source).resolve())
     rows = []
     for p in images:
@@ -70,7 +75,7 @@ def source_listing(source: Path) -> list[list]:
     return rows
 
 
-def degrade_key(settings: dict, source: Path) -> str:
+def degrade_key(settings: dict, source: Path | str) -> str:
     return digest({"settings": settings, "sources": source_listing(source)})
 
 

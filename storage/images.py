@@ -17,6 +17,12 @@ from realsr.storage.atomic import write_bytes
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2"}
 
 
+def is_image_name(rel: str) -> bool:
+    """A relative path `list_images` would take: an image suffix, no hidden part."""
+    path = Path(rel)
+    return path.suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith(".") for part in path.parts)
+
+
 class BadImageError(ValueError):
     """An input that cannot be used; the message names the file and the reason."""
 

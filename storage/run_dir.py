@@ -55,6 +55,24 @@ def claim_folder(out: Path, marker: str, what: str, record: dict) -> Path:
     return out
 
 
+def check_remote_run_dir(url: str) -> str:
+    """`check_folder` for a run folder at a URL, read without downloading it."""
+    from realsr.storage.remote import Mirror, remote_text
+
+    marker = remote_text(f"{url.rstrip('/')}/{MARKER}")
+    if marker is None:
+        if Mirror(url, "run").remote_files():
+            raise RunDirError(f"{url} holds other files and is not a run folder (no {MARKER}); choose an empty or new folder")
+        return url
+    try:
+        tool = json.loads(marker).get("tool")
+    except (ValueError, AttributeError):
+        tool = None
+    if tool != TOOL:
+        raise RunDirError(f"{url}/{MARKER} was not written by {TOOL}")
+    return url
+
+
 def check_run_dir(out: Path) -> Path:
     return check_folder(out, MARKER, "run folder")
 

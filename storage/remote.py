@@ -1,0 +1,199 @@
+"""Sources and run folders at an fsspec URL (s3://, gs://, az://, ...), worked on through a local copy.
+
+The steps read and write local files (OpenCV, Zarr's directory stores, atomic renames); a remote
+folder is mirrored into the per-user cache, the run works on the mirror, and what changed is
+uploaded file by file afterwards. An object store has no rename, so this keeps the run's writes
+atomic where it matters: each uploaded object appears whole or not at all, and the stage records
+are uploaded last, so a run cut off mid-upload redoes (never skips) the work whose files are
+missing. Only changed files move: a rerun downloads and uploads what differs from the last sync.
+
+Credentials and endpoints come from the filesystem's usual settings (for S3: the AWS environment
+variables and files, `AWS_ENDPOINT_URL` for an S3-compatible server); `REALSR_STORAGE_OPTIONS`
+(JSON) adds keyword arguments for the filesystem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from realsr.storage.atomic import read_json, write_json
+
+SYNC_RECORD = "sync.json"
+
+
+class RemoteError(ValueError):
+    pass
+
+
+def is_url(location: object) -> bool:
+    """A location another filesystem than the local one serves (`file://` counts as local)."""
+    return isinstance(location, str) and "://" in location and not location.startswith("file://")
+
+
+def local_path(location: str | Path) -> Path:
+    return Path(location[len("file://"):]) if isinstance(location, str) and location.startswith("file://") else Path(location)
+
+
+def filesystem(url: str):
+    """The fsspec filesystem of `url` and the path inside it; a missing driver is named."""
+    import fsspec
+
+    try:
+        options = json.loads(os.environ.get("REALSR_STORAGE_OPTIONS") or "{}")
+    except ValueError as e:
+        raise RemoteError(f"REALSR_STORAGE_OPTIONS is not JSON: {e}") from None
+    try:
+        return fsspec.core.url_to_fs(url, **options)
+    except ImportError as e:
+        raise RemoteError(f"{url}: its filesystem needs a package that is not installed ({e}); for s3:// install realsr-pipeline[s3]") from None
+    except ValueError as e:
+        raise RemoteError(f"{url}: {e}") from None
+
+
+def mirror_dir(url: str, role: str) -> Path:
+    """Where the local copy of `url` lives: the per-user cache, one folder per URL and role."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "realsr" / "remote"
+    digest = hashlib.sha256(f"{role}\0{url.rstrip('/')}".encode()).hexdigest()[:16]
+    return base / f"{role}-{digest}"
+
+
+def stamp(info: dict) -> str:
+    """What tells a remote file's version: its ETag or checksum where the store has one, else size and time."""
+    for key in ("ETag", "etag", "md5Hash", "crc32c", "checksum"):
+        if info.get(key):
+            return f"{key}:{info[key]}"
+    return f"size:{info.get('size')}:{info.get('LastModified') or info.get('mtime') or info.get('updated')}"
+
+
+class Mirror:
+    """A remote folder and its local copy (`tree`), with a record of what was last in sync.
+
+    The record maps each file's relative path to its remote stamp and its local size and time,
+    so `pull` and `push` move only files that changed on one side since.
+    """
+
+    def __init__(self, url: str, role: str):
+        self.url = url.rstrip("/")
+        self.fs, self.path = filesystem(self.url)
+        self.path = self.path.rstrip("/")
+        root = mirror_dir(self.url, role)
+        self.tree = root / "tree"
+        self._record_path = root / SYNC_RECORD
+
+    def _record(self) -> dict[str, dict]:
+        try:
+            record = read_json(self._record_path)
+        except (OSError, ValueError):
+            return {}
+        return record if isinstance(record, dict) and record.get("url") == self.url else {}
+
+    def _save(self, files: dict) -> None:
+        write_json(self._record_path, {"url": self.url, "files": files})
+
+    def remote_files(self, keep=lambda rel: True) -> dict[str, dict]:
+        try:
+            found = self.fs.find(self.path, detail=True)
+        except FileNotFoundError:
+            return {}
+        except Exception as e:  # the store's own errors (credentials, endpoint, bucket) in one line
+            raise RemoteError(f"{self.url}: cannot list it ({type(e).__name__}: {e})") from None
+        out = {}
+        for name, info in found.items():
+            rel = name[len(self.path):].lstrip("/") if name.startswith(self.path) else None
+            if rel and info.get("type", "file") == "file" and keep(rel):
+                out[rel] = info
+        return out
+
+    def pull(self, keep=lambda rel: True) -> int:
+        """Bring the local copy up to the remote folder (files `keep` accepts): fetch what changed
+        there, drop local files that were in sync and are gone there. Local files never synced
+        (the work of a run cut off before its upload) stay, for the run to resume from and upload.
+        Returns how many files were downloaded."""
+        known = self._record().get("files", {})
+        remote = self.remote_files(keep)
+        self.tree.mkdir(parents=True, exist_ok=True)
+        files, fetched = {}, 0
+        for rel, info in sorted(remote.items()):
+            target = self.tree / rel
+            version = stamp(info)
+            was = known.get(rel)
+            if not (was and was["remote"] == version and _local_unchanged(target, was)):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                part = target.with_name(target.name + ".part")
+                try:
+                    self.fs.get_file(f"{self.path}/{rel}", str(part))
+                except Exception as e:
+                    part.unlink(missing_ok=True)
+                    raise RemoteError(f"{self.url}/{rel}: cannot download it ({type(e).__name__}: {e})") from None
+                os.replace(part, target)
+                fetched += 1
+            files[rel] = {"remote": version, **_local_stat(target)}
+        for path in sorted(self.tree.rglob("*"), reverse=True):  # gone remotely: gone here
+            rel = path.relative_to(self.tree).as_posix()
+            if path.is_file() and rel in known and rel not in files:
+                path.unlink()
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+        self._save(files)
+        return fetched
+
+    def push(self, last: tuple[str, ...] = ()) -> int:
+        """Upload local files that changed since the last sync and delete remote files the local
+        copy no longer has. Files under the `last` prefixes go after all others (the resume
+        records: they must never point at files not yet uploaded). Returns the files uploaded."""
+        known = self._record().get("files", {})
+        local = {p.relative_to(self.tree).as_posix(): p for p in self.tree.rglob("*") if p.is_file() and not p.name.endswith(".part")}
+        changed = [rel for rel, p in local.items() if not (rel in known and _local_unchanged(p, known[rel]))]
+        changed.sort(key=lambda rel: (rel.startswith(last) if last else False, rel))
+        files = {rel: known[rel] for rel in local if rel in known}
+        for rel in changed:
+            try:
+                self.fs.put_file(str(local[rel]), f"{self.path}/{rel}")
+                info = self.fs.info(f"{self.path}/{rel}")
+            except Exception as e:
+                self._save(files)  # what did go up stays recorded
+                raise RemoteError(f"{self.url}/{rel}: cannot upload it ({type(e).__name__}: {e})") from None
+            files[rel] = {"remote": stamp(info), **_local_stat(local[rel])}
+        gone = [f"{self.path}/{rel}" for rel in known if rel not in local]
+        if gone:
+            try:
+                self.fs.rm(gone)
+            except FileNotFoundError:
+                pass
+        self._save(files)
+        return len(changed)
+
+
+def remote_images(url: str) -> list[str]:
+    """The photos a degrade run would take from the folder at `url` (relative paths, sorted)."""
+    from realsr.storage.images import is_image_name
+
+    mirror = Mirror(url, "sources")
+    return sorted(mirror.remote_files(is_image_name))
+
+
+def remote_text(url: str) -> str | None:
+    """The text of one small remote file, None where it does not exist."""
+    fs, path = filesystem(url)
+    try:
+        with fs.open(path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return None
+    except Exception as e:
+        raise RemoteError(f"{url}: cannot read it ({type(e).__name__}: {e})") from None
+
+
+def _local_stat(path: Path) -> dict:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _local_unchanged(path: Path, was: dict) -> bool:
+    try:
+        return _local_stat(path) == {"size": was["size"], "mtime_ns": was["mtime_ns"]}
+    except (OSError, KeyError):
+        return False
