@@ -42,9 +42,15 @@ def add_parser(sub) -> None:
 def preflight(settings) -> None:
     """The checks each stage makes before it starts, and the weights, before the first stage."""
     from realsr.flows import preflight as pf
-    from realsr.flows.cli_weights import fetch
 
     pf.degrade(settings.degrade_settings())
+    preflight_weights(settings)
+
+
+def preflight_weights(settings) -> None:
+    """Every weight the pipeline's stages load, found or fetched now, or one line saying which not."""
+    from realsr.flows.cli_weights import fetch
+
     t = settings.train_settings()
     needs = [m for m in {*settings.released_models(), *([t.init] if t.init else [])} if not Path(m).suffix]
     needs += (["vgg19"] if t.perceptual_weight else []) + ["alexnet", "lpips-alex-heads"]

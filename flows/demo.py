@@ -34,7 +34,7 @@ def write_samples(out: Path, count: int, seed: int) -> list[Path]:
 
 def run_demo(root: Path, workers: int | None = None, address: str | None = None) -> int:
     """Sample photos, then realsr-pipeline's `demo` preset on them."""
-    from realsr.flows.cli_pipeline import preflight, print_result, run_pipeline
+    from realsr.flows.cli_pipeline import preflight, preflight_weights, print_result, run_pipeline
     from realsr.flows.pipeline_settings import PipelineSettings
     from realsr.steps.inspect import inspect_bank
 
@@ -42,8 +42,9 @@ def run_demo(root: Path, workers: int | None = None, address: str | None = None)
     root = Path(root)
     source = root / "sample_photos"
     settings = PipelineSettings(source=source, out=root / "pipeline", preset="demo")
+    preflight_weights(settings)  # first: a machine that cannot have them fails in seconds, having written nothing
     write_samples(source, DEMO_PHOTOS, 0)
-    preflight(settings)  # the weights first: a machine that cannot have them fails in seconds
+    preflight(settings)
     t_weights = time.perf_counter() - t0
     print(f"weights ready in {t_weights:.1f} s")
     summary = run_pipeline(settings, workers, address)

@@ -44,13 +44,17 @@ def free_port() -> int:
 
 
 def _alive(pid: int) -> bool:
+    """Running (a zombie, exited and not yet reaped, is not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def stack_env(home: Path, port: int) -> dict[str, str]:
@@ -180,24 +184,32 @@ def _gpu_count() -> int:
         return 0
 
 
+def _reap(pid: int, seconds: float) -> bool:
+    """Wait up to `seconds` for `pid` to exit (reaping it when it is our child); True when it has."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        if not _alive(pid):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+
+
 def _stop_group(pid: int) -> None:
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    deadline = time.monotonic() + STOP_GRACE_S
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            break
-        try:
-            os.waitpid(pid, os.WNOHANG)  # reap it when it is our child
-        except ChildProcessError:
-            pass
-        time.sleep(0.2)
+    _reap(pid, STOP_GRACE_S)
     try:
         os.killpg(pid, signal.SIGKILL)  # the rest of the group too (a worker's flow runs)
     except ProcessLookupError:
         pass
+    _reap(pid, 10)
 
 
 def add_arguments(p) -> None:
