@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import cv2
@@ -69,3 +71,19 @@ def weights_ready() -> dict[str, Path]:
     from realsr.storage.weights import CATALOG, require
 
     return {name: require(name) for name in CATALOG}
+
+
+def stop_groups(procs: list[subprocess.Popen], grace: float = 30) -> None:
+    """Stop what a test started (each in its own session): SIGTERM to every process group, then
+    SIGKILL to any that has not exited after `grace` seconds; every one is reaped."""
+    for p in reversed(procs):
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for p in reversed(procs):
+        try:
+            p.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()

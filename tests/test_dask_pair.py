@@ -4,8 +4,6 @@ that cluster's threads, not this machine's cores."""
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,21 +13,17 @@ import pytest
 from realsr.flows.cli import main
 from realsr.flows.degrade import kernelgan_batches
 from realsr.flows.runtime import WORKER_ENV, cluster_env, cluster_slots
+from realsr.flows.stack import free_port
+from tests.conftest import stop_groups
 
 pytestmark = pytest.mark.slow
 DASK = str(Path(sys.executable).with_name("dask"))
 WORKERS = 3  # not this machine's core count, so the sizing shows where it came from
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def dask_pair(prefect_server, tmp_path):
-    port = _free_port()
+    port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     env = {**os.environ, **WORKER_ENV}
     logs = open(tmp_path / "dask.log", "wb")
@@ -42,14 +36,7 @@ def dask_pair(prefect_server, tmp_path):
             c.wait_for_workers(WORKERS, timeout=120)
         yield address
     finally:
-        for p in reversed(procs):
-            os.killpg(p.pid, signal.SIGTERM)
-        for p in reversed(procs):
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        stop_groups(procs)
         logs.close()
 
 

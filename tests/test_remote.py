@@ -3,8 +3,6 @@
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +12,9 @@ import numpy as np
 import pytest
 
 from realsr.flows.cli import main
+from realsr.flows.stack import free_port
 from realsr.storage.remote import Mirror, RemoteError
+from tests.conftest import stop_groups
 
 BUCKET = "camera"
 
@@ -22,9 +22,7 @@ BUCKET = "camera"
 @pytest.fixture
 def s3(tmp_path, monkeypatch):
     """An S3 server on a free loopback port, a bucket, and the AWS settings pointing at it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = open(tmp_path / "moto.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -47,12 +45,7 @@ def s3(tmp_path, monkeypatch):
         fs.mkdir(BUCKET)
         yield fs
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_groups([proc], grace=20)
         log.close()
 
 
