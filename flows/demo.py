@@ -1,4 +1,4 @@
-"""`realsr demo`: the whole method on the embedded default, in about 15 minutes on 2 cores.
+"""`realsr demo`: the whole method on the embedded default, in minutes on 2 cores (2.3 min measured, BENCHMARKS.md).
 
 sample camera photos -> realsr-pipeline's `demo` preset: degrade-flow (KernelGAN kernels, noise
 bank, pairs) -> train-flow (a short fine-tune of Real-ESRGAN x4plus on the camera's

@@ -20,9 +20,9 @@ from realsr.flows.train_settings import TrainSettings
 RELEASED_ROW = "realesrgan-x4plus"  # the released model every pipeline table shows beside bicubic
 PIPELINE_PRESETS: dict[str, dict[str, dict]] = {
     "product": {"degrade": {"kernels": "kernelgan"}, "train": {"preset": "finetune"}},
-    # `realsr demo`: about 15 minutes on 2 cores. KernelGAN with one seed (the product's three
-    # cost 3x the time); 60 fine-tune iterations at 5.3 s each (batch 4 of 64 px, x4plus); the
-    # 8 validation crops of held-out photos are also the evaluation set
+    # `realsr demo`: 2.3 min on 2 cores (BENCHMARKS.md, fresh machine run 3). KernelGAN with one
+    # seed (the product's three cost 3x the time); 60 fine-tune iterations (batch 4 of 64 px,
+    # x4plus); the 8 validation crops of held-out photos are also the evaluation set
     "demo": {
         "degrade": {"kernels": "kernelgan", "kernelgan_iterations": 1000, "kernelgan_seeds": 1},
         "train": {
