@@ -109,28 +109,26 @@ class Mirror:
 
     def pull(self, keep=lambda rel: True) -> int:
         """Bring the local copy up to the remote folder (files `keep` accepts): fetch what changed
-        there, drop local files that were in sync and are gone there. Local files never synced
-        (the work of a run cut off before its upload) stay, for the run to resume from and upload.
-        Returns how many files were downloaded."""
+        there (all at once: the store's driver runs the transfers concurrently), drop local files
+        that were in sync and are gone there. Local files never synced (the work of a run cut off
+        before its upload) stay, for the run to resume from and upload. Returns the files fetched."""
         known = self._record().get("files", {})
         remote = self.remote_files(keep)
         self.tree.mkdir(parents=True, exist_ok=True)
-        files, fetched = {}, 0
-        for rel, info in sorted(remote.items()):
-            target = self.tree / rel
-            version = stamp(info)
-            was = known.get(rel)
-            if not (was and was["remote"] == version and _local_unchanged(target, was)):
-                target.parent.mkdir(parents=True, exist_ok=True)
-                part = target.with_name(target.name + ".part")
-                try:
-                    self.fs.get_file(f"{self.path}/{rel}", str(part))
-                except Exception as e:
+        fetch = [rel for rel, info in sorted(remote.items()) if not (rel in known and known[rel]["remote"] == stamp(info) and _local_unchanged(self.tree / rel, known[rel]))]
+        parts = [self.tree / f"{rel}.part" for rel in fetch]
+        for part in parts:
+            part.parent.mkdir(parents=True, exist_ok=True)
+        if fetch:
+            try:
+                self.fs.get([f"{self.path}/{rel}" for rel in fetch], [str(p) for p in parts])
+            except Exception as e:
+                for part in parts:
                     part.unlink(missing_ok=True)
-                    raise RemoteError(f"{self.url}/{rel}: cannot download it ({type(e).__name__}: {e})") from None
-                os.replace(part, target)
-                fetched += 1
-            files[rel] = {"remote": version, **_local_stat(target)}
+                raise RemoteError(f"{self.url}: downloading {len(fetch)} files failed ({type(e).__name__}: {e})") from None
+        for rel, part in zip(fetch, parts):
+            os.replace(part, self.tree / rel)
+        files = {rel: {"remote": stamp(info), **_local_stat(self.tree / rel)} for rel, info in remote.items()}
         for path in sorted(self.tree.rglob("*"), reverse=True):  # gone remotely: gone here
             rel = path.relative_to(self.tree).as_posix()
             if path.is_file() and rel in known and rel not in files:
@@ -138,25 +136,31 @@ class Mirror:
             elif path.is_dir() and not any(path.iterdir()):
                 path.rmdir()
         self._save(files)
-        return fetched
+        return len(fetch)
 
     def push(self, last: tuple[str, ...] = ()) -> int:
         """Upload local files that changed since the last sync and delete remote files the local
-        copy no longer has. Files under the `last` prefixes go after all others (the resume
+        copy no longer has. Files under the `last` prefixes go up after all others (the resume
         records: they must never point at files not yet uploaded). Returns the files uploaded."""
         known = self._record().get("files", {})
         local = {p.relative_to(self.tree).as_posix(): p for p in self.tree.rglob("*") if p.is_file() and not p.name.endswith(".part")}
-        changed = [rel for rel, p in local.items() if not (rel in known and _local_unchanged(p, known[rel]))]
-        changed.sort(key=lambda rel: (rel.startswith(last) if last else False, rel))
-        files = {rel: known[rel] for rel in local if rel in known}
-        for rel in changed:
+        changed = sorted(rel for rel, p in local.items() if not (rel in known and _local_unchanged(p, known[rel])))
+        records = [rel for rel in changed if last and rel.startswith(last)]
+        for batch in ([rel for rel in changed if rel not in records], records):
+            if not batch:
+                continue
             try:
-                self.fs.put_file(str(local[rel]), f"{self.path}/{rel}")
-                info = self.fs.info(f"{self.path}/{rel}")
-            except Exception as e:
-                self._save(files)  # what did go up stays recorded
-                raise RemoteError(f"{self.url}/{rel}: cannot upload it ({type(e).__name__}: {e})") from None
-            files[rel] = {"remote": stamp(info), **_local_stat(local[rel])}
+                self.fs.put([str(local[rel]) for rel in batch], [f"{self.path}/{rel}" for rel in batch])
+            except Exception as e:  # the files not recorded as synced go up again next time
+                self._save({rel: known[rel] for rel in local if rel in known and rel not in changed})
+                raise RemoteError(f"{self.url}: uploading {len(batch)} files failed ({type(e).__name__}: {e})") from None
+        remote = self.remote_files() if changed else {}
+        files = {}
+        for rel, p in local.items():
+            if rel in remote and rel in changed:
+                files[rel] = {"remote": stamp(remote[rel]), **_local_stat(p)}
+            elif rel in known and rel not in changed:
+                files[rel] = known[rel]
         gone = [f"{self.path}/{rel}" for rel in known if rel not in local]
         if gone:
             try:
