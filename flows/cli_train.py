@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from realsr.flows.cli_fields import add_fields, given
+from realsr.storage.remote import is_url, mirror_dir
 
 _SKIP = {"run_dir", "out", "preset", "resume"}
 
@@ -18,8 +19,8 @@ def add_parser(sub) -> None:
     from realsr.flows.train_settings import PAPER, PRESETS, TrainSettings
 
     t = sub.add_parser("train", help="train or fine-tune the SR generator on a degrade-flow run's degradations")
-    t.add_argument("run_dir", type=Path, help="degrade-flow run folder")
-    t.add_argument("--out", required=True, type=Path, help="training folder (checkpoints, logs, samples)")
+    t.add_argument("run_dir", help="degrade-flow run folder (a path, or a URL such as s3://bucket/runs/cam1)")
+    t.add_argument("--out", required=True, help="training folder (checkpoints, logs, samples; a path or a URL)")
     t.add_argument("--preset", default="paper", choices=list(PRESETS), help="bundle of settings to start from (default paper)")
     t.add_argument("--resume", dest="resume", action="store_const", const="require", default="no", help="continue from the newest state (fail if none)")
     t.add_argument("--auto-resume", dest="resume", action="store_const", const="auto", help="continue from the newest state if there is one")
@@ -53,10 +54,14 @@ def run_train(args) -> int:
         with prefect_api():
             summary = train_flow(settings)
     else:
-        from realsr.flows.train import summary_markdown
+        from realsr.flows.train import staged_training, summary_markdown
         from realsr.steps.train import train
 
-        summary = train(settings.spec(), log=lambda m: print(m, file=sys.stderr))
+        say = lambda m: print(m, file=sys.stderr)  # noqa: E731
+        summary, local = staged_training(settings, lambda s: train(s.spec(), log=say), say)
     print(summary_markdown(summary))
-    print(f"upscale with:  realsr upscale -i PHOTOS -o OUT --model {summary['latest']}")
+    model = summary["latest"]
+    if is_url(model):  # upscale reads local files: the mirror holds the same file
+        model = str(Path(mirror_dir(str(settings.out), "train")) / "tree" / Path(model[len(str(settings.out).rstrip("/")) + 1 :]))
+    print(f"upscale with:  realsr upscale -i PHOTOS -o OUT --model {model}")
     return 0

@@ -100,7 +100,7 @@ def degrade_flow(settings: DegradeSettings) -> dict:
     """Build the kernel and noise banks and the paired training data for one folder of photos
     (local, or at a URL: worked on through local mirrors, see steps/staging.py)."""
     log = get_run_logger()
-    with staged(settings.source, settings.out, log) as local:
+    with staged(settings.source, settings.out, log.info) as local:
         summary, records, sheets = degrade_local(settings.model_copy(update={"source": local.source, "out": local.out}), log)
         summary = local.rebase(summary)
         summary["settings"] = settings.model_dump(mode="json")

@@ -12,12 +12,12 @@ def degrade(settings) -> None:
     from realsr.storage.banks import open_kernel_bank
     from realsr.storage.images import list_images
     from realsr.storage.remote import is_url, remote_images
-    from realsr.storage.run_dir import check_remote_run_dir, check_run_dir
+    from realsr.storage.run_dir import check_remote_folder, check_run_dir
 
     images = remote_images(settings.source) if is_url(settings.source) else list_images(settings.source)[0]
     if not images:
         raise ValueError(f"no images found in {settings.source} (looked for png, jpg, tif, webp, bmp, ...)")
-    check_remote_run_dir(settings.out) if is_url(settings.out) else check_run_dir(Path(settings.out))
+    check_remote_folder(settings.out) if is_url(settings.out) else check_run_dir(Path(settings.out))
     if settings.kernels.startswith("bank:"):
         open_kernel_bank(Path(settings.kernels[5:]))
 
@@ -28,13 +28,25 @@ def train(settings) -> None:
     from realsr.steps.train_data import run_scale, training_images
     from realsr.steps.train_setup import check_train_dir, vgg19_path
 
-    run = RunDir(Path(settings.run_dir))
-    training_images(run, settings.hr_size, settings.val_crops, settings.val_images, settings.seed)  # a degrade run with a manifest, banks, large enough images
-    if settings.init:
-        load_rrdb(settings.init, expect_scale=run_scale(run))
+    from realsr.storage.remote import is_url
+    from realsr.storage.run_dir import check_remote_folder
+    from realsr.steps.train_setup import MARKER
+
+    if is_url(settings.run_dir):  # its images and banks are checked when the mirror is there
+        check_remote_folder(settings.run_dir, must_exist=True)
+        if settings.init:
+            load_rrdb(settings.init)
+    else:
+        run = RunDir(Path(settings.run_dir))
+        training_images(run, settings.hr_size, settings.val_crops, settings.val_images, settings.seed)  # a degrade run with a manifest, banks, large enough images
+        if settings.init:
+            load_rrdb(settings.init, expect_scale=run_scale(run))
     if settings.perceptual_weight:
         vgg19_path(settings.vgg19_weights)
-    check_train_dir(Path(settings.out), settings.resume)
+    if is_url(settings.out):  # whether there is something to resume is checked on the mirror
+        check_remote_folder(settings.out, MARKER, "training folder")
+    else:
+        check_train_dir(Path(settings.out), settings.resume)
 
 
 def evaluate(settings) -> None:

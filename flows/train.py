@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Callable
 
 from prefect import flow, get_run_logger
 
 from realsr.flows.artifacts import image_markdown, publish
 from realsr.flows.train_settings import TrainSettings
+from realsr.steps.staging import staged
 from realsr.tasks import train as t
 
 
@@ -31,11 +33,20 @@ def summary_markdown(s: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def staged_training(settings: TrainSettings, train: Callable[[TrainSettings], dict], say: Callable[[str], None]) -> tuple[dict, dict]:
+    """`train` on local folders, for settings whose run and training folders may be URLs (through
+    the mirrors of steps/staging.py; the run folder's is the one degrade wrote). Returns the
+    summary naming the URLs, and the one naming the local copies."""
+    with staged(settings.run_dir, settings.out, say, source_role="run", out_role="train") as local:
+        summary = train(settings.model_copy(update={"run_dir": local.source, "out": local.out}))
+        return local.rebase(summary), summary
+
+
 @flow(name="train-flow", log_prints=False)
 def train_flow(settings: TrainSettings) -> dict:
     log = get_run_logger()
     log.info("settings: " + ", ".join(f"{k}={v}" for k, v in settings.model_dump(mode="json").items()))
-    summary = t.train_generator(settings)
+    shown, summary = staged_training(settings, t.train_generator, log.info)
     samples = sorted((Path(summary["out"]) / "samples").glob("iter_*.png"))
     rows = []
     val = Path(summary["out"]) / "validation.csv"
@@ -43,5 +54,5 @@ def train_flow(settings: TrainSettings) -> dict:
         with val.open(newline="") as f:
             rows = list(csv.DictReader(f))
     picture = image_markdown(samples[-1] if samples else None, f"validation samples at {samples[-1].stem if samples else ''} (LR / SR / HR)")
-    publish(log, summary_markdown(summary) + "\n" + picture, "train-summary", "train-flow run summary and validation samples", rows, "train-validation", "validation (EMA generator) per iteration")
-    return summary
+    publish(log, summary_markdown(shown) + "\n" + picture, "train-summary", "train-flow run summary and validation samples", rows, "train-validation", "validation (EMA generator) per iteration")
+    return shown

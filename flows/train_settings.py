@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from realsr.flows.settings import DEVICE
+from realsr.flows.settings import DEVICE, Location
 
 if TYPE_CHECKING:
     from realsr.steps.train import TrainSpec
@@ -80,8 +80,8 @@ class TrainSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    run_dir: Path = Field(description="A degrade-flow run folder (clean_hr/, kernels.zarr, noise.zarr, pairs/).")
-    out: Path = Field(description="Training folder: models/, training_states/, losses.csv, validation.csv, samples/.")
+    run_dir: Location = Field(description="A degrade-flow run folder (clean_hr/, kernels.zarr, noise.zarr, pairs/): a path, or a URL such as s3://bucket/runs/cam1.")
+    out: Location = Field(description="Training folder: models/, training_states/, losses.csv, validation.csv, samples/; a path or a URL.")
     preset: Literal["paper", "finetune", "cpu-small", "test-tiny"] = Field("paper", description="The bundle of settings this run started from.")
     init: str | None = Field(None, description="Generator to start from: a checkpoint path or a released generator by name (realsr weights list; fetched and verified on first use), none: from scratch with the L1 warm-up.")
     resume: Literal["no", "auto", "require"] = Field("no", description="'auto' continues from the newest complete state in out if there is one; 'require' fails without one.")

@@ -26,19 +26,21 @@ class Staged:
 
 
 @contextmanager
-def staged(source: Path | str, out: Path | str, log) -> Iterator[Staged]:
-    """Local folders for `source` and `out`; a URL among them is mirrored before and, for `out`,
-    uploaded after, also when the run fails (what it finished is kept for the rerun)."""
-    src = Mirror(str(source), "sources") if is_url(source) else None
-    run = Mirror(str(out), "run") if is_url(out) else None
+def staged(source: Path | str, out: Path | str, say: Callable[[str], None], source_role: str = "sources", out_role: str = "run") -> Iterator[Staged]:
+    """Local folders for `source` (read) and `out` (read and written); a URL among them is
+    mirrored before and, for `out`, uploaded after, also when the run fails (what it finished is
+    kept for the rerun). Roles name the mirrors: a degrade run's folder (`run`) read by training
+    is the same local copy that degrade wrote."""
+    src = Mirror(str(source), source_role) if is_url(source) else None
+    run = Mirror(str(out), out_role) if is_url(out) else None
     swaps = []
     if src is not None:
-        n = src.pull(keep=is_image_name)
-        log.info(f"sources {src.url}: {n} photos downloaded to {src.tree} (the others were current)")
+        n = src.pull(keep=is_image_name if source_role == "sources" else lambda rel: True)
+        say(f"{source_role} {src.url}: {n} files downloaded to {src.tree} (the others were current)")
         swaps.append((str(src.tree), src.url))
     if run is not None:
         n = run.pull()
-        log.info(f"run folder {run.url}: {n} files downloaded to {run.tree} (the others were current)")
+        say(f"{out_role} folder {run.url}: {n} files downloaded to {run.tree} (the others were current)")
         swaps.append((str(run.tree), run.url))
 
     def rebase(obj):
@@ -55,8 +57,8 @@ def staged(source: Path | str, out: Path | str, log) -> Iterator[Staged]:
         if run is not None:
             try:
                 n = run.push(last=RECORDS)
-                log.info(f"run folder {run.url}: {n} files uploaded")
+                say(f"{out_role} folder {run.url}: {n} files uploaded")
             except Exception as e:
                 if ok:
                     raise
-                log.error(f"run folder {run.url}: the upload after the failure failed too: {e}")
+                say(f"ERROR: {out_role} folder {run.url}: the upload after the failure failed too: {e}")

@@ -55,21 +55,25 @@ def claim_folder(out: Path, marker: str, what: str, record: dict) -> Path:
     return out
 
 
-def check_remote_run_dir(url: str) -> str:
-    """`check_folder` for a run folder at a URL, read without downloading it."""
+def check_remote_folder(url: str, marker: str = MARKER, what: str = "run folder", must_exist: bool = False) -> str:
+    """`check_folder` for a folder at a URL, read without downloading it; `must_exist`: it must
+    already be one of ours (an input, as a degrade run is to training)."""
     from realsr.storage.remote import Mirror, remote_text
 
-    marker = remote_text(f"{url.rstrip('/')}/{MARKER}")
-    if marker is None:
+    url = url.rstrip("/")
+    text = remote_text(f"{url}/{marker}")
+    if text is None:
+        if must_exist:
+            raise RunDirError(f"{url}: not a {what} (no {marker})")
         if Mirror(url, "run").remote_files():
-            raise RunDirError(f"{url} holds other files and is not a run folder (no {MARKER}); choose an empty or new folder")
+            raise RunDirError(f"{url} holds other files and is not a {what} (no {marker}); choose an empty or new folder")
         return url
     try:
-        tool = json.loads(marker).get("tool")
+        tool = json.loads(text).get("tool")
     except (ValueError, AttributeError):
         tool = None
     if tool != TOOL:
-        raise RunDirError(f"{url}/{MARKER} was not written by {TOOL}")
+        raise RunDirError(f"{url}/{marker} was not written by {TOOL}")
     return url
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,6 +115,21 @@ def test_degrade_reads_and_writes_s3(s3, prefect_server, photo_dir, tmp_path, ca
     assert main(["degrade", "--source", src, "--out", out, "--pair-hr-size", "64", "--workers", "2"]) == 0
     other = json.loads(s3.cat(f"{BUCKET}/runs/cam1/summary.json"))
     assert other["cached"] == 4 and other["pairs"]["pairs"] == summary["pairs"]["pairs"]
+
+    # training reads the run at its URL (the mirror degrade left: nothing to download) and
+    # writes its folder there; a rerun with --auto-resume finds the finished run in it
+    train = ["train", out, "--out", f"s3://{BUCKET}/train/t1", "--preset", "test-tiny", "--runtime", "local"]
+    assert main(train) == 0
+    printed = capsys.readouterr()
+    assert "run s3://camera/runs/cam1: 0 files downloaded" in printed.err
+    assert s3.exists(f"{BUCKET}/train/t1/models/net_g_latest.pth") and s3.exists(f"{BUCKET}/train/t1/train.json")
+    model = printed.out.split("--model ")[-1].strip()
+    assert Path(model).is_file() and Path(model).read_bytes() == s3.cat(f"{BUCKET}/train/t1/models/net_g_latest.pth")
+    assert main(train) == 2  # a finished run is not overwritten
+    assert "holds a training run" in capsys.readouterr().err
+    assert main([*train, "--auto-resume"]) == 0
+    assert main(["train", f"s3://{BUCKET}/photos", "--out", f"s3://{BUCKET}/train/t2", "--preset", "test-tiny"]) == 2
+    assert "s3://camera/photos: not a run folder (no run.json)" in capsys.readouterr().err
 
     # a prefix that holds something else is refused before anything starts
     s3.pipe(f"{BUCKET}/other/data.csv", b"x")
