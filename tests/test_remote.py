@@ -131,6 +131,14 @@ def test_degrade_reads_and_writes_s3(s3, prefect_server, photo_dir, tmp_path, ca
     assert main(["train", f"s3://{BUCKET}/photos", "--out", f"s3://{BUCKET}/train/t2", "--preset", "test-tiny"]) == 2
     assert "s3://camera/photos: not a run folder (no run.json)" in capsys.readouterr().err
 
+    # a run that fails after clean-up still uploads what it finished, for the rerun to reuse
+    failing = ["degrade", "--source", src, "--out", f"s3://{BUCKET}/runs/failed", "--pair-hr-size", "64", "--workers", "2",
+               "--noise-rule", "reference", "--noise-patch-size", "64", "--noise-stride", "64", "--noise-max-var", "0.000001", "--on-empty-noise", "stop"]
+    assert main(failing) == 2
+    assert "stopped before the pairs" in capsys.readouterr().err
+    assert len(s3.find(f"{BUCKET}/runs/failed/clean_hr")) == 4 and s3.find(f"{BUCKET}/runs/failed/.work")
+    assert not s3.exists(f"{BUCKET}/runs/failed/pairs/manifest.jsonl")
+
     # a prefix that holds something else is refused before anything starts
     s3.pipe(f"{BUCKET}/other/data.csv", b"x")
     capsys.readouterr()
