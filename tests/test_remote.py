@@ -158,3 +158,20 @@ def test_pipeline_sees_a_changed_photo_at_a_url(s3):
     assert degrade_key({"scale": 4}, f"s3://{BUCKET}/p") == key
     s3.pipe(f"{BUCKET}/p/b.png", b"22")
     assert degrade_key({"scale": 4}, f"s3://{BUCKET}/p") != key
+
+
+@pytest.mark.slow
+def test_the_pipeline_takes_its_photos_from_a_url(s3, prefect_server, photo_dir, tmp_path, capsys):
+    for p in sorted(photo_dir.iterdir()):
+        s3.put_file(str(p), f"{BUCKET}/photos/{p.name}")
+    run = ["pipeline", "--source", f"s3://{BUCKET}/photos", "--out", str(tmp_path / "pipe"), "--preset", "test-tiny"]
+    assert main(run) == 0
+    summary = json.loads((tmp_path / "pipe" / "summary.json").read_text())
+    assert summary["degrade"]["processed"] == 4 and (tmp_path / "pipe" / "trained.pth").is_file()
+    capsys.readouterr()
+    assert main(run) == 0  # nothing changed at the URL: every stage is current
+    out = capsys.readouterr().out
+    assert "degrade: skipped (current)" in out and "train: skipped (current)" in out
+    s3.pipe(f"{BUCKET}/photos/extra.png", (photo_dir / sorted(p.name for p in photo_dir.iterdir())[0]).read_bytes())
+    assert main(run) == 0  # a new photo there: degrade runs again
+    assert "degrade: ran" in capsys.readouterr().out
