@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from realsr.flows.cli_degrade import runtime_flags
+from realsr.storage.remote import is_url, mirror_dir, remote_text
 
 
 def _json_object(text: str) -> dict:
@@ -29,7 +30,7 @@ def add_parser(sub) -> None:
     f = PipelineSettings.model_fields
     p = sub.add_parser("pipeline", help="degrade -> train -> evaluate on a folder of photos: the camera's own model and its table")
     p.add_argument("--source", required=True, help=f["source"].description)
-    p.add_argument("--out", required=True, type=Path, help=f["out"].description)
+    p.add_argument("--out", required=True, help=f["out"].description)
     p.add_argument("--preset", default="product", choices=list(PIPELINE_PRESETS), help=f"{f['preset'].description} (default product)")
     p.add_argument("--degrade", type=_json_object, default={}, metavar="JSON", help=f["degrade"].description)
     p.add_argument("--train", type=_json_object, default={}, metavar="JSON", help=f["train"].description)
@@ -42,7 +43,11 @@ def add_parser(sub) -> None:
 def preflight(settings) -> None:
     """The checks each stage makes before it starts, and the weights, before the first stage."""
     from realsr.flows import preflight as pf
+    from realsr.steps.pipeline import RECORD
+    from realsr.storage.run_dir import check_remote_folder
 
+    if is_url(settings.out):
+        check_remote_folder(settings.out, RECORD, "pipeline folder")
     pf.degrade(settings.degrade_settings())
     preflight_weights(settings)
 
@@ -73,10 +78,13 @@ def print_result(summary: dict) -> None:
         print(f"  {stage}: {how}")
     for title, e in summary["evaluations"].items():
         print(f"\nOn {title} ({e['computed']} computed, {e['cached']} from the cache):")
-        print(Path(e["table"]).read_text())
+        print(remote_text(e["table"]) if is_url(e["table"]) else Path(e["table"]).read_text())
         print(f"contact sheet: {e['sheet']}")
     print(f"kernel bank sheet: {summary['kernel_sheet']}\nnoise bank sheet: {summary['noise_sheet']}")
-    print(f"\nthe camera's model: {summary['model']}\nupscale with:  realsr upscale -i PHOTOS -o OUT --model {summary['model']}")
+    model = summary["model"]
+    if is_url(model):  # upscale reads local files: the mirror holds the same file
+        model = str(mirror_dir(summary["out"], "pipeline") / "tree" / model[len(summary["out"]) + 1 :])
+    print(f"\nthe camera's model: {summary['model']}\nupscale with:  realsr upscale -i PHOTOS -o OUT --model {model}")
 
 
 def run(args) -> int:

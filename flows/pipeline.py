@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger
 from realsr.flows.artifacts import image_markdown, publish
 from realsr.flows.pipeline_settings import PipelineSettings
 from realsr.steps import pipeline as p
+from realsr.steps.staging import staged
 from realsr.storage.atomic import read_json, write_json
 from realsr.storage.run_dir import TOOL, check_folder
 
@@ -62,8 +63,19 @@ def evaluate_settings(lr: Path, hr: Path | None, models: list[str], out: Path):
 
 @flow(name="realsr-pipeline", log_prints=False)
 def pipeline_flow(settings: PipelineSettings) -> dict:
-    """degrade -> train -> evaluate, each skipped when current; the table as the final artifact."""
+    """degrade -> train -> evaluate, each skipped when current; the table as the final artifact.
+    A pipeline folder at a URL is worked on through its local mirror (steps/staging.py)."""
     log = get_run_logger()
+    with staged(None, settings.out, log.info, out_role="pipeline") as local:
+        summary, pictures = pipeline_local(settings.model_copy(update={"out": local.out}), log)
+        shown = local.rebase(summary)
+        write_json(local.out / "summary.json", shown)
+    publish(log, local.rebase(summary_markdown(summary, pictures)), "realsr-pipeline", "the pipeline's evaluation table and contact sheets")
+    return shown
+
+
+def pipeline_local(settings: PipelineSettings, log) -> tuple[dict, list[tuple[str, dict]]]:
+    """The pipeline on a local folder: its summary and the evaluations to draw."""
     pdir = claim_pipeline_dir(settings.out)
     ran: dict[str, str] = {}
 
@@ -108,9 +120,7 @@ def pipeline_flow(settings: PipelineSettings) -> dict:
         "noise_sheet": degraded.get("sheets", {}).get("noise"), "training_images": trained["training_images"], "validation_crops": trained["validation_crops"],
         "evaluations": {t: {"table": str(Path(r["md"])), "sheet": r["sheet"], "computed": r["computed"], "cached": r["cached"], "means": r["summary"]} for t, r in results.items()},
     }
-    write_json(pdir.root / "summary.json", summary)
-    publish(log, summary_markdown(summary, [(t, r) for t, r in pictures]), "realsr-pipeline", "the pipeline's evaluation table and contact sheets")
-    return summary
+    return summary, pictures
 
 
 def summary_markdown(s: dict, evaluations: list[tuple[str, dict]]) -> str:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from realsr.flows.settings import DegradeSettings, Location
 from realsr.flows.train_settings import TrainSettings
+from realsr.storage.remote import is_url
 
 RELEASED_ROW = "realesrgan-x4plus"  # the released model every pipeline table shows beside bicubic
 PIPELINE_PRESETS: dict[str, dict[str, dict]] = {
@@ -36,13 +37,17 @@ PIPELINE_PRESETS: dict[str, dict[str, dict]] = {
 _OWN = {"degrade": {"source", "out"}, "train": {"run_dir", "out", "resume"}}
 
 
+def _join(folder: Path | str, name: str) -> Path | str:
+    return f"{folder}/{name}" if is_url(folder) else Path(folder) / name
+
+
 class PipelineSettings(BaseModel):
     """degrade -> train -> evaluate on one folder of photos."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     source: Location = Field(description="Folder of the camera's photos (searched recursively): a path, or a URL such as s3://bucket/photos.")
-    out: Path = Field(description="Pipeline folder: run/ (degrade), train/, trained.pth (the trained generator), eval/ (the table), pipeline.json.")
+    out: Location = Field(description="Pipeline folder: run/ (degrade), train/, trained.pth (the trained generator), eval/ (the table), pipeline.json; a path, or a URL (stages inline).")
     preset: Literal["product", "demo", "test-tiny"] = Field("product", description="The bundle of degrade and train settings this pipeline starts from.")
     degrade: dict[str, Any] = Field({}, description="degrade-flow settings over the preset's, e.g. {\"kernelgan_seeds\": 1} (any field but source and out).")
     train: dict[str, Any] = Field({}, description="train-flow settings over the preset's, e.g. {\"iterations\": 2000} (any field but run_dir, out and resume).")
@@ -68,6 +73,8 @@ class PipelineSettings(BaseModel):
                 build()
             except ValidationError as e:
                 raise ValueError("; ".join(f"{stage}.{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}" for err in e.errors())) from None
+        if is_url(self.out) and self.stages == "deployments":
+            raise ValueError("out: a pipeline folder at a URL runs its stages inline (stage deployments on other machines would each need the URL's mirror); set stages to inline")
         if self.test_hr is not None and self.test_lr is None:
             raise ValueError("test_hr needs test_lr")
         for name in ("test_lr", "test_hr"):
@@ -77,12 +84,12 @@ class PipelineSettings(BaseModel):
 
     def degrade_settings(self) -> DegradeSettings:
         fields = {**PIPELINE_PRESETS[self.preset]["degrade"], **self.degrade}
-        return DegradeSettings(**fields, source=self.source, out=Path(self.out) / "run")
+        return DegradeSettings(**fields, source=self.source, out=_join(self.out, "run"))
 
     def train_settings(self, out: Path | None = None) -> TrainSettings:
         """train-flow's settings; `out` is the folder the stage's key names (pipeline.train_key)."""
         fields = {**PIPELINE_PRESETS[self.preset]["train"], **self.train}
-        return TrainSettings.from_preset(**fields, run_dir=Path(self.out) / "run", out=out or Path(self.out) / "train", resume="auto")
+        return TrainSettings.from_preset(**fields, run_dir=_join(self.out, "run"), out=out or _join(self.out, "train"), resume="auto")
 
     def released_models(self) -> list[str]:
         if self.models is not None:

@@ -20,13 +20,13 @@ RECORDS = (".work/",)  # the resume records: uploaded after the files they point
 
 @dataclass(frozen=True)
 class Staged:
-    source: Path  # the local folder to read the photos from
+    source: Path | None  # the local folder to read the photos from
     out: Path  # the local run folder
     rebase: Callable[[object], object]  # local mirror paths in a result -> the URLs the user gave
 
 
 @contextmanager
-def staged(source: Path | str, out: Path | str, say: Callable[[str], None], source_role: str = "sources", out_role: str = "run") -> Iterator[Staged]:
+def staged(source: Path | str | None, out: Path | str, say: Callable[[str], None], source_role: str = "sources", out_role: str = "run") -> Iterator[Staged]:
     """Local folders for `source` (read) and `out` (read and written); a URL among them is
     mirrored before and, for `out`, uploaded after, also when the run fails (what it finished is
     kept for the rerun). Roles name the mirrors: a degrade run's folder (`run`) read by training
@@ -51,7 +51,7 @@ def staged(source: Path | str, out: Path | str, say: Callable[[str], None], sour
 
     ok = False
     try:
-        yield Staged(src.tree if src else Path(source), run.tree if run else Path(out), rebase)
+        yield Staged(src.tree if src else (Path(source) if source is not None else None), run.tree if run else Path(out), rebase)
         ok = True
     finally:
         if run is not None:

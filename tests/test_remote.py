@@ -175,3 +175,28 @@ def test_the_pipeline_takes_its_photos_from_a_url(s3, prefect_server, photo_dir,
     s3.pipe(f"{BUCKET}/photos/extra.png", (photo_dir / sorted(p.name for p in photo_dir.iterdir())[0]).read_bytes())
     assert main(run) == 0  # a new photo there: degrade runs again
     assert "degrade: ran" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_pipeline_folder_at_a_url(s3, prefect_server, photo_dir, capsys):
+    for p in sorted(photo_dir.iterdir()):
+        s3.put_file(str(p), f"{BUCKET}/photos/{p.name}")
+    out = f"s3://{BUCKET}/pipelines/cam1"
+    run = ["pipeline", "--source", f"s3://{BUCKET}/photos", "--out", out, "--preset", "test-tiny"]
+    assert main(run) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads(s3.cat(f"{BUCKET}/pipelines/cam1/summary.json"))
+    assert summary["out"] == out and summary["model"] == f"{out}/trained.pth" and summary["run_dir"] == f"{out}/run"
+    assert "| bicubic |" in printed  # the table, read back from the URL
+    local_model = printed.split("--model ")[-1].strip()
+    assert Path(local_model).read_bytes() == s3.cat(f"{BUCKET}/pipelines/cam1/trained.pth")
+    assert main(run) == 0 and "train: skipped (current)" in capsys.readouterr().out
+    s3.pipe(f"{BUCKET}/other/data.csv", b"x")
+    assert main([*run[:-4], "--out", f"s3://{BUCKET}/other", "--preset", "test-tiny"]) == 2  # not a pipeline folder
+    assert "s3://camera/other holds other files and is not a pipeline folder" in capsys.readouterr().err
+    from pydantic import ValidationError
+
+    from realsr.flows.pipeline_settings import PipelineSettings
+
+    with pytest.raises(ValidationError, match="a pipeline folder at a URL runs its stages inline"):
+        PipelineSettings(source=f"s3://{BUCKET}/photos", out=out, preset="test-tiny", stages="deployments")
