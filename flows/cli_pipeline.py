@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from realsr.flows.cli_degrade import runtime_flags
-from realsr.storage.remote import is_url, mirror_dir, remote_text
+from realsr.storage.remote import is_url, mirrored, remote_text
 
 
 def _json_object(text: str) -> dict:
@@ -83,7 +83,7 @@ def print_result(summary: dict) -> None:
     print(f"kernel bank sheet: {summary['kernel_sheet']}\nnoise bank sheet: {summary['noise_sheet']}")
     model = summary["model"]
     if is_url(model):  # upscale reads local files: the mirror holds the same file
-        model = str(mirror_dir(summary["out"], "pipeline") / "tree" / model[len(summary["out"]) + 1 :])
+        model = str(mirrored(summary["out"], "pipeline", model))
     print(f"\nthe camera's model: {summary['model']}\nupscale with:  realsr upscale -i PHOTOS -o OUT --model {model}")
 
 

@@ -7,10 +7,9 @@ not given leaves the preset's value.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from realsr.flows.cli_fields import add_fields, given
-from realsr.storage.remote import is_url, mirror_dir
+from realsr.storage.remote import is_url, mirrored
 
 _SKIP = {"run_dir", "out", "preset", "resume"}
 
@@ -62,6 +61,6 @@ def run_train(args) -> int:
     print(summary_markdown(summary))
     model = summary["latest"]
     if is_url(model):  # upscale reads local files: the mirror holds the same file
-        model = str(Path(mirror_dir(str(settings.out), "train")) / "tree" / Path(model[len(str(settings.out).rstrip("/")) + 1 :]))
+        model = str(mirrored(str(settings.out), "train", model))
     print(f"upscale with:  realsr upscale -i PHOTOS -o OUT --model {model}")
     return 0

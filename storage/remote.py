@@ -60,6 +60,12 @@ def mirror_dir(url: str, role: str) -> Path:
     return base / f"{role}-{digest}"
 
 
+def mirrored(root: str, role: str, url: str) -> Path:
+    """Where the mirror of the folder `root` holds the file at `url` (a URL inside `root`)."""
+    root = root.rstrip("/")
+    return mirror_dir(root, role) / "tree" / url[len(root) + 1 :]
+
+
 def stamp(info: dict) -> str:
     """What tells a remote file's version: its ETag or checksum where the store has one, else size and time."""
     for key in ("ETag", "etag", "md5Hash", "crc32c", "checksum"):
@@ -80,7 +86,7 @@ class Mirror:
         self.fs, self.path = filesystem(self.url)
         self.path = self.path.rstrip("/")
         root = mirror_dir(self.url, role)
-        self.tree = root / "tree"
+        self.tree = mirrored(self.url, role, self.url + "/")
         self._record_path = root / SYNC_RECORD
 
     def _record(self) -> dict[str, dict]:
