@@ -8,7 +8,7 @@
   realsr train RUN_DIR --out TRAIN_DIR [--preset paper|finetune|cpu-small|test-tiny] [--init CKPT] [--auto-resume]
   realsr weights list | fetch [NAME ...] | verify   the released and backbone weights, verified by sha256
   realsr sample --out DIR [--count 8]      synthetic camera photos to try the pipeline on
-  realsr pipeline --source PHOTOS --out DIR [--preset product|demo|test-tiny]   degrade -> train -> evaluate
+  realsr pipeline --source PHOTOS --out DIR [--preset auto|product|cpu|demo|test-tiny]   degrade -> train -> evaluate
   realsr stack up|down|status --home DIR   server, pools, deployments, workers on this machine
   realsr demo [DIR]                        sample photos -> the pipeline's demo preset, all embedded
 """
@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import argparse
-import signal
+import errno
 import sys
 from pathlib import Path
 
@@ -29,6 +29,13 @@ def _share(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
     return value
 
 
@@ -59,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     u.add_argument("--blend", type=_share, default=None, metavar="ALPHA", help="fidelity/perception control: the model's share in a weight blend with --blend-with (0..1; 1: the model as it is)")
     u.add_argument("--blend-with", default=None, metavar="MODEL", help="what --blend mixes in (default: the init the model records, e.g. realesrgan-x4plus)")
+    u.add_argument("--overwrite", action="store_true", help="replace existing output files that upscale did not write (its own earlier outputs are always replaced)")
+    u.add_argument("--max-megapixels", type=_positive, default=200.0, help="refuse larger images (read from the header, before decoding)")
+    u.add_argument("--max-memory", type=_positive, default=None, metavar="GB", help="host memory one image may take, estimated from its header (default: 80%% of this machine's); over it an image is tiled, or refused where tiling cannot help")
     b = sub.add_parser("blend", help="network interpolation: write (1 - ALPHA) x A + ALPHA x B as a checkpoint")
     b.add_argument("a", help="checkpoint or released name (ALPHA 0 gives it)")
     b.add_argument("b", help="checkpoint or released name of the same architecture (ALPHA 1 gives it)")
@@ -87,24 +97,31 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run_upscale(args) -> int:
-    """`realsr upscale`: 0 when every input was written, 1 when some failed (listed at the end)."""
+    """`realsr upscale`: 0 when every input was written, 1 when some failed or were held back by a
+    file upscale did not write (listed at the end), 2 when nothing was written."""
     from tqdm import tqdm
 
-    from realsr.steps.upscale import UpscaleOptions, upscale_files
+    from realsr.steps.upscale import LogProgress, UpscaleOptions, upscale_files
 
     precision = "fp32" if args.fp32 else ("bf16" if args.bf16 else "fp16")
-    opts = UpscaleOptions(outscale=args.outscale, tile=args.tile, tile_pad=args.tile_pad, precision=precision, ext=args.ext, suffix=args.suffix, alpha=args.alpha, batch=max(1, args.batch))
-    with tqdm(total=1, unit="tile", file=sys.stderr, leave=False, disable=None) as bar:
-        report = upscale_files(args.input, args.output, args.model, opts, args.device, bar, log=lambda m: tqdm.write(m, file=sys.stderr), blend=args.blend, blend_with=args.blend_with)
-    print(f"{len(report.written)} written, {len(report.failed)} failed, {len(report.skipped)} skipped", file=sys.stderr)
+    opts = UpscaleOptions(
+        outscale=args.outscale, tile=args.tile, tile_pad=args.tile_pad, precision=precision, ext=args.ext, suffix=args.suffix, alpha=args.alpha, batch=max(1, args.batch),
+        overwrite=args.overwrite, max_megapixels=args.max_megapixels, max_memory_gb=args.max_memory,
+    )
+    log = lambda m: tqdm.write(m, file=sys.stderr)  # noqa: E731
+    with tqdm(total=1, unit="tile", file=sys.stderr, leave=False, disable=None) as bar:  # no terminal: plain lines instead
+        report = upscale_files(args.input, args.output, args.model, opts, args.device, LogProgress(log) if bar.disable else bar, log=log, blend=args.blend, blend_with=args.blend_with)
+    print(f"{len(report.written)} written, {len(report.failed)} failed, {len(report.skipped) + len(report.kept)} skipped", file=sys.stderr)
     for f in report.failed:
         print(f"  FAILED {f['source']}: {f['reason']}", file=sys.stderr)
-    for f in report.skipped:
+    for f in report.skipped + report.kept:
         print(f"  skipped {f['source']}: {f['reason']}", file=sys.stderr)
     for w in report.written:
         if w["notes"]:
             print(f"  note {w['source']}: {'; '.join(w['notes'])}", file=sys.stderr)
-    return 1 if report.failed else 0
+    if not report.written:
+        return 2
+    return 0 if report.done else 1
 
 
 def run_evaluate(args) -> int:
@@ -123,16 +140,49 @@ def run_evaluate(args) -> int:
     print(f"{result['computed']} computed, {result['cached']} from the cache; per image: {result['csv']}; sheet: {result['sheet']}")
     for f in result["failures"]:
         print(f"FAILED {f['model']} on {f['image']}: {f['reason']}", file=sys.stderr)
-    return 1 if result["failures"] else 0
+    from realsr.flows.exit_codes import outcome
+
+    return outcome(result["computed"] + result["cached"], len(result["failures"]))
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command; Ctrl-C and SIGTERM stop it and everything it started (flows/stopping.py), a
+    full disk ends it in one line naming the file."""
+    from realsr.flows import stopping
     from realsr.flows.runtime import apply_env_defaults
 
     apply_env_defaults()  # before prefect/dask are imported: their logging reads it once
-    # SIGTERM unwinds like Ctrl-C, so the embedded API server and the Dask cluster are stopped
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    with stopping.handled():
+        try:
+            code = _main(argv)
+        except BaseException as e:
+            if stopping.requested():
+                code = None
+            elif isinstance(e, OSError) and _unwritable(e):
+                code = 2
+            else:
+                raise
+        # also where a signal's exception was caught and wrapped on its way (an item's failure)
+        return stopping.finish() if stopping.requested() else code
+
+
+def _unwritable(e: OSError) -> bool:
+    """Say, in one line, which write a full (or read-only) disk refused; False for other errors."""
+    from realsr.storage.atomic import NO_RETRY_ERRNOS, space_left
+
+    if e.errno not in NO_RETRY_ERRNOS:
+        return False
+    path = e.filename or "(a file the error does not name)"
+    if e.errno == errno.EROFS:
+        print(f"error: read-only file system: cannot write {path}", file=sys.stderr)
+    else:
+        print(f"error: no space left on device writing {path} ({space_left(path)} on that filesystem)", file=sys.stderr)
+    return True
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
+    from realsr.flows import stopping
     from realsr.steps.degrade_noise import EmptyNoiseBank
 
     try:
@@ -181,12 +231,16 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_demo(args.run_dir, args.workers, args.dask_address)
     except ValidationError as e:
+        if stopping.requested():
+            raise
         print("invalid settings:", file=sys.stderr)
         for err in e.errors():
             where = ".".join(str(x) for x in err["loc"]) or "settings"
             print(f"  {where}: {err['msg']}", file=sys.stderr)
         return 2
     except (FileNotFoundError, NotADirectoryError, ValueError, EmptyNoiseBank, FloatingPointError) as e:  # CheckpointError, TrainingDataError: ValueErrors
+        if stopping.requested():  # a Ctrl-C's exception, wrapped on its way: not an error of the run
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

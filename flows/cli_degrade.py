@@ -55,12 +55,18 @@ def print_result(summary: dict) -> None:
 
 
 def run(args) -> int:
-    """`realsr degrade`: 0 when at least one photo was processed (the summary lists the others)."""
+    """`realsr degrade`: the exit-code rule (flows/cli.py `outcome`) over the source photos;
+    a run that made nothing usable raises (exit 2)."""
+    from realsr.flows.exit_codes import failed_photos, outcome
     from realsr.flows import preflight
     from realsr.flows.settings import DegradeSettings
+    from realsr.steps.staging import held
 
     settings = DegradeSettings(source=args.source, out=args.out, **given(args, DegradeSettings, _SKIP))
     preflight.degrade(settings)
-    summary = run_degrade(settings, args.workers, args.dask_address)
+    with held(settings.source, settings.out):  # one run per folder: a second is refused here, before any server starts
+        summary = run_degrade(settings, args.workers, args.dask_address)
     print_result(summary)
-    return 1 if summary["processed"] == 0 else 0
+    if failed := failed_photos(summary):
+        print(f"{len(failed)} of {summary['sources']} photos failed (listed above): {', '.join(Path(f).name for f in failed[:5])}{' ...' if len(failed) > 5 else ''}", file=sys.stderr)
+    return outcome(summary["processed"], len(failed))

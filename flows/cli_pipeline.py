@@ -1,4 +1,4 @@
-"""`realsr pipeline --source PHOTOS --out DIR [--preset product|demo|test-tiny] [--degrade JSON] [--train JSON] ...`
+"""`realsr pipeline --source PHOTOS --out DIR [--preset auto|product|cpu|demo|test-tiny] [--degrade JSON] [--train JSON] ...`
 
 degrade -> train -> evaluate as realsr-pipeline, against the configured Prefect API or an
 embedded one; the demo is its `demo` preset on sample photos.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from realsr.flows.cli_degrade import runtime_flags
@@ -25,13 +26,13 @@ def _json_object(text: str) -> dict:
 
 
 def add_parser(sub) -> None:
-    from realsr.flows.pipeline_settings import PIPELINE_PRESETS, PipelineSettings
+    from realsr.flows.pipeline_settings import AUTO, PIPELINE_PRESETS, PipelineSettings
 
     f = PipelineSettings.model_fields
     p = sub.add_parser("pipeline", help="degrade -> train -> evaluate on a folder of photos: the camera's own model and its table")
     p.add_argument("--source", required=True, help=f["source"].description)
     p.add_argument("--out", required=True, help=f["out"].description)
-    p.add_argument("--preset", default="product", choices=list(PIPELINE_PRESETS), help=f"{f['preset'].description} (default product)")
+    p.add_argument("--preset", default=AUTO, choices=[AUTO, *PIPELINE_PRESETS], help=f"{f['preset'].description} (default {AUTO})")
     p.add_argument("--degrade", type=_json_object, default={}, metavar="JSON", help=f["degrade"].description)
     p.add_argument("--train", type=_json_object, default={}, metavar="JSON", help=f["train"].description)
     p.add_argument("--model", dest="models", action="append", default=None, help=f"{f['models'].description} Repeat for more.")
@@ -89,9 +90,15 @@ def print_result(summary: dict) -> None:
 
 def run(args) -> int:
     from realsr.flows.pipeline_settings import PipelineSettings
+    from realsr.steps.staging import held
 
     settings = PipelineSettings(source=args.source, out=args.out, preset=args.preset, degrade=args.degrade, train=args.train, models=args.models, test_lr=args.test_lr, test_hr=args.test_hr)
     preflight(settings)
-    summary = run_pipeline(settings, args.workers, args.dask_address)
+    with held(None, settings.out, out_role="pipeline"):  # one run per folder, refused before any server starts
+        summary = run_pipeline(settings, args.workers, args.dask_address)
     print_result(summary)
-    return 0
+    from realsr.flows.exit_codes import outcome
+
+    for f in summary.get("failures", []):
+        print(f"FAILED {f}", file=sys.stderr)
+    return outcome(summary["degrade"]["processed"], len(summary.get("failures", [])))

@@ -49,8 +49,9 @@ def run_train(args) -> int:
     if args.runtime == "prefect":
         from realsr.flows.runtime import prefect_api
         from realsr.flows.train import summary_markdown, train_flow
+        from realsr.steps.staging import held
 
-        with prefect_api():
+        with held(settings.run_dir, settings.out, "run", "train"), prefect_api():  # a second run is refused before the server starts
             summary = train_flow(settings)
     else:
         from realsr.flows.train import staged_training, summary_markdown

@@ -60,22 +60,26 @@ def run_weights(args) -> int:
             if w.note:
                 print(f"  note: {w.note}")
         return 0
+    from realsr.flows.exit_codes import outcome
+
     if args.weights_command == "fetch":
-        missing = fetch(_names(args.names, DEMO_NEEDS))
+        names = _names(args.names, DEMO_NEEDS)
+        missing = fetch(names)
         for line in missing:
             print(f"error: {line}", file=sys.stderr)
-        return 2 if missing else 0
-    bad = 0
+        return outcome(len(names) - len(missing), len(missing))
+    bad = ok = 0
     for name in _names(args.names, tuple(CATALOG)):
         found = locate(name)
         for path in found.bad:
             print(f"BAD      {name}: {path} (sha256 does not match the release)")
             bad += 1
         if found.path:
+            ok += 1
             print(f"OK       {name}: {found.path} ({found.source.check} sha256 {found.source.sha256[:16]}...)")
         elif args.names:
             print(f"MISSING  {name}")
             bad += 1
         else:
             print(f"-        {name}: not here")
-    return 1 if bad else 0
+    return outcome(ok, bad)

@@ -13,9 +13,10 @@ from pathlib import Path
 import dask
 from prefect import flow, get_run_logger, unmapped
 
-from realsr.flows.artifacts import image_markdown, publish
+from realsr.flows.artifacts import image_markdown, outcome, publish, refused, warning_markdown
 from realsr.flows.runtime import cluster_slots, task_runner
-from realsr.flows.settings import DegradeSettings
+from realsr.flows.settings import DegradeSettings, SettingsError, resolve
+from realsr.storage.atomic import no_retry
 from realsr.storage.images import list_images
 from realsr.steps import degrade_known as known
 from realsr.steps.degrade_noise import EmptyNoiseBank
@@ -60,6 +61,8 @@ def _gather(futures, batched: list[list], label) -> tuple[list[dict], list[dict]
             done += fut.result()
             continue
         exc = state.result(raise_on_failure=False)
+        if no_retry(exc):  # a full or read-only disk: the run stops, the command names the file
+            raise exc
         if isinstance(exc, t.BatchError):
             done += exc.done
             failed += exc.failures
@@ -95,18 +98,45 @@ def drop_duplicates(records: list[dict]) -> tuple[list[dict], list[dict]]:
     return kept, dropped
 
 
-@flow(name="degrade-flow", task_runner=task_runner(), log_prints=False)
+@flow(name="degrade-flow", task_runner=task_runner(), log_prints=False, validate_parameters=False)
 def degrade_flow(settings: DegradeSettings) -> dict:
     """Build the kernel and noise banks and the paired training data for one folder of photos
-    (local, or at a URL: worked on through local mirrors, see steps/staging.py)."""
+    (local, or at a URL: worked on through local mirrors, see steps/staging.py). A run that made
+    nothing train-flow can use ends Failed; one that warned ends Completed with the warnings."""
     log = get_run_logger()
+    try:  # a deployment run's settings: merged over the deployment's, checked here (flows/settings.py)
+        settings = resolve(DegradeSettings, settings, log.info)
+    except SettingsError as e:
+        return refused(log, e)
     with staged(settings.source, settings.out, log.info) as local:
         summary, records, sheets = degrade_local(settings.model_copy(update={"source": local.source, "out": local.out}), log)
         summary = local.rebase(summary)
         summary["settings"] = settings.model_dump(mode="json")
+        summary["warnings"], summary["error"] = usable(summary)
         save_summary(RunDir(local.out), summary)
     _publish(summary, local.rebase(records), sheets)
-    return summary
+    return outcome(log, summary, summary["warnings"], summary["error"])
+
+
+def usable(s: dict) -> tuple[list[str], str | None]:
+    """What the operator must hear of a finished run: its warnings, and the error when it made
+    nothing train-flow can use. Training crops clean HR images (steps/train_data.py
+    training_images), so photos too small for a pair still train, with a smaller hr_size."""
+    from realsr.flows.train_settings import MIN_HR_SIZE
+
+    largest, size = s.get("largest_clean_hr", 0), s["settings"]["pair_hr_size"]
+    warnings = [f"{len(s['skipped'])} of {s['sources']} photos skipped (listed in {s['run_dir']}/summary.json)"] if s["skipped"] else []
+    if s["noise_bank"].get("warning"):
+        warnings.append(s["noise_bank"]["warning"])
+    if not s["processed"]:
+        return warnings, f"degrade: nothing usable: no photo of {s['settings']['source']} could be used ({len(s['skipped'])} skipped, see {s['run_dir']}/summary.json)"
+    if largest < MIN_HR_SIZE:
+        return warnings, f"degrade: nothing usable: every clean HR image is under {MIN_HR_SIZE} px (largest {largest} px), too small to train on; use larger photos or a smaller cleanup_factor"
+    if not s["pairs"]["pairs"]:
+        warnings.append(
+            f"0 HR/LR pairs: every clean HR image is smaller than pair_hr_size {size} px (largest {largest} px); train-flow can still train on them with hr_size {largest // s['settings']['scale'] * s['settings']['scale']} or less"
+        )
+    return warnings, None
 
 
 def degrade_local(settings: DegradeSettings, log) -> tuple[dict, list[dict], dict[str, Path]]:
@@ -116,7 +146,7 @@ def degrade_local(settings: DegradeSettings, log) -> tuple[dict, list[dict], dic
     sources, ignored = list_images(settings.source.resolve())
     if not sources:
         raise ValueError(f"no images found in {settings.source} (looked for png, jpg, tif, webp, bmp, ...)")
-    run = RunDir(claim_run_dir(Path(settings.out).resolve(), settings.model_dump(mode="json")))
+    run = RunDir(claim_run_dir(Path(settings.out).resolve(), settings.model_dump(mode="json"), source=settings.source))
     log.info(f"{len(sources)} source images in {settings.source}; run folder {run.root}")
     spec = settings.spec()
 
@@ -185,6 +215,7 @@ def degrade_local(settings: DegradeSettings, log) -> tuple[dict, list[dict], dic
         "ignored_files": [{"file": str(p), "reason": why} for p, why in ignored],
         "converted": [{"source": r["source"], "notes": r["notes"]} for r in records if r["notes"]],
         "too_small_for_pairs": [r["source"] for r in pairs if not r["rows"]],
+        "largest_clean_hr": max((min(r["hr_size"]) for r in records if r.get("hr_size")), default=0),  # px, its shorter side
         "kernel_bank": kernels,
         "kernel_failures": kernel_failed,
         "noise_bank": noise,
@@ -208,6 +239,7 @@ def summary_markdown(s: dict) -> str:
     lines = [
         f"# degrade-flow: {s['run_dir']}",
         "",
+        *([warning_markdown(s.get("warnings", []), s.get("error"))] if s.get("warnings") or s.get("error") else []),
         f"- sources: {s['sources']} ({s['processed']} processed, {s['cached']} from earlier runs, {len(s['skipped'])} skipped)",
         *(["- sent to workers: " + ", ".join(f"{k} {v}" for k, v in s["worked_on"].items())] if "worked_on" in s else []),
         f"- kernel bank: `{s['kernel_bank']['path']}`: " + ", ".join(f"{sc} {c['valid']} valid of {c['kernels']}" for sc, c in s["kernel_bank"]["counts"].items()),

@@ -54,4 +54,6 @@ def run_demo(root: Path, workers: int | None = None, address: str | None = None)
     print(f"training samples: {Path(summary['train_dir']) / 'samples'}")
     total = time.perf_counter() - t0
     print(f"demo finished in {(total - t_weights) / 60:.1f} min (weights {t_weights:.0f} s before that)")
-    return 0
+    from realsr.flows.exit_codes import outcome
+
+    return outcome(summary["degrade"]["processed"], len(summary.get("failures", [])))

@@ -7,16 +7,20 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from realsr.flows.artifacts import image_markdown, publish
-from realsr.flows.settings import EvaluateSettings
+from realsr.flows.artifacts import image_markdown, means_markdown, publish, refused
+from realsr.flows.settings import EvaluateSettings, SettingsError, resolve
 from realsr.steps import evaluate as ev
 from realsr.storage.atomic import write_json
 from realsr.tasks import evaluate as t
 
 
-@flow(name="evaluate-flow", log_prints=False)
+@flow(name="evaluate-flow", log_prints=False, validate_parameters=False)
 def evaluate_flow(settings: EvaluateSettings) -> dict:
     log = get_run_logger()
+    try:  # a deployment run's settings: merged over the deployment's, checked here (flows/settings.py)
+        settings = resolve(EvaluateSettings, settings, log.info)
+    except SettingsError as e:
+        return refused(log, e)
     out = settings.out.resolve()
     images, notes = ev.test_images(settings.lr, settings.hr)
     for n in notes:
@@ -37,6 +41,6 @@ def evaluate_flow(settings: EvaluateSettings) -> dict:
     result.update(failures=failures, notes=notes, out=str(out), computed=sum(not r["cached"] for r in rows), cached=sum(r["cached"] for r in rows))
     write_json(out / "summary.json", result)
     table = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()} for m in result["summary"]]
-    markdown = (out / "results.md").read_text() + "\n" + image_markdown(result["sheet"], "contact sheet (LR / models / HR crops)")
+    markdown = means_markdown(result["summary"], out / "results.md") + "\n" + image_markdown(result["sheet"], "contact sheet (LR / models / HR crops)")
     publish(log, markdown, "evaluate-results", "evaluate-flow results and contact sheet", table, "evaluate-means", "mean metrics per model")
     return result

@@ -11,12 +11,15 @@ stage as its deployment (degrade on the CPU pool, train and evaluate on the GPU 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from realsr.flows.artifacts import image_markdown, publish
-from realsr.flows.pipeline_settings import PipelineSettings
+from realsr.flows.artifacts import NothingUsable, image_markdown, means_markdown, outcome, publish, refused, warning_markdown
+from realsr.flows.exit_codes import failed_photos
+from realsr.flows.pipeline_settings import AUTO, PIPELINE_PRESETS, PipelineSettings
+from realsr.flows.settings import SettingsError, resolve
 from realsr.steps import pipeline as p
 from realsr.steps.staging import staged
 from realsr.storage.atomic import read_json, write_json
@@ -24,6 +27,10 @@ from realsr.storage.run_dir import TOOL, check_folder
 
 DEPLOYMENTS = {"degrade": "degrade-flow/degrade", "train": "train-flow/train", "evaluate": "evaluate-flow/evaluate"}
 OUTPUT = {"degrade": "summary.json", "train": "summary.json", "evaluate": "summary.json"}
+
+
+class StageFailed(ValueError):
+    """A stage's deployment run did not complete: the pipeline ends Failed with the stage's message."""
 
 
 def run_stage(stage: str, settings, mode: str, log) -> dict:
@@ -34,7 +41,7 @@ def run_stage(stage: str, settings, mode: str, log) -> dict:
         log.info(f"{stage}: running deployment {DEPLOYMENTS[stage]} and waiting for it")
         run = run_deployment(DEPLOYMENTS[stage], parameters={"settings": settings.model_dump(mode="json")}, timeout=None)
         if not run.state or not run.state.is_completed():
-            raise RuntimeError(f"{stage}: deployment run {run.name} ({DEPLOYMENTS[stage]}) ended {run.state.name if run.state else 'without a state'}: {run.state.message if run.state else ''}")
+            raise StageFailed(f"{stage}: deployment run {run.name} ({DEPLOYMENTS[stage]}) ended {run.state.name if run.state else 'without a state'}: {run.state.message if run.state else ''}")
     else:
         from realsr.flows.degrade import degrade_flow
         from realsr.flows.evaluate import evaluate_flow
@@ -61,17 +68,42 @@ def evaluate_settings(lr: Path, hr: Path | None, models: list[str], out: Path):
     return EvaluateSettings(lr=lr, hr=hr, models=models, out=out)
 
 
-@flow(name="realsr-pipeline", log_prints=False)
+@flow(name="realsr-pipeline", log_prints=False, validate_parameters=False)
 def pipeline_flow(settings: PipelineSettings) -> dict:
     """degrade -> train -> evaluate, each skipped when current; the table as the final artifact.
-    A pipeline folder at a URL is worked on through its local mirror (steps/staging.py)."""
+    A pipeline folder at a URL is worked on through its local mirror (steps/staging.py). Bad
+    settings, or a stage that leaves the next nothing to use, end the run Failed with why."""
     log = get_run_logger()
-    with staged(None, settings.out, log.info, out_role="pipeline") as local:
-        summary, pictures = pipeline_local(settings.model_copy(update={"out": local.out}), log)
-        shown = local.rebase(summary)
-        write_json(local.out / "summary.json", shown)
+    try:  # a deployment run's settings: merged over the deployment's, checked here (flows/settings.py)
+        settings = resolve(PipelineSettings, settings, log.info)
+    except SettingsError as e:
+        return refused(log, e)
+    if settings.preset == AUTO:
+        say = log.info if settings.bundle == "product" else log.warning
+        say(f"preset auto: {'a CUDA GPU' if settings.bundle == 'product' else 'no CUDA GPU'} here, so preset {settings.bundle} {json.dumps(PIPELINE_PRESETS[settings.bundle])}; set preset to choose another")
+    try:
+        with staged(None, settings.out, log.info, out_role="pipeline") as local:
+            summary, pictures = pipeline_local(settings.model_copy(update={"out": local.out}), log)
+            shown = local.rebase(summary)
+            write_json(local.out / "summary.json", shown)
+    except (NothingUsable, StageFailed) as e:  # said in one line, not a traceback
+        return refused(log, e)
     publish(log, local.rebase(summary_markdown(summary, pictures)), "realsr-pipeline", "the pipeline's evaluation table and contact sheets")
-    return shown
+    return outcome(log, shown, shown["warnings"])
+
+
+def trainable(degraded: dict, hr_size: int, where: Path) -> None:
+    """Refuse to train on nothing: degrade made no clean HR image at least one crop large."""
+    if degraded.get("error"):
+        raise NothingUsable(degraded["error"])
+    if not degraded["processed"]:
+        raise NothingUsable(f"degrade: nothing usable: no photo could be used (see {where / 'summary.json'})")
+    largest, scale = degraded.get("largest_clean_hr"), degraded.get("settings", {}).get("scale", 1)
+    if largest is not None and largest < hr_size:
+        raise NothingUsable(
+            f"train: nothing to train on: every clean HR image is smaller than the training crop of {hr_size} px (largest {largest} px, see {where / 'summary.json'}); "
+            f"set train {{\"hr_size\": {largest // scale * scale}}} or use larger photos"
+        )
 
 
 def pipeline_local(settings: PipelineSettings, log) -> tuple[dict, list[tuple[str, dict]]]:
@@ -87,8 +119,7 @@ def pipeline_local(settings: PipelineSettings, log) -> tuple[dict, list[tuple[st
     else:
         degraded, ran["degrade"] = run_stage("degrade", d, settings.stages, log), "ran"
         p.record_stage(pdir, "degrade", dkey)
-    if not degraded["processed"]:
-        raise ValueError(f"degrade: no photo of {settings.source} could be used (see {pdir.run / 'summary.json'})")
+    trainable(degraded, settings.train_settings().hr_size, pdir.run)
 
     tkey = p.train_key(settings.train_settings().model_dump(mode="json"), dkey)
     tr = settings.train_settings(pdir.train(tkey))
@@ -115,8 +146,9 @@ def pipeline_local(settings: PipelineSettings, log) -> tuple[dict, list[tuple[st
     ran["evaluate"] = "ran" if results else "nothing to evaluate"
 
     summary = {
-        "out": str(pdir.root), "stages": ran, "run_dir": str(pdir.run), "train_dir": str(tr.out), "model": str(model),
-        "degrade": {k: degraded[k] for k in ("sources", "processed", "cached")}, "kernel_sheet": degraded.get("sheets", {}).get("kernels"),
+        "out": str(pdir.root), "stages": ran, "preset": settings.bundle, "warnings": [f"degrade: {w}" for w in degraded.get("warnings", [])], "run_dir": str(pdir.run), "train_dir": str(tr.out), "model": str(model),
+        "degrade": {k: degraded[k] for k in ("sources", "processed", "cached")},
+        "failures": [f"degrade: {f}" for f in failed_photos(degraded)] + [f"evaluate on {t}: {f['model']} on {f['image']}: {f['reason']}" for t, r in results.items() for f in r.get("failures", [])], "kernel_sheet": degraded.get("sheets", {}).get("kernels"),
         "noise_sheet": degraded.get("sheets", {}).get("noise"), "training_images": trained["training_images"], "validation_crops": trained["validation_crops"],
         "evaluations": {t: {"table": str(Path(r["md"])), "sheet": r["sheet"], "computed": r["computed"], "cached": r["cached"], "means": r["summary"]} for t, r in results.items()},
     }
@@ -127,12 +159,14 @@ def summary_markdown(s: dict, evaluations: list[tuple[str, dict]]) -> str:
     lines = [
         f"# realsr-pipeline: {s['out']}",
         "",
+        warning_markdown(s.get("warnings", [])),
+        f"- preset: {s.get('preset')}",
         *[f"- {stage}: {how}" for stage, how in s["stages"].items()],
         f"- photos: {s['degrade']['sources']} ({s['degrade']['processed']} used); training images {s['training_images']}, validation crops {s['validation_crops']}",
         f"- the camera's model: `{s['model']}`",
         "",
     ]
     for title, r in evaluations:
-        lines += [f"## On {title}", "", Path(r["md"]).read_text(), image_markdown(r["sheet"], f"contact sheet, {title} (LR / models / HR)")]
+        lines += [f"## On {title}", "", means_markdown(r["summary"], r["md"]), image_markdown(r["sheet"], f"contact sheet, {title} (LR / models / HR)")]
     lines += [image_markdown(s["kernel_sheet"], "kernel bank"), image_markdown(s["noise_sheet"], "noise bank")]
     return "\n".join(lines) + "\n"

@@ -1,20 +1,23 @@
 """realsr-pipeline's parameters: where the photos are, where the pipeline folder goes, and a preset.
 
 A preset bundles degrade-flow's and train-flow's settings (`product`: KernelGAN kernels and the
-fine-tune of Real-ESRGAN x4plus; `demo`: the same at a demonstration's budget; `test-tiny`:
-seconds, for tests). `degrade` and `train` hold only the fields a user changes: they go over
+fine-tune of Real-ESRGAN x4plus; `cpu`: the same at a CPU's budget; `demo`: at a
+demonstration's; `test-tiny`: seconds, for tests; `auto`, the default: product or cpu, by the
+hardware the run finds). `degrade` and `train` hold only the fields a user changes: they go over
 the preset's, so the Prefect UI's form (which submits every field) keeps the preset's meaning.
 Both stages' settings are built and validated here, before any stage starts.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from realsr.flows.settings import DegradeSettings, Location
+from realsr.flows.settings import FLOW_SETTINGS, DegradeSettings, Location
 from realsr.flows.train_settings import TrainSettings
 from realsr.storage.remote import is_url
 
@@ -31,10 +34,31 @@ PIPELINE_PRESETS: dict[str, dict[str, dict]] = {
             "log_every": 10, "workers": 1,
         },
     },
+    # a CPU's budget (BENCHMARKS.md, the `cpu-long` scale: -5.2 % LPIPS on the mild camera): the
+    # product's KernelGAN, 400 fine-tune iterations of batch 4 of 64 px; tens of minutes, not hours
+    "cpu": {
+        "degrade": {"kernels": "kernelgan"},
+        "train": {"preset": "finetune", "iterations": 400, "batch_size": 4, "hr_size": 64, "val_every": 100, "save_every": 100, "workers": 1},
+    },
     # for tests: bicubic kernels, a tiny network from scratch
     "test-tiny": {"degrade": {"kernels": "bicubic", "pair_hr_size": 64}, "train": {"preset": "test-tiny"}},
 }
+AUTO = "auto"  # the preset that fits the hardware the pipeline runs on (`hardware_preset`)
 _OWN = {"degrade": {"source", "out"}, "train": {"run_dir", "out", "resume"}}
+
+
+@functools.cache
+def hardware_preset() -> str:
+    """`auto`'s preset: `product` where torch sees a CUDA GPU, else `cpu` (product's fine-tune
+    takes hours on a CPU). Asked once per process, of the machine the pipeline flow runs on."""
+    import torch
+
+    return "product" if torch.cuda.is_available() else "cpu"
+
+
+def _preset_help() -> str:
+    """Each preset's settings, from the table (so the form and `--help` cannot drift from it)."""
+    return "; ".join(f"{name}: degrade {json.dumps(p['degrade'])}, train {json.dumps(p['train'])}" for name, p in PIPELINE_PRESETS.items())
 
 
 def _join(folder: Path | str, name: str) -> Path | str:
@@ -44,11 +68,13 @@ def _join(folder: Path | str, name: str) -> Path | str:
 class PipelineSettings(BaseModel):
     """degrade -> train -> evaluate on one folder of photos."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = FLOW_SETTINGS
 
     source: Location = Field(description="Folder of the camera's photos (searched recursively): a path, or a URL such as s3://bucket/photos.")
     out: Location = Field(description="Pipeline folder: run/ (degrade), train/, trained.pth (the trained generator), eval/ (the table), pipeline.json; a path, or a URL (stages inline).")
-    preset: Literal["product", "demo", "test-tiny"] = Field("product", description="The bundle of degrade and train settings this pipeline starts from.")
+    preset: Literal["auto", "product", "cpu", "demo", "test-tiny"] = Field(
+        AUTO, description=f"The bundle of degrade and train settings this pipeline starts from; auto: product where torch sees a CUDA GPU at the run's start, else cpu (said in the log). {_preset_help()}."
+    )
     degrade: dict[str, Any] = Field({}, description="degrade-flow settings over the preset's, e.g. {\"kernelgan_seeds\": 1} (any field but source and out).")
     train: dict[str, Any] = Field({}, description="train-flow settings over the preset's, e.g. {\"iterations\": 2000} (any field but run_dir, out and resume).")
     models: list[str] | None = Field(None, description="Models scored beside bicubic and the trained one (names or checkpoints); default: the train init, else realesrgan-x4plus.")
@@ -61,7 +87,15 @@ class PipelineSettings(BaseModel):
     @field_validator("degrade", "train", mode="before")
     @classmethod
     def _empty(cls, v):
-        return {} if v is None else v  # a form's empty JSON field
+        """A form's empty JSON field is {}; JSON text is parsed, with its error in one line."""
+        if isinstance(v, str):
+            try:
+                v = json.loads(v) if v.strip() else {}
+            except json.JSONDecodeError as e:
+                raise ValueError(f"not JSON ({e.msg} at column {e.colno}): {v}") from None
+            if not isinstance(v, dict):
+                raise ValueError(f'a JSON object is needed, e.g. {{"iterations": 2000}}, got {json.dumps(v)}')
+        return {} if v is None else v
 
     @model_validator(mode="after")
     def _stages_valid(self) -> "PipelineSettings":
@@ -72,7 +106,7 @@ class PipelineSettings(BaseModel):
             try:
                 build()
             except ValidationError as e:
-                raise ValueError("; ".join(f"{stage}.{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}" for err in e.errors())) from None
+                raise ValueError("; ".join(f"{stage}.{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg'].removeprefix('Value error, ')}" for err in e.errors())) from None
         if is_url(self.out) and self.stages == "deployments":
             raise ValueError("out: a pipeline folder at a URL runs its stages inline (stage deployments on other machines would each need the URL's mirror); set stages to inline")
         if self.test_hr is not None and self.test_lr is None:
@@ -82,13 +116,18 @@ class PipelineSettings(BaseModel):
                 raise ValueError(f"{name}: {path} is not a folder")
         return self
 
+    @property
+    def bundle(self) -> str:
+        """The preset the stages run with (`auto` resolved on this machine)."""
+        return hardware_preset() if self.preset == AUTO else self.preset
+
     def degrade_settings(self) -> DegradeSettings:
-        fields = {**PIPELINE_PRESETS[self.preset]["degrade"], **self.degrade}
+        fields = {**PIPELINE_PRESETS[self.bundle]["degrade"], **self.degrade}
         return DegradeSettings(**fields, source=self.source, out=_join(self.out, "run"))
 
     def train_settings(self, out: Path | None = None) -> TrainSettings:
         """train-flow's settings; `out` is the folder the stage's key names (pipeline.train_key)."""
-        fields = {**PIPELINE_PRESETS[self.preset]["train"], **self.train}
+        fields = {**PIPELINE_PRESETS[self.bundle]["train"], **self.train}
         return TrainSettings.from_preset(**fields, run_dir=_join(self.out, "run"), out=out or _join(self.out, "train"), resume="auto")
 
     def released_models(self) -> list[str]:

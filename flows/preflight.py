@@ -12,11 +12,12 @@ def degrade(settings) -> None:
     from realsr.storage.banks import open_kernel_bank
     from realsr.storage.images import list_images
     from realsr.storage.remote import is_url, remote_images
-    from realsr.storage.run_dir import check_remote_folder, check_run_dir
+    from realsr.storage.run_dir import check_apart, check_remote_folder, check_run_dir
 
     images = remote_images(settings.source) if is_url(settings.source) else list_images(settings.source)[0]
     if not images:
         raise ValueError(f"no images found in {settings.source} (looked for png, jpg, tif, webp, bmp, ...)")
+    check_apart(settings.source, settings.out)  # the run prunes its own files: never the photos
     check_remote_folder(settings.out) if is_url(settings.out) else check_run_dir(Path(settings.out))
     if settings.kernels.startswith("bank:"):
         open_kernel_bank(Path(settings.kernels[5:]))
@@ -25,7 +26,8 @@ def degrade(settings) -> None:
 def train(settings) -> None:
     from realsr.storage.checkpoints import load_rrdb
     from realsr.storage.run_dir import RunDir
-    from realsr.steps.train_data import run_scale, training_images
+    from realsr.storage.banks import open_noise_bank
+    from realsr.steps.train_data import TrainingDataError, run_scale, training_images
     from realsr.steps.train_setup import check_train_dir, vgg19_path
 
     from realsr.storage.remote import is_url
@@ -39,6 +41,11 @@ def train(settings) -> None:
     else:
         run = RunDir(Path(settings.run_dir))
         training_images(run, settings.hr_size, settings.val_crops, settings.val_images, settings.seed)  # a degrade run with a manifest, banks, large enough images
+        if settings.noise:  # read (and its digest checked) in the first training step: damage is found here instead
+            try:
+                open_noise_bank(run.noise)
+            except (FileNotFoundError, ValueError) as e:
+                raise TrainingDataError(f"noise bank: {e}") from None
         if settings.init:
             load_rrdb(settings.init, expect_scale=run_scale(run))
     if settings.perceptual_weight:
@@ -53,6 +60,7 @@ def evaluate(settings) -> None:
     from realsr.steps import evaluate as ev
     from realsr.storage.weights import require
 
+    ev.check_out(settings.out, settings.lr, settings.hr)
     ev.test_images(settings.lr, settings.hr)
     models, failed = ev.load_models(settings.models, settings.scale)
     if failed and len(models) == 1:  # bicubic alone is left: nothing the user asked for can run

@@ -52,6 +52,8 @@ def prefect_api() -> Iterator[str]:
         yield configured
         return
     from prefect.events.worker import EventsWorker
+
+    from realsr.flows import stopping
     from prefect.logging.handlers import APILogWorker
     from prefect.server.api.server import SubprocessASGIServer
 
@@ -60,13 +62,14 @@ def prefect_api() -> Iterator[str]:
     # Prefect's 20 s default then fails the whole run (seen here with KernelGAN on the other core)
     server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")))
     os.environ["PREFECT_API_URL"] = server.api_url
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+    try:  # stopped by Ctrl-C, the run's workers go at once, the server when the flow run is marked
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}), stopping.spared(server.server_process.pid):
             try:
                 yield server.api_url
-            finally:  # a failed run's last logs matter most
-                APILogWorker.drain_all()
-                EventsWorker.drain_all()
+            finally:  # a failed run's last logs matter most; a stopped run's are not worth a wait
+                if not stopping.requested():
+                    APILogWorker.drain_all()
+                    EventsWorker.drain_all()
     finally:
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()

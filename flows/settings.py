@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
 
 from realsr.storage.remote import is_url, local_path
 
@@ -29,16 +29,69 @@ def _location(v):
 Location = Annotated[Path | str, BeforeValidator(_location), WithJsonSchema({"type": "string"})]
 
 
-def _inside(inner: Path | str, outer: Path | str) -> bool:
-    if is_url(inner) or is_url(outer):
-        return str(inner) == str(outer) or str(inner).startswith(str(outer) + "/")
-    return Path(inner).resolve() == Path(outer).resolve() or Path(outer).resolve() in Path(inner).resolve().parents
+def _none_required(schema: dict) -> None:
+    """A deployment run's `settings` may be partial (see `resolve`): the form and the server's
+    parameter check require no field; the model still does, once merged."""
+    schema.pop("required", None)
+
+
+# every flow's settings model: unknown fields refused, immutable, partial in a deployment run
+FLOW_SETTINGS = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_none_required)
+
+
+class SettingsError(ValueError):
+    """Settings refused before any work: one line naming each bad field (a run's state message)."""
+
+
+def one_line(e: ValidationError) -> str:
+    """A pydantic error as `field: reason; field: reason`."""
+    def line(err) -> str:
+        where, why = ".".join(map(str, err["loc"])), err["msg"].removeprefix("Value error, ")
+        return f"{where}: {why}" if where else why
+
+    return "; ".join(map(line, e.errors()))
+
+
+def deployment_settings(name: str = "settings") -> dict:
+    """The `name` parameter stored with the deployment this flow run was started from ({} for a
+    run not started from a deployment, a sub-flow included)."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    dep_id = getattr(getattr(ctx, "flow_run", None), "deployment_id", None)
+    if dep_id is None:
+        return {}
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return dict((client.read_deployment(dep_id).parameters or {}).get(name) or {})
+
+
+def resolve(model: type[BaseModel], given, say=None):
+    """A flow's settings: a model as given (the CLI, a parent flow), or a deployment run's dict
+    merged over the deployment's own (Prefect replaces a top-level parameter whole, so
+    `--params '{"settings": {"scale": 2}}'` would lose the deployment's source), validated in the
+    run's first second; a bad value raises SettingsError with the one-line reason."""
+    if isinstance(given, model):
+        return given
+    if isinstance(given, BaseModel):
+        given = given.model_dump()
+    given = dict(given or {})
+    stored = deployment_settings()
+    required = {k for k, f in model.model_fields.items() if f.is_required()}
+    filled = sorted(k for k in stored if k not in given or (given[k] is None and k in required))
+    if filled and say:
+        say(f"settings: {', '.join(filled)} from the deployment's parameters, {', '.join(sorted(set(given) - set(filled))) or 'nothing'} from this run's")
+    try:
+        return model(**{**{k: v for k, v in stored.items() if k in filled}, **{k: v for k, v in given.items() if k not in filled}})
+    except ValidationError as e:
+        raise SettingsError(f"invalid settings: {one_line(e)}") from None
 
 
 class DegradeSettings(BaseModel):
     """What degrade-flow does with a folder of real photos."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = FLOW_SETTINGS
 
     source: Location = Field(description="Folder of real source photos (searched recursively): a path, or a URL such as s3://bucket/photos.")
     out: Location = Field(description="Run folder: empty, or one an earlier degrade run made; a path, or a URL such as s3://bucket/runs/cam1.")
@@ -100,8 +153,9 @@ class DegradeSettings(BaseModel):
             raise ValueError(
                 f"the LR patch ({lr} px = pair_hr_size/scale) must fit in a noise patch ({self.noise_patch_size} px)"
             )
-        if _inside(self.out, self.source):
-            raise ValueError("the run folder must not be inside the source folder (its PNGs would become sources)")
+        from realsr.storage.run_dir import check_apart
+
+        check_apart(self.source, self.out)  # either way, links resolved
         return self
 
     def spec(self) -> "DegradeSpec":
@@ -123,7 +177,7 @@ class DegradeSettings(BaseModel):
 class EvaluateSettings(BaseModel):
     """What evaluate-flow compares: models (and bicubic) on a folder of LR photos."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = FLOW_SETTINGS
 
     lr: Path = Field(description="Folder of LR test images.")
     hr: Path | None = Field(None, description="Folder of their HR ground truth, matched by file stem (none: SR images and a sheet only).")

@@ -6,7 +6,8 @@ workers on one machine, brought up in order (each waited for) and taken down by 
           -> `prefect deploy --all` (REALSR_REPO, REALSR_DATA set) -> CPU and GPU workers online
     down: workers first (their flow runs with them), then the server; SIGTERM, SIGKILL after 20 s
 
-DIR holds stack.json (pids, URL), env (`source DIR/env` points the CLI at this server), logs/,
+DIR holds stack.json (pids, URL), port (the last port: the UI's address stays the same across
+`up`s unless another program took it), env (`source DIR/env` points the CLI at this server), logs/,
 prefect/ (PREFECT_HOME: the database) and data/ (REALSR_DATA: the nightly schedule's folders).
 """
 
@@ -22,6 +23,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from realsr.flows.exit_codes import outcome
 from realsr.flows.runtime import OFFLINE_ENV
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,9 +39,10 @@ def _prefect() -> str:
     return str(Path(sys.executable).with_name("prefect"))
 
 
-def free_port() -> int:
+def free_port(port: int = 0) -> int:
+    """`port` when it is free on 127.0.0.1 (any free one for 0); raises OSError when taken."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("127.0.0.1", port))
         return s.getsockname()[1]
 
 
@@ -75,6 +78,7 @@ class Stack:
     def __init__(self, home: Path):
         self.home = Path(home).resolve()
         self.file = self.home / "stack.json"
+        self.port_file = self.home / "port"
 
     def read(self) -> dict:
         return json.loads(self.file.read_text()) if self.file.exists() else {}
@@ -91,33 +95,53 @@ class Stack:
         state["processes"].append({"name": name, "pid": proc.pid})
         self._save(state)
 
+    def choose_port(self, port: int | None = None, say=print) -> int:
+        """The port asked for, else the last one this stack used while it is free, else a free one."""
+        if port:
+            return port
+        last = int(self.port_file.read_text()) if self.port_file.exists() and self.port_file.read_text().strip().isdigit() else None
+        if last:
+            try:
+                return free_port(last)
+            except OSError:
+                say(f"port {last} (the last one used) is taken: a new one")
+        return free_port()
+
     def up(self, port: int | None = None, cpu_workers: int = 1, gpu_workers: int = 1, gpus: int | None = None, say=print) -> dict:
+        """Each step said as it completes, with the seconds since the start (the whole takes ~1-2 min)."""
         running = [p for p in self.read().get("processes", []) if _alive(p["pid"])]
         if running:
             raise StackError(f"{self.home} already runs a stack ({', '.join(p['name'] for p in running)}); `realsr stack down --home {self.home}` first")
+        t0 = time.monotonic()
+
+        def done(what: str) -> None:
+            say(f"[{time.monotonic() - t0:3.0f} s] {what}")
+
         for sub in ("logs", "prefect", "data/photos", "data/runs", "data/test/lr", "data/test/hr"):
             (self.home / sub).mkdir(parents=True, exist_ok=True)
-        port = port or free_port()
+        port = self.choose_port(port, say)
+        self.port_file.write_text(f"{port}\n")
         env = {**os.environ, **stack_env(self.home, port)}
         state = {"url": env["PREFECT_API_URL"], "ui": f"http://127.0.0.1:{port}", "processes": []}
         self._save(state)
         try:
+            done(f"starting the Prefect server on 127.0.0.1:{port} (a fresh database migrates first; logs: {self.home / 'logs'})")
             self._spawn(state, "server", ["server", "start", "--host", "127.0.0.1", "--port", str(port)], env)
             self._wait(lambda: self._get("/health") is True, 180, "the Prefect server", state)
-            say(f"server: {state['ui']} (API {state['url']})")
+            done(f"server: {state['ui']} (API {state['url']})")
             for pool in POOLS:
                 self._cli(["work-pool", "create", pool, "--type", "process", "--overwrite"], env)
             n = gpus if gpus is not None else _gpu_count()
             self._set_gpu_limit(max(1, n), env)
-            say(f"pools: {', '.join(POOLS)}; tag limit gpu = {max(1, n)} ({n} GPUs here)")
+            done(f"pools: {', '.join(POOLS)}; tag limit gpu = {max(1, n)} ({n} GPUs here)")
             self._cli(["--no-prompt", "deploy", "--all"], env, timeout=600)
-            say("deployments: " + ", ".join(sorted(d["name"] for d in self._get("/deployments/filter", {}) or [])))
+            done("deployments: " + ", ".join(sorted(d["name"] for d in self._get("/deployments/filter", {}) or [])))
             for pool, count in (("cpu-pool", cpu_workers), ("gpu-pool", gpu_workers)):
                 for i in range(count):
                     name = f"{pool.split('-')[0]}-worker-{i + 1}"
                     self._spawn(state, name, ["worker", "start", "--pool", pool, "--name", name], env)
                 self._wait(lambda pool=pool, count=count: self._online(pool) >= count, 120, f"{count} worker(s) on {pool}", state)
-            say(f"workers: {cpu_workers} on cpu-pool, {gpu_workers} on gpu-pool")
+                done(f"workers: {count} on {pool}")
         except BaseException:
             self.down(say=lambda m: None)
             raise
@@ -127,7 +151,12 @@ class Stack:
 
     def down(self, say=print) -> list[str]:
         """Stop every process of the stack (workers, then the server) by process group."""
+        if not self.home.is_dir():
+            raise StackError(f"{self.home}: no such folder (give the --home of `realsr stack up`)")
         state = self.read()
+        if not state:
+            say(f"no stack in {self.home} (no stack.json): nothing to stop")
+            return []
         stopped = []
         for p in sorted(state.get("processes", []), key=lambda p: p["name"] == "server"):
             if _alive(p["pid"]):
@@ -135,7 +164,7 @@ class Stack:
                 stopped.append(p["name"])
         if self.file.exists():
             self.file.unlink()
-        say(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+        say(f"stopped in {self.home}: {', '.join(stopped) or 'nothing was running'}")
         return stopped
 
     def _get(self, path: str, body: dict | None = None):
@@ -221,15 +250,25 @@ def add_arguments(p) -> None:
     p.add_argument("--gpus", type=int, default=None, help="the gpu tag limit (default: the GPUs torch sees, at least 1)")
 
 
+def _say(line: str) -> None:
+    print(line, flush=True)  # each step as it completes, also into a pipe or a log file
+
+
 def run(args) -> int:
     stack = Stack(args.home)
     if args.action == "up":
-        stack.up(args.port, args.cpu_workers, args.gpu_workers, args.gpus)
+        stack.up(args.port, args.cpu_workers, args.gpu_workers, args.gpus, say=_say)
     elif args.action == "down":
-        stack.down()
+        stack.down(say=_say)
     else:
         state = stack.read()
+        gone = [p["name"] for p in state.get("processes", []) if not _alive(p["pid"])]
         for proc in state.get("processes", []):
-            print(f"{proc['name']}: pid {proc['pid']} {'running' if _alive(proc['pid']) else 'GONE'}")
-        print(f"UI: {state['ui']}" if state else "no stack here")
+            print(f"{proc['name']}: pid {proc['pid']} {'GONE' if proc['name'] in gone else 'running'}")
+        print(f"UI: {state['ui']}" if state else f"no stack in {stack.home}")
+        if not state:
+            return 2
+        if gone:  # the exit-code rule: some of the stack is down (1), all of it (2)
+            print(f"{len(gone)} of {len(state['processes'])} processes gone: `realsr stack down` then `up` restarts the stack", file=sys.stderr)
+            return outcome(len(state["processes"]) - len(gone), len(gone))
     return 0

@@ -12,8 +12,9 @@ from typing import Callable
 
 from prefect import flow, get_run_logger
 
-from realsr.flows.artifacts import image_markdown, publish
-from realsr.flows.train_settings import TrainSettings
+from realsr.flows.artifacts import image_markdown, publish, refused
+from realsr.flows.settings import SettingsError, resolve
+from realsr.flows.train_settings import PAPER, TrainSettings
 from realsr.steps.staging import staged
 from realsr.tasks import train as t
 
@@ -42,10 +43,22 @@ def staged_training(settings: TrainSettings, train: Callable[[TrainSettings], di
         return local.rebase(summary), summary
 
 
-@flow(name="train-flow", log_prints=False)
+def settings_markdown(settings: TrainSettings) -> str:
+    """The resolved settings, each marked as the preset's or this run's: what the run will do."""
+    values, sources = settings.model_dump(mode="json"), settings.sources()
+    rows = [f"| {k} | `{v}` | {sources[k] if k in PAPER else 'set'} |" for k, v in values.items()]
+    return "\n".join([f"# train-flow settings: preset {settings.preset}", "", "| setting | value | from |", "|---|---|---|", *rows]) + "\n"
+
+
+@flow(name="train-flow", log_prints=False, validate_parameters=False)
 def train_flow(settings: TrainSettings) -> dict:
     log = get_run_logger()
+    try:  # a deployment run's settings: merged over the deployment's, checked here (flows/settings.py)
+        settings = resolve(TrainSettings, settings, log.info)
+    except SettingsError as e:
+        return refused(log, e)
     log.info("settings: " + ", ".join(f"{k}={v}" for k, v in settings.model_dump(mode="json").items()))
+    publish(log, settings_markdown(settings), "train-settings", "train-flow's resolved settings (the preset's values and this run's)")
     shown, summary = staged_training(settings, t.train_generator, log.info)
     samples = sorted((Path(summary["out"]) / "samples").glob("iter_*.png"))
     rows = []

@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-from realsr.flows.settings import DEVICE, Location
+from realsr.flows.settings import DEVICE, FLOW_SETTINGS, Location
 
 if TYPE_CHECKING:
     from realsr.steps.train import TrainSpec
@@ -75,10 +75,22 @@ PRESETS: dict[str, dict] = {
 }
 
 
+MIN_HR_SIZE = 16  # px: the smallest training crop (degrade-flow calls a run with no larger clean HR image unusable)
+
+
+def _shown(v) -> str:
+    return "none" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def preset_values(name: str) -> str:
+    """Each preset's value of a field, as the form and `--help` show it (from the table: it cannot drift)."""
+    return ", ".join(f"{p}: {_shown({**PAPER, **values}[name])}" for p, values in PRESETS.items())
+
+
 class TrainSettings(BaseModel):
     """What train-flow trains, on what, for how long."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = FLOW_SETTINGS
 
     run_dir: Location = Field(description="A degrade-flow run folder (clean_hr/, kernels.zarr, noise.zarr, pairs/): a path, or a URL such as s3://bucket/runs/cam1.")
     out: Location = Field(description="Training folder: models/, training_states/, losses.csv, validation.csv, samples/; a path or a URL.")
@@ -87,7 +99,7 @@ class TrainSettings(BaseModel):
     resume: Literal["no", "auto", "require"] = Field("no", description="'auto' continues from the newest complete state in out if there is one; 'require' fails without one.")
     iterations: int | None = Field(None, ge=1, le=10_000_000, description="Total training iterations (a resumed run continues to this).")
     batch_size: int | None = Field(None, ge=1, le=1024, description="HR crops per iteration.")
-    hr_size: int | None = Field(None, ge=16, le=1024, description="Side of an HR training crop, px (a multiple of the scale).")
+    hr_size: int | None = Field(None, ge=MIN_HR_SIZE, le=1024, description="Side of an HR training crop, px (a multiple of the scale).")
     g_feat: int | None = Field(None, ge=4, le=256, description="RRDB features (from scratch; an init file sets its own).")
     g_blocks: int | None = Field(None, ge=1, le=64, description="RRDB blocks (from scratch).")
     g_grow: int | None = Field(None, ge=4, le=128, description="RRDB growth channels (from scratch).")
@@ -143,6 +155,11 @@ class TrainSettings(BaseModel):
         """The preset's values under the explicitly given ones (None means 'not given')."""
         return cls(preset=preset, **given)
 
+    def sources(self) -> dict[str, str]:
+        """Where each preset field's value came from: the preset, or this run's own."""
+        preset = {**PAPER, **PRESETS[self.preset]}
+        return {k: ("preset" if getattr(self, k) == preset[k] else "set") for k in PAPER}
+
     def spec(self) -> "TrainSpec":
         """The typed input of train-flow's steps."""
         from realsr.models.discriminators import DiscriminatorConfig
@@ -161,3 +178,10 @@ class TrainSettings(BaseModel):
             cadence=Cadence(self.val_crops, self.val_images, self.val_every, self.save_every, self.keep_checkpoints, self.log_every, self.lpips_alexnet),
             settings=self.model_dump(mode="json"),
         )
+
+
+# the form and `--help` show what "none" means under each preset
+for _name, _field in TrainSettings.model_fields.items():
+    if _name in PAPER:
+        _field.description = f"{_field.description} Unset (None): the preset's value ({preset_values(_name)})."
+TrainSettings.model_rebuild(force=True)

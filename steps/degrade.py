@@ -19,7 +19,7 @@ import numpy as np
 
 from realsr.models.degradation import clean_up, crop_to_multiple, degrade, inject_noise, patch_grid, to_uint8
 from realsr.steps.degrade_noise import COLUMNS, NoiseRule, draw_noise, extract_noise, write_bank
-from realsr.storage.atomic import write_bytes, write_json
+from realsr.storage.atomic import read_json, write_bytes, write_json
 from realsr.storage.banks import KernelSet, open_kernel_bank, open_noise_bank
 from realsr.storage.images import BadImageError, decode_image, jpeg_quality, read_bytes, read_png_uint8, sha256_bytes, write_png
 from realsr.storage.run_dir import RunDir, image_name, stage_key
@@ -299,43 +299,93 @@ def _noise_bank_cached(path: str, digest: str):
 
 def write_manifest(run: RunDir, pair_records: list[dict], remove_stale: bool = True) -> dict:
     """All pairs of this run in one JSONL file, and every clean HR image with its kernel and JPEG
-    quality in another (training reads it: images too small for a pair still train); PNGs of
-    images no longer in the run are removed."""
+    quality in another (training reads it: images too small for a pair still train). Pair PNGs
+    that the manifest of an earlier run listed and this one does not are removed: only those
+    (a file the run never recorded writing stays, whatever its name)."""
     import json
 
+    earlier = _listed_names(run.manifest) if remove_stale else set()
     ordered = sorted(pair_records, key=lambda r: r["name"])
     rows = [row for r in ordered for row in r["rows"]]
     images = [{"name": r["name"], "source": r["source"], **r["image"], "pairs": len(r["rows"])} for r in ordered if "image" in r]
     write_bytes(run.manifest, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
     write_bytes(run.images_index, "".join(json.dumps(r, sort_keys=True) + "\n" for r in images).encode())
     keep = {r["name"] for r in rows}
-    removed = 0
-    for sub in ("hr", "lr") if remove_stale else ():
-        folder = run.pairs / sub
-        if folder.exists():
-            for f in folder.glob("*.png"):
-                if f.stem not in keep:
-                    f.unlink()
-                    removed += 1
+    removed = sum(_remove(run.pairs / d / f"{name}.png") for name in sorted(earlier - keep) for d in ("hr", "lr"))
     return {"path": str(run.manifest), "pairs": len(rows), "stale_removed": removed}
 
 
 def prune(run: RunDir, records: list[dict], pair_records: list[dict], kernel_records: list[dict] = ()) -> int:
-    """Remove clean HR images and stage files that no image of this run uses any more.
+    """Remove what earlier runs recorded writing and no image of this run uses any more: stage
+    records no longer current, and the outputs each lists (its clean HR image, staged patches or
+    kernel, pairs). Nothing is found by listing an output folder, so a file the run did not write
+    is never touched.
 
     Call only after a run in which every image either finished or is a bad input: an image that
     failed for another reason would lose its earlier outputs.
     """
-    keep = {Path(r["clean_hr"]).name for r in records}
-    keep |= {f"{r['key']}{suffix}" for r in [*records, *pair_records, *kernel_records] for suffix in (".json", ".npz")}
+    current = {r["key"] for r in [*records, *pair_records, *kernel_records]}
+    keep_hr = {Path(r["clean_hr"]).name for r in records}
+    keep_pairs = {row["name"] for r in pair_records for row in r["rows"]}
     removed = 0
-    for folder in (run.clean_hr, run.work / "preprocess", run.work / "pairs", run.work / "noise", run.work / "kernelgan", run.work / "kernels"):
-        if folder.exists():
-            for f in folder.iterdir():
-                if f.is_file() and f.name not in keep:
-                    f.unlink()
-                    removed += 1
+    for stage in ("preprocess", "pairs", "kernelgan"):
+        folder = run.work / stage
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+            key = path.stem
+            if not _is_key(key) or key in current:
+                continue
+            try:
+                old = read_json(path)
+            except (OSError, ValueError):
+                old = {}
+            old = old if isinstance(old, dict) and old.get("key") == key else {}  # unreadable: the record alone goes
+            outputs = []
+            if stage == "preprocess":
+                outputs.append(run.staged_noise(key))
+                if (hr := _plain_name(Path(str(old.get("clean_hr", ""))).name)) and hr not in keep_hr:
+                    outputs.append(run.clean_hr / hr)
+            elif stage == "pairs":
+                outputs += [run.pairs / d / f"{n}.png" for row in old.get("rows", []) if (n := _plain_name(str(row.get("name", "")))) and n not in keep_pairs for d in ("hr", "lr")]
+            else:
+                outputs.append(run.staged_kernel(key))
+            removed += sum(_remove(p) for p in outputs) + _remove(path)
     return removed
+
+
+def _listed_names(manifest: Path) -> set[str]:
+    """The pair names an earlier run's manifest lists (empty when there is none or it is unreadable)."""
+    import json
+
+    names = set()
+    try:
+        lines = manifest.read_text().splitlines()
+    except OSError:
+        return names
+    for line in lines:
+        try:
+            name = json.loads(line).get("name")
+        except (ValueError, AttributeError):
+            continue
+        if n := _plain_name(str(name or "")):
+            names.add(n)
+    return names
+
+
+def _is_key(name: str) -> bool:
+    return len(name) == 32 and all(c in "0123456789abcdef" for c in name)
+
+
+def _plain_name(name: str) -> str:
+    """`name` when it is a plain file name (a record can only name a file in its own folder)."""
+    return name if name and name == Path(name).name and name not in (".", "..") else ""
+
+
+def _remove(path: Path) -> int:
+    try:
+        path.unlink()
+        return 1
+    except FileNotFoundError:
+        return 0
 
 
 def save_summary(run: RunDir, summary: dict) -> None:

@@ -25,7 +25,7 @@ from realsr.models.degradation import to_uint8
 from realsr.models.devices import resolve_device
 from realsr.models.metrics import LPIPS, psnr, ssim
 from realsr.models.tiling import upscale
-from realsr.storage.atomic import read_json, write_bytes, write_json
+from realsr.storage.atomic import file_sha256, read_json, write_bytes, write_json
 from realsr.storage.checkpoints import LoadedGenerator, load_generator, resolve_weights
 from realsr.storage.weights import require
 from realsr.storage.images import IMAGE_SUFFIXES, BadImageError, read_bytes, read_image, sha256_bytes, write_png
@@ -67,6 +67,20 @@ def test_images(lr_dir: Path, hr_dir: Path | None) -> tuple[list[TestImage], lis
     return out, notes
 
 
+def check_out(out: Path, lr: Path, hr: Path | None) -> None:
+    """evaluate writes results.csv, results.md, contact_sheet.png, sr/ and cache/ into `out`: never
+    among the test images. `out` may not be, hold, or lie inside the LR or HR folder (links
+    resolved); refused before any work."""
+    o = Path(out).resolve()
+    for flag, folder in (("--lr", lr), ("--hr", hr)):
+        if folder is None:
+            continue
+        f = Path(folder).resolve()
+        how = "is" if o == f else "is inside" if f in o.parents else "holds" if o in f.parents else None
+        if how:
+            raise ValueError(f"--out {out} {how} the {flag} folder {folder}{f' ({f})' if f != Path(folder).absolute() else ''}: evaluate's results would mix with the test images; choose another --out")
+
+
 def _refuse_shared_stems(files: list[Path], kind: str) -> None:
     """Results are named (and HR matched) by file stem: two files of one stem would overwrite each
     other's SR image and share an HR, so they are refused before any work."""
@@ -87,14 +101,6 @@ def model_label(spec: str, used: set[str]) -> str:
         label, n = f"{base}-{n}", n + 1
     used.add(label)
     return label
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @lru_cache(maxsize=2)
@@ -137,6 +143,8 @@ def evaluate_model(
     label: str, gen: LoadedGenerator | None, model_digest: str, images: list[TestImage], out: Path, s: Scoring, log: Callable[[str], None] = print
 ) -> tuple[list[dict], list[dict]]:
     """Every image through one model (None: bicubic); cached records are reused. Returns (rows, failures)."""
+    if images:  # one LR folder (and HR folder) per run: test_images lists them
+        check_out(out, images[0].lr.parent, next((img.hr.parent for img in images if img.hr is not None), None))
     rows, failures = [], []
     device = resolve_device(s.device)
     if gen is not None:
@@ -255,7 +263,7 @@ def load_models(specs: list[str], scale: int) -> tuple[list[tuple[str, LoadedGen
         label = model_label(spec, used)
         try:
             path = resolve_weights(spec)
-            out.append((label, load_generator(path, expect_scale=scale), file_digest(path)))
+            out.append((label, load_generator(path, expect_scale=scale), file_sha256(path)))
         except (FileNotFoundError, ValueError, OSError) as e:  # CheckpointError is a ValueError
             failed.append({"model": label, "image": "(all)", "reason": str(e)})
     return out, failed

@@ -7,15 +7,17 @@ wherever a folder does (storage/remote.py says how the mirrors stay in sync).
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 from realsr.storage.images import is_image_name
-from realsr.storage.remote import Mirror, is_url
+from realsr.storage.lock import hold
+from realsr.storage.remote import Mirror, is_url, mirror_dir
 
 RECORDS = (".work/",)  # the resume records: uploaded after the files they point at
+WHAT = {"run": "run folder", "train": "training folder", "pipeline": "pipeline folder"}
 
 
 @dataclass(frozen=True)
@@ -26,11 +28,34 @@ class Staged:
 
 
 @contextmanager
+def held(source: Path | str | None, out: Path | str, source_role: str = "sources", out_role: str = "run") -> Iterator[None]:
+    """Hold the locks of what a run writes (storage/lock.py): its local `out` folder, and the
+    local mirror of each URL among `source` and `out` (a pull writes a mirror too). Another run
+    holding one is refused at once (FolderBusy). `staged` takes them; the CLI takes them first,
+    right after its preflight, so a second run is refused before its Prefect server starts."""
+    with ExitStack() as stack:
+        if is_url(source):
+            stack.enter_context(hold(mirror_dir(str(source), source_role), f"local mirror of {source}"))
+        if is_url(out):
+            stack.enter_context(hold(mirror_dir(str(out), out_role), f"local mirror of {out}"))
+        else:
+            stack.enter_context(hold(Path(out), WHAT.get(out_role, f"{out_role} folder")))
+        yield
+
+
+@contextmanager
 def staged(source: Path | str | None, out: Path | str, say: Callable[[str], None], source_role: str = "sources", out_role: str = "run") -> Iterator[Staged]:
     """Local folders for `source` (read) and `out` (read and written); a URL among them is
     mirrored before and, for `out`, uploaded after, also when the run fails (what it finished is
     kept for the rerun). Roles name the mirrors: a degrade run's folder (`run`) read by training
-    is the same local copy that degrade wrote."""
+    is the same local copy that degrade wrote. The run holds the locks of `held` throughout."""
+    with held(source, out, source_role, out_role):
+        with _staged(source, out, say, source_role, out_role) as local:
+            yield local
+
+
+@contextmanager
+def _staged(source, out, say, source_role, out_role) -> Iterator[Staged]:
     src = Mirror(str(source), source_role) if is_url(source) else None
     run = Mirror(str(out), out_role) if is_url(out) else None
     swaps = []

@@ -22,7 +22,7 @@ from realsr.models.devices import resolve_device
 from realsr.models.discriminators import DiscriminatorConfig, build_discriminator
 from realsr.models.rrdbnet import RRDBConfig
 from realsr.models.training import LossWeights, Schedule, Trainer
-from realsr.steps.train_data import DataConfig, DegradedCrops, TrainingDataError, loader, run_scale, training_images, validation_crops
+from realsr.steps.train_data import DataConfig, DegradedCrops, TrainingDataError, batches, run_scale, training_images, validation_crops
 from realsr.steps.train_report import LOSS_COLUMNS, RunRecords, write_validation_set
 from realsr.steps.train_setup import build_generator, build_perceptual, changed_settings, claim_train_dir, comparable, vgg19_path
 from realsr.storage.atomic import write_json
@@ -172,8 +172,8 @@ def loop(session: Session, spec: TrainSpec, records: RunRecords, lpips_fn, log: 
     window: list[dict] = []
     t_window = time.perf_counter()
     progress = tqdm(total=total, initial=s.start, unit="it", disable=None if bar else True, leave=False)
-    try:
-        for it, (lr, hr) in enumerate(loader(s.data, r.batch_size, s.start, total, spec.workers), s.start + 1):
+    with progress, batches(s.data, r.batch_size, s.start, total, spec.workers) as data:
+        for it, (lr, hr) in enumerate(data, s.start + 1):
             lr, hr = lr.to(s.device, non_blocking=True), hr.to(s.device, non_blocking=True)
             if s.device.type == "cuda":
                 lr, hr = lr.contiguous(memory_format=torch.channels_last), hr.contiguous(memory_format=torch.channels_last)
@@ -195,8 +195,6 @@ def loop(session: Session, spec: TrainSpec, records: RunRecords, lpips_fn, log: 
                 prune_checkpoints(s.out, c.keep_checkpoints)
             if on_iteration:
                 on_iteration(it, logs)
-    finally:
-        progress.close()
 
 
 def train(spec: TrainSpec, log: Log = print, bar: bool = True, on_iteration: Callable[[int, dict], None] | None = None) -> dict:

@@ -12,9 +12,16 @@ count, the order workers finish in, or where a resumed run starts.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
+import os
+import signal
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -176,6 +183,7 @@ def _hr_shape(path: str) -> tuple[int, int]:
         return (0, 0)
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 CACHE_BYTES = 1 << 30  # decoded clean HR images kept per process (each loader worker has its own)
 _cache: dict[str, np.ndarray] = {}
 
@@ -264,16 +272,32 @@ class DegradedCrops(torch.utils.data.Dataset):
         return torch.from_numpy(lr.transpose(2, 0, 1).copy()), torch.from_numpy(hr.transpose(2, 0, 1).copy())
 
 
-def _worker_init(_: int) -> None:
+def _worker_init(parent: int, _: int) -> None:
     torch.set_num_threads(1)  # workers x threads within the cores (STACK_FACTS: oversubscription is costly)
+    if sys.platform.startswith("linux"):  # killed with the training process, not 5 s later by torch's watchdog
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # it died before the prctl
+            os._exit(1)
 
 
 def loader(data: DegradedCrops, batch_size: int, start: int, stop: int, workers: int) -> torch.utils.data.DataLoader:
     """Batches of iterations start+1 .. stop: iteration i is samples (i-1)*B .. i*B-1, in order."""
     return torch.utils.data.DataLoader(
         data, batch_size=batch_size, sampler=range(start * batch_size, stop * batch_size), num_workers=workers,
-        worker_init_fn=_worker_init if workers else None, prefetch_factor=4 if workers else None, persistent_workers=False,
+        worker_init_fn=functools.partial(_worker_init, os.getpid()) if workers else None, prefetch_factor=4 if workers else None, persistent_workers=False,
     )
+
+
+@contextmanager
+def batches(data: DegradedCrops, batch_size: int, start: int, stop: int, workers: int) -> Iterator[Iterator]:
+    """`loader`'s batches; its worker processes are shut down when the block ends, also by an
+    exception (a traceback would otherwise keep them alive until it is freed)."""
+    it = iter(loader(data, batch_size, start, stop, workers))
+    try:
+        yield it
+    finally:
+        if shutdown := getattr(it, "_shutdown_workers", None):  # torch's multi-process iterator
+            shutdown()
 
 
 def validation_crops(data: DegradedCrops, held: list[HeldOut]) -> list[tuple[str, np.ndarray, np.ndarray]]:

@@ -3,14 +3,15 @@
 A file or a folder; each image keeps what it was: gray stays gray, 16-bit stays 16-bit, alpha is
 upscaled on its own (by the model, or bicubic), the EXIF orientation is applied first. Small
 images of one size go through the network together. A bad file fails alone with its reason; the
-others finish and the summary lists it.
+others finish and the summary lists it. An image is planned from its header before it is
+decoded: one that would not fit in memory whole is tiled, one that would not fit at all is
+refused (steps/upscale_plan.py). Outputs replace only what upscale wrote (its record).
 """
 
 from __future__ import annotations
 
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -21,22 +22,10 @@ import torch
 from realsr.models.tiling import run_batch, tile_count, to_dtype, upscale
 from realsr.storage.atomic import write_bytes
 from realsr.storage.checkpoints import LoadedGenerator
-from realsr.storage.images import IMAGE_SUFFIXES, BadImageError, SourceImage, read_image
-
-
-@dataclass(frozen=True)
-class UpscaleOptions:
-    outscale: float | None = None  # final size / input size; None: the model's scale
-    tile: int = 0  # 0: whole image at once
-    tile_pad: int = 48
-    overlap: int = 16
-    precision: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16
-    ext: str = "auto"  # auto (the input's, PNG where alpha or 16-bit needs it), png, jpg
-    suffix: str = "out"
-    alpha: str = "model"  # model or bicubic
-    max_megapixels: float = 200.0
-    batch: int = 1  # same-sized whole images per forward pass
-    batch_megapixels: float = 1.0  # ... as long as the batch's input stays under this
+from realsr.storage.images import ALPHA_NOTE, BadImageError, ImageHeader, SourceImage, decode_image, image_header, read_bytes
+from realsr.steps.upscale_plan import (  # noqa: F401  (UpscaleOptions, UpscaleError, inputs: this module's API too)
+    Plan, UpscaleError, UpscaleOptions, activation_bytes, inputs, keep_reason, memory_plan, output_path, plan_outputs,
+)
 
 
 @dataclass
@@ -44,10 +33,49 @@ class UpscaleReport:
     written: list[dict] = field(default_factory=list)
     failed: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)  # inputs not read, each with why
+    kept: list[dict] = field(default_factory=list)  # inputs not upscaled: their output is a file upscale may not replace
+
+    @property
+    def done(self) -> bool:
+        """Everything asked for was written (nothing failed, nothing held back by a file in the way)."""
+        return not self.failed and not self.kept
 
 
-class UpscaleError(ValueError):
-    """Settings that would lose or overwrite files; found before any image is computed."""
+class LogProgress:
+    """tqdm's `reset`/`set_description`/`update` where stderr is not a terminal (a log file, a
+    pipe): a plain line every `every` seconds while a long image is tiled."""
+
+    def __init__(self, log: Callable[[str], None], every: float = 30.0):
+        self.log, self.every = log, every
+        self.name, self.total, self.n, self.t0, self.last = "", 0, 0, 0.0, 0.0
+
+    def reset(self, total: int) -> None:
+        self.total, self.n = total, 0
+        self.t0 = self.last = time.monotonic()
+
+    def set_description(self, name: str) -> None:
+        self.name = name
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        if now - self.last >= self.every and self.n < self.total:
+            self.last = now
+            self.log(f"{self.name}: {self.n}/{self.total} tiles ({now - self.t0:.0f} s)")
+
+
+def upscale_notes(img: SourceImage, target: Path, planned: Path, opts: UpscaleOptions) -> list[str]:
+    """The reader's notes said as they hold for an upscaled file (the reader speaks for degrade)."""
+    said = {
+        ALPHA_NOTE: f"alpha channel kept, upscaled on its own ({'by the model' if opts.alpha == 'model' else 'bicubic'})",
+        "gray, replicated to RGB": "gray: upscaled as RGB, written gray",
+        "16-bit, converted to float": "16-bit, written 16-bit",
+        "float image, clipped to [0, 1]": "float image, clipped to [0, 1], written 8-bit",
+    }
+    notes = [said.get(n, n) for n in img.notes]
+    if target.suffix.lower() != planned.suffix.lower():
+        notes.append(f"written as {target.suffix.lstrip('.').upper()}: {planned.suffix.lstrip('.').upper()} holds no {'alpha' if img.alpha is not None else '16 bits'}")
+    return notes
 
 
 def torch_dtype(precision: str, device: torch.device) -> torch.dtype:
@@ -56,67 +84,11 @@ def torch_dtype(precision: str, device: torch.device) -> torch.dtype:
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
-def inputs(path: Path) -> tuple[list[Path], list[dict]]:
-    """One file, or the images of a folder (not recursive, sorted); and the folder's other files."""
-    path = Path(path)
-    if path.is_file():
-        return [path], []
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-        other = [{"source": str(p), "reason": f"not an image type ({p.suffix or 'no extension'})"} for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
-        return [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES], other
-    raise FileNotFoundError(f"{path}: no such file or folder")
-
-
-WRITABLE = ("png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp")
-
-
-def output_path(src: Path, out: Path, opts: UpscaleOptions, many: bool, img: SourceImage | None = None) -> Path:
-    """Where `src`'s result goes; with `img`, a JPEG name turns PNG where alpha or 16 bits need it."""
-    ext = opts.ext if opts.ext != "auto" else (src.suffix.lower().lstrip(".") or "png")
-    if img is not None and ext in ("jpg", "jpeg") and (img.alpha is not None or img.bit_depth == 16):
-        ext = "png"  # JPEG holds neither alpha nor 16 bits
-    if ext not in WRITABLE:
-        ext = "png"
-    name = f"{src.stem}_{opts.suffix}.{ext}" if opts.suffix else f"{src.stem}.{ext}"
-    return (out / name) if many or out.is_dir() or not out.suffix else out
-
-
-def plan_outputs(paths: list[Path], out: Path, opts: UpscaleOptions) -> tuple[dict[Path, Path], list[dict]]:
-    """Each input's output, checked before any work: none may be an input, no two may share a
-    name (compared case-blind), and the folder must be writable. An input that is another input's
-    output (a rerun into the input folder) is not read again: it is listed as skipped."""
-    many = len(paths) > 1
-    plan = {p: output_path(p, Path(out), opts, many) for p in paths}
-    by_file = {p.resolve(): p for p in paths}
-    own = {by_file[t.resolve()]: src for src, t in plan.items() if t.resolve() in by_file and by_file[t.resolve()] != src}
-    skipped = [{"source": str(p), "reason": f"the output of {src.name} from an earlier run (not read again)"} for p, src in own.items()]
-    plan = {p: t for p, t in plan.items() if p not in own}
-    same = [p for p, t in plan.items() if t.resolve() == p.resolve()]
-    if same:
-        raise UpscaleError(f"the output would overwrite the input {same[0]}" + (f" (and {len(same) - 1} more)" if len(same) > 1 else "") + ": choose another -o or a --suffix")
-    names: dict[str, list[Path]] = {}
-    for p, t in plan.items():
-        names.setdefault(str(t.resolve()).lower(), []).append(p)
-    clashes = [ps for ps in names.values() if len(ps) > 1]
-    if clashes:
-        listed = "; ".join(f"{', '.join(p.name for p in ps)} -> {plan[ps[0]].name}" for ps in clashes)
-        raise UpscaleError(f"inputs would write the same output file ({listed}): rename them, or upscale them one at a time")
-    folder = Path(out) if many or Path(out).is_dir() or not Path(out).suffix else Path(out).parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".realsr-write-check-"):
-            pass
-    except OSError as e:
-        raise UpscaleError(f"output folder {folder} cannot be written ({e.strerror or e})") from None
-    return plan, skipped
-
-
-def batch_key(img: SourceImage, opts: UpscaleOptions) -> tuple | None:
+def batch_key(img: SourceImage, opts: UpscaleOptions, tile: int) -> tuple | None:
     """Images with the same key go through the network together; None: this one goes alone
     (batching is off, or it is tiled, or it is too large to be worth batching)."""
     h, w = img.rgb.shape[:2]
-    if opts.batch <= 1 or (opts.tile and max(h, w) > opts.tile) or h * w * opts.batch > opts.batch_megapixels * 1e6:
+    if opts.batch <= 1 or (tile and max(h, w) > tile) or h * w * opts.batch > opts.batch_megapixels * 1e6:
         return None
     return (h, w, img.alpha is not None)
 
@@ -182,18 +154,44 @@ def _reason(e: Exception) -> str:
 _FAILURES = (BadImageError, OSError, ValueError, RuntimeError)
 
 
+
+
+def read_planned(path: Path, gen: LoadedGenerator, opts: UpscaleOptions, per_px: int, device_bytes: int | None) -> tuple[SourceImage, int, str | None]:
+    """The image decoded, with the tile it runs with and a note when memory forced tiling. The
+    header is read first: an image that cannot fit is refused before a byte of it is decoded."""
+    data = read_bytes(path)
+    header = image_header(data)
+    if header is not None:
+        tile, note = memory_plan(path, header, gen.scale, opts, per_px, device_bytes)
+    img = decode_image(path, data, int(opts.max_megapixels * 1e6), upright=True)
+    if header is None:  # a format PIL does not know: planned from the decoded pixels
+        h, w = img.rgb.shape[:2]
+        channels = 4 if img.alpha is not None else (1 if img.gray else 3)
+        tile, note = memory_plan(path, ImageHeader(w, h, 1, channels, max(1, img.bit_depth // 8)), gen.scale, opts, per_px, device_bytes)
+    return img, tile, note
+
+
 def upscale_paths(
-    paths: list[Path], out: Path, gen: LoadedGenerator, opts: UpscaleOptions, device: torch.device, bar=None, log: Callable[[str], None] = print
+    paths: list[Path], out: Path, gen: LoadedGenerator, opts: UpscaleOptions, device: torch.device, bar=None, log: Callable[[str], None] = print,
+    plan: Plan | None = None,
 ) -> UpscaleReport:
     """Every input in turn; a bad one is reported and skipped, the rest go on.
 
     Consecutive images of one `batch_key` are gathered up to `opts.batch` and upscaled together;
     a batch that fails (out of memory, say) is retried one image at a time, so only the image
-    that is itself the problem fails.
+    that is itself the problem fails. Each output is recorded in the folder's record before it
+    is written, and is written only where nothing upscale did not write is in the way.
     """
-    plan, skipped = plan_outputs(paths, Path(out), opts)
-    report = UpscaleReport(skipped=skipped)
-    taken = {str(t.resolve()).lower(): p for p, t in plan.items()}
+    plan = plan or plan_outputs(paths, Path(out), opts)
+    report = UpscaleReport(skipped=list(plan.skipped), kept=list(plan.kept))
+    if plan.record.problem:
+        log(plan.record.problem)
+    many = len(paths) > 1
+    taken = {str(t.resolve()).lower(): p for p, t in plan.targets.items()}
+    read = {p.resolve() for p in plan.targets} | {Path(k["source"]).resolve() for k in plan.kept}  # the user's inputs (not earlier outputs)
+    per_px = activation_bytes(gen.model, gen.scale, torch_dtype(opts.precision, device))
+    device_bytes = int(0.85 * torch.cuda.get_device_properties(device).total_memory) if device.type == "cuda" else None  # the rest: weights, allocator
+    tiles: dict[Path, int] = {}
     pending: list[tuple[Path, SourceImage]] = []
 
     def fail(path: Path, e: Exception) -> None:
@@ -203,31 +201,42 @@ def upscale_paths(
     def run(group: list[tuple[Path, SourceImage]]) -> None:
         t0 = time.perf_counter()
         imgs = [img for _, img in group]
+        one = replace(opts, tile=tiles[group[0][0]]) if len(group) == 1 else opts
+        h, w = imgs[0].rgb.shape[:2]
+        per_image = tile_count(h, w, one.tile, one.overlap) if len(imgs) == 1 else 1
+        if per_image > 1:
+            log(f"{group[0][0]}: {w}x{h} in {per_image} tiles of {one.tile} px")
         if bar is not None:
-            h, w = imgs[0].rgb.shape[:2]
-            per_image = tile_count(h, w, opts.tile, opts.overlap) if len(imgs) == 1 else 1
             bar.reset(total=per_image * (2 if imgs[0].alpha is not None and opts.alpha == "model" else 1) * (1 if len(imgs) == 1 else len(imgs)))
             bar.set_description(group[0][0].name[:30] + (f" +{len(group) - 1}" if len(group) > 1 else ""))
         try:
-            results = upscale_images(imgs, gen, opts, device, bar.update if bar is not None else None)
+            results = upscale_images(imgs, gen, one, device, bar.update if bar is not None else None)
         except _FAILURES as e:
             if len(group) == 1:
                 return fail(group[0][0], e)
             log(f"a batch of {len(group)} failed ({_reason(e)}); one at a time")
-            for one in group:
-                run([one])
+            for item in group:
+                run([item])
             return
         secs = (time.perf_counter() - t0) / len(group)
         for (path, img), result in zip(group, results):
             try:
-                target = output_path(path, Path(out), opts, len(paths) > 1, img)
+                target = output_path(path, Path(out), opts, many, img)
                 if taken.get(str(target.resolve()).lower(), path) != path:  # turned PNG onto another input's name
                     raise OSError(f"its output {target.name} is the output of {taken[str(target.resolve()).lower()].name}")
-                write_bytes(target, encode(result, target), durable=False)
+                why = f"its output {target.name} is an input of this run (not overwritten)" if target.resolve() in read else keep_reason(target, plan.record, opts.overwrite)
+                if why:  # turned PNG onto a file, or one appeared since the plan
+                    report.kept.append({"source": str(path), "output": str(target), "reason": why})
+                    log(f"not written {path}: {why}")
+                    continue
+                data = encode(result, target)
+                plan.record.record(target, data, str(path))
+                write_bytes(target, data, durable=False)
             except _FAILURES as e:
                 fail(path, e)
                 continue
-            report.written.append({"source": str(path), "output": str(target), "size": [int(result.shape[1]), int(result.shape[0])], "seconds": round(secs, 3), "notes": img.notes})
+            notes = upscale_notes(img, target, plan.targets[path], opts)
+            report.written.append({"source": str(path), "output": str(target), "size": [int(result.shape[1]), int(result.shape[0])], "seconds": round(secs, 3), "notes": notes})
             log(f"{path} -> {target} ({result.shape[1]}x{result.shape[0]}, {secs:.1f} s)")
 
     def flush() -> None:
@@ -235,14 +244,17 @@ def upscale_paths(
             run(pending[:])
             pending.clear()
 
-    for path in plan:
+    for path in plan.targets:
         try:
-            img = read_image(path, int(opts.max_megapixels * 1e6), upright=True)
+            img, tiles[path], note = read_planned(path, gen, opts, per_px, device_bytes)
         except _FAILURES as e:
             fail(path, e)
             continue
-        key = batch_key(img, opts)
-        if pending and (key is None or key != batch_key(pending[0][1], opts)):
+        if note:
+            img.notes.append(note)
+            log(f"{path}: {note}")
+        key = batch_key(img, opts, tiles[path])
+        if pending and (key is None or key != batch_key(pending[0][1], opts, tiles[pending[0][0]])):
             flush()
         if key is None:
             run([(path, img)])
@@ -260,10 +272,9 @@ def upscale_files(
 ) -> UpscaleReport:
     """`realsr upscale`'s driver: a file or a folder through `model` (a checkpoint or a released
     name), or through `model` blended at share `blend` with `blend_with` (default: its init).
-    Names and the output folder are checked before the model loads; the report lists what was
-    written, what failed and what was not read, each with why."""
-    from dataclasses import replace
-
+    Names, the files in the way and the output folder are checked before the model loads; the
+    report lists what was written, what failed, what was not read and what was held back by a
+    file upscale did not write, each with why."""
     from realsr.models.devices import resolve_device
     from realsr.storage.checkpoints import load_generator
 
@@ -273,7 +284,11 @@ def upscale_files(
 
     partner = blend_partner(model, blend_with) if blend is not None else None  # no init to blend with: refused first
     paths, others = inputs(source)
-    plan_outputs(paths, out, opts)  # refuses lost or overwritten files before any work
+    if not paths:
+        raise FileNotFoundError(f"{source}: no images (looked for png, jpg, tif, webp, bmp, gif, ...)" + (f"; {len(others)} other entries, e.g. {Path(others[0]['source']).name}: {others[0]['reason']}" if others else ""))
+    plan = plan_outputs(paths, out, opts, named_file=Path(source).is_file())  # refuses lost or overwritten files before any work
+    if not plan.targets:  # nothing to compute: the model is not even loaded
+        return UpscaleReport(skipped=others + plan.skipped, kept=plan.kept)
     if partner is None:
         gen = load_generator(model)
     else:
@@ -282,7 +297,7 @@ def upscale_files(
     dtype = torch_dtype(opts.precision, dev)
     gen.model.to(dev, dtype)
     gen.model.to(memory_format=torch.channels_last)  # 1.19x on this CPU too (BENCHMARKS.md)
-    log(f"{gen.describe()} on {dev} ({str(dtype).removeprefix('torch.')}); {len(paths)} image(s); tile {opts.tile or 'off'}")
-    report = upscale_paths(paths, out, gen, opts, dev, bar, log)
+    log(f"{gen.describe()} on {dev} ({str(dtype).removeprefix('torch.')}); {len(plan.targets)} image(s); tile {opts.tile or 'off'}")
+    report = upscale_paths(paths, out, gen, opts, dev, bar, log, plan)
     report.skipped[:0] = others
     return report

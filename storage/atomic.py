@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import shutil
@@ -11,17 +13,54 @@ from pathlib import Path
 from typing import Iterator
 
 
+# A full disk, a quota, a read-only mount: the same write fails again, so it is not retried
+# (tasks' retry conditions) and the command says which file, in one line (flows/cli.py).
+NO_RETRY_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def no_retry(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in NO_RETRY_ERRNOS
+
+
+def space_left(path: Path | str) -> str:
+    """Free space on the filesystem of `path` (its nearest existing parent), e.g. "12 MB free"."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        st = os.statvfs(p)
+    except OSError:
+        return "free space unknown"
+    return f"{st.f_bavail * st.f_frsize // 1_000_000} MB free"
+
+
+@contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """An OSError of a write that names no file (write(2) does not) is re-raised naming `path`."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno is not None:
+            raise OSError(e.errno, os.strerror(e.errno), str(path)) from e
+        raise
+
+
 def write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
     """Write to a sibling temp file, fsync (when `durable`), then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
+        with naming(path):
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+            try:
+                view = memoryview(data).cast("B")
+                while view:
+                    view = view[os.write(fd, view) :]
+                if durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -30,6 +69,15 @@ def write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
 
 def write_json(path: Path, obj) -> None:
     write_bytes(path, json.dumps(obj, indent=1, sort_keys=True, default=str).encode())
+
+
+def file_sha256(path: Path | str) -> str:
+    """A file's SHA-256, read 1 MB at a time (weights of hundreds of MB stay out of memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_json(path: Path):
@@ -76,7 +124,8 @@ def replace_dir(path: Path) -> Iterator[Path]:
     recover_dir(path)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        yield tmp
+        with naming(path):  # a store's chunk writes name no file: the store is named
+            yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -161,14 +161,15 @@ def write_noise_bank(path: Path, patches: np.ndarray, table: dict[str, np.ndarra
         if len(v) != n:
             raise ValueError(f"column {k} has {len(v)} rows for {n} patches")
     digest = _digest(patches, *[np.asarray(table[k]) for k in sorted(table)], _attrs_array(attrs))
-    if _stored_digest(path) == digest:
+    if _intact(path, digest):
         return digest  # an identical bank is already there: leave it untouched
     with replace_dir(path) as tmp:
         g = zarr.open_group(zarr.storage.LocalStore(tmp), mode="w", zarr_format=3)
         _put(g, "patches", patches, chunks=(patches_per_chunk(p), p, p, 3))
         for name, col in table.items():
             _put(g, name, np.asarray(col))
-        g.attrs.update(
+        _set_attrs(
+            g,
             {
                 **attrs,
                 "kind": "realsr-noise-bank",
@@ -177,9 +178,9 @@ def write_noise_bank(path: Path, patches: np.ndarray, table: dict[str, np.ndarra
                 "digest": digest,
                 "units": "patches: uint8 RGB of the source; stats on the 0-255 scale",
                 "versions": package_versions(),
-            }
+                "content_sha256": content_digest(g),
+            },
         )
-        g.attrs["content_sha256"] = content_digest(g)
     return digest
 
 
@@ -224,7 +225,7 @@ def write_kernel_bank(path: Path, sets: list[KernelSet], attrs: dict, scale_attr
     """Write the kernel bank atomically (one group per scale); returns its content digest."""
     columns = [np.asarray(c) for s in sets for c in (s.kernels, s.source, s.source_sha256, s.method, s.reason, *[s.checks[k] for k in (*CHECK_COLUMNS, "valid")])]
     digest = _digest(*columns, _attrs_array([attrs, scale_attrs]))
-    if _stored_digest(path) == digest:
+    if _intact(path, digest):
         return digest
     with replace_dir(path) as tmp:
         root = zarr.open_group(zarr.storage.LocalStore(tmp), mode="w", zarr_format=3)
@@ -237,8 +238,9 @@ def write_kernel_bank(path: Path, sets: list[KernelSet], attrs: dict, scale_attr
             for name in CHECK_COLUMNS:
                 _put(g, name, np.asarray(s.checks[name], dtype=np.float32))
             _put(g, "valid", np.asarray(s.checks["valid"], dtype=bool))
-            g.attrs.update({"scale": s.scale, "size": k, "count": len(s), **scale_attrs.get(s.scale, {})})
-        root.attrs.update(
+            _set_attrs(g, {"scale": s.scale, "size": k, "count": len(s), **scale_attrs.get(s.scale, {})})
+        _set_attrs(
+            root,
             {
                 **attrs,
                 "kind": "realsr-kernel-bank",
@@ -246,9 +248,9 @@ def write_kernel_bank(path: Path, sets: list[KernelSet], attrs: dict, scale_attr
                 "digest": digest,
                 "scales": [s.scale for s in sets],
                 "versions": package_versions(),
-            }
+                "content_sha256": content_digest(root),
+            },
         )
-        root.attrs["content_sha256"] = content_digest(root)
     return digest
 
 
@@ -258,12 +260,30 @@ def _attrs_array(attrs) -> np.ndarray:
     return np.array([json.dumps(attrs, sort_keys=True, default=str)])
 
 
-def _stored_digest(path: Path) -> str | None:
+def _sorted(obj):
+    """`obj` with every mapping's keys in order: the same attributes give the same zarr.json bytes
+    (records read back from JSON and made fresh list their keys in other orders)."""
+    if isinstance(obj, dict):
+        return {k: _sorted(obj[k]) for k in sorted(obj, key=str)}
+    if isinstance(obj, (list, tuple)):
+        return [_sorted(v) for v in obj]
+    return obj
+
+
+def _set_attrs(group: zarr.Group, attrs: dict) -> None:
+    """A new group's attributes, written once, keys sorted at every level."""
+    group.attrs.update(_sorted(attrs))
+
+
+def _intact(path: Path, digest: str) -> bool:
+    """The store at `path` has this `digest` and its arrays still match their checksum (read from
+    disk each time: a damaged store is rebuilt by the rerun, as its error message says)."""
     try:
         g = zarr.open_group(zarr.storage.LocalStore(Path(path), read_only=True), mode="r")
-        return g.attrs.get("digest")
+        stored = g.attrs.get("content_sha256")
+        return g.attrs.get("digest") == digest and stored is not None and content_digest(g, path) == stored
     except Exception:
-        return None
+        return False
 
 
 def content_digest(group: zarr.Group, where: Path | str = "") -> str:

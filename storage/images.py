@@ -14,7 +14,8 @@ import numpy as np
 
 from realsr.storage.atomic import write_bytes
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2", ".gif"}
+ALPHA_NOTE = "alpha channel ignored; transparent pixels excluded from noise patches"  # degrade's use of it
 
 
 def is_image_name(rel: str) -> bool:
@@ -82,9 +83,10 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def list_images(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+def list_images(folder: Path, recursive: bool = True) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Image files (by suffix) under `folder`, sorted, and what was left out, each with why:
-    other file types, subfolders that cannot be read, and symlinks that loop or lead nowhere."""
+    other file types, subfolders that cannot be read (or, not `recursive`, any subfolder), and
+    symlinks that loop or lead nowhere. Hidden files and folders are passed over."""
     folder = Path(folder)
     if not folder.exists():
         raise FileNotFoundError(f"source folder {folder} does not exist")
@@ -99,6 +101,9 @@ def list_images(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     seen_dirs = {folder.resolve()}
     for root, dirs, files in os.walk(folder, onerror=unreadable, followlinks=True):
         base = Path(root)
+        if not recursive:
+            left_out += [(base / d, "a subfolder (not read: only the folder's own images are)") for d in dirs if not d.startswith(".")]
+            dirs.clear()
         for d in list(dirs):
             real = (base / d).resolve()
             if d.startswith(".") or real in seen_dirs:
@@ -134,9 +139,34 @@ def _check_complete(path: Path, data: bytes) -> None:
 _PIL_LIMIT = threading.Lock()
 
 
+@dataclass(frozen=True)
+class ImageHeader:
+    """What the file's header says; enough to know the decoded size before decoding."""
+
+    width: int
+    height: int
+    frames: int
+    channels: int  # as the decoder returns them: gray 1, colour 3, with alpha (or palette) 4
+    sample_bytes: int  # 1, 2 (16-bit) or 4 (float)
+
+    @property
+    def decoded_bytes(self) -> int:
+        return self.width * self.height * self.channels * self.sample_bytes
+
+
+_MODE_CHANNELS = {"1": 1, "L": 1, "I;16": 1, "I;16B": 1, "I;16L": 1, "I": 1, "F": 1, "LA": 4, "PA": 4, "P": 4, "RGBA": 4, "CMYK": 4}
+
+
 def header_size(data: bytes) -> tuple[int, int, int] | None:
-    """(width, height, frames) from the file's header alone (PIL reads no pixels), or None when
-    PIL does not know the format (the decoder then has the last word)."""
+    """(width, height, frames) from the file's header alone, or None (see `image_header`)."""
+    h = image_header(data)
+    return (h.width, h.height, h.frames) if h else None
+
+
+def image_header(data: bytes) -> ImageHeader | None:
+    """The header alone (PIL reads no pixels), or None when PIL does not know the format (the
+    decoder then has the last word). PIL calls 16-bit colour "RGB": PNG's IHDR and TIFF's
+    BitsPerSample tag tell."""
     import warnings
 
     from PIL import Image, UnidentifiedImageError
@@ -148,11 +178,19 @@ def header_size(data: bytes) -> tuple[int, int, int] | None:
                 saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
                 try:
                     with Image.open(io.BytesIO(data)) as im:
-                        return im.size[0], im.size[1], int(getattr(im, "n_frames", 1))
+                        w, h, frames, mode, fmt = im.size[0], im.size[1], int(getattr(im, "n_frames", 1)), im.mode, im.format
+                        bits = getattr(im, "tag_v2", {}).get(258, (8,)) if fmt == "TIFF" else (8,)
                 finally:
                     Image.MAX_IMAGE_PIXELS = saved
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         return None
+    channels = _MODE_CHANNELS.get(mode, 3)
+    sample = 4 if mode == "F" else 2 if mode.startswith("I") else 1
+    if fmt == "PNG" and len(data) > 25 and data[24] == 16:  # IHDR bit depth
+        sample = 2
+    if max(bits if isinstance(bits, tuple) else (bits,)) > 8:
+        sample = max(sample, 2)
+    return ImageHeader(w, h, frames, channels, sample)
 
 
 def decode_image(path: Path | str, data: bytes, max_pixels: int = 200_000_000, upright: bool = False) -> SourceImage:
@@ -206,9 +244,12 @@ def decode_image(path: Path | str, data: bytes, max_pixels: int = 200_000_000, u
         rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     elif channels == 4:
         opaque = img[..., 3] >= (scale if depth != 32 else 1.0)
-        alpha = np.clip(img[..., 3].astype(np.float32) / np.float32(scale), 0, 1)
-        notes.append("alpha channel ignored; transparent pixels excluded from noise patches")
         rgb = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+        if data[:4] == b"GIF8" and opaque.all():  # OpenCV gives every GIF an alpha channel
+            opaque = None
+        else:
+            alpha = np.clip(img[..., 3].astype(np.float32) / np.float32(scale), 0, 1)
+            notes.append(ALPHA_NOTE)
     else:
         raise BadImageError(path, f"{channels} channels are not supported")
     rgb = rgb.astype(np.float32)

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 
 from realsr.storage.atomic import read_json, write_json
+from realsr.storage.lock import LOCK  # a lock file stays local: a folder's lock is for this machine's runs
 
 SYNC_RECORD = "sync.json"
 
@@ -85,9 +86,9 @@ class Mirror:
         self.url = url.rstrip("/")
         self.fs, self.path = filesystem(self.url)
         self.path = self.path.rstrip("/")
-        root = mirror_dir(self.url, role)
+        self.root = mirror_dir(self.url, role)  # its lock (storage/lock.py) and sync record; the files under `tree`
         self.tree = mirrored(self.url, role, self.url + "/")
-        self._record_path = root / SYNC_RECORD
+        self._record_path = self.root / SYNC_RECORD
 
     def _record(self) -> dict[str, dict]:
         try:
@@ -109,7 +110,7 @@ class Mirror:
         out = {}
         for name, info in found.items():
             rel = name[len(self.path):].lstrip("/") if name.startswith(self.path) else None
-            if rel and info.get("type", "file") == "file" and keep(rel):
+            if rel and info.get("type", "file") == "file" and rel.rsplit("/", 1)[-1] != LOCK and keep(rel):
                 out[rel] = info
         return out
 
@@ -149,7 +150,7 @@ class Mirror:
         copy no longer has. Files under the `last` prefixes go up after all others (the resume
         records: they must never point at files not yet uploaded). Returns the files uploaded."""
         known = self._record().get("files", {})
-        local = {p.relative_to(self.tree).as_posix(): p for p in self.tree.rglob("*") if p.is_file() and not p.name.endswith(".part")}
+        local = {p.relative_to(self.tree).as_posix(): p for p in self.tree.rglob("*") if p.is_file() and not p.name.endswith(".part") and p.name != LOCK}
         changed = sorted(rel for rel, p in local.items() if not (rel in known and _local_unchanged(p, known[rel])))
         records = [rel for rel in changed if last and rel.startswith(last)]
         for batch in ([rel for rel in changed if rel not in records], records):

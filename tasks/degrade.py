@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from realsr.steps import degrade as stages
 from realsr.steps import degrade_kernels as kernel_steps
 from realsr.steps.degrade import DegradeSpec
+from realsr.storage.atomic import no_retry
 from realsr.storage.images import BadImageError
 from realsr.storage.run_dir import RunDir
 
@@ -45,13 +46,14 @@ class BatchError(Exception):
 
 
 def _retry_unless_bad_input(task, task_run, state) -> bool:
-    """Retry transient failures (disk, worker loss), never a bad image: it would fail again."""
+    """Retry transient failures (worker loss, a flaky read), never a bad image or a full or
+    read-only disk: they would fail again."""
     try:
         state.result()
     except BatchError as e:
         return e.retryable
-    except Exception:
-        return True
+    except Exception as e:
+        return not no_retry(e)
     return False
 
 
@@ -71,6 +73,8 @@ def _settle(outcomes: list[tuple[object, dict | Exception]]) -> list[dict]:
     log = get_run_logger()
     done, failures = [], []
     for name, outcome in outcomes:
+        if no_retry(outcome):  # a full disk is the run's failure, not the image's (flows/cli.py says it)
+            raise outcome
         if isinstance(outcome, BadImageError):
             log.error(str(outcome))
             failures.append({"source": str(name), "reason": outcome.reason, "bad_input": True})
@@ -94,6 +98,8 @@ def _each(items: list, label: Callable, work: Callable[[object], dict]) -> list[
         try:
             outcomes.append((label(item), work(item)))
         except Exception as e:  # one image's error must not cost its batch
+            if no_retry(e):  # ...but a full disk fails the next one too
+                raise
             outcomes.append((label(item), e))
     return _settle(outcomes)
 

@@ -25,3 +25,10 @@ def test_the_demo_runs_every_stage_and_prints_the_table(prefect_server, tmp_path
     summary = json.loads((pipe / "summary.json").read_text())
     assert summary["validation_crops"] == 2 and len(list((Path(summary["train_dir"]) / "val" / "lr").glob("*.png"))) == 2
     assert (pipe / "eval" / "contact_sheet.png").exists() and (pipe / "run" / "kernels_sheet.png").exists() and (pipe / "trained.pth").exists()
+
+    # a photo that cannot be read: the pipeline finishes on the others, lists it and exits 1 (the exit-code rule)
+    (tmp_path / "demo" / "sample_photos" / "garbage.png").write_bytes(b"not a png" * 40)
+    assert main(["pipeline", "--source", str(tmp_path / "demo" / "sample_photos"), "--out", str(pipe), "--preset", "demo", "--workers", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "FAILED degrade:" in err and "garbage.png" in err
+    assert json.loads((pipe / "summary.json").read_text())["failures"] == [f"degrade: {tmp_path / 'demo' / 'sample_photos' / 'garbage.png'}"]

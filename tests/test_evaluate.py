@@ -92,3 +92,22 @@ def test_evaluate_flow_with_hr_cache_and_without_hr(test_set, tmp_path, prefect_
     captured = capsys.readouterr()
     assert "FAILED odd on (all): " in captured.err and "| tiny | 4 | 3 |" in captured.out
     assert "- odd: " in (tmp_path / "both" / "results.md").read_text()
+
+
+def test_evaluate_never_writes_among_its_test_images(test_set, tmp_path, capsys):
+    from realsr.steps import evaluate as ev
+
+    lr, hr = test_set
+    torch.manual_seed(0)
+    save_generator(tmp_path / "tiny.pth", RRDBNet(RRDBConfig(num_feat=8, num_block=1, num_grow_ch=32)))
+    (tmp_path / "link").symlink_to(hr)
+    before = {d: sorted(p.name for p in d.iterdir()) for d in (lr, hr, tmp_path)}
+    for out, words in [(lr, "is the --lr folder"), (lr / "results", "is inside the --lr folder"), (tmp_path / "link", "is the --hr folder"), (tmp_path, "holds the --lr folder")]:
+        assert main(["evaluate", "--lr", str(lr), "--hr", str(hr), "--model", str(tmp_path / "tiny.pth"), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0] and "choose another --out" in err[0], err
+    assert {d: sorted(p.name for p in d.iterdir()) for d in (lr, hr, tmp_path)} == before
+    images, _ = ev.test_images(lr, hr)  # the step refuses too (deployments skip the CLI's checks)
+    with pytest.raises(ValueError, match="is the --lr folder"):
+        ev.evaluate_model("bicubic", None, "bicubic", images, lr, ev.Scoring())
+    assert sorted(p.name for p in lr.iterdir()) == before[lr]

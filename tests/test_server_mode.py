@@ -23,7 +23,8 @@ def stack(tmp_path):
     s = Stack(tmp_path / "stack")
     pids = []
     try:
-        state = s.up(say=lambda m: None)
+        s.said = []
+        state = s.up(say=s.said.append)
         pids = [p["pid"] for p in state["processes"]]
         yield s
     finally:
@@ -44,12 +45,12 @@ def start(stack: Stack, name: str, parameters: dict | None = None) -> str:
     return api(stack, f"/deployments/{dep['id']}/create_flow_run", {} if parameters is None else {"parameters": parameters})["id"]
 
 
-def wait(stack: Stack, run_id: str, timeout: float = 900) -> dict:
+def wait(stack: Stack, run_id: str, timeout: float = 900, expect: str = "COMPLETED") -> dict:
     deadline = time.monotonic() + timeout
     while True:
         run = api(stack, f"/flow_runs/{run_id}")
         if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-            assert run["state_type"] == "COMPLETED", f"{run['name']}: {run['state_type']} {run['state']['message']}"
+            assert run["state_type"] == expect, f"{run['name']}: {run['state_type']} {run['state']['message']}"
             return run
         assert time.monotonic() < deadline, f"{run['name']} still {run['state_type']}"
         time.sleep(1)
@@ -65,6 +66,10 @@ def test_pipeline_schedule_ui_form_and_rerun_through_the_stack(stack):
     assert nightly["schedules"] and nightly["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
     assert nightly["parameters"]["settings"]["source"] == str(data / "photos")  # real paths, not placeholders
     scheduled = start(stack, "degrade-flow/nightly")  # the schedule's own parameters
+    # a partial `settings` (`prefect deployment run --params`) merges over the deployment's; a bad
+    # stage setting fails the run at its start with the one-line reason as its state message
+    bad = start(stack, "realsr-pipeline/pipeline", {"settings": {"degrade": {"kernelgan_seeds": "three"}}})
+    assert wait(stack, bad, expect="FAILED")["state"]["message"] == "invalid settings: degrade.kernelgan_seeds: Input should be a valid integer, unable to parse string as an integer"
     wait(stack, first)
     wait(stack, scheduled)
 
@@ -83,9 +88,12 @@ def test_pipeline_schedule_ui_form_and_rerun_through_the_stack(stack):
     assert "data:image/png;base64," in artifacts["degrade-summary"]["data"]
     assert json.loads((data / "runs" / "nightly" / "summary.json").read_text())["processed"] == 3
 
-    # the UI's "Custom run" form submits every field (at its default: null = the preset's value)
+    # the UI's "Custom run" form submits every field (at its default: null = the preset's value,
+    # which the field's description lists per preset)
     dep = api(stack, "/deployments/name/train-flow/train")
     fields = dep["parameter_openapi_schema"]["definitions"]["TrainSettings"]["properties"]
+    assert "(paper: 60000, finetune: 5000, cpu-small: 2000, test-tiny: 6)" in fields["iterations"]["description"]
+    assert api(stack, "/deployments/name/realsr-pipeline/pipeline")["parameters"]["settings"]["preset"] == "auto"  # a Quick run fits the hardware
     form = {k: v.get("default") for k, v in fields.items()} | dep["parameters"]["settings"]
     form |= {"run_dir": str(out / "run"), "out": str(data / "runs" / "ui-train"), "preset": "test-tiny", "init": None}
     wait(stack, start(stack, "train-flow/train", {"settings": form}))
@@ -99,3 +107,7 @@ def test_pipeline_schedule_ui_form_and_rerun_through_the_stack(stack):
     held = again["evaluations"]["held-out photos"]
     assert held["computed"] == 0 and held["cached"] > 0
     assert os.environ.get("PREFECT_API_URL") != stack.read()["url"]  # the stack did not leak into this process
+    # `stack up` said each step as it completed; the next `up` reuses this port while it is free
+    steps = [m.split("] ", 1)[1].split(":")[0] for m in stack.said if m.startswith("[")]
+    assert steps == ["starting the Prefect server on 127.0.0.1", "server", "pools", "deployments", "workers", "workers"] and stack.said[-1].startswith("point the CLI at it")
+    assert (stack.home / "port").read_text().strip() == stack.read()["ui"].rsplit(":", 1)[1]

@@ -190,7 +190,7 @@ def test_tiny_train_then_upscale_and_evaluate(degrade_run, tmp_path, capsys):
     model = tmp_path / "t" / "models" / "net_g_latest.pth"
     lr_dir, hr_dir = degrade_run / "pairs" / "lr", degrade_run / "pairs" / "hr"
     assert main(["upscale", "-i", str(sorted(lr_dir.iterdir())[0]), "-o", str(tmp_path / "up"), "--model", str(model)]) == 0
-    assert cv2.imread(str(next((tmp_path / "up").iterdir()))).shape == (64, 64, 3)
+    assert cv2.imread(str(next((tmp_path / "up").glob("*.png")))).shape == (64, 64, 3)
     (tmp_path / "lr").mkdir()
     for p in sorted(lr_dir.iterdir())[:2]:
         (tmp_path / "lr" / p.name).write_bytes(p.read_bytes())

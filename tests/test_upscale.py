@@ -180,3 +180,135 @@ def test_an_output_folder_that_cannot_be_written_is_found_before_the_model_loads
     bad_model = tmp_path / "never-read.pth"  # the check comes first: a bad model is not even reached
     assert main(["upscale", "-i", str(tmp_path / "a.png"), "-o", str(tmp_path / "file" / "sub" / "x.png"), "--model", str(bad_model)]) == 2
     assert "cannot be written" in capsys.readouterr().err
+
+
+def test_a_file_upscale_did_not_write_is_never_overwritten(tiny_model, tmp_path, capsys):
+    model = ["--model", str(tiny_model)]
+    y = _png(tmp_path / "y.png")
+    theirs = _png(tmp_path / "x.PNG", 5)  # the user's file, named as an output could be
+    before = theirs.read_bytes()
+    assert main(["upscale", "-i", str(y), "-o", str(theirs), *model]) == 2  # nothing written
+    err = capsys.readouterr().err
+    assert theirs.read_bytes() == before and "x.PNG exists and was not written by upscale (--overwrite replaces it)" in err
+    assert main(["upscale", "-i", str(y), "-o", str(theirs), "--overwrite", *model]) == 0 and theirs.read_bytes() != before
+    assert main(["upscale", "-i", str(y), "-o", str(theirs), *model]) == 0  # now upscale's own: replaced on a rerun
+    _png(theirs, 6)  # the user saves over it: theirs again
+    edited = theirs.read_bytes()
+    assert main(["upscale", "-i", str(y), "-o", str(theirs), *model]) == 2 and theirs.read_bytes() == edited
+    # a user's own y_out.png beside y.png is an image of theirs, not an earlier output
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _png(photos / "y.png")
+    mine = _png(photos / "y_out.png", 7).read_bytes()
+    capsys.readouterr()
+    assert main(["upscale", "-i", str(photos), "-o", str(photos), *model]) == 1  # y_out.png upscaled, y.png held back
+    err = capsys.readouterr().err
+    assert (photos / "y_out.png").read_bytes() == mine and (photos / "y_out_out.png").exists()
+    assert "1 written, 0 failed, 1 skipped" in err and "y.png: its output y_out.png is an input of this run (not overwritten)" in err
+
+
+def test_earlier_outputs_are_known_by_the_record_not_by_their_name(tiny_model, tmp_path, capsys):
+    _png(tmp_path / "a.png")
+    args = ["upscale", "-i", str(tmp_path), "-o", str(tmp_path), "--model", str(tiny_model)]
+    assert main(args) == 0
+    out = (tmp_path / "a_out.png").read_bytes()
+    (tmp_path / ".realsr-upscale.json").unlink()  # without the record, a_out.png is just a file of the user's
+    capsys.readouterr()
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert (tmp_path / "a_out.png").read_bytes() == out and (tmp_path / "a_out_out.png").exists()
+    assert "a.png: its output a_out.png is an input of this run" in err
+
+
+def test_a_kill_between_record_and_write_leaves_the_file_upscales_own(tmp_path):
+    from realsr.storage.output_record import OutputRecord
+
+    rec = OutputRecord(tmp_path, ".rec.json")
+    target = tmp_path / "a_out.png"
+    rec.record(target, b"first", "a.png")
+    target.write_bytes(b"first")
+    rec.record(target, b"second", "a.png")  # killed here: the file still holds the first bytes
+    again = OutputRecord(tmp_path, ".rec.json")
+    assert again.owns(target) and not again.blocks(tmp_path / "new.png")
+    target.write_bytes(b"the user's")
+    assert not OutputRecord(tmp_path, ".rec.json").owns(target)
+    (tmp_path / ".rec.json").write_text("{not json")
+    damaged = OutputRecord(tmp_path, ".rec.json")
+    assert damaged.problem and "cannot be read" in damaged.problem and damaged.blocks(target)
+
+
+def test_upscale_says_what_it_leaves_out_and_what_it_did(tiny_model, tmp_path, capsys):
+    from PIL import Image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    _png(src / "a.png")
+    (src / "gone.png").symlink_to(src / "missing.png")
+    (src / "loop.png").symlink_to(src / "loop.png")
+    (src / "sub").mkdir()
+    frames = [Image.fromarray(np.full((8, 10, 3), v, np.uint8)) for v in (10, 200)]
+    frames[0].save(src / "anim.gif", save_all=True, append_images=frames[1:])
+    rng = np.random.default_rng(3)
+    assert cv2.imwrite(str(src / "rgba.png"), np.dstack([rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), np.full((8, 8), 128, np.uint8)]))
+    assert main(["upscale", "-i", str(src), "-o", str(tmp_path / "out"), "--model", str(tiny_model), "--alpha", "bicubic"]) == 0
+    err = capsys.readouterr().err
+    assert "3 written, 0 failed, 3 skipped" in err
+    assert "gone.png: a link that leads nowhere" in err and "loop.png: a link that leads nowhere (broken or a loop)" in err
+    assert "sub: a subfolder (not read" in err
+    assert "anim.gif: animated (2 frames): the first frame only" in err
+    gif = cv2.imread(str(tmp_path / "out" / "anim_out.png"), cv2.IMREAD_UNCHANGED)
+    assert gif.shape == (32, 40, 3)  # the first frame, as RGB: OpenCV's opaque alpha is not kept
+    assert "rgba.png: alpha channel kept, upscaled on its own (bicubic)" in err and "noise patches" not in err
+    assert cv2.imread(str(tmp_path / "out" / "rgba_out.png"), cv2.IMREAD_UNCHANGED).shape == (32, 32, 4)
+
+
+def _png_header_bomb(path: Path, side: int) -> Path:
+    """A few hundred bytes whose header says a side x side 1-bit gray PNG (its pixels are never there)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_memory_not_pixels_bounds_an_image(tiny_model, tmp_path, capsys):
+    bomb = _png_header_bomb(tmp_path / "bomb.png", 12000)  # 144 MP, under the 200 MP default
+    args = ["upscale", "-i", str(bomb), "-o", str(tmp_path / "out"), "--model", str(tiny_model)]
+    assert main([*args, "--max-memory", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "bomb.png: 12000x12000 x4, even tiled, needs about 9.5 GB of memory (image 2.3 GB, output 6.9 GB, network" in err
+    assert "over the 4 GB limit (--max-memory)" in err and not (tmp_path / "out" / "bomb_out.png").exists()
+    for bad in (["--max-memory", "0"], ["--max-megapixels", "-1"]):
+        with pytest.raises(SystemExit) as e:
+            main([*args, *bad])
+        assert e.value.code == 2 and "is not a positive number" in capsys.readouterr().err
+
+
+def test_an_image_too_big_to_run_whole_is_tiled_with_progress_lines(tiny_model, tmp_path):
+    import subprocess
+    import sys
+
+    a = _png(tmp_path / "a.png", size=(48, 64))
+    realsr = Path(sys.executable).parent / "realsr"
+    # tiny model: ~7 KB a pixel whole (22 MB for 48x64); a 32 px tile with 4 px of context fits in 15 MB
+    run = subprocess.run([str(realsr), "upscale", "-i", str(a), "-o", str(tmp_path / "out"), "--model", str(tiny_model), "--max-memory", "0.015", "--tile-pad", "4"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "a.png: tiled at 32 px: whole it needs about" in run.stderr and "over the 0.015 GB limit (--max-memory)" in run.stderr
+    assert "a.png: 64x48 in 6 tiles of 32 px" in run.stderr and "a_out.png (256x192" in run.stderr  # plain lines: stderr is no terminal
+    assert cv2.imread(str(tmp_path / "out" / "a_out.png")).shape == (192, 256, 3)
+
+
+def test_plain_progress_lines_per_tile_where_there_is_no_terminal():
+    from realsr.steps.upscale import LogProgress
+
+    lines = []
+    p = LogProgress(lines.append, every=0)
+    p.reset(total=3)
+    p.set_description("big.png")
+    for _ in range(3):
+        p.update(1)
+    assert lines[:2] == ["big.png: 1/3 tiles (0 s)", "big.png: 2/3 tiles (0 s)"] and len(lines) == 2

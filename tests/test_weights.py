@@ -347,4 +347,4 @@ def test_weights_cli_lists_and_verifies(user, tmp_path, monkeypatch):
     (user / "realsr_df2k_x4_rrdb.pth").write_bytes(b"damaged")
     bad = run("verify")
     assert bad.returncode == 1 and "BAD      realsr-df2k" in bad.stdout
-    assert run("verify", "realsr-df2k-jpeg").returncode == 1  # named and missing
+    assert run("verify", "realsr-df2k-jpeg").returncode == 2  # named and missing: nothing verified (the exit-code rule)
