@@ -127,7 +127,7 @@ class TrainSettings(BaseModel):
     workers: int | None = Field(None, ge=0, le=64, description="DataLoader worker processes (0: in the training process).")
     seed: int | None = Field(None, ge=0, description="Seeds the networks' initialisation and every data draw.")
     device: str | None = Field(None, pattern=DEVICE, description="Torch device: auto, cpu, cuda or cuda:N.")
-    precision: Literal["auto", "fp32", "bf16"] | None = Field(None, description="'auto': bf16 autocast on CUDA, fp32 on CPU.")
+    precision: Literal["auto", "fp32", "bf16"] | None = Field(None, description="'auto': bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), fp32 elsewhere (the log says which and why); 'bf16' anywhere; 'fp32'.")
     vgg19_weights: Path | None = Field(None, description="VGG19 file for the perceptual loss (default: the verified `vgg19` weights: REALSR_WEIGHTS_DIR, the cache, else fetched).")
     lpips_alexnet: Path | None = Field(None, description="AlexNet file for validation LPIPS (default: the verified `alexnet` weights).")
 

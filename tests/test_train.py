@@ -201,6 +201,18 @@ def test_tiny_train_then_upscale_and_evaluate(degrade_run, tmp_path, capsys):
     assert "lr_g" in capsys.readouterr().err
 
 
+def test_the_log_and_summary_say_which_precision_ran_and_why(degrade_run, tmp_path, monkeypatch):
+    import realsr.models.devices as devices
+
+    monkeypatch.setattr(devices, "cpu_flags", lambda cpuinfo=None: {"avx2", "avx512f"})  # a CPU without native bf16
+    logs = []
+    summary = train(_tiny(degrade_run, tmp_path / "t", iterations=2, val_every=2, save_every=2), log=logs.append, bar=False)
+    assert summary["precision"] == "fp32" and any("precision fp32 (auto: the CPU has no native bf16" in m for m in logs), logs[:3]
+    monkeypatch.setattr(devices, "cpu_flags", lambda cpuinfo=None: {"avx512_bf16"})
+    summary = train(_tiny(degrade_run, tmp_path / "t2", iterations=2, val_every=2, save_every=2), log=logs.append, bar=False)
+    assert summary["precision"] == "bf16" and any("precision bf16 autocast (auto: the CPU has avx512_bf16)" in m for m in logs)
+
+
 def test_a_damaged_newest_state_is_skipped_and_nothing_to_resume_is_refused(degrade_run, tmp_path):
     train(_tiny(degrade_run, tmp_path / "t"), log=lambda m: None, bar=False)
     state = tmp_path / "t" / "training_states" / "6.state"
