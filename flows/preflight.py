@@ -12,12 +12,11 @@ def degrade(settings) -> None:
     from realsr.storage.banks import open_kernel_bank
     from realsr.storage.images import list_images
     from realsr.storage.remote import is_url, remote_images
-    from realsr.storage.run_dir import check_apart, check_remote_folder, check_run_dir
+    from realsr.storage.run_dir import check_remote_folder, check_run_dir
 
     images = remote_images(settings.source) if is_url(settings.source) else list_images(settings.source)[0]
     if not images:
         raise ValueError(f"no images found in {settings.source} (looked for png, jpg, tif, webp, bmp, ...)")
-    check_apart(settings.source, settings.out)  # the run prunes its own files: never the photos
     check_remote_folder(settings.out) if is_url(settings.out) else check_run_dir(Path(settings.out))
     if settings.kernels.startswith("bank:"):
         open_kernel_bank(Path(settings.kernels[5:]))

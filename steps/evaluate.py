@@ -29,6 +29,7 @@ from realsr.storage.atomic import file_sha256, read_json, write_bytes, write_jso
 from realsr.storage.checkpoints import LoadedGenerator, load_generator, resolve_weights
 from realsr.storage.weights import require
 from realsr.storage.images import IMAGE_SUFFIXES, BadImageError, read_bytes, read_image, sha256_bytes, write_png
+from realsr.storage.run_dir import overlap
 from realsr.steps import sheets
 
 METRICS_VERSION = "1"  # in every record's key: bump when a metric's definition changes
@@ -71,13 +72,11 @@ def check_out(out: Path, lr: Path, hr: Path | None) -> None:
     """evaluate writes results.csv, results.md, contact_sheet.png, sr/ and cache/ into `out`: never
     among the test images. `out` may not be, hold, or lie inside the LR or HR folder (links
     resolved); refused before any work."""
-    o = Path(out).resolve()
     for flag, folder in (("--lr", lr), ("--hr", hr)):
         if folder is None:
             continue
         f = Path(folder).resolve()
-        how = "is" if o == f else "is inside" if f in o.parents else "holds" if o in f.parents else None
-        if how:
+        if how := overlap(out, folder):
             raise ValueError(f"--out {out} {how} the {flag} folder {folder}{f' ({f})' if f != Path(folder).absolute() else ''}: evaluate's results would mix with the test images; choose another --out")
 
 

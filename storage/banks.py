@@ -277,11 +277,14 @@ def _set_attrs(group: zarr.Group, attrs: dict) -> None:
 
 def _intact(path: Path, digest: str) -> bool:
     """The store at `path` has this `digest` and its arrays still match their checksum (read from
-    disk each time: a damaged store is rebuilt by the rerun, as its error message says)."""
+    disk, not this process's memory of an earlier check: a damaged store is rebuilt by the rerun,
+    as its error message says)."""
     try:
         g = zarr.open_group(zarr.storage.LocalStore(Path(path), read_only=True), mode="r")
-        stored = g.attrs.get("content_sha256")
-        return g.attrs.get("digest") == digest and stored is not None and content_digest(g, path) == stored
+        if g.attrs.get("digest") != digest:
+            return False
+        verify_store(Path(path), g, remembered=False)
+        return True
     except Exception:
         return False
 
@@ -303,11 +306,12 @@ def content_digest(group: zarr.Group, where: Path | str = "") -> str:
 _VERIFIED: set[tuple[str, int]] = set()
 
 
-def verify_store(path: Path, g: zarr.Group) -> None:
-    """Refuse a store whose arrays no longer match the content digest written with it."""
+def verify_store(path: Path, g: zarr.Group, remembered: bool = True) -> None:
+    """Refuse a store whose arrays no longer match the content digest written with it; one this
+    process verified before (same metadata file) is not read again, unless not `remembered`."""
     meta = path / "zarr.json"
     key = (str(path.resolve()), meta.stat().st_mtime_ns)
-    if key in _VERIFIED:
+    if remembered and key in _VERIFIED:
         return
     stored = g.attrs.get("content_sha256")
     if stored is None:

@@ -79,29 +79,32 @@ def check_remote_folder(url: str, marker: str = MARKER, what: str = "run folder"
     return url
 
 
-def check_apart(source: Path | str, out: Path | str) -> None:
-    """Refuse a source folder and a run folder that overlap, either way or the same, links
-    resolved (URLs compared as written): a run inside its source would read its own PNGs as
-    photos, a source inside its run is where the run writes and prunes."""
+def overlap(a: Path | str, b: Path | str) -> str | None:
+    """How folder `a` lies to folder `b`: "is", "is inside", "holds", or None when apart; links
+    resolved, URLs compared as written (a URL and a local path never overlap)."""
     from realsr.storage.remote import is_url
 
-    if is_url(source) != is_url(out):
-        return
-    if is_url(source):
-        s, o = str(source).rstrip("/"), str(out).rstrip("/")
-        out_in, src_in = o == s or o.startswith(s + "/"), s == o or s.startswith(o + "/")
-    else:
-        s, o = Path(source).expanduser().resolve(), Path(out).expanduser().resolve()
-        out_in, src_in = o == s or s in o.parents, s == o or o in s.parents
-    if out_in:
+    if is_url(a) != is_url(b):
+        return None
+    if is_url(a):
+        x, y = str(a).rstrip("/"), str(b).rstrip("/")
+        return "is" if x == y else "is inside" if x.startswith(y + "/") else "holds" if y.startswith(x + "/") else None
+    x, y = Path(a).expanduser().resolve(), Path(b).expanduser().resolve()
+    return "is" if x == y else "is inside" if y in x.parents else "holds" if x in y.parents else None
+
+
+def check_apart(source: Path | str, out: Path | str) -> None:
+    """Refuse a source folder and a run folder that overlap, either way or the same (`overlap`):
+    a run inside its source would read its own PNGs as photos, a source inside its run is where
+    the run writes and prunes."""
+    how = overlap(out, source)
+    if how in ("is", "is inside"):
         raise RunDirError(f"the run folder {out} must not be inside the source folder {source} (its PNGs would become sources)")
-    if src_in:
+    if how == "holds":
         raise RunDirError(f"the source folder {source} must not be inside the run folder {out} (the run writes and prunes there)")
 
 
-def check_run_dir(out: Path, source: Path | str | None = None) -> Path:
-    if source is not None:
-        check_apart(source, out)
+def check_run_dir(out: Path) -> Path:
     return check_folder(out, MARKER, "run folder")
 
 
