@@ -59,7 +59,7 @@ def preflight_weights(settings) -> None:
 
     t = settings.train_settings()
     needs = [m for m in {*settings.released_models(), *([t.init] if t.init else [])} if not Path(m).suffix]
-    needs += (["vgg19"] if t.perceptual_weight else []) + ["alexnet", "lpips-alex-heads"]
+    needs += (["vgg19"] if t.perceptual_weight else []) + ["alexnet", "lpips-alex-heads", "niqe"]
     if missing := fetch(needs):
         raise ValueError("; ".join(missing))
 

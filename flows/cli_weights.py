@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-DEMO_NEEDS = ("realesrgan-x4plus", "vgg19", "alexnet", "lpips-alex-heads")  # what `realsr demo` runs on
+DEMO_NEEDS = ("realesrgan-x4plus", "vgg19", "alexnet", "lpips-alex-heads", "niqe")  # what `realsr demo` runs on
 
 
 def add_parser(sub) -> None:
@@ -54,9 +54,10 @@ def run_weights(args) -> int:
             print(f"\n{name}: {w.role}\n  licence: {w.licence}")
             for s in w.sources:
                 size = f"{s.size / 1e6:.1f} MB download" if s.size else "size not published"
-                check = "sha256" if s.check == "file" else "sha256 of the tensors"
-                print(f"  - {s.file} ({check} {s.sha256}) from {s.describe()}, {size}")
-            print(f"  here: {found.path or 'not yet (fetched on first use)'}" + (f"; NOT VERIFIED: {', '.join(map(str, found.bad))}" if found.bad else ""))
+                check = {"file": f"sha256 {s.sha256}", "tensors": f"sha256 of the tensors {s.sha256}"}.get(s.check, "no published sha256: never fetched")
+                print(f"  - {s.file} ({check}) from {s.describe()}, {size}")
+            absent = "not here (yours to provide)" if all(s.check == "unpublished" for s in w.sources) else "not yet (fetched on first use)"
+            print(f"  here: {found.path or absent}" + (f"; NOT VERIFIED: {', '.join(map(str, found.bad))}" if found.bad else ""))
             if w.note:
                 print(f"  note: {w.note}")
         return 0
@@ -76,7 +77,8 @@ def run_weights(args) -> int:
             bad += 1
         if found.path:
             ok += 1
-            print(f"OK       {name}: {found.path} ({found.source.check} sha256 {found.source.sha256[:16]}...)")
+            proof = f"{found.source.check} sha256 {found.source.sha256[:16]}..." if found.source.sha256 else "no published sha256: keys and shapes checked on load"
+            print(f"OK       {name}: {found.path} ({proof})")
         elif args.names:
             print(f"MISSING  {name}")
             bad += 1

@@ -47,6 +47,11 @@ def train(settings) -> None:
                 raise TrainingDataError(f"noise bank: {e}") from None
         if settings.init:
             load_rrdb(settings.init, expect_scale=run_scale(run))
+    if settings.d_init:  # there, readable, and every key and shape the U-Net's
+        from realsr.models.discriminators import DiscriminatorConfig
+        from realsr.steps.train_setup import build_d
+
+        build_d(DiscriminatorConfig(settings.discriminator, settings.d_feat), settings.d_init)
     if settings.perceptual_weight:
         vgg19_path(settings.vgg19_weights)
     if is_url(settings.out):  # whether there is something to resume is checked on the mirror
@@ -68,3 +73,5 @@ def evaluate(settings) -> None:
         if settings.lpips_alexnet is None:
             require("alexnet")
         require("lpips-alex-heads")
+    if settings.niqe:
+        require("niqe")

@@ -189,13 +189,14 @@ class EvaluateSettings(BaseModel):
     tile_pad: int = Field(48, ge=0, le=512, description="Context around each tile, px.")
     device: str = Field("auto", pattern=DEVICE, description="Torch device: auto, cpu, cuda or cuda:N.")
     lpips_alexnet: Path | None = Field(None, description="AlexNet file for LPIPS (default: the verified `alexnet` weights: REALSR_WEIGHTS_DIR, the cache, else fetched).")
+    niqe: bool = Field(True, description="NIQE of every SR image (no reference, lower is more natural; images of at least 2 blocks of 96 px): the score to compare models on photos without HR; --no-niqe skips it.")
 
     def spec(self) -> "Scoring":
         """The typed input of evaluate-flow's steps."""
         from realsr.steps.evaluate import Scoring
 
         crop = self.scale if self.crop_border is None else self.crop_border
-        return Scoring(scale=self.scale, crop=crop, tile=self.tile, tile_pad=self.tile_pad, device=self.device, lpips_alexnet=self.lpips_alexnet)
+        return Scoring(scale=self.scale, crop=crop, tile=self.tile, tile_pad=self.tile_pad, device=self.device, lpips_alexnet=self.lpips_alexnet, niqe=self.niqe)
 
     @model_validator(mode="after")
     def _paths(self) -> "EvaluateSettings":

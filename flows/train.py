@@ -24,7 +24,7 @@ def summary_markdown(s: dict) -> str:
     lines = [
         f"# train-flow: {s['out']}",
         "",
-        f"- {s['generator']}; {s['training_images']} training images; validation: {s['validation_crops']} crops of {s['held_out_images']} held-out photos (`{Path(s['out']) / 'val'}`)",
+        f"- {s['generator']}; D {s.get('discriminator') or '?'}; {s['training_images']} training images; validation: {s['validation_crops']} crops of {s['held_out_images']} held-out photos (`{Path(s['out']) / 'val'}`)",
         f"- iterations {s['resumed_from'] + 1}..{s['iterations']} on {s['device']} ({s['precision']}), {s['seconds']:.0f} s",
         f"- latest: `{s['latest']}`",
         *([f"- best: iteration {best['iter']}, PSNR-Y {best['psnr_y']:.2f} dB, LPIPS {best['lpips']:.4f} (`{Path(s['out']) / 'models' / 'net_g_best.pth'}`)"] if best else []),

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from realsr.flows.settings import DEVICE, FLOW_SETTINGS, Location
+from realsr.models.losses import parse_layers
 
 if TYPE_CHECKING:
     from realsr.steps.train import TrainSpec
@@ -37,6 +38,10 @@ PAPER: dict = {  # the released ESRGAN / RealSR recipe: every field a preset set
     "pixel_weight": 1e-2,
     "perceptual_weight": 1.0,
     "gan_weight": 5e-3,
+    "perceptual_layers": "conv5_4",
+    "gan_type": "ragan",
+    "artifact_weight": 0.0,
+    "train_blocks": 0,
     "ema_decay": 0.999,
     "kernel_per": "image",
     "noise": True,
@@ -103,15 +108,20 @@ class TrainSettings(BaseModel):
     g_feat: int | None = Field(None, ge=4, le=256, description="RRDB features (from scratch; an init file sets its own).")
     g_blocks: int | None = Field(None, ge=1, le=64, description="RRDB blocks (from scratch).")
     g_grow: int | None = Field(None, ge=4, le=128, description="RRDB growth channels (from scratch).")
-    discriminator: Literal["patchgan", "vgg128"] | None = Field(None, description="The paper's PatchGAN (70x70 windows) or ESRGAN's VGG-128 (128 px crops only).")
+    discriminator: Literal["patchgan", "vgg128", "unet"] | None = Field(None, description="The paper's PatchGAN (70x70 windows), ESRGAN's VGG-128 (128 px crops only), or Real-ESRGAN's U-Net with spectral norm (a logit per pixel; crops a multiple of 8 px; d_init can start it from the released one).")
     d_feat: int | None = Field(None, ge=4, le=256, description="Discriminator features of its first layer.")
+    d_init: str | None = Field(None, description="Discriminator to start from (discriminator unet): a file in BasicSR's layout ({'params': state_dict}, or a bare state dict), or a released one by name (realesrgan-x4plus-netd: RealESRGAN_x4plus_netD.pth put in REALSR_WEIGHTS_DIR; no sha256 is published, so it is never downloaded); none: from scratch.")
     lr_g: float | None = Field(None, gt=0, le=1e-2, description="Adam learning rate of G.")
     lr_d: float | None = Field(None, gt=0, le=1e-2, description="Adam learning rate of D.")
     milestones: list[int] | None = Field(None, description="Iterations at which both learning rates halve.")
     warmup: int | None = Field(None, ge=0, description="L1-only iterations first, when training from scratch (ignored with init).")
     pixel_weight: float | None = Field(None, ge=0, description="L1 weight.")
     perceptual_weight: float | None = Field(None, ge=0, description="VGG19 conv5_4 (before ReLU) L1 weight.")
-    gan_weight: float | None = Field(None, ge=0, description="Relativistic average GAN weight.")
+    gan_weight: float | None = Field(None, ge=0, description="GAN weight.")
+    perceptual_layers: str | None = Field(None, description="VGG19 layers (before ReLU) of the perceptual loss and their weights: conv5_4 (ESRGAN, RealSR) or conv1_2:0.1,conv2_2:0.1,conv3_4:1,conv4_4:1,conv5_4:1 (Real-ESRGAN).")
+    gan_type: Literal["ragan", "vanilla"] | None = Field(None, description="'ragan': relativistic average (ESRGAN, RealSR); 'vanilla': real 1, fake 0 (Real-ESRGAN, with its U-Net discriminator).")
+    artifact_weight: float | None = Field(None, ge=0, description="LDL's artifact loss (Liang et al. 2022): L1 on the pixels where G's residual is erratic and worse than its EMA's; 0: off.")
+    train_blocks: int | None = Field(None, ge=0, le=64, description="Train only G's last N RRDB blocks, conv_body and the upsampler (a fine-tune that also skips the backward pass through the frozen head); 0: all of G.")
     ema_decay: float | None = Field(None, ge=0, lt=1, description="EMA of G (saved as params_ema).")
     kernel_per: Literal["image", "sample"] | None = Field(None, description="'image': each source keeps its one kernel, as the paper; 'sample': a valid bank kernel drawn per crop.")
     noise: bool | None = Field(None, description="Inject a noise-bank crop into every LR.")
@@ -146,8 +156,16 @@ class TrainSettings(BaseModel):
     def _consistent(self) -> "TrainSettings":
         if sorted(self.milestones) != list(self.milestones) or any(m < 1 for m in self.milestones):
             raise ValueError(f"milestones must be increasing positive iterations, got {self.milestones}")
+        try:
+            parse_layers(self.perceptual_layers)
+        except ValueError as e:
+            raise ValueError(f"perceptual_layers: {e}") from None
         if self.discriminator == "vgg128" and self.hr_size != 128:
             raise ValueError(f"the vgg128 discriminator takes 128 px crops: set hr_size 128 (got {self.hr_size})")
+        if self.discriminator == "unet" and self.hr_size % 8:
+            raise ValueError(f"the unet discriminator takes crops a multiple of 8 px: set hr_size accordingly (got {self.hr_size})")
+        if self.d_init and self.discriminator != "unet":
+            raise ValueError(f"d_init starts a U-Net discriminator (Real-ESRGAN's netD): set discriminator unet (got {self.discriminator})")
         return self
 
     @classmethod
@@ -170,10 +188,12 @@ class TrainSettings(BaseModel):
         return TrainSpec(
             run_dir=self.run_dir, out=self.out, resume=self.resume, seed=self.seed, device=self.device, precision=self.precision, workers=self.workers,
             data=DataConfig(0, self.hr_size, self.seed, self.kernel_per, self.noise, self.noise_match_brightness, self.jpeg, self.jpeg_range),
-            nets=Networks(self.init, self.g_feat, self.g_blocks, self.g_grow, DiscriminatorConfig(self.discriminator, self.d_feat)),
+            nets=Networks(self.init, self.g_feat, self.g_blocks, self.g_grow, DiscriminatorConfig(self.discriminator, self.d_feat), self.d_init),
             recipe=Recipe(
-                self.iterations, self.batch_size, self.warmup, LossWeights(self.pixel_weight, self.perceptual_weight, self.gan_weight),
+                self.iterations, self.batch_size, self.warmup,
+                LossWeights(self.pixel_weight, self.perceptual_weight, self.gan_weight, self.gan_type, self.artifact_weight),
                 Schedule(self.lr_g, self.lr_d, (0.9, 0.999), tuple(self.milestones)), self.ema_decay, self.vgg19_weights,
+                parse_layers(self.perceptual_layers), self.train_blocks,
             ),
             cadence=Cadence(self.val_crops, self.val_images, self.val_every, self.save_every, self.keep_checkpoints, self.log_every, self.lpips_alexnet),
             settings=self.model_dump(mode="json"),

@@ -15,16 +15,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from realsr.models.losses import PerceptualLoss, ragan_d_loss, ragan_g_loss
+from realsr.models.losses import GAN_LOSSES, PerceptualLoss, artifact_map
 
 
 @dataclass(frozen=True)
 class LossWeights:
-    """RealSR's (and ESRGAN's) weights; the warm-up stage uses L1 alone at weight 1."""
+    """RealSR's (and ESRGAN's) weights and GAN; the warm-up stage uses L1 alone at weight 1.
+    `artifacts` > 0 adds LDL's artifact loss (`losses.artifact_map`, against the EMA's output)."""
 
     pixel: float = 1e-2
     perceptual: float = 1.0
     gan: float = 5e-3
+    gan_type: str = "ragan"  # or "vanilla" (Real-ESRGAN)
+    artifacts: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,23 @@ class EMA:
             e.copy_(b)
 
 
+def train_tail(g: nn.Module, blocks: int) -> int:
+    """Freeze G's head (conv_first and the trunk's first RRDBs), leaving the last `blocks` RRDBs,
+    conv_body and the upsampler to learn; 0 leaves all of G to learn. Autograd then records nothing
+    before the first learning block, so the backward pass skips the frozen part. Returns the
+    learning parameters' count."""
+    body = getattr(g, "body", None)
+    if blocks:
+        if body is None or blocks > len(body):
+            raise ValueError(f"G has {len(body) if body is not None else 'no'} RRDB blocks; cannot train the last {blocks}")
+        for p in g.conv_first.parameters():
+            p.requires_grad_(False)
+        for block in body[: len(body) - blocks]:
+            for p in block.parameters():
+                p.requires_grad_(False)
+    return sum(p.numel() for p in g.parameters() if p.requires_grad)
+
+
 class Trainer:
     """G, D, their Adam optimisers and MultiStepLR schedules, the EMA, and the losses.
 
@@ -82,7 +102,8 @@ class Trainer:
         self.g, self.d, self.perceptual, self.weights = g, d, perceptual, weights
         self.device = torch.device(device)
         self.autocast = autocast
-        self.opt_g = torch.optim.Adam(g.parameters(), lr=schedule.lr_g, betas=schedule.betas)
+        self.opt_g = torch.optim.Adam([p for p in g.parameters() if p.requires_grad], lr=schedule.lr_g, betas=schedule.betas)  # `train_tail` may freeze a head
+        self.d_loss, self.g_loss = GAN_LOSSES[weights.gan_type]
         self.opt_d = torch.optim.Adam(d.parameters(), lr=schedule.lr_d, betas=schedule.betas)
         self.sched_g = torch.optim.lr_scheduler.MultiStepLR(self.opt_g, list(schedule.milestones), schedule.gamma)
         self.sched_d = torch.optim.lr_scheduler.MultiStepLR(self.opt_d, list(schedule.milestones), schedule.gamma)
@@ -120,11 +141,18 @@ class Trainer:
                     l_percep = self.perceptual(fake, hr).float() * w.perceptual
                 loss = loss + l_percep
                 logs["l_percep"] = l_percep.item()
+            if w.artifacts:
+                with torch.no_grad(), self._cast():
+                    sr_ema = self.ema.net(lr).float()
+                weight = artifact_map(hr, fake, sr_ema)
+                l_art = F.l1_loss(weight * fake, weight * hr) * w.artifacts
+                loss = loss + l_art
+                logs["l_artifacts"] = l_art.item()
             self.d.train()
             with self._cast():
                 real_logits = self.d(hr).detach().float()
                 fake_logits = self.d(fake).float()
-            l_gan = ragan_g_loss(real_logits, fake_logits) * w.gan
+            l_gan = self.g_loss(real_logits, fake_logits) * w.gan
             loss = loss + l_gan
             logs["l_g_gan"] = l_gan.item()
         if not torch.isfinite(loss):
@@ -138,7 +166,7 @@ class Trainer:
             with self._cast():
                 fake_logits = self.d(fake.detach()).float()
                 real_logits = self.d(hr).float()
-            l_d = ragan_d_loss(real_logits, fake_logits)
+            l_d = self.d_loss(real_logits, fake_logits)
             l_d.backward()
             self.opt_d.step()
             logs.update(l_d=l_d.item(), d_real=real_logits.mean().item(), d_fake=fake_logits.mean().item())

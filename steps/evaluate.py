@@ -1,7 +1,8 @@
 """evaluate-flow's steps: models side by side on a folder of LR photos, with or without HR.
 
 Per (model, image) one record: the SR image written under `OUT/sr/<model>/`, seconds, and, when
-the HR is there (matched by file stem), PSNR/SSIM on Y and RGB and LPIPS. A record is keyed on
+the HR is there (matched by file stem), PSNR/SSIM on Y and RGB and LPIPS; with or without HR, NIQE
+(no reference, lower is more natural) of the SR image as written. A record is keyed on
 the model file's hash, the LR image's hash (and the HR's) and the settings that change numbers,
 and written last: a rerun computes only what is new. Bicubic upscaling is always a row.
 """
@@ -24,6 +25,7 @@ import numpy as np
 from realsr.models.degradation import to_uint8
 from realsr.models.devices import resolve_device
 from realsr.models.metrics import LPIPS, psnr, ssim
+from realsr.models.niqe import Pristine, niqe
 from realsr.models.tiling import upscale
 from realsr.storage.atomic import file_sha256, read_json, write_bytes, write_json
 from realsr.storage.checkpoints import LoadedGenerator, load_generator, resolve_weights
@@ -108,6 +110,12 @@ def lpips_metric(alexnet: Path | None) -> LPIPS:
     return LPIPS(alexnet or require("alexnet"), require("lpips-alex-heads"))
 
 
+@lru_cache(maxsize=1)
+def niqe_model() -> Pristine:
+    """NIQE's pristine model: the verified `niqe` weights (storage.weights)."""
+    return Pristine.load(require("niqe"))
+
+
 def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
     h, w = lr.shape[:2]
     return np.clip(cv2.resize(lr, (w * scale, h * scale), interpolation=cv2.INTER_CUBIC), 0, 1)
@@ -132,10 +140,11 @@ class Scoring:
     tile_pad: int = 48
     device: str = "auto"
     lpips_alexnet: Path | None = None
+    niqe: bool = True  # NIQE of each SR image (needs no HR)
 
     def key(self, model_digest: str, image_key: str) -> str:
         """An image's record key under one model: anything that changes its figures changes it."""
-        return hashlib.sha256(json.dumps([METRICS_VERSION, model_digest, image_key, self.scale, self.crop, self.tile, self.tile_pad], sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(json.dumps([METRICS_VERSION, model_digest, image_key, self.scale, self.crop, self.tile, self.tile_pad, self.niqe], sort_keys=True).encode()).hexdigest()
 
 
 def evaluate_model(
@@ -172,21 +181,28 @@ def evaluate_model(
                     psnr_y=psnr(sr, hr, s.crop, y=True), ssim_y=ssim(sr, hr, s.crop, y=True),
                     psnr_rgb=psnr(sr, hr, s.crop, y=False), ssim_rgb=ssim(sr, hr, s.crop, y=False), lpips=lp(sr, hr),
                 )
-            write_png(sr_path, to_uint8(sr))
+            written = to_uint8(sr)
+            if s.niqe:  # on the image as written, so it can be recomputed from sr/
+                try:
+                    row["niqe"] = niqe(written.astype(np.float32) / 255.0, niqe_model(), s.crop)
+                except ValueError as e:  # too small or flat: the row stands without it
+                    log(f"{label}: {img.stem}: no NIQE: {e}")
+            write_png(sr_path, written)
             write_json(rec_path, row)
             rows.append({**row, "cached": False})
-            log(f"{label}: {n + 1}/{len(images)} {img.stem} ({secs:.1f} s)" + (f" PSNR-Y {row['psnr_y']:.2f} LPIPS {row['lpips']:.3f}" if "lpips" in row else ""))
+            log(f"{label}: {n + 1}/{len(images)} {img.stem} ({secs:.1f} s)" + (f" PSNR-Y {row['psnr_y']:.2f} LPIPS {row['lpips']:.3f}" if "lpips" in row else "") + (f" NIQE {row['niqe']:.3f}" if "niqe" in row else ""))
         except (BadImageError, ValueError, OSError) as e:
             failures.append({"image": img.stem, "model": label, "reason": str(e)})
             log(f"{label}: {img.stem} FAILED: {e}")
     return rows, failures
 
 
-METRIC_COLUMNS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "lpips")
+HR_COLUMNS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "lpips")  # against the HR
+METRIC_COLUMNS = (*HR_COLUMNS, "niqe")  # niqe: no reference, every image big enough
 
 
 def means(rows: list[dict], order: list[str]) -> list[dict]:
-    """Per model: images, mean of each metric (where HR was given) and of seconds."""
+    """Per model: images, mean of each metric (over the images that have it: HR given, NIQE defined) and of seconds."""
     out = []
     for label in order:
         got = [r for r in rows if r["model"] == label]
@@ -203,7 +219,7 @@ def means(rows: list[dict], order: list[str]) -> list[dict]:
 
 def write_results(out: Path, rows: list[dict], summary: list[dict], failed_models: list[dict] = ()) -> tuple[Path, Path]:
     """results.csv (per image and model) and results.md (means, each over the `scored` images
-    that have an HR; then the models that could not be run, with why), atomically."""
+    that have an HR; NIQE over those it is defined for; then the models that could not be run, with why), atomically."""
     cols = ["image", "model", *[c for c in METRIC_COLUMNS if any(c in r for r in rows)], "seconds", "sr"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
@@ -212,12 +228,14 @@ def write_results(out: Path, rows: list[dict], summary: list[dict], failed_model
         w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
     write_bytes(out / "results.csv", buf.getvalue().encode())
     mcols = [c for c in METRIC_COLUMNS if any(c in m for m in summary)]
-    names = {"psnr_y": "PSNR-Y dB", "ssim_y": "SSIM-Y", "psnr_rgb": "PSNR-RGB dB", "ssim_rgb": "SSIM-RGB", "lpips": "LPIPS-alex"}
-    scored = ["scored (with HR)"] if mcols else []
+    names = {"psnr_y": "PSNR-Y dB", "ssim_y": "SSIM-Y", "psnr_rgb": "PSNR-RGB dB", "ssim_rgb": "SSIM-RGB", "lpips": "LPIPS-alex", "niqe": "NIQE"}
+    scored = ["scored (with HR)"] if set(mcols) & set(HR_COLUMNS) else []
     lines = ["| " + " | ".join(["model", "images", *scored, *(names[c] for c in mcols), "s/image"]) + " |", "|" + "---|" * (len(mcols) + len(scored) + 3)]
-    for m in summary:  # without HR: model, images and seconds only
+    for m in summary:  # without HR: model, images, NIQE and seconds
         vals = [f"{m[c]:.4f}" if c in m else "-" for c in mcols]
-        lines.append("| " + " | ".join([m["model"], str(m["images"]), *([str(m["scored"])] if mcols else []), *vals, f"{m['seconds']:.2f}"]) + " |")
+        lines.append("| " + " | ".join([m["model"], str(m["images"]), *([str(m["scored"])] if scored else []), *vals, f"{m['seconds']:.2f}"]) + " |")
+    if "niqe" in mcols:
+        lines += ["", "NIQE: no reference needed, lower is more natural (Mittal et al. 2013); over the SR images of two 96 px blocks or more."]
     if failed_models:
         lines += ["", "Models that could not be run:", *[f"- {f['model']}: {f['reason']}" for f in failed_models]]
     write_bytes(out / "results.md", ("\n".join(lines) + "\n").encode())

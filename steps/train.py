@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 from realsr.models.devices import resolve_device, training_precision
-from realsr.models.discriminators import DiscriminatorConfig, build_discriminator
+from realsr.models.discriminators import DiscriminatorConfig
 from realsr.models.rrdbnet import RRDBConfig
-from realsr.models.training import LossWeights, Schedule, Trainer
+from realsr.models.training import LossWeights, Schedule, Trainer, train_tail
 from realsr.steps.train_data import DataConfig, DegradedCrops, TrainingDataError, batches, run_scale, training_images, validation_crops
-from realsr.steps.train_report import LOSS_COLUMNS, RunRecords, write_validation_set
-from realsr.steps.train_setup import build_generator, build_perceptual, changed_settings, claim_train_dir, comparable, vgg19_path
+from realsr.steps.train_report import LOSS_VALUES, RunRecords, write_validation_set
+from realsr.steps.train_setup import build_d, build_generator, build_perceptual, changed_settings, claim_train_dir, comparable, vgg19_path
 from realsr.storage.atomic import write_json
 from realsr.storage.run_dir import RunDir
 from realsr.storage.train_state import MODELS, newest_complete, prune_checkpoints, save_checkpoint
@@ -41,6 +41,7 @@ class Networks:
     g_blocks: int = 23
     g_grow: int = 32
     d: DiscriminatorConfig = DiscriminatorConfig()
+    d_init: str | None = None  # D's starting weights: a file in BasicSR's layout or a released name; None: from scratch
 
     def g_shape(self, scale: int) -> RRDBConfig:
         return RRDBConfig(scale=scale, num_feat=self.g_feat, num_block=self.g_blocks, num_grow_ch=self.g_grow)
@@ -57,6 +58,8 @@ class Recipe:
     schedule: Schedule = Schedule()
     ema_decay: float = 0.999
     vgg19_weights: Path | None = None
+    perceptual_layers: dict[str, float] = field(default_factory=lambda: {"conv5_4": 1.0})  # VGG19 layer -> weight
+    train_blocks: int = 0  # G learns only its last N RRDBs and the upsampler; 0: all of G
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ class Session:
     precision: str  # what runs and why, for the log
     vgg19_file: Path | None
     start: int = 0
+    d_desc: str = ""  # D's architecture and where its weights started, for the log
 
 
 def set_up(spec: TrainSpec) -> Session:
@@ -128,13 +132,19 @@ def set_up(spec: TrainSpec) -> Session:
     val = validation_crops(data, held)
     r = spec.recipe
     vgg19_file = vgg19_path(r.vgg19_weights) if r.losses.perceptual else None
-    perceptual = build_perceptual(vgg19_file) if vgg19_file else None
+    perceptual = build_perceptual(vgg19_file, r.perceptual_layers) if vgg19_file else None
     g, g_desc = build_generator(spec.nets.init, spec.nets.g_shape(scale), spec.seed)
+    try:
+        learning = train_tail(g, r.train_blocks)
+    except ValueError as e:
+        raise TrainingDataError(f"train_blocks: {e}") from None
+    if r.train_blocks:
+        g_desc += f"; learning its last {r.train_blocks} RRDBs and the upsampler ({learning / 1e6:.2f} M parameters)"
+    torch.manual_seed(spec.seed + 1)
+    d, d_desc = build_d(spec.nets.d, spec.nets.d_init)  # before the claim: a d_init that does not load refuses the run
     out = claim_train_dir(Path(spec.out), spec.settings, spec.resume)
     device = resolve_device(spec.device)
     amp, precision = training_precision(device, spec.precision)
-    torch.manual_seed(spec.seed + 1)
-    d = build_discriminator(spec.nets.d)
     for net in (g, d, perceptual):
         if net is not None:
             net.to(device)
@@ -143,7 +153,7 @@ def set_up(spec: TrainSpec) -> Session:
             if net is not None:
                 net.to(memory_format=torch.channels_last)
     trainer = Trainer(g, d, perceptual, r.losses, r.schedule, r.ema_decay, device, amp)
-    return Session(out, scale, data, train_images, held, val, notes, g, g_desc, d, trainer, device, amp, precision, vgg19_file)
+    return Session(out, scale, data, train_images, held, val, notes, g, g_desc, d, trainer, device, amp, precision, vgg19_file, d_desc=d_desc)
 
 
 def channels_last(device: torch.device, amp: torch.dtype | None) -> bool:
@@ -192,10 +202,10 @@ def loop(session: Session, spec: TrainSpec, records: RunRecords, lpips_fn, log: 
             if it % c.log_every == 0 or it == total:
                 secs = time.perf_counter() - t_window
                 row = {"iter": it, "stage": "warmup" if it <= warmup else "gan", "lr_g": f"{s.trainer.opt_g.param_groups[0]['lr']:.3g}", "seconds": round(secs, 3)}
-                row.update({k: round(float(np.mean([w[k] for w in window if k in w])), 6) for k in LOSS_COLUMNS[3:9] if any(k in w for w in window)})
+                row.update({k: round(float(np.mean([w[k] for w in window if k in w])), 6) for k in LOSS_VALUES if any(k in w for w in window)})
                 records.losses(row, it)
                 eta = secs / len(window) * (total - it)
-                log(f"iter {it}/{total} ({row['stage']}): " + ", ".join(f"{k} {row[k]:.4g}" for k in LOSS_COLUMNS[3:9] if k in row) + f"; {len(window) / secs:.2f} it/s, ETA {eta / 60:.1f} min")
+                log(f"iter {it}/{total} ({row['stage']}): " + ", ".join(f"{k} {row[k]:.4g}" for k in LOSS_VALUES if k in row) + f"; {len(window) / secs:.2f} it/s, ETA {eta / 60:.1f} min")
                 window, t_window = [], time.perf_counter()
             if s.val and (it % c.val_every == 0 or it == total):
                 records.validation(it, s.trainer.ema.net, s.g, s.val, s.scale, s.device, lpips_fn)
@@ -213,7 +223,7 @@ def train(spec: TrainSpec, log: Log = print, bar: bool = True, on_iteration: Cal
     resume(s, spec, log)
     r = spec.recipe
     warmup = 0 if spec.nets.init else r.warmup
-    log(f"{s.g_desc}; D {spec.nets.d.arch} ({spec.nets.d.num_feat} features); device {s.device}, precision {s.precision}" + (f"; VGG19 {s.vgg19_file}" if s.vgg19_file else ""))
+    log(f"{s.g_desc}; D {s.d_desc}; device {s.device}, precision {s.precision}" + (f"; VGG19 {s.vgg19_file}" if s.vgg19_file else ""))
     log(f"{len(s.train_images)} training images, {len(s.val)} validation crops from {len(s.held)} held-out photos; iterations {s.start + 1}..{r.iterations} (warm-up L1 to {warmup}), batch {r.batch_size} of {spec.data.hr_size} px")
     for n in s.notes:
         log(f"NOTE: {n}")
@@ -229,7 +239,7 @@ def train(spec: TrainSpec, log: Log = print, bar: bool = True, on_iteration: Cal
         records.close()
     summary = {
         "out": str(s.out), "iterations": r.iterations, "resumed_from": s.start, "device": str(s.device), "precision": "bf16" if s.amp else "fp32",
-        "generator": s.g_desc, "vgg19": str(s.vgg19_file) if s.vgg19_file else None, "training_images": len(s.train_images), "held_out_images": len(s.held), "validation_crops": len(s.val), "best": records.best,
+        "generator": s.g_desc, "discriminator": s.d_desc, "vgg19": str(s.vgg19_file) if s.vgg19_file else None, "training_images": len(s.train_images), "held_out_images": len(s.held), "validation_crops": len(s.val), "best": records.best,
         "validation": records.val_rows[-1] if records.val_rows else None, "latest": str(s.out / MODELS / "net_g_latest.pth"),
         "notes": s.notes, "seconds": round(time.perf_counter() - t_start, 2),
     }

@@ -17,7 +17,8 @@ from realsr.storage.checkpoints import save_generator
 from realsr.storage.images import write_png
 from realsr.storage.train_state import MODELS
 
-LOSS_COLUMNS = ["iter", "stage", "lr_g", "l_pix", "l_percep", "l_g_gan", "l_d", "d_real", "d_fake", "seconds"]
+LOSS_COLUMNS = ["iter", "stage", "lr_g", "l_pix", "l_percep", "l_artifacts", "l_g_gan", "l_d", "d_real", "d_fake", "seconds"]
+LOSS_VALUES = LOSS_COLUMNS[3:-1]  # the per-iteration values a row averages
 VAL_COLUMNS = ["iter", "psnr_y", "lpips", "crops"]
 Log = Callable[[str], None]
 

@@ -7,16 +7,18 @@ from pathlib import Path
 
 import torch
 
-from realsr.models.losses import PerceptualLoss, vgg19_features
+from realsr.models.losses import VGG19_LAYERS, PerceptualLoss, vgg19_features
+from realsr.models.discriminators import DiscriminatorConfig, build_discriminator
 from realsr.models.rrdbnet import RRDBConfig, RRDBNet
 from realsr.steps.train_data import TrainingDataError
-from realsr.storage.checkpoints import load_rrdb
+from realsr.storage.checkpoints import load_discriminator, load_rrdb
 from realsr.storage.run_dir import check_folder, claim_folder
 from realsr.storage.train_state import saved_iterations
 from realsr.storage.weights import WeightsError, require
 
 MARKER = "train.json"
-PATH_SETTINGS = ("run_dir", "out", "init", "vgg19_weights", "lpips_alexnet")
+PATH_SETTINGS = ("run_dir", "out", "init", "d_init", "vgg19_weights", "lpips_alexnet")
+NAMED = ("init", "d_init")  # a path, or a released weight's name
 
 
 def claim_train_dir(out: Path, settings: dict, resume: str) -> Path:
@@ -47,10 +49,12 @@ def vgg19_path(given: Path | None) -> Path:
         raise TrainingDataError(f"VGG19 weights for the perceptual loss: {e}") from None
 
 
-def build_perceptual(given: Path | None) -> PerceptualLoss:
+def build_perceptual(given: Path | None, layers: dict[str, float] | None = None) -> PerceptualLoss:
+    """The VGG19 loss at `layers` ({layer: weight}; None: conv5_4 alone)."""
     path = vgg19_path(given)
+    layers = layers or {"conv5_4": 1.0}
     try:
-        return PerceptualLoss(vgg19_features(path))
+        return PerceptualLoss(vgg19_features(path, max(layers, key=VGG19_LAYERS.__getitem__)), layers)
     except Exception as e:
         raise TrainingDataError(
             f"VGG19 weights for the perceptual loss could not be loaded from {path} ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); "
@@ -67,12 +71,20 @@ def build_generator(init: str | None, shape: RRDBConfig, seed: int) -> tuple[tor
     return RRDBNet(shape), f"from scratch: RRDBNet {shape.num_block} blocks, {shape.num_feat} features, growth {shape.num_grow_ch}, x{shape.scale}"
 
 
+def build_d(cfg: DiscriminatorConfig, init: str | None) -> tuple[torch.nn.Module, str]:
+    """D: a new one of `cfg`, its weights from `init` (a file or a released name) when given."""
+    d = build_discriminator(cfg)
+    if not init:
+        return d, f"{cfg.arch} ({cfg.num_feat} features, from scratch)"
+    return d, f"{cfg.arch} (init from {load_discriminator(init, d)})"
+
+
 def comparable(settings: dict) -> dict:
     """Settings with their paths made absolute, so `runs/a` and `/home/me/runs/a` compare equal
     (a name like `realesrgan-x4plus` that is no existing path stays as it is)."""
     out = dict(settings)
     for k in PATH_SETTINGS:
-        if out.get(k) and (k != "init" or Path(out[k]).expanduser().exists()):
+        if out.get(k) and (k not in NAMED or Path(out[k]).expanduser().exists()):
             out[k] = str(Path(out[k]).expanduser().resolve())
     return out
 

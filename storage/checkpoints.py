@@ -1,4 +1,4 @@
-"""Generator checkpoints: reading what users have, safely; writing what BasicSR reads.
+"""Generator checkpoints (and discriminator inits): reading what users have, safely; writing what BasicSR reads.
 
 Reading never executes code from the file: `torch.load(weights_only=True)` (or safetensors).
 Accepted layouts: `{'params_ema': sd}` (preferred), `{'params': sd}`, `{'state_dict': sd}`, or
@@ -205,6 +205,38 @@ def generator_from_state(state: dict[str, torch.Tensor], path: Path, expect_scal
     if expect_scale is not None and desc.scale != expect_scale:
         raise CheckpointError(f"{path}: a {desc.architecture.name} x{desc.scale}, x{expect_scale} was asked for")
     return LoadedGenerator(desc.model.eval(), int(desc.scale), desc.architecture.name, path)
+
+
+def resolve_discriminator(spec: str | Path) -> Path:
+    """A discriminator file, or a released one by name (`realesrgan-x4plus-netd`: storage.weights)."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    if str(spec) in CATALOG and CATALOG[str(spec)].discriminator:
+        return require(str(spec))
+    known = [n for n, w in CATALOG.items() if w.discriminator]
+    raise FileNotFoundError(f"{spec}: no such discriminator file (known names: {', '.join(known)})")
+
+
+def load_discriminator(spec: str | Path, net: nn.Module) -> Path:
+    """Load a discriminator file into `net`, strictly: BasicSR's layout (`{'params': sd}`, as the
+    released netD and our net_d files) or a bare state dict, every key and shape as `net`'s.
+    Returns the file."""
+    path = resolve_discriminator(spec)
+    state, expected = read_state(path), net.state_dict()
+    missing, unexpected = [k for k in expected if k not in state], [k for k in state if k not in expected]
+    if missing or unexpected:
+        found = [f"{len(ks)} {what} ({', '.join(ks[:3])}{', ...' if len(ks) > 3 else ''})" for what, ks in (("missing", missing), ("unexpected", unexpected)) if ks]
+        raise CheckpointError(f"{path}: not a {type(net).__name__} state dict: keys {'; '.join(found)}")
+    wrong = [k for k in expected if state[k].shape != expected[k].shape]
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(
+            f"{path}: {len(wrong)} tensors of another shape than this {type(net).__name__}'s, first {k}: "
+            f"{tuple(state[k].shape)} in the file, {tuple(expected[k].shape)} here (a discriminator of another width?)"
+        )
+    net.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+    return path
 
 
 def save_generator(path: Path, net: nn.Module, ema: nn.Module | None = None, meta: dict | None = None) -> None:

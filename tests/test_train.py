@@ -252,3 +252,21 @@ def test_sigkill_of_train_leaves_no_process_and_the_rerun_ends_as_an_uninterrupt
     a, b = load_checkpoint(tmp_path / "whole", 60), load_checkpoint(tmp_path / "killed", 60)
     for part in (1, 2, 3):
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
+
+
+def test_real_esrgans_losses_with_ldl_on_gs_tail_train_from_the_cli(degrade_run, tmp_path, capsys):
+    from realsr.models.losses import REALESRGAN_LAYERS
+    from realsr.models.rrdbnet import RRDBConfig
+
+    out = tmp_path / "t"
+    args = ["train", str(degrade_run), "--out", str(out), "--preset", "test-tiny", "--runtime", "local", "--iterations", "2", "--warmup", "0", "--log-every", "1",
+            "--perceptual-layers", REALESRGAN_LAYERS, "--gan-type", "vanilla", "--pixel-weight", "1", "--gan-weight", "0.1", "--artifact-weight", "1"]
+    assert main([*args, "--train-blocks", "2"]) == 2 and "train_blocks" in capsys.readouterr().err  # test-tiny's G has one RRDB
+    assert not out.exists()
+    assert main([*args, "--train-blocks", "1"]) == 0
+    header, *rows = (out / "losses.csv").read_text().splitlines()
+    assert "l_artifacts" in header.split(",") and len(rows) == 2 and all(r.split(",")[header.split(",").index("l_artifacts")] for r in rows)
+    _, g, ema, _ = load_checkpoint(out, 2)
+    fresh = build_generator(None, RRDBConfig(scale=4, num_feat=8, num_block=1, num_grow_ch=8), 0)[0].state_dict()
+    assert torch.equal(g["conv_first.weight"], fresh["conv_first.weight"]) and torch.equal(ema["conv_first.weight"], fresh["conv_first.weight"])  # the frozen head did not move
+    assert not torch.equal(g["conv_last.weight"], fresh["conv_last.weight"])

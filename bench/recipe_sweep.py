@@ -1,0 +1,132 @@
+"""Issue 33's recipe rows: one fine-tune of Real-ESRGAN x4plus per recipe choice, on a camera of
+`bench/realworld_x4.py`, each scored against x4plus on that camera's held-out test set.
+
+Every row is `realsr train` as a user runs it (the `finetune` preset, the budget below, the row's
+flags on top), on the product's own degradations of the camera's photos (the `kernelgan` run that
+`realworld_x4.py --scale cpu-long` leaves in WORK), then `realsr evaluate` on WORK/test. Rows differ
+from `base` by the flags shown; `--budget` sets the iterations, batch and crop every row starts from.
+
+    OMP_NUM_THREADS=2 REALSR_WEIGHTS_DIR=../shared/weights .venv/bin/python bench/recipe_sweep.py \\
+        --work /work/runs/rw-harsh --seed 0 --rows base,ema99,lr2x
+
+Reruns reuse the models and evaluations already made; the table goes to WORK/sweep/table_sN.md and
+one JSON line per row to bench/results/recipe_sweep.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+REALESRGAN_LAYERS = "conv1_2:0.1,conv2_2:0.1,conv3_4:1,conv4_4:1,conv5_4:1"
+REALESRGAN_LOSSES = ["--pixel-weight", "1", "--perceptual-weight", "1", "--gan-weight", "0.1", "--perceptual-layers", REALESRGAN_LAYERS]
+
+ROWS: dict[str, list[str]] = {  # flags on top of the finetune preset at the budget
+    "base": [],
+    "ema99": ["--ema-decay", "0.99"],
+    "ema0": ["--ema-decay", "0"],
+    "lr2x": ["--lr-g", "1e-4"],
+    "lr4x": ["--lr-g", "2e-4"],
+    "lrd-half": ["--lr-d", "5e-5"],
+    "layers": ["--perceptual-layers", REALESRGAN_LAYERS],
+    "pix1": ["--pixel-weight", "1"],
+    "gan-low": ["--gan-weight", "1e-3"],
+    "realesrgan-losses": REALESRGAN_LOSSES,
+    "unet": ["--discriminator", "unet", "--gan-type", "vanilla"],
+    "realesrgan": [*REALESRGAN_LOSSES, "--discriminator", "unet", "--gan-type", "vanilla"],
+    "ldl": ["--artifact-weight", "1"],
+    "crop128-b1": ["--hr-size", "128", "--batch-size", "1"],
+    "crop32-b16": ["--hr-size", "32", "--batch-size", "16"],
+    "tail4": ["--train-blocks", "4"],
+}
+
+
+def realsr(*args: str, log: Path) -> None:
+    cmd = [str(ROOT / ".venv" / "bin" / "realsr"), *args]
+    print("+", " ".join(cmd), flush=True)
+    with open(log, "a") as f:
+        subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT)
+
+
+def row_flags(name: str) -> list[str]:
+    """A row by name, or several joined by '+' (their flags in order; later ones win)."""
+    flags: list[str] = []
+    for part in name.split("+"):
+        if part.startswith("it"):  # it800: the iteration count
+            flags += ["--iterations", part[2:], "--val-every", part[2:], "--save-every", part[2:]]
+        else:
+            flags += ROWS[part]
+    return flags
+
+
+def train_row(work: Path, sweep: Path, run: str, name: str, seed: int, budget: tuple[int, int, int], log: Path) -> tuple[Path, dict]:
+    its, batch, size = budget
+    out = sweep / f"{name}_s{seed}"
+    model = sweep / f"g_{name}_s{seed}.pth"
+    if not model.exists():
+        common = ["--preset", "finetune", "--iterations", str(its), "--batch-size", str(batch), "--hr-size", str(size),
+                  "--val-every", str(its), "--save-every", str(its), "--seed", str(seed), "--log-every", "25"]
+        realsr("train", str(work / run), "--out", str(out), "--runtime", "local", "--auto-resume", "--workers", "1", *common, *row_flags(name), log=log)
+        model.write_bytes((out / "models" / "net_g_latest.pth").read_bytes())
+    summary = json.loads((out / "summary.json").read_text())
+    settings = json.loads((out / "train.json").read_text()).get("settings", {})
+    return model, {"seconds": summary["seconds"], "iterations": settings.get("iterations"), "val": summary.get("validation")}
+
+
+def evaluate(work: Path, sweep: Path, spec: str, label: str, log: Path) -> list[dict]:
+    out = sweep / f"eval_{label}"
+    if not (out / "results.csv").exists():
+        realsr("evaluate", "--lr", str(work / "test" / "lr"), "--hr", str(work / "test" / "hr"), "--model", spec, "--out", str(out), log=log)
+    return [r for r in csv.DictReader((out / "results.csv").open()) if r["model"] != "bicubic"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", type=Path, required=True, help="a realworld_x4.py work folder (its kernelgan run and test set)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rows", default="base", help=f"comma-separated rows ({', '.join(ROWS)}), '+' to combine, itN for N iterations")
+    ap.add_argument("--run", default="kernelgan", help="the degrade run in WORK to train on (kernelgan: the product's; oracle: the true kernels)")
+    ap.add_argument("--sweep", type=Path, help="where rows go (default WORK/sweep)")
+    ap.add_argument("--budget", default="400,4,64", help="iterations,batch,hr px every row starts from (default: realworld_x4's cpu-long fine-tune)")
+    args = ap.parse_args()
+    budget = tuple(int(x) for x in args.budget.split(","))
+    work = args.work
+    sweep = args.sweep or work / "sweep"
+    log = sweep / "log.txt"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    x4 = {r["image"]: r for r in evaluate(work, sweep, "realesrgan-x4plus", "x4plus", log)}
+    mean = lambda rows, c: float(np.mean([float(r[c]) for r in rows]))  # noqa: E731
+    ref = {c: mean(list(x4.values()), c) for c in ("psnr_y", "ssim_y", "lpips")}
+    lines = [f"| row (flags on the finetune preset, {budget[0]} it of {budget[1]} x {budget[2]} px) | minutes | PSNR-Y | SSIM-Y | LPIPS | LPIPS vs x4plus | PSNR-Y vs x4plus | better than x4plus on |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| Real-ESRGAN x4plus (released) | - | {ref['psnr_y']:.2f} | {ref['ssim_y']:.4f} | {ref['lpips']:.4f} | - | - | - |"]
+    for name in filter(None, args.rows.split(",")):
+        t = time.perf_counter()
+        model, info = train_row(work, sweep, args.run, name, args.seed, budget, log)
+        rows = evaluate(work, sweep, str(model), f"{name}_s{args.seed}", log)
+        m = {c: mean(rows, c) for c in ("psnr_y", "ssim_y", "lpips")}
+        wins = sum(float(r["lpips"]) < float(x4[r["image"]]["lpips"]) for r in rows)
+        d_lpips, d_psnr = 100 * (m["lpips"] / ref["lpips"] - 1), m["psnr_y"] - ref["psnr_y"]
+        flags = " ".join(row_flags(name)) or "(none)"
+        lines.append(f"| {name}: `{flags}` | {info['seconds'] / 60:.1f} | {m['psnr_y']:.2f} | {m['ssim_y']:.4f} | {m['lpips']:.4f} | {d_lpips:+.1f} % | {d_psnr:+.2f} dB | {wins} of {len(rows)} |")
+        print(lines[-1], flush=True)
+        with open(ROOT / "bench" / "results" / "recipe_sweep.jsonl", "a") as f:
+            f.write(json.dumps({"work": str(work), "run": args.run, "seed": args.seed, "row": name, "flags": flags, "budget": budget, **m, "x4plus": ref,
+                                "lpips_vs_x4plus_pct": round(d_lpips, 2), "psnr_vs_x4plus_db": round(d_psnr, 3), "wins": wins, "images": len(rows),
+                                "train_seconds": info["seconds"], "wall_seconds": round(time.perf_counter() - t, 1), "val": info["val"],
+                                "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "load": os.getloadavg()}) + "\n")
+    table = "\n".join(lines) + "\n"
+    (sweep / f"table_s{args.seed}.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
