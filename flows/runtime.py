@@ -37,6 +37,7 @@ WORKER_ENV = {
 
 
 def apply_env_defaults() -> None:
+    os.environ.setdefault("REALSR_USER_THREADS", os.environ.get("OMP_NUM_THREADS", ""))  # the command's own compute uses them (models.devices.compute_threads)
     for k, v in {**OFFLINE_ENV, **WORKER_ENV}.items():
         os.environ.setdefault(k, v)
 

@@ -9,6 +9,7 @@ bf16 by conversion and gains nothing, so fp32 stays, and the reason is said.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -21,6 +22,26 @@ def resolve_device(spec: str) -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(spec)
+
+
+def compute_threads(env: dict | None = None) -> int:
+    """Threads for the compute of this process (training, upscaling, evaluating): the
+    OMP_NUM_THREADS the user gave, else every core this process may use. realsr's own default of 1
+    (flows/runtime.py) is for its worker processes, so the command remembers in REALSR_USER_THREADS
+    what the user had set ("" for nothing) before it applies that default."""
+    env = os.environ if env is None else env
+    given = env["REALSR_USER_THREADS"] if "REALSR_USER_THREADS" in env else env.get("OMP_NUM_THREADS", "")
+    if given.strip().isdigit() and int(given) > 0:
+        return int(given)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def use_compute_threads() -> int:
+    """Set torch's intra-op threads to `compute_threads()`; returns the count."""
+    n = compute_threads()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from realsr.models.degradation import to_uint8
-from realsr.models.devices import resolve_device
+from realsr.models.devices import resolve_device, use_compute_threads
 from realsr.models.metrics import LPIPS, psnr, ssim
 from realsr.models.niqe import Pristine, niqe
 from realsr.models.tiling import upscale
@@ -155,6 +155,7 @@ def evaluate_model(
         check_out(out, images[0].lr.parent, next((img.hr.parent for img in images if img.hr is not None), None))
     rows, failures = [], []
     device = resolve_device(s.device)
+    use_compute_threads()
     if gen is not None:
         gen.model.to(device)
     lp = None

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from realsr.models.devices import resolve_device, training_precision
+from realsr.models.devices import resolve_device, training_precision, use_compute_threads
 from realsr.models.discriminators import DiscriminatorConfig
 from realsr.models.rrdbnet import RRDBConfig
 from realsr.models.training import LossWeights, Schedule, Trainer, train_tail
@@ -144,7 +144,10 @@ def set_up(spec: TrainSpec) -> Session:
     d, d_desc = build_d(spec.nets.d, spec.nets.d_init)  # before the claim: a d_init that does not load refuses the run
     out = claim_train_dir(Path(spec.out), spec.settings, spec.resume)
     device = resolve_device(spec.device)
+    threads = use_compute_threads()
     amp, precision = training_precision(device, spec.precision)
+    if device.type == "cpu":
+        precision += f"; {threads} CPU threads (OMP_NUM_THREADS sets another count)"
     for net in (g, d, perceptual):
         if net is not None:
             net.to(device)
@@ -238,7 +241,7 @@ def train(spec: TrainSpec, log: Log = print, bar: bool = True, on_iteration: Cal
     finally:
         records.close()
     summary = {
-        "out": str(s.out), "iterations": r.iterations, "resumed_from": s.start, "device": str(s.device), "precision": "bf16" if s.amp else "fp32",
+        "out": str(s.out), "iterations": r.iterations, "resumed_from": s.start, "device": str(s.device), "precision": "bf16" if s.amp else "fp32", "threads": torch.get_num_threads(),
         "generator": s.g_desc, "discriminator": s.d_desc, "vgg19": str(s.vgg19_file) if s.vgg19_file else None, "training_images": len(s.train_images), "held_out_images": len(s.held), "validation_crops": len(s.val), "best": records.best,
         "validation": records.val_rows[-1] if records.val_rows else None, "latest": str(s.out / MODELS / "net_g_latest.pth"),
         "notes": s.notes, "seconds": round(time.perf_counter() - t_start, 2),

@@ -275,10 +275,11 @@ def upscale_files(
     Names, the files in the way and the output folder are checked before the model loads; the
     report lists what was written, what failed, what was not read and what was held back by a
     file upscale did not write, each with why."""
-    from realsr.models.devices import resolve_device
+    from realsr.models.devices import resolve_device, use_compute_threads
     from realsr.storage.checkpoints import load_generator
 
     dev = resolve_device(device)
+    use_compute_threads()
     opts = replace(opts, precision="fp32" if dev.type == "cpu" else opts.precision)  # half precision is slow on CPUs
     from realsr.steps.blend import blend_partner, blended_generator
 

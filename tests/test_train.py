@@ -209,8 +209,15 @@ def test_the_log_and_summary_say_which_precision_ran_and_why(degrade_run, tmp_pa
     summary = train(_tiny(degrade_run, tmp_path / "t", iterations=2, val_every=2, save_every=2), log=logs.append, bar=False)
     assert summary["precision"] == "fp32" and any("precision fp32 (auto: the CPU has no native bf16" in m for m in logs), logs[:3]
     monkeypatch.setattr(devices, "cpu_flags", lambda cpuinfo=None: {"avx512_bf16"})
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # realsr's default for its workers, which the command set ...
+    monkeypatch.setenv("REALSR_USER_THREADS", "")  # ... where the user had set none: training takes every core
+    torch.set_num_threads(1)
     summary = train(_tiny(degrade_run, tmp_path / "t2", iterations=2, val_every=2, save_every=2), log=logs.append, bar=False)
     assert summary["precision"] == "bf16" and any("precision bf16 autocast (auto: the CPU has avx512_bf16)" in m for m in logs)
+    cores = len(os.sched_getaffinity(0))
+    assert summary["threads"] == cores and any(f"{cores} CPU threads" in m for m in logs)
+    assert devices.compute_threads({"REALSR_USER_THREADS": "3", "OMP_NUM_THREADS": "1"}) == 3  # the user's own count wins
+    assert devices.compute_threads({"OMP_NUM_THREADS": "1"}) == 1  # not started by the command: the environment's
 
 
 def test_a_damaged_newest_state_is_skipped_and_nothing_to_resume_is_refused(degrade_run, tmp_path):
