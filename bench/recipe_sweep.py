@@ -27,6 +27,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 REALESRGAN_LAYERS = "conv1_2:0.1,conv2_2:0.1,conv3_4:1,conv4_4:1,conv5_4:1"
+# the `finetune` preset as the sweep found it (ESRGAN's losses): every row starts from these, so a
+# row means the same whatever the preset says today
+BASE = ["--pixel-weight", "1e-2", "--perceptual-weight", "1", "--gan-weight", "5e-3", "--perceptual-layers", "conv5_4", "--gan-type", "ragan",
+        "--discriminator", "patchgan", "--lr-g", "5e-5", "--lr-d", "1e-4", "--ema-decay", "0.999"]
 REALESRGAN_LOSSES = ["--pixel-weight", "1", "--perceptual-weight", "1", "--gan-weight", "0.1", "--perceptual-layers", REALESRGAN_LAYERS]
 
 ROWS: dict[str, list[str]] = {  # flags on top of the finetune preset at the budget
@@ -77,7 +81,7 @@ def train_row(work: Path, sweep: Path, run: str, name: str, seed: int, budget: t
     model = sweep / f"g_{name}_s{seed}.pth"
     if not model.exists():
         common = ["--preset", "finetune", "--iterations", str(its), "--batch-size", str(batch), "--hr-size", str(size),
-                  "--val-every", str(its), "--save-every", str(its), "--seed", str(seed), "--log-every", "25"]
+                  "--val-every", str(its), "--save-every", str(its), "--seed", str(seed), "--log-every", "25", *BASE]
         realsr("train", str(work / run), "--out", str(out), "--runtime", "local", "--auto-resume", "--workers", "1", *common, *row_flags(name), log=log)
         model.write_bytes((out / "models" / "net_g_latest.pth").read_bytes())
     summary = json.loads((out / "summary.json").read_text())

@@ -5,7 +5,7 @@
   realsr upscale -i IN -o OUT [--model PATH|NAME] [-s OUTSCALE] [-t TILE] [--tile-pad P] ...
   realsr blend A B ALPHA -o OUT.pth        network interpolation: (1 - ALPHA) A + ALPHA B
   realsr evaluate --lr DIR [--hr DIR] --model CKPT [--model CKPT ...] --out DIR [-s 4]
-  realsr train RUN_DIR --out TRAIN_DIR [--preset paper|finetune|cpu-small|test-tiny] [--init CKPT] [--auto-resume]
+  realsr train RUN_DIR --out TRAIN_DIR [--preset paper|finetune|finetune-cpu|cpu-small|test-tiny] [--init CKPT] [--auto-resume]
   realsr weights list | fetch [NAME ...] | verify   the released and backbone weights, verified by sha256
   realsr sample --out DIR [--count 8]      synthetic camera photos to try the pipeline on
   realsr pipeline --source PHOTOS --out DIR [--preset auto|product|cpu|demo|test-tiny]   degrade -> train -> evaluate

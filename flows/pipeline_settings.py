@@ -34,12 +34,9 @@ PIPELINE_PRESETS: dict[str, dict[str, dict]] = {
             "log_every": 10, "workers": 1,
         },
     },
-    # a CPU's budget (BENCHMARKS.md, the `cpu-long` scale: -5.2 % LPIPS on the mild camera): the
-    # product's KernelGAN, 400 fine-tune iterations of batch 4 of 64 px; tens of minutes, not hours
-    "cpu": {
-        "degrade": {"kernels": "kernelgan"},
-        "train": {"preset": "finetune", "iterations": 400, "batch_size": 4, "hr_size": 64, "val_every": 100, "save_every": 100, "workers": 1},
-    },
+    # a CPU's budget: the product's KernelGAN and the `finetune-cpu` training (about 30 minutes of
+    # a 2-core CPU; BENCHMARKS.md, "The CPU preset")
+    "cpu": {"degrade": {"kernels": "kernelgan"}, "train": {"preset": "finetune-cpu"}},
     # for tests: bicubic kernels, a tiny network from scratch
     "test-tiny": {"degrade": {"kernels": "bicubic", "pair_hr_size": 64}, "train": {"preset": "test-tiny"}},
 }

@@ -1,7 +1,8 @@
 """train-flow's parameters, and the presets: named bundles of them.
 
 `paper` is the released RealSR/ESRGAN recipe; `finetune` adapts a released generator to one
-camera; `cpu-small` and `test-tiny` are small networks for this CPU and for tests. Every tunable
+camera, `finetune-cpu` does so in about 30 minutes of a 2-core CPU; `cpu-small` and `test-tiny`
+are small networks for this CPU and for tests. Every tunable
 field defaults to None, "the preset's value", and the preset fills it in validation: so a preset
 means the same from the CLI, `prefect deployment run` and the Prefect UI's form (which submits
 every field at its schema default). A value given explicitly wins over the preset. The resolved
@@ -59,13 +60,24 @@ PAPER: dict = {  # the released ESRGAN / RealSR recipe: every field a preset set
     "device": "auto",
     "precision": "auto",
 }
+REALESRGAN_LOSSES = {"pixel_weight": 1.0, "perceptual_weight": 1.0, "gan_weight": 0.1, "perceptual_layers": "conv1_2:0.1,conv2_2:0.1,conv3_4:1,conv4_4:1,conv5_4:1"}
+FINETUNE_CPU_ITERATIONS = 1800
 PRESETS: dict[str, dict] = {
     # ESRGAN / RealSR: RRDB 23 blocks, PatchGAN, batch 16 of 128 px, 60k steps, halving at 5k/10k/20k/30k
     "paper": {},
-    # a released generator adapted to one camera: lower G learning rate, short schedule (BENCHMARKS.md)
+    # a released generator adapted to one camera with the losses it was trained with (Real-ESRGAN's:
+    # L1 1, VGG19 conv1_2..conv5_4 weighted 0.1, 0.1, 1, 1, 1, GAN 0.1), lower G learning rate, short
+    # schedule (BENCHMARKS.md, "The recipe, row by row": ahead of x4plus on all three measures, where
+    # ESRGAN's weights lost fidelity)
     "finetune": {
         "init": "realesrgan-x4plus", "iterations": 5000, "batch_size": 8, "lr_g": 5e-5, "lr_d": 1e-4,
-        "milestones": [2500, 4000], "val_every": 500, "save_every": 500,
+        "milestones": [2500, 4000], "val_every": 500, "save_every": 500, **REALESRGAN_LOSSES,
+    },
+    # the same on a CPU: about 30 minutes of a 2-core AVX512-BF16 CPU (BENCHMARKS.md), crops the
+    # step computes most pixels a second on, one loader process beside the step
+    "finetune-cpu": {
+        "init": "realesrgan-x4plus", "iterations": FINETUNE_CPU_ITERATIONS, "batch_size": 4, "hr_size": 64, "lr_g": 5e-5, "lr_d": 1e-4,
+        "milestones": [FINETUNE_CPU_ITERATIONS // 2], "val_every": 300, "save_every": 300, "workers": 1, **REALESRGAN_LOSSES,
     },
     # small networks that train in minutes on two CPU cores
     "cpu-small": {
@@ -99,7 +111,7 @@ class TrainSettings(BaseModel):
 
     run_dir: Location = Field(description="A degrade-flow run folder (clean_hr/, kernels.zarr, noise.zarr, pairs/): a path, or a URL such as s3://bucket/runs/cam1.")
     out: Location = Field(description="Training folder: models/, training_states/, losses.csv, validation.csv, samples/; a path or a URL.")
-    preset: Literal["paper", "finetune", "cpu-small", "test-tiny"] = Field("paper", description="The bundle of settings this run started from.")
+    preset: Literal["paper", "finetune", "finetune-cpu", "cpu-small", "test-tiny"] = Field("paper", description="The bundle of settings this run started from.")
     init: str | None = Field(None, description="Generator to start from: a checkpoint path or a released generator by name (realsr weights list; fetched and verified on first use), none: from scratch with the L1 warm-up.")
     resume: Literal["no", "auto", "require"] = Field("no", description="'auto' continues from the newest complete state in out if there is one; 'require' fails without one.")
     iterations: int | None = Field(None, ge=1, le=10_000_000, description="Total training iterations (a resumed run continues to this).")

@@ -18,6 +18,7 @@ from prefect.flow_engine import run_flow
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.callables import parameter_schema
 
+from realsr.flows.train_settings import FINETUNE_CPU_ITERATIONS
 from realsr.flows.cli import main
 from realsr.flows.degrade import degrade_flow
 from realsr.flows.pipeline import pipeline_flow
@@ -85,15 +86,15 @@ def test_bad_stage_settings_fail_the_run_at_once_with_one_line(tmp_path, prefect
 
 def test_the_forms_show_the_presets_and_auto_fits_the_hardware(tmp_path):
     train = parameter_schema(train_flow).model_dump()["definitions"]["TrainSettings"]["properties"]
-    assert "(paper: 60000, finetune: 5000, cpu-small: 2000, test-tiny: 6)" in train["iterations"]["description"]
-    assert "(paper: none, finetune: realesrgan-x4plus, cpu-small: none, test-tiny: none)" in train["init"]["description"]
+    assert f"(paper: 60000, finetune: 5000, finetune-cpu: {FINETUNE_CPU_ITERATIONS}, cpu-small: 2000, test-tiny: 6)" in train["iterations"]["description"]
+    assert "(paper: none, finetune: realesrgan-x4plus, finetune-cpu: realesrgan-x4plus, cpu-small: none, test-tiny: none)" in train["init"]["description"]
     preset = parameter_schema(pipeline_flow).model_dump()["definitions"]["PipelineSettings"]["properties"]["preset"]
-    assert preset["default"] == "auto" and 'cpu: degrade {"kernels": "kernelgan"}, train {"preset": "finetune", "iterations": 400' in preset["description"]
+    assert preset["default"] == "auto" and 'cpu: degrade {"kernels": "kernelgan"}, train {"preset": "finetune-cpu"}' in preset["description"]
     import torch
 
     s = PipelineSettings(source=photos(tmp_path / "photos", 48, 1), out=tmp_path / "p")
     assert hardware_preset() == ("product" if torch.cuda.is_available() else "cpu") == s.bundle
-    assert s.train_settings().iterations == (5000 if torch.cuda.is_available() else 400)
+    assert s.train_settings().preset == ("finetune" if torch.cuda.is_available() else "finetune-cpu") and s.train_settings().iterations == (5000 if torch.cuda.is_available() else FINETUNE_CPU_ITERATIONS)
 
 
 def test_stack_keeps_its_port_and_down_names_the_folder(tmp_path, capsys):

@@ -11,6 +11,7 @@ import urllib.request
 
 import pytest
 
+from realsr.flows.train_settings import FINETUNE_CPU_ITERATIONS
 from realsr.flows.demo import write_samples
 from realsr.flows.stack import Stack, _alive
 from realsr.storage.banks import open_kernel_bank, open_noise_bank
@@ -92,7 +93,7 @@ def test_pipeline_schedule_ui_form_and_rerun_through_the_stack(stack):
     # which the field's description lists per preset)
     dep = api(stack, "/deployments/name/train-flow/train")
     fields = dep["parameter_openapi_schema"]["definitions"]["TrainSettings"]["properties"]
-    assert "(paper: 60000, finetune: 5000, cpu-small: 2000, test-tiny: 6)" in fields["iterations"]["description"]
+    assert f"(paper: 60000, finetune: 5000, finetune-cpu: {FINETUNE_CPU_ITERATIONS}, cpu-small: 2000, test-tiny: 6)" in fields["iterations"]["description"]
     assert api(stack, "/deployments/name/realsr-pipeline/pipeline")["parameters"]["settings"]["preset"] == "auto"  # a Quick run fits the hardware
     form = {k: v.get("default") for k, v in fields.items()} | dep["parameters"]["settings"]
     form |= {"run_dir": str(out / "run"), "out": str(data / "runs" / "ui-train"), "preset": "test-tiny", "init": None}
