@@ -33,6 +33,7 @@ BASE = ["--pixel-weight", "1e-2", "--perceptual-weight", "1", "--gan-weight", "5
         "--discriminator", "patchgan", "--lr-g", "5e-5", "--lr-d", "1e-4", "--ema-decay", "0.999"]
 REALESRGAN_LOSSES = ["--pixel-weight", "1", "--perceptual-weight", "1", "--gan-weight", "0.1", "--perceptual-layers", REALESRGAN_LAYERS]
 
+PRESET_ROWS = ("finetune-cpu",)  # rows that are a train preset as shipped, not flags on the base
 ROWS: dict[str, list[str]] = {  # flags on top of the finetune preset at the budget
     "base": [],
     "ema99": ["--ema-decay", "0.99"],
@@ -67,6 +68,8 @@ def realsr(*args: str, log: Path) -> None:
 def row_flags(name: str) -> list[str]:
     """A row by name, or several joined by '+' (their flags in order; later ones win)."""
     flags: list[str] = []
+    if name in PRESET_ROWS:
+        return ["--preset", name]
     for part in name.split("+"):
         if part.startswith("it"):  # it800: the iteration count
             flags += ["--iterations", part[2:], "--val-every", part[2:], "--save-every", part[2:]]
@@ -80,9 +83,12 @@ def train_row(work: Path, sweep: Path, run: str, name: str, seed: int, budget: t
     out = sweep / f"{name}_s{seed}"
     model = sweep / f"g_{name}_s{seed}.pth"
     if not model.exists():
-        common = ["--preset", "finetune", "--iterations", str(its), "--batch-size", str(batch), "--hr-size", str(size),
-                  "--val-every", str(its), "--save-every", str(its), "--seed", str(seed), "--log-every", "25", *BASE]
-        realsr("train", str(work / run), "--out", str(out), "--runtime", "local", "--auto-resume", "--workers", "1", *common, *row_flags(name), log=log)
+        if name in PRESET_ROWS:  # a preset as the product ships it: its own budget and recipe
+            flags = ["--preset", name, "--seed", str(seed), "--log-every", "50"]
+        else:
+            flags = ["--preset", "finetune", "--iterations", str(its), "--batch-size", str(batch), "--hr-size", str(size), "--workers", "1",
+                     "--val-every", str(its), "--save-every", str(its), "--seed", str(seed), "--log-every", "25", *BASE, *row_flags(name)]
+        realsr("train", str(work / run), "--out", str(out), "--runtime", "local", "--auto-resume", *flags, log=log)
         model.write_bytes((out / "models" / "net_g_latest.pth").read_bytes())
     summary = json.loads((out / "summary.json").read_text())
     settings = json.loads((out / "train.json").read_text()).get("settings", {})

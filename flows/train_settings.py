@@ -61,23 +61,23 @@ PAPER: dict = {  # the released ESRGAN / RealSR recipe: every field a preset set
     "precision": "auto",
 }
 REALESRGAN_LOSSES = {"pixel_weight": 1.0, "perceptual_weight": 1.0, "gan_weight": 0.1, "perceptual_layers": "conv1_2:0.1,conv2_2:0.1,conv3_4:1,conv4_4:1,conv5_4:1"}
-FINETUNE_CPU_ITERATIONS = 1800
+FINETUNE_CPU_ITERATIONS = 3000
 PRESETS: dict[str, dict] = {
     # ESRGAN / RealSR: RRDB 23 blocks, PatchGAN, batch 16 of 128 px, 60k steps, halving at 5k/10k/20k/30k
     "paper": {},
-    # a released generator adapted to one camera with the losses it was trained with (Real-ESRGAN's:
-    # L1 1, VGG19 conv1_2..conv5_4 weighted 0.1, 0.1, 1, 1, 1, GAN 0.1), lower G learning rate, short
-    # schedule (BENCHMARKS.md, "The recipe, row by row": ahead of x4plus on all three measures, where
-    # ESRGAN's weights lost fidelity)
+    # a released generator adapted to one camera with the recipe it was trained with (Real-ESRGAN's:
+    # L1 1, VGG19 conv1_2..conv5_4 weighted 0.1, 0.1, 1, 1, 1, vanilla GAN 0.1 from a U-Net
+    # discriminator with spectral norm), lower G learning rate, short schedule (BENCHMARKS.md, "The
+    # recipe, row by row": ahead of x4plus on all three measures, where ESRGAN's losses lost fidelity)
     "finetune": {
         "init": "realesrgan-x4plus", "iterations": 5000, "batch_size": 8, "lr_g": 5e-5, "lr_d": 1e-4,
-        "milestones": [2500, 4000], "val_every": 500, "save_every": 500, **REALESRGAN_LOSSES,
+        "milestones": [2500, 4000], "val_every": 500, "save_every": 500, **REALESRGAN_LOSSES, "discriminator": "unet", "gan_type": "vanilla",
     },
-    # the same on a CPU: about 30 minutes of a 2-core AVX512-BF16 CPU (BENCHMARKS.md), crops the
-    # step computes most pixels a second on, one loader process beside the step
+    # the same on a CPU in about 30 minutes of a 2-core AVX512-BF16 CPU: G learns its last 4 RRDBs and
+    # the upsampler (1.7x the iterations a minute, a little ahead at equal minutes; BENCHMARKS.md)
     "finetune-cpu": {
         "init": "realesrgan-x4plus", "iterations": FINETUNE_CPU_ITERATIONS, "batch_size": 4, "hr_size": 64, "lr_g": 5e-5, "lr_d": 1e-4,
-        "milestones": [FINETUNE_CPU_ITERATIONS // 2], "val_every": 300, "save_every": 300, "workers": 1, **REALESRGAN_LOSSES,
+        "milestones": [FINETUNE_CPU_ITERATIONS // 2], "val_every": 500, "save_every": 250, "workers": 1, "train_blocks": 4, **REALESRGAN_LOSSES,
     },
     # small networks that train in minutes on two CPU cores
     "cpu-small": {
