@@ -55,22 +55,35 @@ def fmt(x: float) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("results", nargs="*", default=DEFAULT, help="[NAME=]path/to/results.csv")
+    ap.add_argument("results", nargs="*", default=DEFAULT, help="[NAME=]path/to/results.csv (several with one NAME are pooled)")
+    ap.add_argument("--against", default="realesrgan-x4plus", help="paired view: each model against this one, image by image")
     args = ap.parse_args()
+    pooled: dict[str, list] = {}
+    for arg in args.results:
+        name, path = camera(arg)
+        pooled.setdefault(name, []).extend(read_rows(path))
     lines = [
         "| camera | rows | rho rows | tau rows | models | rho means | tau means | best by NIQE | best by LPIPS |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for arg in args.results:
-        name, path = camera(arg)
-        rows = read_rows(path)
+    paired = ["", "| camera | model | NIQE says better than the reference on | LPIPS says better on | they agree on |", "|---|---|---|---|---|"]
+    for name, rows in pooled.items():
+        rows = list({(r[0], r[1]): r for r in rows}.values())  # a model evaluated in two files counts once
         models = sorted({m for m, *_ in rows})
+        ref = {r[1]: r for r in rows if r[0] == args.against}
+        for m in models:
+            if m in (args.against, "bicubic") or not ref:
+                continue
+            mine = [(r, ref[r[1]]) for r in rows if r[0] == m and r[1] in ref]
+            niqe_b = [r[2] < q[2] for r, q in mine]
+            lpips_b = [r[3] < q[3] for r, q in mine]
+            paired.append(f"| {name} | {m} | {sum(niqe_b)} of {len(mine)} | {sum(lpips_b)} of {len(mine)} | {sum(a == b for a, b in zip(niqe_b, lpips_b))} of {len(mine)} |")
         means = {m: [fmean(r[i] for r in rows if r[0] == m) for i in (2, 3)] for m in models}  # (niqe, lpips) per model
         rho_r, tau_r = agreement([r[2] for r in rows], [r[3] for r in rows])
         rho_m, tau_m = agreement([means[m][0] for m in models], [means[m][1] for m in models])
         best = [min(models, key=lambda m: means[m][i]) if models else "-" for i in (0, 1)]
         lines.append(f"| {name} | {len(rows)} | {fmt(rho_r)} | {fmt(tau_r)} | {len(models)} | {fmt(rho_m)} | {fmt(tau_m)} | {best[0]} | {best[1]} |")
-    print("\n".join(lines))
+    print("\n".join(lines + paired))
     print("\nrho: Spearman, tau: Kendall tau-b; + means NIQE ranks as LPIPS does (both lower is better); '-': under 3 values.")
     return 0
 
