@@ -29,16 +29,16 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used, with the file and what was found."""
 
 
-def resolve_weights(spec: str | Path) -> Path:
-    """A checkpoint path, or a known name (`realesrgan-x4plus`, `realsr-df2k`, ...: `realsr weights list`)
-    found verified in REALSR_WEIGHTS_DIR or the cache, else fetched (storage.weights)."""
+def resolve_weights(spec: str | Path, role: str = "generator") -> Path:
+    """A checkpoint path, or a known name of that role (`realesrgan-x4plus`, `realsr-df2k`, ...:
+    `realsr weights list`) found verified in REALSR_WEIGHTS_DIR or the cache, else fetched (storage.weights)."""
     path = Path(spec).expanduser()
     if path.exists():
         return path
-    if str(spec) in CATALOG and CATALOG[str(spec)].generator:
+    if str(spec) in CATALOG and getattr(CATALOG[str(spec)], role):
         return require(str(spec))
-    generators = [n for n, w in CATALOG.items() if w.generator]
-    raise FileNotFoundError(f"{spec}: no such checkpoint (known names: {', '.join(generators)})")
+    known = [n for n, w in CATALOG.items() if getattr(w, role)]
+    raise FileNotFoundError(f"{spec}: no such {'checkpoint' if role == 'generator' else role + ' file'} (known names: {', '.join(known)})")
 
 
 def read_state(path: Path) -> dict[str, torch.Tensor]:
@@ -209,13 +209,7 @@ def generator_from_state(state: dict[str, torch.Tensor], path: Path, expect_scal
 
 def resolve_discriminator(spec: str | Path) -> Path:
     """A discriminator file, or a released one by name (`realesrgan-x4plus-netd`: storage.weights)."""
-    path = Path(spec).expanduser()
-    if path.exists():
-        return path
-    if str(spec) in CATALOG and CATALOG[str(spec)].discriminator:
-        return require(str(spec))
-    known = [n for n, w in CATALOG.items() if w.discriminator]
-    raise FileNotFoundError(f"{spec}: no such discriminator file (known names: {', '.join(known)})")
+    return resolve_weights(spec, "discriminator")
 
 
 def load_discriminator(spec: str | Path, net: nn.Module) -> Path:
