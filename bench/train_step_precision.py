@@ -28,21 +28,14 @@ CONFIGS = {"fp32": (False, False), "fp32 + channels_last": (False, True), "bf16 
 def one(config: str, batch: int, hr_size: int, steps: int, threads: int) -> dict:
     import torch
 
+    from train_step_cpu import networks  # bench/ is this script's folder: the same G, D and loss
+
     from realsr.models.devices import cpu_flags
-    from realsr.models.discriminators import DiscriminatorConfig, build_discriminator
-    from realsr.models.rrdbnet import RRDBConfig
     from realsr.models.training import LossWeights, Schedule, Trainer
-    from realsr.steps.train_setup import build_generator, build_perceptual
 
     torch.set_num_threads(threads)
     bf16, cl = CONFIGS[config]
-    g, _ = build_generator("realesrgan-x4plus", RRDBConfig(scale=4), 0)
-    perceptual = build_perceptual(None)
-    torch.manual_seed(1)
-    d = build_discriminator(DiscriminatorConfig())
-    if cl:
-        for net in (g, d, perceptual):
-            net.to(memory_format=torch.channels_last)
+    g, d, perceptual = networks(None, cl)
     trainer = Trainer(g, d, perceptual, LossWeights(), Schedule(lr_g=5e-5), 0.999, "cpu", torch.bfloat16 if bf16 else None)
     torch.manual_seed(0)
     lr, hr = torch.rand(batch, 3, hr_size // 4, hr_size // 4), torch.rand(batch, 3, hr_size, hr_size)
