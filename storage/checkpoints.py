@@ -207,16 +207,11 @@ def generator_from_state(state: dict[str, torch.Tensor], path: Path, expect_scal
     return LoadedGenerator(desc.model.eval(), int(desc.scale), desc.architecture.name, path)
 
 
-def resolve_discriminator(spec: str | Path) -> Path:
-    """A discriminator file, or a released one by name (`realesrgan-x4plus-netd`: storage.weights)."""
-    return resolve_weights(spec, "discriminator")
-
-
 def load_discriminator(spec: str | Path, net: nn.Module) -> Path:
     """Load a discriminator file into `net`, strictly: BasicSR's layout (`{'params': sd}`, as the
     released netD and our net_d files) or a bare state dict, every key and shape as `net`'s.
-    Returns the file."""
-    path = resolve_discriminator(spec)
+    Returns the file (`spec`: a path, or a released name such as `realesrgan-x4plus-netd`)."""
+    path = resolve_weights(spec, "discriminator")
     state, expected = read_state(path), net.state_dict()
     missing, unexpected = [k for k in expected if k not in state], [k for k in state if k not in expected]
     if missing or unexpected:
