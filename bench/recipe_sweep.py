@@ -9,7 +9,10 @@ from `base` by the flags shown; `--budget` sets the iterations, batch and crop e
     OMP_NUM_THREADS=2 REALSR_WEIGHTS_DIR=../shared/weights .venv/bin/python bench/recipe_sweep.py \\
         --work /work/runs/rw-harsh --seed 0 --rows base,ema99,lr2x
 
-Reruns reuse the models and evaluations already made; the table goes to WORK/sweep/table_sN.md and
+A row named after a shipped preset (`finetune-cpu`) trains that preset as it is, at its own budget;
+`finetune-cpu+percep0.1` adds a row's flags to it. `--blends 0.5,0.75` also scores each row's
+`realsr blend realesrgan-x4plus ROW ALPHA`. `bench/recipe_table.py` puts the rows of every camera
+and seed side by side. Reruns reuse the models and evaluations already made; the table goes to WORK/sweep/table_sN.md and
 one JSON line per row to bench/results/recipe_sweep.jsonl.
 """
 
@@ -48,6 +51,11 @@ ROWS: dict[str, list[str]] = {  # flags on top of the finetune preset at the bud
     "pix1": ["--pixel-weight", "1"],
     "gan-low": ["--gan-weight", "1e-3"],
     "gan1": ["--gan-weight", "1"],
+    # our VGG19 is Caffe's (0-255 inputs): its features, and so the perceptual loss, are far larger than
+    # torchvision's that Real-ESRGAN's weights were set with; these rows move the balance back toward L1 and GAN
+    "percep0.1": ["--perceptual-weight", "0.1"],
+    "percep0.03": ["--perceptual-weight", "0.03"],
+    "percep0.01": ["--perceptual-weight", "0.01"],
     "realesrgan-losses": REALESRGAN_LOSSES,
     "unet": ["--discriminator", "unet", "--gan-type", "vanilla"],
     "realesrgan": [*REALESRGAN_LOSSES, "--discriminator", "unet", "--gan-type", "vanilla"],
@@ -68,9 +76,10 @@ def realsr(*args: str, log: Path) -> None:
 def row_flags(name: str) -> list[str]:
     """A row by name, or several joined by '+' (their flags in order; later ones win)."""
     flags: list[str] = []
-    if name in PRESET_ROWS:
-        return ["--preset", name]
-    for part in name.split("+"):
+    parts = name.split("+")
+    if parts[0] in PRESET_ROWS:  # a shipped preset, and what the other parts change in it
+        flags, parts = ["--preset", parts[0]], parts[1:]
+    for part in parts:
         if part.startswith("it"):  # it800: the iteration count
             flags += ["--iterations", part[2:], "--val-every", part[2:], "--save-every", part[2:]]
         else:
@@ -83,8 +92,8 @@ def train_row(work: Path, sweep: Path, run: str, name: str, seed: int, budget: t
     out = sweep / f"{name}_s{seed}"
     model = sweep / f"g_{name}_s{seed}.pth"
     if not model.exists():
-        if name in PRESET_ROWS:  # a preset as the product ships it: its own budget and recipe
-            flags = ["--preset", name, "--seed", str(seed), "--log-every", "50"]
+        if name.split("+")[0] in PRESET_ROWS:  # a preset as the product ships it: its own budget and recipe
+            flags = [*row_flags(name), "--seed", str(seed), "--log-every", "50"]
         else:
             flags = ["--preset", "finetune", "--iterations", str(its), "--batch-size", str(batch), "--hr-size", str(size), "--workers", "1",
                      "--val-every", str(its), "--save-every", str(its), "--seed", str(seed), "--log-every", "25", *BASE, *row_flags(name)]
@@ -109,6 +118,7 @@ def main() -> None:
     ap.add_argument("--rows", default="base", help=f"comma-separated rows ({', '.join(ROWS)}), '+' to combine, itN for N iterations")
     ap.add_argument("--run", default="kernelgan", help="the degrade run in WORK to train on (kernelgan: the product's; oracle: the true kernels)")
     ap.add_argument("--sweep", type=Path, help="where rows go (default WORK/sweep)")
+    ap.add_argument("--blends", default="", help="comma-separated ALPHAs: also score `realsr blend realesrgan-x4plus ROW ALPHA` for each row")
     ap.add_argument("--budget", default="400,4,64", help="iterations,batch,hr px every row starts from (default: realworld_x4's cpu-long fine-tune)")
     args = ap.parse_args()
     budget = tuple(int(x) for x in args.budget.split(","))
@@ -125,18 +135,25 @@ def main() -> None:
     for name in filter(None, args.rows.split(",")):
         t = time.perf_counter()
         model, info = train_row(work, sweep, args.run, name, args.seed, budget, log)
-        rows = evaluate(work, sweep, str(model), f"{name}_s{args.seed}", log)
-        m = {c: mean(rows, c) for c in ("psnr_y", "ssim_y", "lpips")}
-        wins = sum(float(r["lpips"]) < float(x4[r["image"]]["lpips"]) for r in rows)
-        d_lpips, d_psnr = 100 * (m["lpips"] / ref["lpips"] - 1), m["psnr_y"] - ref["psnr_y"]
-        flags = " ".join(row_flags(name)) or "(none)"
-        lines.append(f"| {name}: `{flags}` | {info['seconds'] / 60:.1f} | {m['psnr_y']:.2f} | {m['ssim_y']:.4f} | {m['lpips']:.4f} | {d_lpips:+.1f} % | {d_psnr:+.2f} dB | {wins} of {len(rows)} |")
-        print(lines[-1], flush=True)
-        with open(ROOT / "bench" / "results" / "recipe_sweep.jsonl", "a") as f:
-            f.write(json.dumps({"work": str(work), "run": args.run, "seed": args.seed, "row": name, "flags": flags, "budget": budget, **m, "x4plus": ref,
-                                "lpips_vs_x4plus_pct": round(d_lpips, 2), "psnr_vs_x4plus_db": round(d_psnr, 3), "wins": wins, "images": len(rows),
-                                "train_seconds": info["seconds"], "wall_seconds": round(time.perf_counter() - t, 1), "val": info["val"],
-                                "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "load": os.getloadavg()}) + "\n")
+        specs = [(name, model)]
+        for a in filter(None, args.blends.split(",")):  # x4plus -> the row, weight by weight (`realsr blend`)
+            out = sweep / f"g_{name}_s{args.seed}_blend{a}.pth"
+            if not out.exists():
+                realsr("blend", "realesrgan-x4plus", str(model), a, "-o", str(out), log=log)
+            specs.append((f"{name} blend {a}", out))
+        for label, spec in specs:
+            rows = evaluate(work, sweep, str(spec), f"{label.replace(' ', '_')}_s{args.seed}", log)
+            m = {c: mean(rows, c) for c in ("psnr_y", "ssim_y", "lpips")}
+            wins = sum(float(r["lpips"]) < float(x4[r["image"]]["lpips"]) for r in rows)
+            d_lpips, d_psnr = 100 * (m["lpips"] / ref["lpips"] - 1), m["psnr_y"] - ref["psnr_y"]
+            flags = " ".join(row_flags(name)) or "(none)"
+            lines.append(f"| {label}: `{flags}` | {info['seconds'] / 60:.1f} | {m['psnr_y']:.2f} | {m['ssim_y']:.4f} | {m['lpips']:.4f} | {d_lpips:+.1f} % | {d_psnr:+.2f} dB | {wins} of {len(rows)} |")
+            print(lines[-1], flush=True)
+            with open(ROOT / "bench" / "results" / "recipe_sweep.jsonl", "a") as f:
+                f.write(json.dumps({"work": str(work), "run": args.run, "seed": args.seed, "row": label, "flags": flags, "budget": budget, **m, "x4plus": ref,
+                                    "lpips_vs_x4plus_pct": round(d_lpips, 2), "psnr_vs_x4plus_db": round(d_psnr, 3), "wins": wins, "images": len(rows),
+                                    "train_seconds": info["seconds"], "wall_seconds": round(time.perf_counter() - t, 1), "val": info["val"],
+                                    "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "load": os.getloadavg()}) + "\n")
     table = "\n".join(lines) + "\n"
     (sweep / f"table_s{args.seed}.md").write_text(table)
     print(table)
