@@ -34,7 +34,7 @@ PIPELINE_PRESETS: dict[str, dict[str, dict]] = {
             "log_every": 10, "workers": 1,
         },
     },
-    # a CPU's budget: the product's KernelGAN and the `finetune-cpu` training (about 8 minutes of
+    # a CPU's budget: the product's KernelGAN and the `finetune-cpu` training (about 15 minutes of
     # a 2-core CPU; BENCHMARKS.md, "The CPU preset")
     "cpu": {"degrade": {"kernels": "kernelgan"}, "train": {"preset": "finetune-cpu"}},
     # for tests: bicubic kernels, a tiny network from scratch

@@ -1,7 +1,7 @@
 """train-flow's parameters, and the presets: named bundles of them.
 
 `paper` is the released RealSR/ESRGAN recipe; `finetune` adapts a released generator to one
-camera, `finetune-cpu` does so in about 8 minutes of a 2-core CPU; `cpu-small` and `test-tiny`
+camera, `finetune-cpu` does so in about 15 minutes of a 2-core CPU; `cpu-small` and `test-tiny`
 are small networks for this CPU and for tests. Every tunable
 field defaults to None, "the preset's value", and the preset fills it in validation: so a preset
 means the same from the CLI, `prefect deployment run` and the Prefect UI's form (which submits
@@ -61,7 +61,7 @@ PAPER: dict = {  # the released ESRGAN / RealSR recipe: every field a preset set
     "precision": "auto",
 }
 REALESRGAN_LOSSES = {"pixel_weight": 1.0, "perceptual_weight": 1.0, "gan_weight": 0.1, "perceptual_layers": "conv1_2:0.1,conv2_2:0.1,conv3_4:1,conv4_4:1,conv5_4:1"}
-FINETUNE_CPU_ITERATIONS = 400
+FINETUNE_CPU_ITERATIONS = 800
 PRESETS: dict[str, dict] = {
     # ESRGAN / RealSR: RRDB 23 blocks, PatchGAN, batch 16 of 128 px, 60k steps, halving at 5k/10k/20k/30k
     "paper": {},
@@ -73,11 +73,11 @@ PRESETS: dict[str, dict] = {
         "init": "realesrgan-x4plus", "iterations": 5000, "batch_size": 8, "lr_g": 5e-5, "lr_d": 1e-4,
         "milestones": [2500, 4000], "val_every": 500, "save_every": 500, **REALESRGAN_LOSSES, "discriminator": "unet", "gan_type": "vanilla",
     },
-    # the same on a CPU: all of G, Real-ESRGAN's losses with the PatchGAN, 400 iterations of 4 x 64 px
-    # (about 8 minutes of a 2-core AVX512-BF16 CPU). Measured on two cameras and two seeds (BENCHMARKS.md,
-    # "The CPU preset"): G's last 4 RRDBs alone for 1000 iterations, the earlier choice, lost 0.4 dB
-    # PSNR-Y on the mild camera, and longer runs follow the camera's *estimated* degradation away
-    # from what the true camera needs
+    # the same on a CPU: all of G, Real-ESRGAN's losses with the PatchGAN, 800 iterations of 4 x 64 px
+    # (about 15 minutes of a 2-core AVX512-BF16 CPU). Measured on two cameras and two seeds (BENCHMARKS.md,
+    # "The CPU preset on both cameras and two seeds"): 800 iterations beat 400 on LPIPS on every cell;
+    # G's last 4 RRDBs alone for 1000 iterations, the earlier choice, lost 0.4 dB PSNR-Y on the mild
+    # camera; 3000 of them followed the harsh camera's *estimated* degradation past x4plus
     "finetune-cpu": {
         "init": "realesrgan-x4plus", "iterations": FINETUNE_CPU_ITERATIONS, "batch_size": 4, "hr_size": 64, "lr_g": 5e-5, "lr_d": 1e-4,
         "milestones": [], "val_every": 200, "save_every": 100, "workers": 1, **REALESRGAN_LOSSES,
