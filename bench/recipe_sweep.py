@@ -51,8 +51,8 @@ ROWS: dict[str, list[str]] = {  # flags on top of the finetune preset at the bud
     "pix1": ["--pixel-weight", "1"],
     "gan-low": ["--gan-weight", "1e-3"],
     "gan1": ["--gan-weight", "1"],
-    # our VGG19 is Caffe's (0-255 inputs): its features, and so the perceptual loss, are far larger than
-    # torchvision's that Real-ESRGAN's weights were set with; these rows move the balance back toward L1 and GAN
+    # our VGG19 is Caffe's (0-255 inputs inside its first layer): with Real-ESRGAN's layers its perceptual
+    # term is about 1000 beside an L1 of 0.07; these rows move the balance toward L1 and the GAN
     "percep0.1": ["--perceptual-weight", "0.1"],
     "percep0.03": ["--perceptual-weight", "0.03"],
     "percep0.01": ["--perceptual-weight", "0.01"],
@@ -92,11 +92,12 @@ def train_row(work: Path, sweep: Path, run: str, name: str, seed: int, budget: t
     out = sweep / f"{name}_s{seed}"
     model = sweep / f"g_{name}_s{seed}.pth"
     if not model.exists():
-        if name.split("+")[0] in PRESET_ROWS:  # a preset as the product ships it: its own budget and recipe
-            flags = [*row_flags(name), "--seed", str(seed), "--log-every", "50"]
+        row = row_flags(name)
+        if row[:1] == ["--preset"]:  # a preset as the product ships it: its own budget and recipe
+            flags = [*row, "--seed", str(seed), "--log-every", "50"]
         else:
             flags = ["--preset", "finetune", "--iterations", str(its), "--batch-size", str(batch), "--hr-size", str(size), "--workers", "1",
-                     "--val-every", str(its), "--save-every", str(its), "--seed", str(seed), "--log-every", "25", *BASE, *row_flags(name)]
+                     "--val-every", str(its), "--save-every", str(its), "--seed", str(seed), "--log-every", "25", *BASE, *row]
         realsr("train", str(work / run), "--out", str(out), "--runtime", "local", "--auto-resume", *flags, log=log)
         model.write_bytes((out / "models" / "net_g_latest.pth").read_bytes())
     summary = json.loads((out / "summary.json").read_text())
@@ -135,6 +136,7 @@ def main() -> None:
     for name in filter(None, args.rows.split(",")):
         t = time.perf_counter()
         model, info = train_row(work, sweep, args.run, name, args.seed, budget, log)
+        flags = " ".join(row_flags(name)) or "(none)"
         specs = [(name, model)]
         for a in filter(None, args.blends.split(",")):  # x4plus -> the row, weight by weight (`realsr blend`)
             out = sweep / f"g_{name}_s{args.seed}_blend{a}.pth"
@@ -146,7 +148,6 @@ def main() -> None:
             m = {c: mean(rows, c) for c in ("psnr_y", "ssim_y", "lpips")}
             wins = sum(float(r["lpips"]) < float(x4[r["image"]]["lpips"]) for r in rows)
             d_lpips, d_psnr = 100 * (m["lpips"] / ref["lpips"] - 1), m["psnr_y"] - ref["psnr_y"]
-            flags = " ".join(row_flags(name)) or "(none)"
             lines.append(f"| {label}: `{flags}` | {info['seconds'] / 60:.1f} | {m['psnr_y']:.2f} | {m['ssim_y']:.4f} | {m['lpips']:.4f} | {d_lpips:+.1f} % | {d_psnr:+.2f} dB | {wins} of {len(rows)} |")
             print(lines[-1], flush=True)
             with open(ROOT / "bench" / "results" / "recipe_sweep.jsonl", "a") as f:
