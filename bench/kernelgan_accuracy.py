@@ -12,12 +12,17 @@ Methods, per case:
 - `official`: the official code, run unmodified (`bench/official_kernelgan.py`, device patched at
   run time), 3000 iterations, its own post-processing; x4 cases with its `--X4` analytic kernel;
 - `ours`: `models.kernelgan.estimate_kernels`, the product's path (x4 from x2 analytically);
+- `official-fkp`: the official KernelGAN-FKP (JingyunLiang/FKP, `bench/official_fkp.py`, run
+  the same way), its defaults: 1000 iterations, x4 4000 with `--X4`, both with its x2 prior;
 - `bicubic`: the bicubic kernel of the scale, the floor every estimate should beat.
 The official kernels are centred half a pixel off the middle (x4: 1.5 px), where this project
 applies that shift when it uses a kernel: they are moved back by the same Lanczos-4 taps
 `degrade` applies (`to_pixel_centred`) and cut to 13x13 / 25x25, so all methods are measured in
-one frame. Metrics against the true kernel:
+one frame. FKP's prior only makes kernels centred (s-1)/2 px *before* the middle (its
+`kernel_shift`: (size - s) / 2), so its kernels are moved forward by as much (`fkp_to_pixel_centred`).
+Metrics against the true kernel:
 - kernel error: L2 distance at the best integer alignment (shifts -2..2), lower is better;
+  `kernel_err_noshift` / `kernel_psnr_noshift`: the same without that alignment;
 - kernel PSNR: 20 log10(1 / RMSE) of the same aligned kernels (FKP's definition);
 - LR PSNR: the HR degraded with the estimate against the HR degraded with the true kernel, dB.
 Every result is appended to bench/results/kernelgan_official.jsonl with commit and machine as it
@@ -124,6 +129,15 @@ def to_pixel_centred(kernel: np.ndarray, scale: int) -> np.ndarray:
     return k / k.sum()
 
 
+def fkp_to_pixel_centred(kernel: np.ndarray, scale: int) -> np.ndarray:
+    """An official FKP kernel (centre (s-1)/2 px before the middle) in this project's convention.
+
+    Its mirror image is centred (s-1)/2 px past the middle, as KernelGAN's: moved back there and
+    mirrored again, it is moved forward by the same taps.
+    """
+    return to_pixel_centred(np.asarray(kernel, np.float64)[::-1, ::-1], scale)[::-1, ::-1].copy()
+
+
 def aligned_difference(est: np.ndarray, true: np.ndarray) -> np.ndarray:
     """est - true at the integer shift (-2..2) that makes them closest."""
     diffs = [np.roll(est, (dy, dx), (0, 1)) - true for dy in range(-2, 3) for dx in range(-2, 3)]
@@ -143,6 +157,8 @@ def figures(case: dict, k_est: np.ndarray) -> dict:
     return {
         "kernel_err": float(np.linalg.norm(d)),
         "kernel_psnr": psnr(d, 0.0),
+        "kernel_err_noshift": float(np.linalg.norm(k_est - case["kernel"])),
+        "kernel_psnr_noshift": psnr(k_est, case["kernel"]),
         "lr_psnr": psnr(degrade(hr, k_est, s), degrade(hr, case["kernel"], s)),
     }
 
@@ -159,9 +175,26 @@ def run_official(case: dict, repo: Path, threads: int) -> tuple[np.ndarray, floa
         return to_pixel_centred(k, case["scale"]), float((Path(tmp) / "seconds").read_text())
 
 
-def run_ours(cases: list[dict], iterations: int, threads: int, overrides: dict) -> tuple[list, float]:
-    """The product's estimate for every case, trained together; x4 kernels analytically."""
+def run_official_fkp(case: dict, repo: Path, threads: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """The official KernelGAN-FKP's kernel in this project's frame, as it returned it, and its seconds."""
+    s = case["scale"]
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, str(ROOT / "bench" / "official_fkp.py"), "--repo", str(repo), "--image", str(case["lr_path"]), "--out", tmp, "--threads", str(threads)]
+        log = Path(tmp) / "log"
+        with log.open("w") as f:
+            done = subprocess.run(cmd + (["--x4"] if s == 4 else []), stdout=f, stderr=subprocess.STDOUT)
+        if done.returncode:
+            raise RuntimeError(f"official KernelGAN-FKP failed on {case['lr_path'].name}:\n{log.read_text()[-3000:]}")
+        k = np.load(Path(tmp) / f"kernel_x{s}.npy")
+        return fkp_to_pixel_centred(k, s), k, float((Path(tmp) / "seconds").read_text())
+
+
+def run_ours(cases: list[dict], iterations: int, threads: int, overrides: dict, prior_spec: str | None = None) -> tuple[list, float]:
+    """The product's estimate for every case, trained together; x4 kernels analytically.
+    `prior_spec`: KernelGAN-FKP with that kernel prior ('builtin' or a file), as `--kernels kernelgan-fkp`."""
     import torch
+
+    from realsr.storage.kernel_prior_file import load
 
     from realsr.models.kernelgan import KernelGANConfig, estimate_kernels
     from realsr.models.kernelgan_post import x4_base
@@ -171,7 +204,8 @@ def run_ours(cases: list[dict], iterations: int, threads: int, overrides: dict) 
     torch.set_num_threads(threads)
     images = [read_image(c["lr_path"]).rgb for c in cases]
     t = time.perf_counter()
-    ests = estimate_kernels(images, KernelGANConfig(**{"iterations": iterations, "seed": 0, **overrides}))
+    prior = load(prior_spec)[0] if prior_spec else None
+    ests = estimate_kernels(images, KernelGANConfig(**{"iterations": iterations, "seed": 0, **overrides}), prior=prior)
     secs = (time.perf_counter() - t) / len(cases)
     out = []
     for c, e in zip(cases, ests):
@@ -224,14 +258,16 @@ def table(rows: list[dict], scale: int, n: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--official", type=Path, help="checkout of sefibk/KernelGAN (needs scipy, matplotlib, tqdm: pip install -e '.[bench]')")
+    ap.add_argument("--official-fkp", type=Path, help="checkout of JingyunLiang/FKP (its KernelGANFKP and data/pretrained_models/FKP_x2.pt)")
     ap.add_argument("--scales", default="2,4")
     ap.add_argument("--x2-cases", type=int, default=len(X2_SOURCES))
     ap.add_argument("--x4-cases", type=int, default=len(X4_SOURCES))
-    ap.add_argument("--methods", default="bicubic,ours,official", help="any of bicubic, ours, official")
+    ap.add_argument("--methods", default="bicubic,ours,official", help="any of bicubic, ours, official, official-fkp")
     ap.add_argument("--label", default="ours", help="name of this product's rows (to keep variants apart)")
     ap.add_argument("--iterations", type=int, default=3000)
     ap.add_argument("--config", type=json.loads, default={}, help="KernelGANConfig fields for this product's rows, as JSON (ablations)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per method")
+    ap.add_argument("--prior", default=None, help="this product's rows with KernelGAN-FKP on this kernel prior ('builtin' or a .pt file)")
     ap.add_argument("--cases-dir", type=Path, default=ROOT / "bench" / "results" / "kernelgan_cases")
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--shard", default="0/1", help="K/N: only the cases whose index is K modulo N (run N at once, one per core)")
@@ -258,12 +294,17 @@ def main() -> None:
                 for c in todo("bicubic"):
                     save(args.results, {"scale": scale, "index": c["index"], "name": c["name"], "method": "bicubic", "seconds": 0.0, **figures(c, bicubic_kernel(scale))})
             if "ours" in methods and (mine := todo(args.label)):
-                kernels, secs = run_ours(mine, args.iterations, args.threads, args.config)
+                kernels, secs = run_ours(mine, args.iterations, args.threads, args.config, args.prior)
                 for c, k in zip(mine, kernels):
                     e = c["estimate"]
                     extra = {"kernel": np.round(k, 7).tolist(), "raw": np.round(e.raw, 9).tolist(), "losses": e.losses, "diverged_at": e.diverged_at, "problem": e.problem, "seed": e.seed, "steps": e.iterations}
                     if e.runs:  # each seed's raw kernel (None: failed), for studies of the consensus
                         extra["seed_raws"] = [np.round(r.raw, 9).tolist() if r.ok else None for r in e.runs]
+                        if e.ok:
+                            from realsr.models.kernelgan import KernelGANConfig
+                            from realsr.models.kernelgan_post import seed_spread
+
+                            extra["spread"] = seed_spread(e, 0 if args.prior else KernelGANConfig().n_filtering)
                     save(args.results, {"scale": scale, "index": c["index"], "name": c["name"], "method": args.label, "seconds": secs, **figures(c, k), **extra})
             if "official" in methods:
                 if args.official is None:
@@ -271,6 +312,12 @@ def main() -> None:
                 for c in todo("official"):
                     k, secs = run_official(c, args.official, args.threads)
                     save(args.results, {"scale": scale, "index": c["index"], "name": c["name"], "method": "official", "seconds": secs, **figures(c, k), "kernel": np.round(k, 7).tolist()})
+            if "official-fkp" in methods:
+                if args.official_fkp is None:
+                    sys.exit("--official-fkp PATH (a checkout of JingyunLiang/FKP) is needed for the official-fkp rows")
+                for c in todo("official-fkp"):
+                    k, raw, secs = run_official_fkp(c, args.official_fkp, args.threads)
+                    save(args.results, {"scale": scale, "index": c["index"], "name": c["name"], "method": "official-fkp", "seconds": secs, **figures(c, k), "kernel": np.round(k, 7).tolist(), "raw": np.round(raw, 9).tolist()})
             if args.camera:  # one kernel for the camera from each method's per-image estimates
                 rows = load(args.results)
                 for method in sorted({r["method"] for r in rows if "kernel" in r and not r["method"].startswith(("consensus", "mean"))}):

@@ -40,11 +40,12 @@ def errors(bank: Path, truth: np.ndarray) -> dict:
     """Per-photo KernelGAN kernels (valid ones) and the camera consensus, against the truth."""
     _, sets = open_kernel_bank(bank)
     ks = sets[2]
-    photos = [i for i in ks.valid_indices() if ks.method[i] == "kernelgan"]
-    camera = [i for i in range(len(ks.method)) if ks.method[i] == "kernelgan-camera"]
+    photos = [i for i in ks.valid_indices() if ks.method[i] in ("kernelgan", "kernelgan-fkp")]
+    camera = [i for i in range(len(ks.method)) if ks.method[i] in ("kernelgan-camera", "kernelgan-fkp-camera")]
     return {
         "photos": len(photos), "per_photo": [tv(ks.kernels[i], truth) for i in photos], "camera": tv(ks.kernels[camera[0]], truth) if camera else None,
         "moments_per_photo": np.mean([moments(ks.kernels[i]) for i in photos], axis=0).tolist(), "moments_camera": moments(ks.kernels[camera[0]]) if camera else None,
+        "spread": [float(ks.checks["spread"][i]) for i in photos] if "spread" in ks.checks else None,
     }
 
 
@@ -54,6 +55,7 @@ def main() -> None:
     ap.add_argument("--cameras", default="mild,harsh")
     ap.add_argument("--budgets", default="500x1,1000x3", help="KernelGAN steps x seeds, comma-separated")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--kernels", default="kernelgan-camera", help="the camera form of an estimator: kernelgan-camera or kernelgan-fkp-camera")
     args = ap.parse_args()
     shape = ["| camera | KernelGAN | second moments xx, yy, xy (px^2): per-photo mean | camera consensus | true kernel |", "|---|---|---|---|---|"]
     rows = ["| camera | KernelGAN | photos | per-photo error mean | median | photos better than bicubic | camera consensus error | bicubic error | seconds |", "|---|---|---|---|---|---|---|---|---|"]
@@ -65,22 +67,22 @@ def main() -> None:
         bic = tv(bicubic_kernel(2, 13), cam.k2)
         for budget in args.budgets.split(","):
             steps, seeds = budget.split("x")
-            out = work / f"kg_{budget}"
+            out = work / (f"kg_{budget}" if args.kernels == "kernelgan-camera" else f"{args.kernels}_{budget}")
             t = time.perf_counter()
             if not (out / "kernels.zarr").exists():
                 realsr("degrade", "--source", str(photos), "--out", str(out), "--scale", "4", "--pair-hr-size", "64", "--seed", str(args.seed),
-                       "--kernels", "kernelgan-camera", "--kernelgan-iterations", steps, "--kernelgan-seeds", seeds, log=work / "log.txt")
+                       "--kernels", args.kernels, "--kernelgan-iterations", steps, "--kernelgan-seeds", seeds, log=work / "log.txt")
                 (out.parent / f"{out.name}.seconds").write_text(f"{time.perf_counter() - t:.1f}")
             seconds = float((out.parent / f"{out.name}.seconds").read_text()) if (out.parent / f"{out.name}.seconds").exists() else float("nan")
             e = errors(out / "kernels.zarr", cam.k2)
             pp = np.array(e["per_photo"])
             cons = f"{e['camera']:.3f}" if e["camera"] is not None else "-"
-            rows.append(f"| {name} | {steps} steps x {seeds} | {e['photos']} | {pp.mean():.3f} | {np.median(pp):.3f} | {int((pp < bic).sum())} of {len(pp)} | {cons} | {bic:.3f} | {seconds:.0f} |")
+            rows.append(f"| {name} | {args.kernels}: {steps} steps x {seeds} | {e['photos']} | {pp.mean():.3f} | {np.median(pp):.3f} | {int((pp < bic).sum())} of {len(pp)} | {cons} | {bic:.3f} | {seconds:.0f} |")
             fmt = lambda m: ", ".join(f"{v:.2f}" for v in m) if m is not None else "-"  # noqa: E731
-            shape.append(f"| {name} | {steps} steps x {seeds} | {fmt(e['moments_per_photo'])} | {fmt(e['moments_camera'])} | {fmt(moments(cam.k2))} |")
+            shape.append(f"| {name} | {args.kernels}: {steps} steps x {seeds} | {fmt(e['moments_per_photo'])} | {fmt(e['moments_camera'])} | {fmt(moments(cam.k2))} |")
             with open(ROOT / "bench" / "results" / "realworld_kernels.jsonl", "a") as f:
-                f.write(json.dumps({"camera": name, "budget": budget, "seed": args.seed, "bicubic": round(bic, 4), "camera_consensus": e["camera"],
-                                    "per_photo": [round(x, 4) for x in e["per_photo"]], "moments_per_photo": e["moments_per_photo"], "moments_camera": e["moments_camera"], "seconds": round(seconds), "date": time.strftime("%Y-%m-%d %H:%M")}) + "\n")
+                f.write(json.dumps({"camera": name, "kernels": args.kernels, "budget": budget, "seed": args.seed, "bicubic": round(bic, 4), "camera_consensus": e["camera"],
+                                    "per_photo": [round(x, 4) for x in e["per_photo"]], "moments_per_photo": e["moments_per_photo"], "moments_camera": e["moments_camera"], "spread": e["spread"], "seconds": round(seconds), "date": time.strftime("%Y-%m-%d %H:%M")}) + "\n")
     print("\n".join(rows) + "\n\n" + "\n".join(shape))
 
 

@@ -7,6 +7,7 @@
   realsr evaluate --lr DIR [--hr DIR] --model CKPT [--model CKPT ...] --out DIR [-s 4]
   realsr train RUN_DIR --out TRAIN_DIR [--preset paper|finetune|finetune-cpu|cpu-small|test-tiny] [--init CKPT] [--auto-resume]
   realsr weights list | fetch [NAME ...] | verify   the released and backbone weights, verified by sha256
+  realsr kernels train-prior --out PRIOR.pt | check-prior [PRIOR.pt]   the learned kernel prior
   realsr sample --out DIR [--count 8]      synthetic camera photos to try the pipeline on
   realsr pipeline --source PHOTOS --out DIR [--preset auto|product|cpu|demo|test-tiny]   degrade -> train -> evaluate
   realsr stack up|down|status --home DIR   server, pools, deployments, workers on this machine
@@ -40,7 +41,7 @@ def _positive(text: str) -> float:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from realsr.flows import cli_degrade, cli_pipeline, cli_train, cli_weights, stack
+    from realsr.flows import cli_degrade, cli_kernels, cli_pipeline, cli_train, cli_weights, stack
     from realsr.flows.cli_fields import add_fields, field_default
     from realsr.flows.settings import EvaluateSettings
 
@@ -84,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     add_fields(e, EvaluateSettings, _EVALUATE_SKIP, field_default, short={"scale": "-s", "tile": "-t"})
     cli_train.add_parser(sub)
     cli_weights.add_parser(sub)
+    cli_kernels.add_parser(sub)
     cli_pipeline.add_parser(sub)
     stack.add_arguments(sub.add_parser("stack", help="a Prefect server, pools, deployments and workers on this machine: up, down, status"))
     s = sub.add_parser("sample", help="write seeded synthetic camera photos")
@@ -212,6 +214,10 @@ def _main(argv: list[str] | None) -> int:
             from realsr.flows.cli_weights import run_weights
 
             return run_weights(args)
+        if args.command == "kernels":
+            from realsr.flows.cli_kernels import run_kernels
+
+            return run_kernels(args)
         if args.command == "sample":
             from realsr.flows.demo import write_samples
 

@@ -20,6 +20,10 @@ def degrade(settings) -> None:
     check_remote_folder(settings.out) if is_url(settings.out) else check_run_dir(Path(settings.out))
     if settings.kernels.startswith("bank:"):
         open_kernel_bank(Path(settings.kernels[5:]))
+    if settings.kernels.startswith("kernelgan-fkp"):  # a damaged or replaced prior file: refused before any work
+        from realsr.storage.kernel_prior_file import verify
+
+        verify(settings.kernel_prior)
 
 
 def train(settings) -> None:

@@ -98,8 +98,9 @@ class DegradeSettings(BaseModel):
     scale: Literal[2, 4] = Field(4, description="SR scale of the HR/LR pairs.")
     kernels: str = Field(
         "bicubic",
-        description="Kernel source: 'bicubic' (the paper's Track 1 recipe), 'kernelgan' (each source's own kernel), 'kernelgan-camera' (one kernel for the camera: the consensus of its photos' kernels) or 'bank:PATH' (reuse a kernel bank).",
+        description="Kernel source: 'bicubic' (the paper's Track 1 recipe), 'kernelgan' (each source's own kernel), 'kernelgan-camera' (one kernel for the camera: the consensus of its photos' kernels), 'kernelgan-fkp' / 'kernelgan-fkp-camera' (the same with KernelGAN's G moving only on the learned kernel prior, --kernel-prior) or 'bank:PATH' (reuse a kernel bank).",
     )
+    kernel_prior: str = Field("builtin", min_length=1, description="The kernel prior of the kernelgan-fkp sources: 'builtin' (shipped with the package) or a .pt file from `realsr kernels train-prior` (verified by the .sha256 beside it).")
     kernelgan_iterations: int = Field(1000, ge=1, le=100_000, description="KernelGAN training steps per image and seed (the paper: 3000; its kernel has settled by step 750, BENCHMARKS.md).")
     kernelgan_seeds: int = Field(3, ge=1, le=16, description="KernelGAN runs per image, each with its own seed; the kernel is their geometric median (3 x 1000 steps: ahead of the official code at x2 and x4, BENCHMARKS.md).")
     kernelgan_device: str = Field("auto", pattern=DEVICE, description="Torch device for KernelGAN: auto, cpu, cuda or cuda:N.")
@@ -138,9 +139,9 @@ class DegradeSettings(BaseModel):
             return v
         if v.startswith("bank:") and len(v) > 5:
             return v
-        if v in ("kernelgan", "kernelgan-camera"):
+        if v in ("kernelgan", "kernelgan-camera", "kernelgan-fkp", "kernelgan-fkp-camera"):
             return v
-        raise ValueError(f"kernel source must be 'bicubic', 'kernelgan', 'kernelgan-camera' or 'bank:PATH', got {v!r}")
+        raise ValueError(f"kernel source must be 'bicubic', 'kernelgan', 'kernelgan-camera', 'kernelgan-fkp', 'kernelgan-fkp-camera' or 'bank:PATH', got {v!r}")
 
     @model_validator(mode="after")
     def _consistent(self) -> "DegradeSettings":
@@ -170,7 +171,7 @@ class DegradeSettings(BaseModel):
         return DegradeSpec(
             source=self.source, scale=self.scale, kernels=self.kernels, seed=self.seed, cleanup_factor=self.cleanup_factor, pair_hr_size=self.pair_hr_size,
             stride=self.pair_stride or self.pair_hr_size, max_megapixels=self.max_megapixels, noise=noise, noise_match_brightness=self.noise_match_brightness,
-            kernelgan_iterations=self.kernelgan_iterations, kernelgan_seeds=self.kernelgan_seeds,
+            kernelgan_iterations=self.kernelgan_iterations, kernelgan_seeds=self.kernelgan_seeds, kernel_prior=self.kernel_prior,
         )
 
 

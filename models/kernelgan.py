@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from realsr.models.batched import compose_linear, conv_stack, strided_correlation
 from realsr.models.kernelgan_crops import CropSampler
+from realsr.models.kernelgan_fkp import PriorGenerators
 from realsr.models.kernelgan_losses import (
     BoundariesLoss,
     CentralizedLoss,
@@ -61,6 +62,12 @@ class KernelGANConfig:
     retries: int = 1  # an image that diverges or collapses trains again with the next seed, this often
     seeds: int = 1  # train each image this many times (seeds seed, seed + SEED_STRIDE, ...) and average the kernels
     seed: int = 0
+    # with a kernel prior (KernelGAN-FKP): the latent's learning rate, its start (the prior's
+    # encoding of an isotropic Gaussian of this width, px) and the seeded jitter around it
+    latent_lr: float = 1e-3
+    latent_start: float = 1.2
+    latent_jitter: float = 0.3
+    camera: bool = False  # with a kernel prior: one latent for all the images (one camera's optics)
 
     @property
     def kernel_size(self) -> int:
@@ -234,18 +241,20 @@ class KernelEstimate:
 SEED_STRIDE = 1000  # between the seeds of an average: far from the retries' seed + 1, + 2
 
 
-def estimate_kernels(images: list[np.ndarray], cfg: KernelGANConfig = KernelGANConfig(), device: str = "cpu", progress=None) -> list[KernelEstimate]:
+def estimate_kernels(images: list[np.ndarray], cfg: KernelGANConfig = KernelGANConfig(), device: str = "cpu", progress=None, prior=None) -> list[KernelEstimate]:
     """Train KernelGAN on each float32 RGB image in [0, 1] (HWC) and return their x2 kernels.
 
     `train_kernels` on all of them; an image whose training diverged or whose kernel collapsed
     (`collapse`) trains again with the next seed, up to `cfg.retries` times (alone or with the
     other failures: the result is the same), and keeps its problem if every attempt failed.
     With `cfg.seeds` > 1 every image trains that many times and gets their consensus (`consensus_estimate`).
+    With a `prior` (`models.kernel_prior.KernelPrior`) G is KernelGAN-FKP's (`PriorGenerators`).
     """
     if cfg.seeds > 1:
-        runs = [estimate_kernels(images, replace(cfg, seed=cfg.seed + SEED_STRIDE * j, seeds=1), device, progress) for j in range(cfg.seeds)]
-        return [consensus_estimate(list(per_image), cfg.n_filtering) for per_image in zip(*runs)]
-    out = train_kernels(images, cfg, device, progress)
+        runs = [estimate_kernels(images, replace(cfg, seed=cfg.seed + SEED_STRIDE * j, seeds=1), device, progress, prior) for j in range(cfg.seeds)]
+        n = 0 if prior is not None else cfg.n_filtering
+        return [consensus_estimate(list(per_image), n) for per_image in zip(*runs)]
+    out = train_kernels(images, cfg, device, progress, prior)
     seeds = [cfg.seed]
     for _ in range(cfg.retries):
         failed = [i for i, e in enumerate(out) if not e.ok]
@@ -253,23 +262,30 @@ def estimate_kernels(images: list[np.ndarray], cfg: KernelGANConfig = KernelGANC
             break
         retry = replace(cfg, seed=cfg.seed + len(seeds))
         seeds.append(retry.seed)
-        for i, e in zip(failed, train_kernels([images[i] for i in failed], retry, device, progress)):
+        for i, e in zip(failed, train_kernels([images[i] for i in failed], retry, device, progress, prior)):
             out[i] = e if e.ok else replace(e, problem=f"{e.problem} (seeds {', '.join(map(str, seeds))})")
     return out
 
 
-def train_kernels(images: list[np.ndarray], cfg: KernelGANConfig, device: str = "cpu", progress=None) -> list[KernelEstimate]:
+def train_kernels(images: list[np.ndarray], cfg: KernelGANConfig, device: str = "cpu", progress=None, prior=None) -> list[KernelEstimate]:
     """One training run of every image at `cfg.seed`, all in one loop.
 
     Each image has its own G, D, crops, noise and loss weights, all from the seed's draws, and
     gets exactly the kernel it gets alone (bitwise on the CPU). `progress(iteration, losses)` is called every 500 iterations. An image whose
     losses stop being finite is reported with the step (`diverged_at`); it cannot disturb the
     others, which share no weights, statistics or random streams with it.
+    With a `prior`, G is the prior's decoding of a latent per image (`cfg.camera`: one for all),
+    the kernel constraints are off (the prior keeps the kernel plausible) and the soft threshold
+    too (it would cut a wide Gaussian's tails).
     """
     b, dev = len(images), torch.device(device)
     dtype = torch.get_default_dtype()
     torch.manual_seed(cfg.seed)
-    g, d = Generators(Generator(cfg), b).to(dev), Discriminators(Discriminator(cfg), b).to(dev)
+    if prior is None:
+        g, d = Generators(Generator(cfg), b).to(dev), Discriminators(Discriminator(cfg), b).to(dev)
+    else:
+        g = PriorGenerators(prior, b, cfg.seed, cfg.latent_start, cfg.latent_jitter, cfg.camera).to(dev)
+        d = Discriminators(Discriminator(cfg), b).to(dev)
     gc, dc = cfg.crop, cfg.d_crop
     for img in images:
         if problem := cfg.too_small(*img.shape[:2]):
@@ -280,7 +296,8 @@ def train_kernels(images: list[np.ndarray], cfg: KernelGANConfig, device: str = 
     noises = [torch.Generator(device=dev).manual_seed(cfg.seed) for _ in range(b)]
     # the reference's range: [-1, 1]; every loss weight and threshold of its schedule assumes it
     imgs = [torch.from_numpy(np.ascontiguousarray(im.transpose(2, 0, 1))).to(dev, dtype) * 2 - 1 for im in images]
-    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
+    opt_g = torch.optim.Adam([p for p in g.parameters() if p.requires_grad], lr=cfg.lr if prior is None else cfg.latent_lr, betas=(cfg.beta1, 0.999))
+    constraints = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0] if prior is None else [1.0, 0.0, 0.0, 0.0, 0.0], device=dev, dtype=dtype)[:, None]
     opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
     gan, down, sum2one, sparse = GANLoss(), DownScaleLoss().to(dev), SumOfWeightsLoss(), SparsityLoss()
     bounds, central = BoundariesLoss(cfg.kernel_size).to(dev), CentralizedLoss(cfg.kernel_size).to(dev)
@@ -306,7 +323,7 @@ def train_kernels(images: list[np.ndarray], cfg: KernelGANConfig, device: str = 
     for it in range(cfg.iterations):
         d_in = real_crops(it)
         g_in = torch.stack([im[:, y : y + gc, x : x + gc] for im, (y, x) in zip(imgs, (c[it] for c in g_corners))])
-        w = torch.tensor([s.as_row() for s in schedules], device=dev, dtype=dtype).T  # (5, B)
+        w = torch.tensor([s.as_row() for s in schedules], device=dev, dtype=dtype).T * constraints  # (5, B)
 
         # G step: fool D, within the kernel constraints
         opt_g.zero_grad(set_to_none=True)
@@ -346,7 +363,7 @@ def train_kernels(images: list[np.ndarray], cfg: KernelGANConfig, device: str = 
             problem = f"KernelGAN failed: {reason}"
         else:
             try:
-                kernel = finalize_kernel(raws[i], cfg.n_filtering)
+                kernel = finalize_kernel(raws[i], cfg.n_filtering if prior is None else 0)
             except ValueError as e:  # one image's degenerate kernel must not cost the others theirs
                 problem = f"KernelGAN ended with an unusable kernel: {e}"
         out.append(KernelEstimate(kernel, raws[i], losses, cfg.iterations, step if step >= 0 else None, problem, cfg.seed))

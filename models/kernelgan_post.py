@@ -47,6 +47,16 @@ def x4_base(raw: np.ndarray) -> np.ndarray:
     return finalize_kernel(raw, n=0)
 
 
+def seed_spread(estimate, n_filtering: int) -> float | None:
+    """How far one image's seeds disagree: the mean total variation (0..1) between each seed's
+    post-processed kernel and their consensus; None with fewer than two good seeds."""
+    ok = [e for e in estimate.runs if e.ok]
+    if len(ok) < 2:
+        return None
+    mid = centre_kernel(estimate.kernel)
+    return float(np.mean([0.5 * np.abs(centre_kernel(finalize_kernel(e.raw, n_filtering)) - mid).sum() for e in ok]))
+
+
 def consensus_estimate(estimates: list, n_filtering: int):
     """One image's `KernelEstimate`s from several seeds as one: the geometric median of their
     post-processed kernels (`consensus_kernel`), centred.

@@ -45,6 +45,11 @@ class DegradeSpec:
     noise_match_brightness: bool = True
     kernelgan_iterations: int = 1000
     kernelgan_seeds: int = 3
+    kernel_prior: str = "builtin"  # the kernelgan-fkp sources' prior file
+
+    @property
+    def uses_prior(self) -> bool:
+        return self.kernels.startswith("kernelgan-fkp")
 
     @property
     def max_pixels(self) -> int:
@@ -61,7 +66,12 @@ class DegradeSpec:
         from realsr.models.kernelgan import VERSION
 
         seeds = {"seeds": self.kernelgan_seeds} if self.kernelgan_seeds > 1 else {}
-        return {"stage": "kernelgan", "version": f"{STAGE_VERSION}.{VERSION}", "iterations": self.kernelgan_iterations, "seed": self.seed, **seeds}
+        prior = {}
+        if self.uses_prior:  # the prior's file by content: another prior, another kernel
+            from realsr.storage.kernel_prior_file import verify, sha256_of
+
+            prior = {"prior_sha256": sha256_of(verify(self.kernel_prior))}
+        return {"stage": "kernelgan", "version": f"{STAGE_VERSION}.{VERSION}", "iterations": self.kernelgan_iterations, "seed": self.seed, **seeds, **prior}
 
     def pairs_key_fields(self) -> dict:
         """The fields an image's pairs depend on (the banks' digests are added by the caller)."""
@@ -222,8 +232,8 @@ def make_pairs(record: dict, run: RunDir, s: DegradeSpec, kernel_digest: str, no
     rng = np.random.default_rng([s.seed, int(record["sha256"][:15], 16)])
     ks = kernel_set_cached(str(run.kernels), kernel_digest, scale)
     valid = ks.valid_indices()
-    if s.kernels == "kernelgan-camera":  # one camera, one kernel: its consensus, when there is one
-        valid = [i for i in valid if ks.method[i].startswith("kernelgan-camera")] or valid
+    if s.kernels.endswith("-camera"):  # one camera, one kernel: its consensus, when there is one
+        valid = [i for i in valid if ks.method[i].startswith(("kernelgan-camera", "kernelgan-fkp-camera"))] or valid
     ki = int(valid[rng.integers(len(valid))])  # the image's kernel, also when it is too small for a pair (training crops it smaller)
     jpeg_q = recorded_quality(record)[0]
     if grid:

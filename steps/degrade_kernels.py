@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from realsr.models.kernelgan_post import x4_base
+from realsr.models.kernelgan_post import seed_spread, x4_base
 from realsr.models.kernels import KERNEL_SIZE, RESIZE_CONVENTION, analytic_x4, bicubic_kernel, check_kernel, consensus_kernel
 from realsr.steps.degrade import DegradeSpec, Log, _quiet, npz_bytes, source_key
 from realsr.storage.atomic import write_bytes
@@ -30,6 +30,11 @@ def estimate_source_kernels(paths: list[Path], run: RunDir, s: DegradeSpec, devi
     from realsr.models.kernelgan import estimate_kernels
 
     cfg = _kernelgan_config(s)
+    prior = None
+    if s.uses_prior:
+        from realsr.storage.kernel_prior_file import load
+
+        prior, _ = load(s.kernel_prior)
     results: dict[Path, dict | BadImageError] = {}
     todo = []
     for path in paths:
@@ -47,8 +52,9 @@ def estimate_source_kernels(paths: list[Path], run: RunDir, s: DegradeSpec, devi
     if todo:
         t0 = time.perf_counter()
         names = ", ".join(Path(t[0]).name for t in todo)
-        log(f"KernelGAN on {len(todo)} image(s) at once on {device}: {names}")
-        estimates = estimate_kernels([t[3] for t in todo], cfg, device=device, progress=lambda it, l: log(f"KernelGAN {it}/{cfg.iterations} ({names}) {l}"))
+        what = "KernelGAN-FKP" if prior is not None else "KernelGAN"
+        log(f"{what} on {len(todo)} image(s) at once on {device}: {names}")
+        estimates = estimate_kernels([t[3] for t in todo], cfg, device=device, progress=lambda it, l: log(f"{what} {it}/{cfg.iterations} ({names}) {l}"), prior=prior)
         seconds = round((time.perf_counter() - t0) / len(todo), 3)
         for (path, sha, key, _), est in zip(todo, estimates):
             fallback = None if est.ok else f"{est.problem}: the bicubic kernel stands in"
@@ -56,11 +62,20 @@ def estimate_source_kernels(paths: list[Path], run: RunDir, s: DegradeSpec, devi
                 log(f"{Path(path).name}: {fallback}")
             kernel = est.kernel if est.ok else bicubic_kernel(2)
             write_bytes(run.staged_kernel(key), npz_bytes({"kernel": kernel, "raw": est.raw}))
+            spread = seed_spread(est, 0 if prior is not None else cfg.n_filtering) if est.ok else None
+            if spread is not None and spread > SPREAD_FLAG:
+                log(f"{Path(path).name}: its {cfg.seeds} seeds disagree (spread {spread:.3f} > {SPREAD_FLAG}): its kernel is their median, look at it")
             record = {"key": key, "source": str(path), "sha256": sha, "losses": est.losses, "device": device, "seconds": seconds,
-                      "iterations": est.iterations, "seed": est.seed, "fallback": fallback}
+                      "iterations": est.iterations, "seed": est.seed, "fallback": fallback, "spread": spread}
             run.save_record("kernelgan", key, record)
             results[path] = {**record, "cached": False}
     return [results[p] for p in paths]
+
+
+# A photo whose seeds' kernels lie this far (mean total variation to their median) from one another
+# is flagged in the log, the bank and `inspect`: on the benchmark's photos KernelGAN's seeds spread
+# 0.02-0.10 (BENCHMARKS.md); above this the median stands on seeds that disagree.
+SPREAD_FLAG = 0.15
 
 
 def kernel_done(run: RunDir, key: str) -> dict | None:
@@ -76,7 +91,7 @@ def _kernelgan_config(s: DegradeSpec):
     return KernelGANConfig(iterations=s.kernelgan_iterations, seed=s.seed, seeds=s.kernelgan_seeds)
 
 
-def kernelgan_sets(run: RunDir, records: list[dict], camera: bool = False) -> list[KernelSet]:
+def kernelgan_sets(run: RunDir, records: list[dict], camera: bool = False, name: str = "kernelgan") -> list[KernelSet]:
     """x2 kernels from KernelGAN records (source order) and their analytic x4 kernels; an image
     whose estimate failed has the bicubic kernels, marked `bicubic-fallback`. `camera` adds one
     kernel for the camera, the consensus of the estimates that did not fail (`kernelgan-camera`,
@@ -89,17 +104,19 @@ def kernelgan_sets(run: RunDir, records: list[dict], camera: bool = False) -> li
             raw.append(z["raw"])
     src, sha = [r["source"] for r in records], [r["sha256"] for r in records]
     failed = [bool(r.get("fallback")) for r in records]
-    m2 = ["bicubic-fallback" if f else "kernelgan" for f in failed]
+    spread = [np.nan if r.get("spread") is None else r["spread"] for r in records]
+    m2 = ["bicubic-fallback" if f else name for f in failed]
     base = [None if f else x4_base(r) for r, f in zip(raw, failed)]  # x4 composes the unthresholded x2 kernel
     k4 = [bicubic_kernel(4) if f else analytic_x4(b) for b, f in zip(base, failed)]
-    m4 = ["bicubic-fallback" if f else "kernelgan+analytic-x4" for f in failed]
+    m4 = ["bicubic-fallback" if f else f"{name}+analytic-x4" for f in failed]
     good = [k for k, f in zip(k2, failed) if not f]
     if camera and good:
         cam = consensus_kernel(good)
         k2, k4 = [*k2, cam], [*k4, analytic_x4(consensus_kernel([b for b in base if b is not None]))]
         src, sha = [*src, f"camera: consensus of {len(good)} photos"], [*sha, ""]
-        m2, m4 = [*m2, "kernelgan-camera"], [*m4, "kernelgan-camera+analytic-x4"]
-    return [kernel_set(2, k2, src, sha, m2), kernel_set(4, k4, src, sha, m4)]
+        m2, m4, spread = [*m2, f"{name}-camera"], [*m4, f"{name}-camera+analytic-x4"], [*spread, np.nan]
+    spread = spread if any(np.isfinite(spread)) else None  # one seed: no spread column
+    return [kernel_set(2, k2, src, sha, m2, spread), kernel_set(4, k4, src, sha, m4, spread)]
 
 
 def kernel_sets_for(spec: str, required: int, scales=(2, 4)) -> tuple[list[KernelSet], dict]:
@@ -133,9 +150,11 @@ def kernel_sets_for(spec: str, required: int, scales=(2, 4)) -> tuple[list[Kerne
     raise ValueError(f"unknown kernel source {spec!r}")
 
 
-def kernel_set(scale: int, kernels, source, sha, method) -> KernelSet:
-    """Kernels of one scale with their checks, as a bank holds them."""
+def kernel_set(scale: int, kernels, source, sha, method, spread=None) -> KernelSet:
+    """Kernels of one scale with their checks, as a bank holds them; `spread`: each kernel's
+    seed-to-seed spread (NaN where there is none), stored only when given."""
     checks = [check_kernel(k, scale) for k in kernels]
+    extra = {} if spread is None else {"spread": np.asarray(spread, dtype=np.float64)}
     return KernelSet(
         scale=scale,
         kernels=np.asarray(kernels, dtype=np.float32),
@@ -148,6 +167,7 @@ def kernel_set(scale: int, kernels, source, sha, method) -> KernelSet:
             "border_energy": np.array([c.border_energy for c in checks]),
             "bicubic_distance": np.array([c.bicubic_distance for c in checks]),
             "valid": np.array([c.valid for c in checks], dtype=bool),
+            **extra,
         },
         reason=np.asarray([c.reason for c in checks], dtype=str),
     )
@@ -155,9 +175,11 @@ def kernel_set(scale: int, kernels, source, sha, method) -> KernelSet:
 
 def build_kernel_bank(run: RunDir, s: DegradeSpec, kernelgan_records: list[dict] | None = None) -> dict:
     if s.kernels.startswith("kernelgan"):
-        sets = kernelgan_sets(run, kernelgan_records or [], camera=s.kernels == "kernelgan-camera")
+        sets = kernelgan_sets(run, kernelgan_records or [], camera=s.kernels.endswith("-camera"), name="kernelgan-fkp" if s.uses_prior else "kernelgan")
         cfg = _kernelgan_config(s)
         attrs = {"kernel_source": s.kernels, "kernelgan": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.as_dict().items()}}
+        if s.uses_prior:
+            attrs["kernel_prior"] = {"file": s.kernel_prior, "sha256": s.kernelgan_key_fields()["prior_sha256"]}
     else:
         sets, attrs = kernel_sets_for(s.kernels, s.scale)
     scale_attrs = {st.scale: {"resize_convention": RESIZE_CONVENTION} for st in sets}

@@ -9,7 +9,19 @@ import numpy as np
 
 from realsr.models.noise import BRIGHTNESS_BINS
 from realsr.steps.sheets import grid, label, write_sheet
+from realsr.steps.degrade_kernels import SPREAD_FLAG
 from realsr.storage.banks import bank_kind, open_kernel_bank, open_noise_bank
+
+
+def spread_lines(ks) -> list[str]:
+    """Each photo's seed-to-seed spread, the ones over `SPREAD_FLAG` flagged."""
+    spread = ks.checks["spread"]
+    have = np.flatnonzero(np.isfinite(spread))
+    out = [f"    seed spread (mean total variation of each seed's kernel to their median): median {np.median(spread[have]):.3f}, max {spread[have].max():.3f}"]
+    for i in have:
+        flag = f"  <- seeds disagree (over {SPREAD_FLAG})" if spread[i] > SPREAD_FLAG else ""
+        out.append(f"      {Path(str(ks.source[i])).name}: {spread[i]:.3f}{flag}")
+    return out
 
 
 def kernel_report(path: Path, sheet: Path, max_tiles: int = 64) -> str:
@@ -25,6 +37,8 @@ def kernel_report(path: Path, sheet: Path, max_tiles: int = 64) -> str:
             f"border energy max {np.nanmax(ks.checks['border_energy']):.4f}, "
             f"distance to bicubic mean {np.nanmean(ks.checks['bicubic_distance']):.4f}"
         )
+        if scale == 2 and "spread" in ks.checks:  # the same per photo at x4 (its kernel is derived)
+            lines += spread_lines(ks)
         for i in range(min(len(ks), max_tiles)):
             k = ks.kernels[i]
             norm = np.clip(k / max(k.max(), 1e-12), 0, 1)
@@ -32,6 +46,8 @@ def kernel_report(path: Path, sheet: Path, max_tiles: int = 64) -> str:
             heat = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
             heat = cv2.resize(heat, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST)
             tag = "" if v[i] else " INVALID"
+            if "spread" in ks.checks and ks.checks["spread"][i] > SPREAD_FLAG:
+                tag += " SEEDS DISAGREE"
             name = Path(str(ks.source[i])).stem or ks.kernel_id(i)  # the photo it came from, if any
             tiles.append(label(heat, f"x{scale} {name}{tag}"))
     if tiles:

@@ -219,11 +219,12 @@ class KernelSet:
 
 
 CHECK_COLUMNS = ("kernel_sum", "center_offset", "border_energy", "bicubic_distance")
+OPTIONAL_CHECKS = ("spread",)  # KernelGAN's seed-to-seed spread: only in banks whose kernels have several seeds
 
 
 def write_kernel_bank(path: Path, sets: list[KernelSet], attrs: dict, scale_attrs: dict[int, dict]) -> str:
     """Write the kernel bank atomically (one group per scale); returns its content digest."""
-    columns = [np.asarray(c) for s in sets for c in (s.kernels, s.source, s.source_sha256, s.method, s.reason, *[s.checks[k] for k in (*CHECK_COLUMNS, "valid")])]
+    columns = [np.asarray(c) for s in sets for c in (s.kernels, s.source, s.source_sha256, s.method, s.reason, *[s.checks[k] for k in (*CHECK_COLUMNS, "valid", *OPTIONAL_CHECKS) if k in s.checks])]
     digest = _digest(*columns, _attrs_array([attrs, scale_attrs]))
     if _intact(path, digest):
         return digest
@@ -235,7 +236,7 @@ def write_kernel_bank(path: Path, sets: list[KernelSet], attrs: dict, scale_attr
             _put(g, "kernels", s.kernels.astype(np.float32), chunks=(max(1, min(256, len(s))), k, k))
             for name in ("source", "source_sha256", "method", "reason"):
                 _put(g, name, np.asarray(getattr(s, name), dtype=str))
-            for name in CHECK_COLUMNS:
+            for name in (*CHECK_COLUMNS, *(c for c in OPTIONAL_CHECKS if c in s.checks)):
                 _put(g, name, np.asarray(s.checks[name], dtype=np.float32))
             _put(g, "valid", np.asarray(s.checks["valid"], dtype=bool))
             _set_attrs(g, {"scale": s.scale, "size": k, "count": len(s), **scale_attrs.get(s.scale, {})})
@@ -347,7 +348,7 @@ def open_kernel_bank(path: Path) -> tuple[dict, dict[int, KernelSet]]:
             source=strings(g["source"][...]),
             source_sha256=strings(g["source_sha256"][...]),
             method=strings(g["method"][...]),
-            checks={**{c: np.asarray(g[c][...]) for c in CHECK_COLUMNS}, "valid": np.asarray(g["valid"][...])},
+            checks={**{c: np.asarray(g[c][...]) for c in (*CHECK_COLUMNS, *OPTIONAL_CHECKS) if c in g}, "valid": np.asarray(g["valid"][...])},
             reason=strings(g["reason"][...]),
         )
     return dict(root.attrs), sets

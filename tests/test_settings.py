@@ -28,7 +28,7 @@ def test_defaults_follow_the_paper():
         ({"noise_rule": "reference", "pair_hr_size": 256, "noise_patch_size": 32}, "must fit in a noise patch"),
         ({"noise_rule": "fixed"}, "'adaptive' or 'reference'"),
         ({"on_empty_noise": "maybe"}, "'warn' or 'stop'"),
-        ({"kernels": "gaussian"}, "'bicubic', 'kernelgan', 'kernelgan-camera' or 'bank:PATH'"),
+        ({"kernels": "gaussian"}, "'kernelgan-fkp', 'kernelgan-fkp-camera' or 'bank:PATH'"),
         ({"kernelgan_device": "tpu"}, "String should match pattern"),
         ({"kernelgan_iterations": 0}, "greater than or equal to 1"),
         ({"out": Path("/data/photos/run")}, "must not be inside the source"),
