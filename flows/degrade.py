@@ -18,6 +18,7 @@ from realsr.flows.runtime import cluster_slots, task_runner
 from realsr.flows.settings import DegradeSettings, SettingsError, resolve
 from realsr.storage.atomic import no_retry
 from realsr.storage.images import list_images
+from realsr.storage.kernel_prior_file import PriorFileError, verify
 from realsr.steps import degrade_known as known
 from realsr.steps.degrade_noise import EmptyNoiseBank
 from realsr.steps.degrade import jpeg_summary
@@ -106,7 +107,9 @@ def degrade_flow(settings: DegradeSettings) -> dict:
     log = get_run_logger()
     try:  # a deployment run's settings: merged over the deployment's, checked here (flows/settings.py)
         settings = resolve(DegradeSettings, settings, log.info)
-    except SettingsError as e:
+        if settings.kernels.startswith("kernelgan-fkp"):  # a damaged or replaced prior: refused before any work
+            verify(settings.kernel_prior)
+    except (SettingsError, PriorFileError) as e:
         return refused(log, e)
     with staged(settings.source, settings.out, log.info) as local:
         summary, records, sheets = degrade_local(settings.model_copy(update={"source": local.source, "out": local.out}), log)

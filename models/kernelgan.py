@@ -281,11 +281,8 @@ def train_kernels(images: list[np.ndarray], cfg: KernelGANConfig, device: str = 
     b, dev = len(images), torch.device(device)
     dtype = torch.get_default_dtype()
     torch.manual_seed(cfg.seed)
-    if prior is None:
-        g, d = Generators(Generator(cfg), b).to(dev), Discriminators(Discriminator(cfg), b).to(dev)
-    else:
-        g = PriorGenerators(prior, b, cfg.seed, cfg.latent_start, cfg.latent_jitter, cfg.camera).to(dev)
-        d = Discriminators(Discriminator(cfg), b).to(dev)
+    g = Generators(Generator(cfg), b) if prior is None else PriorGenerators(prior, b, cfg.seed, cfg.latent_start, cfg.latent_jitter, cfg.camera)
+    g, d = g.to(dev), Discriminators(Discriminator(cfg), b).to(dev)  # G's weights drawn before D's, as always
     gc, dc = cfg.crop, cfg.d_crop
     for img in images:
         if problem := cfg.too_small(*img.shape[:2]):

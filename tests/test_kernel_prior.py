@@ -174,3 +174,17 @@ def test_kernelgan_fkp_is_batch_independent_and_its_camera_form_shares_one_kerne
     shared = estimate_kernels(photos, dataclasses.replace(cfg, camera=True), prior=prior)
     np.testing.assert_array_equal(shared[0].raw, shared[1].raw)
     assert 0.5 * np.abs(shared[0].raw - together[0].raw).sum() > 1e-4  # trained on both photos, not on the first
+
+
+def test_a_deployment_run_with_a_bad_prior_is_refused_in_its_first_second(tmp_path, photo_dir, prefect_server):
+    """What `prefect deployment run degrade-flow/...` runs: the flow checks the prior after its settings."""
+    from realsr.flows.degrade import degrade_flow
+    from realsr.flows.settings import DegradeSettings
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a prior")
+    (tmp_path / "bad.pt.sha256").write_text("0" * 64 + "  bad.pt\n")
+    settings = DegradeSettings(source=photo_dir, out=tmp_path / "run", kernels="kernelgan-fkp", kernel_prior=str(bad))
+    with pytest.raises(PriorFileError, match="bad.pt: kernel prior file damaged or replaced"):
+        degrade_flow(settings)
+    assert not (tmp_path / "run").exists()
