@@ -6,7 +6,8 @@ kernelgan-camera` run gives each photo's kernel and the camera's consensus kerne
 gives the total variation (0..1) of each to the true kernel, beside the bicubic kernel's.
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/realworld_kernels.py --work /tmp/rw-kernels \
-        [--cameras mild,harsh] [--budgets 500x1,1000x3] [--seed 0]
+        [--cameras mild,harsh] [--budgets 500x1,1000x3] [--seed 0] [--kernels kernelgan-fkp-camera]
+    .venv/bin/python bench/realworld_kernels.py --cameras mild --score RUN/kernels.zarr   # one existing run's bank
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 
 from realworld_x4 import CAMERAS, ROOT, SCALES, make_sets, realsr  # noqa: E402 (bench/ is the script's folder)
 
-from realsr.models.kernels import bicubic_kernel, centre_kernel
+from realsr.models.kernels import bicubic_kernel, centre_kernel, consensus_kernel
 from realsr.storage.banks import open_kernel_bank
 
 
@@ -37,26 +38,40 @@ def moments(k: np.ndarray) -> tuple[float, float, float]:
 
 
 def errors(bank: Path, truth: np.ndarray) -> dict:
-    """Per-photo KernelGAN kernels (valid ones) and the camera consensus, against the truth."""
+    """Per-photo KernelGAN kernels (valid ones) and the camera consensus, against the truth. A bank
+    of a per-photo run (`--kernels kernelgan`, `kernelgan-fkp`) gets the consensus its camera form
+    would add (`consensus_kernel`, as `steps.degrade_kernels.kernelgan_sets`)."""
     _, sets = open_kernel_bank(bank)
     ks = sets[2]
     photos = [i for i in ks.valid_indices() if ks.method[i] in ("kernelgan", "kernelgan-fkp")]
     camera = [i for i in range(len(ks.method)) if ks.method[i] in ("kernelgan-camera", "kernelgan-fkp-camera")]
+    cam = ks.kernels[camera[0]] if camera else consensus_kernel([ks.kernels[i] for i in photos])
     return {
-        "photos": len(photos), "per_photo": [tv(ks.kernels[i], truth) for i in photos], "camera": tv(ks.kernels[camera[0]], truth) if camera else None,
-        "moments_per_photo": np.mean([moments(ks.kernels[i]) for i in photos], axis=0).tolist(), "moments_camera": moments(ks.kernels[camera[0]]) if camera else None,
+        "photos": len(photos), "per_photo": [tv(ks.kernels[i], truth) for i in photos], "camera": tv(cam, truth),
+        "moments_per_photo": np.mean([moments(ks.kernels[i]) for i in photos], axis=0).tolist(), "moments_camera": moments(cam),
         "spread": [float(ks.checks["spread"][i]) for i in photos] if "spread" in ks.checks else None,
     }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--work", type=Path, help="where the camera's photos and degrade runs go (not with --score)")
     ap.add_argument("--cameras", default="mild,harsh")
     ap.add_argument("--budgets", default="500x1,1000x3", help="KernelGAN steps x seeds, comma-separated")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--kernels", default="kernelgan-camera", help="the camera form of an estimator: kernelgan-camera or kernelgan-fkp-camera")
+    ap.add_argument("--score", type=Path, help="only score this kernel bank of one camera's photos (e.g. a realworld_x4 run's), with --cameras NAME")
     args = ap.parse_args()
+    if args.score:  # an existing run: the same photos (the camera, the seed), its own estimator
+        e, truth = errors(args.score, CAMERAS[args.cameras].k2), CAMERAS[args.cameras].k2
+        pp, bic = np.array(e["per_photo"]), tv(bicubic_kernel(2, 13), truth)
+        fmt = lambda m: ", ".join(f"{v:.2f}" for v in m)  # noqa: E731
+        spread = f"{np.nanmedian(e['spread']):.3f}" if e["spread"] else "-"
+        print(f"| {args.cameras} | {args.score} | {e['photos']} | {pp.mean():.3f} | {np.median(pp):.3f} | {pp.max():.3f} | {int((pp < bic).sum())} of {len(pp)} | {e['camera']:.3f} | {bic:.3f} | "
+              f"{fmt(e['moments_per_photo'])} | {fmt(e['moments_camera'])} | {fmt(moments(truth))} | {spread} |")
+        return
+    if args.work is None:
+        ap.error("--work is needed (or --score BANK)")
     shape = ["| camera | KernelGAN | second moments xx, yy, xy (px^2): per-photo mean | camera consensus | true kernel |", "|---|---|---|---|---|"]
     rows = ["| camera | KernelGAN | photos | per-photo error mean | median | photos better than bicubic | camera consensus error | bicubic error | seconds |", "|---|---|---|---|---|---|---|---|---|"]
     for name in args.cameras.split(","):

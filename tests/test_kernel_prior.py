@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from realsr.flows.cli import main
-from realsr.models.kernel_prior import DEQUANTISE, KernelPrior, PriorConfig, train_prior, training_kernels
+from realsr.models.kernel_prior import DEQUANTISE, PriorConfig, train_prior, training_kernels
 from realsr.models.kernels import bicubic_kernel, center_of_mass
 from realsr.models.synthetic import gaussian_kernel
 from realsr.storage import kernel_prior_file
