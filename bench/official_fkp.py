@@ -27,7 +27,6 @@ import os
 import shutil
 import sys
 import time
-from pathlib import Path
 
 
 def patch_runtime(seed: int, threads: int, iterations: int | None) -> None:
@@ -57,15 +56,9 @@ def patch_runtime(seed: int, threads: int, iterations: int | None) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--repo", type=Path, required=True, help="checkout of JingyunLiang/FKP")
-    ap.add_argument("--image", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True, help="where kernel_x2.npy (and kernel_x4.npy) go")
-    ap.add_argument("--x4", action="store_true", help="the reference's --X4 (analytic x4 kernel too)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--iterations", type=int, help="stop after this many batches (smoke tests; default: its own 1000/4000)")
-    args = ap.parse_args()
+    from official_kernelgan import launcher_parser  # bench/ is the script's folder
+
+    args = launcher_parser(__doc__.split("\n")[0], "JingyunLiang/FKP", help="stop after this many batches (smoke tests; default: its own 1000/4000)").parse_args()
     os.environ.setdefault("MPLBACKEND", "Agg")
     repo = args.repo.resolve()
     prior = repo / "data" / "pretrained_models" / "FKP_x2.pt"

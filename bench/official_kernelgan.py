@@ -43,16 +43,21 @@ def patch_runtime(seed: int, threads: int) -> None:
     torch.manual_seed(seed)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--repo", type=Path, required=True, help="checkout of sefibk/KernelGAN")
+def launcher_parser(description: str, repository: str, **iterations) -> argparse.ArgumentParser:
+    """The arguments of a launcher of an official kernel estimator (this one, `official_fkp.py`)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--repo", type=Path, required=True, help=f"checkout of {repository}")
     ap.add_argument("--image", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True, help="where kernel_x2.npy (and kernel_x4.npy) go")
     ap.add_argument("--x4", action="store_true", help="the reference's --X4 (analytic x4 kernel too)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--iterations", type=int, default=3000, help="the reference's --max_iters (its default: 3000)")
-    args = ap.parse_args()
+    ap.add_argument("--iterations", type=int, **iterations)
+    return ap
+
+
+def main() -> None:
+    args = launcher_parser(__doc__.split("\n")[0], "sefibk/KernelGAN", default=3000, help="the reference's --max_iters (its default: 3000)").parse_args()
     os.environ.setdefault("MPLBACKEND", "Agg")
     patch_runtime(args.seed, args.threads)
     sys.path.insert(0, str(args.repo.resolve()))

@@ -13,12 +13,13 @@ from pathlib import Path
 import dask
 from prefect import flow, get_run_logger, unmapped
 
+from realsr.flows import preflight
 from realsr.flows.artifacts import image_markdown, outcome, publish, refused, warning_markdown
 from realsr.flows.runtime import cluster_slots, task_runner
 from realsr.flows.settings import DegradeSettings, SettingsError, resolve
 from realsr.storage.atomic import no_retry
 from realsr.storage.images import list_images
-from realsr.storage.kernel_prior_file import PriorFileError, verify
+from realsr.storage.kernel_prior_file import PriorFileError
 from realsr.steps import degrade_known as known
 from realsr.steps.degrade_noise import EmptyNoiseBank
 from realsr.steps.degrade import jpeg_summary
@@ -107,8 +108,7 @@ def degrade_flow(settings: DegradeSettings) -> dict:
     log = get_run_logger()
     try:  # a deployment run's settings: merged over the deployment's, checked here (flows/settings.py)
         settings = resolve(DegradeSettings, settings, log.info)
-        if settings.kernels.startswith("kernelgan-fkp"):  # a damaged or replaced prior: refused before any work
-            verify(settings.kernel_prior)
+        preflight.kernel_prior(settings)
     except (SettingsError, PriorFileError) as e:
         return refused(log, e)
     with staged(settings.source, settings.out, log.info) as local:

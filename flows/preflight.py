@@ -20,7 +20,13 @@ def degrade(settings) -> None:
     check_remote_folder(settings.out) if is_url(settings.out) else check_run_dir(Path(settings.out))
     if settings.kernels.startswith("bank:"):
         open_kernel_bank(Path(settings.kernels[5:]))
-    if settings.kernels.startswith("kernelgan-fkp"):  # a damaged or replaced prior file: refused before any work
+    kernel_prior(settings)
+
+
+def kernel_prior(settings) -> None:
+    """A damaged or replaced prior file of the kernelgan-fkp sources: refused before any work
+    (by the command line here, and by degrade-flow's deployment runs in their first second)."""
+    if settings.kernels.startswith("kernelgan-fkp"):
         from realsr.storage.kernel_prior_file import verify
 
         verify(settings.kernel_prior)

@@ -70,7 +70,7 @@ class DegradeSpec:
         if self.uses_prior:  # the prior's file by content: another prior, another kernel
             from realsr.storage.kernel_prior_file import verify, sha256_of
 
-            prior = {"prior_sha256": sha256_of(verify(self.kernel_prior))}
+            prior = {"prior_sha256": sha256_of(verify(self.kernel_prior))}  # hashed once per file, not per photo
         return {"stage": "kernelgan", "version": f"{STAGE_VERSION}.{VERSION}", "iterations": self.kernelgan_iterations, "seed": self.seed, **seeds, **prior}
 
     def pairs_key_fields(self) -> dict:

@@ -9,6 +9,7 @@ check is refused with one line naming it, before any photo is touched.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 from pathlib import Path
@@ -27,7 +28,14 @@ class PriorFileError(ValueError):
 
 
 def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """The file's sha256, hashed once per state of the file (a run asks for it per photo's cache key)."""
+    st = Path(path).stat()
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def expected_sha256(path: Path) -> str:
@@ -45,12 +53,13 @@ def resolve(spec: str) -> Path:
     return BUILTIN if spec == "builtin" else Path(spec).expanduser()
 
 
-def verify(spec: str) -> Path:
-    """Check a prior file's presence and sha256 (cheap: no torch); raises PriorFileError."""
+def verify(spec: str, data: bytes | None = None) -> Path:
+    """Check a prior file's presence and sha256 (cheap: no torch); raises PriorFileError.
+    `data`: the file's bytes when the caller has read them (checked as they are, then used)."""
     path = resolve(spec)
     if not path.is_file():
         raise PriorFileError(f"{path}: kernel prior file not found")
-    want, got = expected_sha256(path), sha256_of(path)
+    want, got = expected_sha256(path), (sha256_of(path) if data is None else hashlib.sha256(data).hexdigest())
     if got != want:
         raise PriorFileError(f"{path}: kernel prior file damaged or replaced (sha256 {got[:16]}..., expected {want[:16]}...)")
     return path
@@ -58,9 +67,11 @@ def verify(spec: str) -> Path:
 
 def load(spec: str = "builtin") -> tuple[KernelPrior, dict]:
     """The verified prior (eval mode, CPU) and its training record."""
-    path = verify(spec)
+    path = resolve(spec)
+    data = path.read_bytes() if path.is_file() else None
+    verify(spec, data)  # the bytes that are loaded are the bytes that were checked
     try:
-        blob = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
+        blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         cfg = PriorConfig(**blob["config"])
         prior = KernelPrior(cfg)
         prior.load_state_dict(blob["state_dict"])
@@ -68,7 +79,7 @@ def load(spec: str = "builtin") -> tuple[KernelPrior, dict]:
         raise PriorFileError(f"{path}: not a kernel prior this version can read ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
     if blob.get("record", {}).get("version") != PRIOR_VERSION:
         raise PriorFileError(f"{path}: kernel prior of version {blob.get('record', {}).get('version')!r}, this version reads {PRIOR_VERSION!r}: retrain it")
-    return prior.eval(), dict(blob["record"], sha256=sha256_of(path))
+    return prior.eval(), dict(blob["record"], sha256=hashlib.sha256(data).hexdigest())
 
 
 def save(prior: KernelPrior, cfg: PriorConfig, record: dict, path: Path) -> str:
