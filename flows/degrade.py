@@ -18,7 +18,8 @@ from realsr.flows.artifacts import image_markdown, outcome, publish, refused, wa
 from realsr.flows.runtime import cluster_slots, task_runner
 from realsr.flows.settings import DegradeSettings, SettingsError, resolve
 from realsr.storage.atomic import no_retry
-from realsr.storage.images import list_images
+from realsr.storage.image_formats import RAW_NOTE, processed_photos
+from realsr.storage.images import SRGB_NOTE, list_images
 from realsr.storage.kernel_prior_file import PriorFileError
 from realsr.steps import degrade_known as known
 from realsr.steps.degrade_noise import EmptyNoiseBank
@@ -148,7 +149,9 @@ def degrade_local(settings: DegradeSettings, log) -> tuple[dict, list[dict], dic
     t0 = time.perf_counter()
     sources, ignored = list_images(settings.source.resolve())
     if not sources:
-        raise ValueError(f"no images found in {settings.source} (looked for png, jpg, tif, webp, bmp, ...)")
+        raise ValueError(f"no images found in {settings.source} (looked for png, jpg, heic, avif, tif, webp, bmp, dng, ...)")
+    if settings.kernels.startswith("kernelgan") and not processed_photos(sources):
+        raise ValueError(f"{settings.source} holds only RAW files (DNG): they are clean HR sources; KernelGAN and the noise bank need the camera's own processed photos (HEIC, JPEG) beside them")
     run = RunDir(claim_run_dir(Path(settings.out).resolve(), settings.model_dump(mode="json"), source=settings.source))
     log.info(f"{len(sources)} source images in {settings.source}; run folder {run.root}")
     spec = settings.spec()
@@ -165,7 +168,7 @@ def degrade_local(settings: DegradeSettings, log) -> tuple[dict, list[dict], dic
     tk = time.perf_counter()
     kernel_records, kernel_failed, kernel_futures, to_estimate = [], [], None, []
     if settings.kernels.startswith("kernelgan"):  # one more fan-out, beside clean-up and noise extraction
-        kernel_records, to_estimate = known.split_kernels(sources, run, spec, index)
+        kernel_records, to_estimate = known.split_kernels(processed_photos(sources), run, spec, index)
         kernel_batches = kernelgan_batches(to_estimate, settings.kernelgan_batch)
         with dask.annotate(priority=-1):  # workers run clean-up first (see flows.runtime)
             kernel_futures = t.estimate_kernels.map(kernel_batches, unmapped(run), unmapped(spec), unmapped(settings.kernelgan_device))
@@ -217,6 +220,7 @@ def degrade_local(settings: DegradeSettings, log) -> tuple[dict, list[dict], dic
         "skipped": skipped + pair_failed,
         "ignored_files": [{"file": str(p), "reason": why} for p, why in ignored],
         "converted": [{"source": r["source"], "notes": r["notes"]} for r in records if r["notes"]],
+        "colour": colour_summary(records),
         "too_small_for_pairs": [r["source"] for r in pairs if not r["rows"]],
         "largest_clean_hr": max((min(r["hr_size"]) for r in records if r.get("hr_size")), default=0),  # px, its shorter side
         "kernel_bank": kernels,
@@ -230,6 +234,24 @@ def degrade_local(settings: DegradeSettings, log) -> tuple[dict, list[dict], dic
     sheets = bank_sheets(run, log)
     summary["sheets"] = {k: str(v) for k, v in sheets.items()}
     return summary, records, sheets
+
+
+def colour_summary(records: list[dict]) -> dict:
+    """How many photos were converted to sRGB from their ICC profile (by profile), and how many are RAW."""
+    profiles: dict[str, int] = {}
+    for r in records:
+        for n in r["notes"]:
+            if n.startswith(SRGB_NOTE):
+                name = n.removeprefix(SRGB_NOTE).strip()
+                profiles[name] = profiles.get(name, 0) + 1
+    return {"converted_to_srgb": sum(profiles.values()), "profiles": profiles, "raw_sources": sum(1 for r in records if RAW_NOTE in r["notes"])}
+
+
+def colour_line(c: dict) -> str:
+    line = f"- colour: {c['converted_to_srgb']} photo(s) converted to sRGB from their ICC profile" + (" (" + ", ".join(f"{k}: {v}" for k, v in sorted(c["profiles"].items())) + ")" if c["profiles"] else "")
+    if c["raw_sources"]:
+        line += f"; {c['raw_sources']} RAW (DNG) file(s) as clean HR sources only (no noise patches, no kernel)"
+    return line
 
 
 def jpeg_line(j: dict) -> str:
@@ -250,6 +272,7 @@ def summary_markdown(s: dict) -> str:
         *([f"- **WARNING: {s['noise_bank']['warning']}**"] if s["noise_bank"].get("warning") else []),
         f"- pairs: {s['pairs']['pairs']} in `{s['pairs']['path']}`",
         *([jpeg_line(s["jpeg"])] if s.get("jpeg") else []),
+        *([colour_line(s["colour"])] if s.get("colour") else []),
         "",
         "| stage | seconds |",
         "|---|---|",

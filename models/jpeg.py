@@ -70,3 +70,17 @@ def recompress(image: np.ndarray, quality: int) -> np.ndarray:
     if not ok:
         raise ValueError("JPEG encoding failed")
     return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]).astype(np.float32) / 255.0
+
+
+def heic_recompress(image: np.ndarray, quality: int) -> np.ndarray:
+    """RGB float32 in [0, 1] through a HEIC encode/decode at `quality` (pillow-heif's x265, 4:2:0):
+    the artefacts of the phones that write HEIC, for sources whose quality no table records."""
+    import io
+
+    import pillow_heif
+
+    heif = pillow_heif.from_bytes(mode="RGB", size=(image.shape[1], image.shape[0]), data=np.ascontiguousarray(to_uint8(image)).tobytes())
+    buf = io.BytesIO()
+    heif.save(buf, quality=int(quality))
+    back = pillow_heif.open_heif(io.BytesIO(buf.getvalue()), convert_hdr_to_8bit=True)
+    return np.asarray(back[0]).astype(np.float32) / 255.0

@@ -98,8 +98,9 @@ def prepare_source(path: Path, run: RunDir, s: DegradeSpec, log: Log = _quiet) -
     need = s.cleanup_factor * s.scale
     if h < need or w < need:
         raise BadImageError(path, f"{w}x{h} is too small for clean-up x{s.cleanup_factor} and scale x{s.scale}")
-    # noise extraction reads the *source* (the sensor noise lives there), as collect_noise.py
-    table, noise = extract_noise(src.rgb, src.opaque, s.noise)
+    # noise extraction reads the *source* (the sensor noise lives there), as collect_noise.py; a
+    # RAW file's noise is the sensor's before the camera's processing, not the photos' it hands out
+    table, noise = extract_noise(src.rgb, np.zeros(src.rgb.shape[:2], bool) if src.raw else src.opaque, s.noise)
     hr = crop_to_multiple(clean_up(src.rgb, s.cleanup_factor), s.scale)
     clean_path = run.clean_hr / f"{name}.png"
     write_png(clean_path, to_uint8(hr))

@@ -11,7 +11,7 @@ resumed with `resume='auto'` ends with the same weights as one never interrupted
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -22,10 +22,12 @@ from realsr.models.devices import resolve_device, training_precision, use_comput
 from realsr.models.discriminators import DiscriminatorConfig
 from realsr.models.rrdbnet import RRDBConfig
 from realsr.models.training import LossWeights, Schedule, Trainer, train_tail
+from realsr.steps.train_heic import choose_heic_quality, is_heic, with_heic_quality
 from realsr.steps.train_data import DataConfig, DegradedCrops, TrainingDataError, batches, run_scale, training_images, validation_crops
 from realsr.steps.train_report import LOSS_VALUES, RunRecords, write_validation_set
 from realsr.steps.train_setup import build_d, build_generator, build_perceptual, changed_settings, claim_train_dir, comparable, vgg19_path
 from realsr.storage.atomic import write_json
+from realsr.storage.images import read_image
 from realsr.storage.run_dir import RunDir
 from realsr.storage.train_state import MODELS, newest_complete, prune_checkpoints, save_checkpoint
 
@@ -127,6 +129,11 @@ def set_up(spec: TrainSpec) -> Session:
     found = training_images(run, c.hr_size, spec.cadence.val_crops, spec.cadence.val_images, c.seed)  # checks hr_size against the scale
     train_images, held, notes = found.train, found.held, found.notes
     data = DegradedCrops(run, train_images, DataConfig(scale, c.hr_size, c.seed, c.kernel_per, c.noise, c.noise_match_brightness, c.jpeg, c.jpeg_range))
+    if c.jpeg == "auto" and any(is_heic(im.source) for im in train_images + [h.image for h in held]):
+        quality, why = choose_heic_quality(data, train_images, c.seed, lambda p: read_image(p).rgb)
+        notes.append(why)
+        train_images, held = with_heic_quality(train_images, quality), [replace(h, image=with_heic_quality([h.image], quality)[0]) for h in held]
+        data.images = train_images
     if c.noise and not data.noise_count:
         notes.append(f"the noise bank {run.noise} is EMPTY: training LR gets no noise (rerun degrade with --noise-rule adaptive, or pass --no-noise to silence this)")
     val = validation_crops(data, held)

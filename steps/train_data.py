@@ -47,6 +47,7 @@ class TrainImage:
     kernel_index: int  # into the kernel bank's set of the run's scale: the one degrade-flow gave the image
     jpeg_quality: int | None
     size: tuple[int, int] = (0, 0)  # (height, width) of the clean HR
+    heic_quality: int | None = None  # a HEIC source's re-compression, as measured (steps/train_heic.py)
 
 
 @dataclass(frozen=True)
@@ -246,12 +247,13 @@ class DegradedCrops(torch.utils.data.Dataset):
         flip, turns = rng.integers(2), int(rng.integers(4))
         hr = np.ascontiguousarray(np.rot90(hr[:, ::-1] if flip else hr, turns))
         k = im.kernel_index if c.kernel_per == "image" else int(self.valid[rng.integers(len(self.valid))])
-        lr, info = self.degrade(hr, k, im.jpeg_quality if c.jpeg == "auto" else None, rng, jitter=True)
+        quality, codec = recompression(im, c)
+        lr, info = self.degrade(hr, k, quality, rng, jitter=True, codec=codec)
         return lr, hr, {"image": im.name, "position": [y, x], "flip": int(flip), "turns": turns, **info}
 
-    def degrade(self, hr: np.ndarray, k: int, quality: int | None, rng: np.random.Generator, jitter: bool) -> tuple[np.ndarray, dict]:
-        """HR crop -> LR: kernel `k`, subsampling, a noise crop drawn with `rng`, 8 bits, JPEG at
-        `quality` (moved by up to `jpeg_range` with `jitter`, drawn last)."""
+    def degrade(self, hr: np.ndarray, k: int, quality: int | None, rng: np.random.Generator, jitter: bool, codec: str = "jpeg") -> tuple[np.ndarray, dict]:
+        """HR crop -> LR: kernel `k`, subsampling, a noise crop drawn with `rng`, 8 bits, JPEG (or
+        HEIC, `codec`) at `quality` (moved by up to `jpeg_range` with `jitter`, drawn last)."""
         c = self.cfg
         lr = degrade(hr, self.kernels[k], c.scale)
         info = {"kernel_index": k, "noise_id": "", "jpeg_quality": None}
@@ -263,13 +265,27 @@ class DegradedCrops(torch.utils.data.Dataset):
         if quality:
             if jitter:
                 quality = int(np.clip(quality + rng.integers(-c.jpeg_range, c.jpeg_range + 1), 10, 100))
-            lr = recompress(lr, quality)
-            info["jpeg_quality"] = quality
+            if codec == "heic":
+                from realsr.models.jpeg import heic_recompress
+
+                lr = heic_recompress(lr, quality)
+                info["heic_quality"] = quality
+            else:
+                lr = recompress(lr, quality)
+                info["jpeg_quality"] = quality
         return lr, info
 
     def __getitem__(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         lr, hr, _ = self.sample(n)
         return torch.from_numpy(lr.transpose(2, 0, 1).copy()), torch.from_numpy(hr.transpose(2, 0, 1).copy())
+
+
+def recompression(im: TrainImage, c: DataConfig) -> tuple[int | None, str]:
+    """(quality, codec) of an image's LR re-compression: its JPEG's own quality, or the measured
+    HEIC choice; none with jpeg 'off'."""
+    if c.jpeg != "auto":
+        return None, "jpeg"
+    return (im.jpeg_quality, "jpeg") if im.jpeg_quality else (im.heic_quality, "heic")
 
 
 def _worker_init(parent: int, _: int) -> None:
@@ -311,7 +327,7 @@ def validation_crops(data: DegradedCrops, held: list[HeldOut]) -> list[tuple[str
         for j, (y, x) in enumerate(h.positions):
             hr = full[y : y + c.hr_size, x : x + c.hr_size].astype(np.float32) / 255.0
             rng = np.random.default_rng([c.seed, VALIDATION_STREAM, len(out)])
-            quality = h.image.jpeg_quality if c.jpeg == "auto" else None
-            lr, _ = data.degrade(hr, h.image.kernel_index, quality, rng, jitter=False)
+            quality, codec = recompression(h.image, c)
+            lr, _ = data.degrade(hr, h.image.kernel_index, quality, rng, jitter=False, codec=codec)
             out.append((f"{h.image.name}_v{j:02d}", lr, hr))
     return out

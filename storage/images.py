@@ -12,10 +12,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from realsr.storage import image_formats as formats
 from realsr.storage.atomic import write_bytes
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2", ".gif"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2", ".gif", *formats.HEIF_SUFFIXES, *formats.RAW_SUFFIXES}
 ALPHA_NOTE = "alpha channel ignored; transparent pixels excluded from noise patches"  # degrade's use of it
+SRGB_NOTE = "converted to sRGB from its ICC profile:"  # the summaries count the photos with this note
 
 
 def is_image_name(rel: str) -> bool:
@@ -48,9 +50,14 @@ class SourceImage:
     notes: list[str] = field(default_factory=list)
     alpha: np.ndarray | None = None  # (H, W) float32 in [0, 1] when the file has an alpha channel
     gray: bool = False  # the file is single-channel
+    icc: bytes | None = None  # the file's embedded ICC profile, as found
+    exif: bytes | None = None  # the file's raw EXIF block
+    srgb_from: str | None = None  # the profile the pixels were converted to sRGB from (None: not converted)
+    raw: bool = False  # a camera RAW (DNG): a clean HR source only
 
 
 EXIF_ORIENTATION = 0x0112
+DNG_VERSION = 50706  # the TIFF tag that makes a TIFF a DNG
 
 
 def exif_orientation(data: bytes) -> int:
@@ -119,6 +126,8 @@ def list_images(folder: Path, recursive: bool = True) -> tuple[list[Path], list[
                 left_out.append((p, "a link that leads nowhere (broken or a loop)"))
             elif p.suffix.lower() in IMAGE_SUFFIXES:
                 images.append(p)
+            elif p.suffix.lower() in formats.OTHER_RAW:
+                left_out.append((p, f"a camera RAW ({p.suffix}): only DNG is read (through rawpy); convert it to DNG"))
             else:
                 left_out.append((p, f"not an image type ({p.suffix or 'no extension'})"))
     return sorted(images), sorted(left_out)
@@ -171,6 +180,9 @@ def image_header(data: bytes) -> ImageHeader | None:
 
     from PIL import Image, UnidentifiedImageError
 
+    kind = formats.container(data, "")
+    if kind == "heif":
+        formats.register_heif()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -180,6 +192,8 @@ def image_header(data: bytes) -> ImageHeader | None:
                     with Image.open(io.BytesIO(data)) as im:
                         w, h, frames, mode, fmt = im.size[0], im.size[1], int(getattr(im, "n_frames", 1)), im.mode, im.format
                         bits = getattr(im, "tag_v2", {}).get(258, (8,)) if fmt == "TIFF" else (8,)
+                        if fmt == "TIFF" and DNG_VERSION in im.tag_v2:
+                            return None  # a DNG: PIL reads the size of its preview (rawpy's decoder checks the size)
                 finally:
                     Image.MAX_IMAGE_PIXELS = saved
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
@@ -193,12 +207,14 @@ def image_header(data: bytes) -> ImageHeader | None:
     return ImageHeader(w, h, frames, channels, sample)
 
 
-def decode_image(path: Path | str, data: bytes, max_pixels: int = 200_000_000, upright: bool = False) -> SourceImage:
+def decode_image(path: Path | str, data: bytes, max_pixels: int = 200_000_000, upright: bool = False, to_srgb: bool = True) -> SourceImage:
     """Decode bytes into RGB float32; gray, 16-bit, alpha, palette and CMYK are converted, with notes.
 
     The size is read from the header first: an image over `max_pixels` is refused before a byte
     of it is decoded (a 600 KB PNG can hold 14500x14500 pixels). `upright` applies the EXIF
-    orientation (what a viewer shows); degrade-flow reads pixels as stored.
+    orientation (what a viewer shows); degrade-flow reads pixels as stored (HEIC's own rotation,
+    which its decoder always applies, aside). `to_srgb` converts pixels from an embedded ICC
+    profile other than sRGB (every step computes in sRGB); False leaves them in the file's own.
     """
     path = Path(path)
     if not data:
@@ -207,17 +223,22 @@ def decode_image(path: Path | str, data: bytes, max_pixels: int = 200_000_000, u
     header = header_size(data)
     if header and header[0] * header[1] > max_pixels:
         raise BadImageError(path, f"{header[0]}x{header[1]} is over the {max_pixels / 1e6:g} MP limit (--max-megapixels)")
-    buf = np.frombuffer(data, dtype=np.uint8)
-    try:
-        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    except cv2.error as e:
-        raise BadImageError(path, f"cannot decode ({str(e).strip().splitlines()[-1]})") from None
+    if kind := formats.container(data, path.suffix):
+        try:
+            img = formats.decode(kind, data, max_pixels)
+        except formats.FormatError as e:
+            raise BadImageError(path, str(e)) from None
+    else:
+        try:
+            img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        except cv2.error as e:
+            raise BadImageError(path, f"cannot decode ({str(e).strip().splitlines()[-1]})") from None
     if img is None or img.size == 0:
         raise BadImageError(path, "not a readable image (corrupt or unsupported format)")
     h, w = img.shape[:2]
     if h * w > max_pixels:
         raise BadImageError(path, f"{w}x{h} is over the {max_pixels / 1e6:g} MP limit (--max-megapixels)")
-    notes: list[str] = []
+    notes: list[str] = [formats.RAW_NOTE] if kind == "raw" else []
     if header and header[2] > 1:
         notes.append(f"animated ({header[2]} frames): the first frame only")
     if img.dtype == np.uint8:
@@ -252,11 +273,20 @@ def decode_image(path: Path | str, data: bytes, max_pixels: int = 200_000_000, u
             notes.append(ALPHA_NOTE)
     else:
         raise BadImageError(path, f"{channels} channels are not supported")
+    icc, exif = formats.metadata(data) if kind != "raw" else (None, None)
+    srgb_from = None
+    if to_srgb and icc and channels != 1 and depth != 32 and not formats.is_srgb(icc):
+        try:
+            rgb = formats.to_srgb(rgb, icc)
+        except formats.FormatError as e:
+            raise BadImageError(path, str(e)) from None
+        srgb_from = formats.profile_name(icc)
+        notes.append(f"{SRGB_NOTE} {srgb_from}")
     rgb = rgb.astype(np.float32)
     rgb *= np.float32(1.0 / scale)
     if depth == 32:
         np.clip(rgb, 0.0, 1.0, out=rgb)
-    return SourceImage(str(path), sha256_bytes(data), rgb, opaque, depth, notes, alpha, channels == 1)
+    return SourceImage(str(path), sha256_bytes(data), rgb, opaque, depth, notes, alpha, channels == 1, icc, exif, srgb_from, kind == "raw")
 
 
 def jpeg_quality(data: bytes) -> dict | None:
