@@ -4,6 +4,7 @@
   realsr inspect RUN_DIR/kernels.zarr|noise.zarr [--sheet OUT.png]
   realsr upscale -i IN -o OUT [--model PATH|NAME] [-s OUTSCALE] [-t TILE] [--tile-pad P] ...
   realsr blend A B ALPHA -o OUT.pth        network interpolation: (1 - ALPHA) A + ALPHA B
+  realsr export MODEL [-o OUTDIR] [--onnx] [--ncnn] [--safetensors] [--fp16]   verified exports + a model card
   realsr evaluate --lr DIR [--hr DIR] --model CKPT [--model CKPT ...] --out DIR [-s 4]
   realsr train RUN_DIR --out TRAIN_DIR [--preset paper|finetune|finetune-cpu|cpu-small|test-tiny] [--init CKPT] [--auto-resume]
   realsr weights list | fetch [NAME ...] | verify   the released and backbone weights, verified by sha256
@@ -41,7 +42,7 @@ def _positive(text: str) -> float:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from realsr.flows import cli_degrade, cli_kernels, cli_pipeline, cli_train, cli_weights, stack
+    from realsr.flows import cli_degrade, cli_export, cli_kernels, cli_pipeline, cli_train, cli_weights, stack
     from realsr.flows.cli_fields import add_fields, field_default
     from realsr.flows.settings import EvaluateSettings
 
@@ -60,7 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--tile-pad", type=int, default=48, help="context around each tile, px (more: closer to untiled output)")
     u.add_argument("--fp32", action="store_true", help="fp32 on the GPU too (default there: fp16)")
     u.add_argument("--bf16", action="store_true", help="bf16 instead of fp16 on the GPU")
-    u.add_argument("--ext", default="auto", choices=["auto", "png", "jpg"], help="output format; auto keeps the input's (PNG where alpha or 16-bit needs it)")
+    u.add_argument("--format", dest="format", default="auto", choices=["auto", "png", "jpg", "webp", "heic"], help="output format; auto keeps the input's; PNG where the format holds no alpha or 16 bits (heic: pip install 'realsr-pipeline[heic]')")
+    u.add_argument("--ext", dest="format", default=argparse.SUPPRESS, choices=["auto", "png", "jpg", "webp", "heic"], help="deprecated: the same as --format")
+    u.add_argument("--quality", type=int, default=None, choices=range(1, 101), metavar="1-100", help="JPEG, WebP, HEIC and AVIF quality (default 95; WebP lossless unless given, 100: lossless)")
+    u.add_argument("--profile", default="srgb", choices=["srgb", "keep"], help="srgb: colours converted to sRGB, an sRGB ICC profile written (also for untagged inputs); keep: the input's own profile kept, colours untouched")
     u.add_argument("--suffix", default="out", help="appended to output file names ('' for none)")
     u.add_argument("--alpha", default="model", choices=["model", "bicubic"], help="how an alpha channel is upscaled")
     u.add_argument("--batch", type=int, default=4, help="same-sized small images per forward pass (1: one at a time)")
@@ -84,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, type=Path, help=fields["out"].description)
     add_fields(e, EvaluateSettings, _EVALUATE_SKIP, field_default, short={"scale": "-s", "tile": "-t"})
     cli_train.add_parser(sub)
+    cli_export.add_parser(sub)
     cli_weights.add_parser(sub)
     cli_kernels.add_parser(sub)
     cli_pipeline.add_parser(sub)
@@ -107,7 +112,7 @@ def run_upscale(args) -> int:
 
     precision = "fp32" if args.fp32 else ("bf16" if args.bf16 else "fp16")
     opts = UpscaleOptions(
-        outscale=args.outscale, tile=args.tile, tile_pad=args.tile_pad, precision=precision, ext=args.ext, suffix=args.suffix, alpha=args.alpha, batch=max(1, args.batch),
+        outscale=args.outscale, tile=args.tile, tile_pad=args.tile_pad, precision=precision, ext=args.format, quality=args.quality, profile=args.profile, suffix=args.suffix, alpha=args.alpha, batch=max(1, args.batch),
         overwrite=args.overwrite, max_megapixels=args.max_megapixels, max_memory_gb=args.max_memory,
     )
     log = lambda m: tqdm.write(m, file=sys.stderr)  # noqa: E731
@@ -210,6 +215,10 @@ def _main(argv: list[str] | None) -> int:
             from realsr.flows.cli_train import run_train
 
             return run_train(args)
+        if args.command == "export":
+            from realsr.flows.cli_export import run_export
+
+            return run_export(args)
         if args.command == "weights":
             from realsr.flows.cli_weights import run_weights
 

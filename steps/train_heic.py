@@ -1,13 +1,16 @@
 """Training's re-compression for HEIC sources, whose encoder quality no file records.
 
 A JPEG's quality can be read back from its tables (models/jpeg.py) and training re-compresses each
-LR at it. A HEIC keeps no such number, and HEVC's artefacts (smoothed texture, no 8x8 blocks) are
-not JPEG's. So the choice is measured: training-made LR crops of the HEIC photos are re-encoded by
-the HEIC encoder at a few qualities, and the candidate (none included) whose texture statistic is
-nearest the HEIC sources' own wins. The statistic is the ratio of fine detail (Laplacian) to edge
-strength (gradient) on luma: compression lowers it, sensor noise raises it, and both the kernel
-and the noise of the LR are the camera's already. The decision and its numbers go to the run's
-notes.
+LR at it. A HEIC keeps no such number, and HEVC's artefacts (smoothed fine texture, no 8x8 blocks)
+are not JPEG's. So the choice is measured, by how much of an image's fine detail survives one
+more HEIC encoding at a low probe quality ("survival": |Laplacian| over gradient on luma, after
+over before, pooled over crops). A photo the phone already compressed hard has little left to
+lose (survival near 1); an uncompressed one loses much. Survival compares photos of different
+sharpness and resolution (a camera's full-size photo and a 4x smaller training LR) where the
+detail statistic alone does not: that is what it was chosen for (BENCHMARKS.md). Training-made LR
+crops of the HEIC photos are re-encoded at each candidate quality, and the candidate (none
+included) whose survival is nearest the sources' own wins. The decision and its numbers go to
+the run's notes.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import numpy as np
 from realsr.storage.image_formats import HEIF_SUFFIXES
 from realsr.storage.images import BadImageError
 
-CANDIDATES = (None, 30, 50, 70, 90)  # pillow-heif qualities; None: no re-compression
+CANDIDATES = (None, 30, 40, 50, 70, 90)  # pillow-heif qualities; None: no re-compression
+PROBE = 30  # the probe's quality: survival tells apart sources written above it
 PHOTOS, CROPS = 6, 8  # HEIC photos measured, crops of each
 
 
@@ -37,6 +41,19 @@ def texture_sums(rgb: np.ndarray) -> np.ndarray:
 def texture_ratio(sums: list[np.ndarray]) -> float:
     total = np.sum(sums, axis=0)
     return float(total[0] / max(total[1], 1e-6))
+
+
+def survival_sums(rgb: np.ndarray) -> np.ndarray:
+    """A crop's texture sums before and after one more HEIC encoding at PROBE: (4,)."""
+    from realsr.models.jpeg import heic_recompress
+
+    return np.concatenate([texture_sums(rgb), texture_sums(heic_recompress(rgb, PROBE))])
+
+
+def survival(sums: list[np.ndarray]) -> float:
+    """The pooled share of fine detail that survives the probe's encoding."""
+    total = np.sum(sums, axis=0)
+    return texture_ratio([total[2:]]) / max(texture_ratio([total[:2]]), 1e-6)
 
 
 def is_heic(source: str) -> bool:
@@ -66,22 +83,21 @@ def choose_heic_quality(data, images: list, seed: int, read_source) -> tuple[int
         for _ in range(CROPS):  # the same places of the photo in the source and in its clean HR
             u, v = rng.random(2)
             y, x = (int(f * max(0, n - lr_size)) for f, n in zip((u, v), src.shape[:2]))
-            real.append(texture_sums(src[y : y + lr_size, x : x + lr_size]))
+            real.append(survival_sums(src[y : y + lr_size, x : x + lr_size]))
             y, x = (int(f * (n - c.hr_size)) for f, n in zip((u, v), full.shape[:2]))
             hr = full[y : y + c.hr_size, x : x + c.hr_size].astype(np.float32) / 255.0
             lr, _ = data.degrade(hr, im.kernel_index, None, np.random.default_rng([seed, len(real)]), jitter=False)
             for q in CANDIDATES:
-                made[q].append(texture_sums(lr if q is None else heic_recompress(lr, q)))
+                made[q].append(survival_sums(lr if q is None else heic_recompress(lr, q)))
     if not real:
         return None, f"HEIC sources: none of the {len(heics)} measured is readable now, so no re-compression"
-    target = texture_ratio(real)
-    score = {q: texture_ratio(v) for q, v in made.items()}
-    # HEVC's signature is fine detail lost: sources with as much as uncompressed LR show none of it
-    # (x265's ringing can nudge the ratio up, which is no reason to re-compress)
-    best = None if target >= score[None] else min(CANDIDATES, key=lambda q: (abs(score[q] - target), q is not None))  # ties: none
+    target = survival(real)
+    score = {q: survival(v) for q, v in made.items()}
+    # sources as fragile as uncompressed LR show no compression to imitate
+    best = None if target <= score[None] else min(CANDIDATES, key=lambda q: (abs(score[q] - target), q is not None))  # ties: none
     numbers = ", ".join(f"{'none' if q is None else f'q{q}'} {score[q]:.3f}" for q in CANDIDATES)
     said = "none" if best is None else f"the HEIC encoder at quality {best}"
-    why = f"HEIC sources ({measured} measured): re-compression {said}, its LR texture ratio nearest the sources' {target:.3f} ({numbers})"
+    why = f"HEIC sources ({measured} measured): re-compression {said}, its LR's detail survival under a q{PROBE} HEIC encoding nearest the sources' {target:.3f} ({numbers})"
     return best, why
 
 

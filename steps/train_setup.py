@@ -19,6 +19,7 @@ from realsr.storage.weights import WeightsError, require
 MARKER = "train.json"
 PATH_SETTINGS = ("run_dir", "out", "init", "d_init", "vgg19_weights", "lpips_alexnet")
 NAMED = ("init", "d_init")  # a path, or a released weight's name
+SPANDREL_GROWTH = 32  # the only RRDB growth spandrel (chaiNNer's loader) builds: it reads no growth from the file
 
 
 def claim_train_dir(out: Path, settings: dict, resume: str) -> Path:
@@ -68,7 +69,10 @@ def build_generator(init: str | None, shape: RRDBConfig, seed: int) -> tuple[tor
         gen = load_rrdb(init, expect_scale=shape.scale)
         return gen.model.train(), f"init from {gen.describe()}"
     torch.manual_seed(seed)
-    return RRDBNet(shape), f"from scratch: RRDBNet {shape.num_block} blocks, {shape.num_feat} features, growth {shape.num_grow_ch}, x{shape.scale}"
+    desc = f"from scratch: RRDBNet {shape.num_block} blocks, {shape.num_feat} features, growth {shape.num_grow_ch}, x{shape.scale}"
+    if shape.num_grow_ch != SPANDREL_GROWTH:  # spandrel builds every ESRGAN with growth 32 (tests/test_clients.py)
+        desc += f" (chaiNNer and other spandrel-based tools load only growth {SPANDREL_GROWTH}; `realsr export` takes it to ONNX and ncnn)"
+    return RRDBNet(shape), desc
 
 
 def build_d(cfg: DiscriminatorConfig, init: str | None) -> tuple[torch.nn.Module, str]:

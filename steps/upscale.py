@@ -2,8 +2,9 @@
 
 A file or a folder; each image keeps what it was: gray stays gray, 16-bit stays 16-bit, alpha is
 upscaled on its own (by the model, or bicubic), the EXIF orientation is applied first. Small
-images of one size go through the network together. A bad file fails alone with its reason; the
-others finish and the summary lists it. An image is planned from its header before it is
+images of one size go through the network together. The output keeps the photo's EXIF (its
+orientation reset) and carries an ICC profile (`output_meta`). A bad file fails alone with its
+reason; the others finish and the summary lists it. An image is planned from its header before it is
 decoded: one that would not fit in memory whole is tiled, one that would not fit at all is
 refused (steps/upscale_plan.py). Outputs replace only what upscale wrote (its record).
 """
@@ -21,10 +22,12 @@ import torch
 
 from realsr.models.tiling import run_batch, tile_count, to_dtype, upscale
 from realsr.storage.atomic import write_bytes
+from realsr.storage.image_formats import is_srgb, profile_name
+from realsr.storage.image_write import HOLDS_ALPHA, encode_image, icc_space, srgb_icc, upright_exif
 from realsr.storage.checkpoints import LoadedGenerator
-from realsr.storage.images import ALPHA_NOTE, BadImageError, ImageHeader, SourceImage, decode_image, image_header, read_bytes
+from realsr.storage.images import ALPHA_NOTE, SRGB_NOTE, BadImageError, ImageHeader, SourceImage, decode_image, image_header, read_bytes
 from realsr.steps.upscale_plan import (  # noqa: F401  (UpscaleOptions, UpscaleError, inputs: this module's API too)
-    Plan, UpscaleError, UpscaleOptions, activation_bytes, inputs, keep_reason, memory_plan, output_path, plan_outputs,
+    Plan, UpscaleError, UpscaleOptions, activation_bytes, check_options, inputs, keep_reason, memory_plan, output_path, plan_outputs,
 )
 
 
@@ -72,10 +75,44 @@ def upscale_notes(img: SourceImage, target: Path, planned: Path, opts: UpscaleOp
         "16-bit, converted to float": "16-bit, written 16-bit",
         "float image, clipped to [0, 1]": "float image, clipped to [0, 1], written 8-bit",
     }
-    notes = [said.get(n, n) for n in img.notes]
+    notes = [said.get(n, n) for n in img.notes if not n.startswith(SRGB_NOTE)]  # output_meta says it
     if target.suffix.lower() != planned.suffix.lower():
-        notes.append(f"written as {target.suffix.lstrip('.').upper()}: {planned.suffix.lstrip('.').upper()} holds no {'alpha' if img.alpha is not None else '16 bits'}")
+        held = planned.suffix.lower().lstrip(".") in HOLDS_ALPHA
+        notes.append(f"written as {target.suffix.lstrip('.').upper()}: {planned.suffix.lstrip('.').upper()} holds no {'alpha' if img.alpha is not None and not held else '16 bits'}")
     return notes
+
+
+def output_meta(img: SourceImage, out: np.ndarray, opts: UpscaleOptions) -> tuple[bytes | None, bytes | None, dict[str, str]]:
+    """The ICC profile and EXIF (orientation reset, size updated) the output carries, with a
+    note on each by "icc"/"exif".
+
+    By default the pixels are sRGB (converted on reading where the file had another profile) and
+    the output says so with an sRGB profile, also where the input had none: a colour-managed
+    viewer then shows what the product computed rather than its own guess for an untagged file.
+    With --profile keep the pixels were read in the file's own profile and the output carries
+    that profile byte for byte. A profile the reader did not convert from (gray, float) stays."""
+    colour = out.ndim == 3 and out.shape[2] >= 3
+    icc, notes = None, {}
+    if img.srgb_from:
+        icc, notes["icc"] = srgb_icc(), f"sRGB profile written (converted from {img.srgb_from})"
+    elif img.icc and icc_space(img.icc) == ("RGB" if colour else "GRAY"):
+        if opts.profile == "srgb" and colour and is_srgb(img.icc):
+            icc = srgb_icc()
+        else:
+            icc, notes["icc"] = img.icc, f"input profile kept ({profile_name(img.icc)})"
+    else:
+        icc = srgb_icc() if colour else None  # no RGB profile fits a gray image
+        if img.icc:
+            notes["icc"] = f"input ICC profile ({icc_space(img.icc) or '?'}) not written: it does not fit a {'colour' if colour else 'gray'} image"
+    exif = None
+    if img.exif:
+        fixed = upright_exif(img.exif, (out.shape[1], out.shape[0]))
+        if fixed is None:
+            notes["exif"] = "EXIF not kept: not readable as TIFF"
+        else:
+            exif, turned = fixed
+            notes["exif"] = "EXIF kept" + (" (orientation reset)" if turned != 1 else "")
+    return icc, exif, notes
 
 
 def torch_dtype(precision: str, device: torch.device) -> torch.dtype:
@@ -135,15 +172,15 @@ def finish(img: SourceImage, rgb: np.ndarray, alpha: np.ndarray | None, scale: i
     return out
 
 
-def encode(out: np.ndarray, path: Path) -> bytes:
-    """RGB(A)/gray samples to file bytes by the path's suffix (JPEG at quality 95)."""
-    if out.ndim == 3:
-        out = cv2.cvtColor(out, cv2.COLOR_RGBA2BGRA if out.shape[2] == 4 else cv2.COLOR_RGB2BGR)
-    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if path.suffix.lower() in (".jpg", ".jpeg") else []
-    ok, buf = cv2.imencode(path.suffix.lower(), out, params)
-    if not ok:
-        raise OSError(f"{path}: encoding failed")
-    return buf.tobytes()
+def encode(img: SourceImage, out: np.ndarray, path: Path, opts: UpscaleOptions) -> tuple[bytes, list[str]]:
+    """RGB(A)/gray samples to file bytes by the path's suffix, with the profile and EXIF of
+    `output_meta`; and the notes on them (what was kept, what the format could not hold)."""
+    icc, exif, said = output_meta(img, out, opts)
+    try:
+        data, lost = encode_image(out, path.suffix, opts.quality, icc, exif)
+    except (OSError, ValueError) as e:
+        raise OSError(f"{path.suffix.lstrip('.').upper()} encoding failed ({e})") from None
+    return data, [n for k, n in said.items() if k not in lost] + list(lost.values())
 
 
 def _reason(e: Exception) -> str:
@@ -163,7 +200,7 @@ def read_planned(path: Path, gen: LoadedGenerator, opts: UpscaleOptions, per_px:
     header = image_header(data)
     if header is not None:
         tile, note = memory_plan(path, header, gen.scale, opts, per_px, device_bytes)
-    img = decode_image(path, data, int(opts.max_megapixels * 1e6), upright=True)
+    img = decode_image(path, data, int(opts.max_megapixels * 1e6), upright=True, to_srgb=opts.profile != "keep")
     if header is None:  # a format PIL does not know: planned from the decoded pixels
         h, w = img.rgb.shape[:2]
         channels = 4 if img.alpha is not None else (1 if img.gray else 3)
@@ -229,13 +266,13 @@ def upscale_paths(
                     report.kept.append({"source": str(path), "output": str(target), "reason": why})
                     log(f"not written {path}: {why}")
                     continue
-                data = encode(result, target)
+                data, written = encode(img, result, target, opts)
                 plan.record.record(target, data, str(path))
                 write_bytes(target, data, durable=False)
             except _FAILURES as e:
                 fail(path, e)
                 continue
-            notes = upscale_notes(img, target, plan.targets[path], opts)
+            notes = upscale_notes(img, target, plan.targets[path], opts) + written
             report.written.append({"source": str(path), "output": str(target), "size": [int(result.shape[1]), int(result.shape[0])], "seconds": round(secs, 3), "notes": notes})
             log(f"{path} -> {target} ({result.shape[1]}x{result.shape[0]}, {secs:.1f} s)")
 
@@ -278,6 +315,7 @@ def upscale_files(
     from realsr.models.devices import resolve_device, use_compute_threads
     from realsr.storage.checkpoints import load_generator
 
+    check_options(opts)  # a missing encoder is refused before any work
     dev = resolve_device(device)
     use_compute_threads()
     opts = replace(opts, precision="fp32" if dev.type == "cpu" else opts.precision)  # half precision is slow on CPUs

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import torch
 
+from realsr.storage import image_write
 from realsr.storage.images import BadImageError, ImageHeader, list_images
 from realsr.storage.output_record import OutputRecord
 
 MANIFEST = ".realsr-upscale.json"  # in the output folder: the files upscale wrote there
-WRITABLE = ("png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp")
+WRITABLE = ("png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp", "heic", "heif", "avif")
+FORMATS = ("auto", "png", "jpg", "webp", "heic")  # --format's choices
 AUTO_TILES = (1024, 512, 256, 128, 64, 32)  # tried in turn when a whole image does not fit
 
 
@@ -29,7 +31,9 @@ class UpscaleOptions:
     tile_pad: int = 48
     overlap: int = 16
     precision: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16
-    ext: str = "auto"  # auto (the input's, PNG where alpha or 16-bit needs it), png, jpg
+    ext: str = "auto"  # --format: auto (the input's), png, jpg, webp, heic; PNG where alpha or 16-bit needs it
+    quality: int | None = None  # JPEG, WebP, HEIC, AVIF; None: 95, and WebP lossless (OpenCV's default, as before)
+    profile: str = "srgb"  # srgb: colours converted, sRGB profile written; keep: the input's profile and colours
     suffix: str = "out"
     alpha: str = "model"  # model or bicubic
     max_megapixels: float = 200.0
@@ -41,6 +45,19 @@ class UpscaleOptions:
 
 class UpscaleError(ValueError):
     """Settings that would lose or overwrite files; found before any image is computed."""
+
+
+def check_options(opts: UpscaleOptions) -> None:
+    """Options refused before any work: a format whose encoder is missing, a quality or profile
+    mode that does not exist."""
+    if opts.ext not in FORMATS and opts.ext not in WRITABLE:
+        raise UpscaleError(f"--format {opts.ext}: choose one of {', '.join(FORMATS)}")
+    if opts.ext in ("heic", "heif") and not image_write.heic_available():
+        raise UpscaleError(image_write.HEIC_MISSING)
+    if opts.quality is not None and not 1 <= opts.quality <= 100:
+        raise UpscaleError(f"--quality {opts.quality}: between 1 and 100")
+    if opts.profile not in ("srgb", "keep"):
+        raise UpscaleError(f"--profile {opts.profile}: srgb or keep")
 
 
 def inputs(path: Path) -> tuple[list[Path], list[dict]]:
@@ -56,10 +73,11 @@ def inputs(path: Path) -> tuple[list[Path], list[dict]]:
 
 
 def output_path(src: Path, out: Path, opts: UpscaleOptions, many: bool, img=None) -> Path:
-    """Where `src`'s result goes; with `img`, a JPEG name turns PNG where alpha or 16 bits need it."""
+    """Where `src`'s result goes; with `img`, the name turns PNG where the format cannot hold its
+    alpha (JPEG) or its 16 bits (all but PNG and TIFF; HEIC's 10 bits would still lose some)."""
     ext = opts.ext if opts.ext != "auto" else (src.suffix.lower().lstrip(".") or "png")
-    if img is not None and ext in ("jpg", "jpeg") and (img.alpha is not None or img.bit_depth == 16):
-        ext = "png"  # JPEG holds neither alpha nor 16 bits
+    if img is not None and ((img.alpha is not None and ext not in image_write.HOLDS_ALPHA) or (img.bit_depth == 16 and ext not in image_write.HOLDS_16)):
+        ext = "png"
     if ext not in WRITABLE:
         ext = "png"
     name = f"{src.stem}_{opts.suffix}.{ext}" if opts.suffix else f"{src.stem}.{ext}"

@@ -252,7 +252,8 @@ def decode_image(path: Path | str, data: bytes, max_pixels: int = 200_000_000, u
     else:
         raise BadImageError(path, f"unsupported sample type {img.dtype}")
     if upright and (turn := exif_orientation(data)) != 1:
-        img = apply_orientation(img, turn)
+        if kind is not None or data[:4] not in (b"II*\x00", b"MM\x00*"):  # OpenCV's TIFF decoder turns TIFFs itself
+            img = apply_orientation(img, turn)
         notes.append(f"EXIF orientation {turn} applied")
     if img.ndim == 2:
         img = img[..., None]
