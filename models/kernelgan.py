@@ -270,6 +270,10 @@ def estimate_kernels(images: list[np.ndarray], cfg: KernelGANConfig = KernelGANC
 def train_kernels(images: list[np.ndarray], cfg: KernelGANConfig, device: str = "cpu", progress=None, prior=None) -> list[KernelEstimate]:
     """One training run of every image at `cfg.seed`, all in one loop.
 
+    Long on purpose (the issue-36 limit is 60 lines): it is the reference's training step in the
+    reference's order, and its kernels are pinned bitwise (tests/test_kernel_golden.py), which any
+    reordering of its float arithmetic moves; set-up and finishing are already split out.
+
     Each image has its own G, D, crops, noise and loss weights, all from the seed's draws, and
     gets exactly the kernel it gets alone (bitwise on the CPU). `progress(iteration, losses)` is called every 500 iterations. An image whose
     losses stop being finite is reported with the step (`diverged_at`); it cannot disturb the

@@ -219,88 +219,97 @@ def upscale_paths(
     that is itself the problem fails. Each output is recorded in the folder's record before it
     is written, and is written only where nothing upscale did not write is in the way.
     """
-    plan = plan or plan_outputs(paths, Path(out), opts)
-    report = UpscaleReport(skipped=list(plan.skipped), kept=list(plan.kept))
-    if plan.record.problem:
-        log(plan.record.problem)
-    many = len(paths) > 1
-    taken = {str(t.resolve()).lower(): p for p, t in plan.targets.items()}
-    read = {p.resolve() for p in plan.targets} | {Path(k["source"]).resolve() for k in plan.kept}  # the user's inputs (not earlier outputs)
-    per_px = activation_bytes(gen.model, gen.scale, torch_dtype(opts.precision, device))
-    device_bytes = int(0.85 * torch.cuda.get_device_properties(device).total_memory) if device.type == "cuda" else None  # the rest: weights, allocator
-    tiles: dict[Path, int] = {}
+    run = _Run(paths, Path(out), gen, opts, device, bar, log, plan or plan_outputs(paths, Path(out), opts))
     pending: list[tuple[Path, SourceImage]] = []
-
-    def fail(path: Path, e: Exception) -> None:
-        report.failed.append({"source": str(path), "reason": _reason(e)})
-        log(f"FAILED {path}: {_reason(e)}")
-
-    def run(group: list[tuple[Path, SourceImage]]) -> None:
-        t0 = time.perf_counter()
-        imgs = [img for _, img in group]
-        one = replace(opts, tile=tiles[group[0][0]]) if len(group) == 1 else opts
-        h, w = imgs[0].rgb.shape[:2]
-        per_image = tile_count(h, w, one.tile, one.overlap) if len(imgs) == 1 else 1
-        if per_image > 1:
-            log(f"{group[0][0]}: {w}x{h} in {per_image} tiles of {one.tile} px")
-        if bar is not None:
-            bar.reset(total=per_image * (2 if imgs[0].alpha is not None and opts.alpha == "model" else 1) * (1 if len(imgs) == 1 else len(imgs)))
-            bar.set_description(group[0][0].name[:30] + (f" +{len(group) - 1}" if len(group) > 1 else ""))
+    for path in run.plan.targets:
         try:
-            results = upscale_images(imgs, gen, one, device, bar.update if bar is not None else None)
+            img, run.tiles[path], note = read_planned(path, gen, opts, run.per_px, run.device_bytes)
         except _FAILURES as e:
-            if len(group) == 1:
-                return fail(group[0][0], e)
-            log(f"a batch of {len(group)} failed ({_reason(e)}); one at a time")
-            for item in group:
-                run([item])
-            return
-        secs = (time.perf_counter() - t0) / len(group)
-        for (path, img), result in zip(group, results):
-            try:
-                target = output_path(path, Path(out), opts, many, img)
-                if taken.get(str(target.resolve()).lower(), path) != path:  # turned PNG onto another input's name
-                    raise OSError(f"its output {target.name} is the output of {taken[str(target.resolve()).lower()].name}")
-                why = f"its output {target.name} is an input of this run (not overwritten)" if target.resolve() in read else keep_reason(target, plan.record, opts.overwrite)
-                if why:  # turned PNG onto a file, or one appeared since the plan
-                    report.kept.append({"source": str(path), "output": str(target), "reason": why})
-                    log(f"not written {path}: {why}")
-                    continue
-                data, written = encode(img, result, target, opts)
-                plan.record.record(target, data, str(path))
-                write_bytes(target, data, durable=False)
-            except _FAILURES as e:
-                fail(path, e)
-                continue
-            notes = upscale_notes(img, target, plan.targets[path], opts) + written
-            report.written.append({"source": str(path), "output": str(target), "size": [int(result.shape[1]), int(result.shape[0])], "seconds": round(secs, 3), "notes": notes})
-            log(f"{path} -> {target} ({result.shape[1]}x{result.shape[0]}, {secs:.1f} s)")
-
-    def flush() -> None:
-        if pending:
-            run(pending[:])
-            pending.clear()
-
-    for path in plan.targets:
-        try:
-            img, tiles[path], note = read_planned(path, gen, opts, per_px, device_bytes)
-        except _FAILURES as e:
-            fail(path, e)
+            run.fail(path, e)
             continue
         if note:
             img.notes.append(note)
             log(f"{path}: {note}")
-        key = batch_key(img, opts, tiles[path])
-        if pending and (key is None or key != batch_key(pending[0][1], opts, tiles[pending[0][0]])):
-            flush()
+        key = batch_key(img, opts, run.tiles[path])
+        if pending and (key is None or key != batch_key(pending[0][1], opts, run.tiles[pending[0][0]])):
+            run.group(pending[:])
+            pending.clear()
         if key is None:
-            run([(path, img)])
+            run.group([(path, img)])
             continue
         pending.append((path, img))
         if len(pending) >= opts.batch:
-            flush()
-    flush()
-    return report
+            run.group(pending[:])
+            pending.clear()
+    if pending:
+        run.group(pending)
+    return run.report
+
+
+class _Run:
+    """One `upscale_paths` call's state: the plan, the report, each image's tile."""
+
+    def __init__(self, paths: list[Path], out: Path, gen: LoadedGenerator, opts: UpscaleOptions, device: torch.device, bar, log, plan: Plan):
+        self.out, self.gen, self.opts, self.device, self.bar, self.log, self.plan = out, gen, opts, device, bar, log, plan
+        self.report = UpscaleReport(skipped=list(plan.skipped), kept=list(plan.kept))
+        if plan.record.problem:
+            log(plan.record.problem)
+        self.many = len(paths) > 1
+        self.taken = {str(t.resolve()).lower(): p for p, t in plan.targets.items()}
+        self.read = {p.resolve() for p in plan.targets} | {Path(k["source"]).resolve() for k in plan.kept}  # the user's inputs (not earlier outputs)
+        self.per_px = activation_bytes(gen.model, gen.scale, torch_dtype(opts.precision, device))
+        self.device_bytes = int(0.85 * torch.cuda.get_device_properties(device).total_memory) if device.type == "cuda" else None  # the rest: weights, allocator
+        self.tiles: dict[Path, int] = {}
+
+    def fail(self, path: Path, e: Exception) -> None:
+        self.report.failed.append({"source": str(path), "reason": _reason(e)})
+        self.log(f"FAILED {path}: {_reason(e)}")
+
+    def group(self, group: list[tuple[Path, SourceImage]]) -> None:
+        """Upscale images together; a failed batch goes again one image at a time."""
+        t0 = time.perf_counter()
+        imgs, opts, bar = [img for _, img in group], self.opts, self.bar
+        one = replace(opts, tile=self.tiles[group[0][0]]) if len(group) == 1 else opts
+        h, w = imgs[0].rgb.shape[:2]
+        per_image = tile_count(h, w, one.tile, one.overlap) if len(imgs) == 1 else 1
+        if per_image > 1:
+            self.log(f"{group[0][0]}: {w}x{h} in {per_image} tiles of {one.tile} px")
+        if bar is not None:
+            bar.reset(total=per_image * (2 if imgs[0].alpha is not None and opts.alpha == "model" else 1) * (1 if len(imgs) == 1 else len(imgs)))
+            bar.set_description(group[0][0].name[:30] + (f" +{len(group) - 1}" if len(group) > 1 else ""))
+        try:
+            results = upscale_images(imgs, self.gen, one, self.device, bar.update if bar is not None else None)
+        except _FAILURES as e:
+            if len(group) == 1:
+                return self.fail(group[0][0], e)
+            self.log(f"a batch of {len(group)} failed ({_reason(e)}); one at a time")
+            for item in group:
+                self.group([item])
+            return
+        secs = (time.perf_counter() - t0) / len(group)
+        for (path, img), result in zip(group, results):
+            self.write(path, img, result, secs)
+
+    def write(self, path: Path, img: SourceImage, result: np.ndarray, secs: float) -> None:
+        """One output, where nothing upscale did not write is in the way; recorded first."""
+        opts, plan = self.opts, self.plan
+        try:
+            target = output_path(path, self.out, opts, self.many, img)
+            if self.taken.get(str(target.resolve()).lower(), path) != path:  # turned PNG onto another input's name
+                raise OSError(f"its output {target.name} is the output of {self.taken[str(target.resolve()).lower()].name}")
+            why = f"its output {target.name} is an input of this run (not overwritten)" if target.resolve() in self.read else keep_reason(target, plan.record, opts.overwrite)
+            if why:  # turned PNG onto a file, or one appeared since the plan
+                self.report.kept.append({"source": str(path), "output": str(target), "reason": why})
+                self.log(f"not written {path}: {why}")
+                return
+            data, written = encode(img, result, target, opts)
+            plan.record.record(target, data, str(path))
+            write_bytes(target, data, durable=False)
+        except _FAILURES as e:
+            return self.fail(path, e)
+        notes = upscale_notes(img, target, plan.targets[path], opts) + written
+        self.report.written.append({"source": str(path), "output": str(target), "size": [int(result.shape[1]), int(result.shape[0])], "seconds": round(secs, 3), "notes": notes})
+        self.log(f"{path} -> {target} ({result.shape[1]}x{result.shape[0]}, {secs:.1f} s)")
 
 
 def upscale_files(

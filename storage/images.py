@@ -217,6 +217,35 @@ def decode_image(path: Path | str, data: bytes, max_pixels: int = 200_000_000, u
     profile other than sRGB (every step computes in sRGB); False leaves them in the file's own.
     """
     path = Path(path)
+    kind, img, header = _decode_pixels(path, data, max_pixels)
+    notes: list[str] = [formats.RAW_NOTE] if kind == "raw" else []
+    if header and header[2] > 1:
+        notes.append(f"animated ({header[2]} frames): the first frame only")
+    depth, scale = _sample_depth(path, img, notes)
+    if upright and (turn := exif_orientation(data)) != 1:
+        if kind is not None or data[:4] not in (b"II*\x00", b"MM\x00*"):  # OpenCV's TIFF decoder turns TIFFs itself
+            img = apply_orientation(img, turn)
+        notes.append(f"EXIF orientation {turn} applied")
+    rgb, opaque, alpha, channels = _split_alpha(path, img[..., None] if img.ndim == 2 else img, depth, scale, data[:4] == b"GIF8", notes)
+    icc, exif = formats.metadata(data) if kind != "raw" else (None, None)
+    srgb_from = None
+    if to_srgb and icc and channels != 1 and depth != 32 and not formats.is_srgb(icc):
+        try:
+            rgb = formats.to_srgb(rgb, icc)
+        except formats.FormatError as e:
+            raise BadImageError(path, str(e)) from None
+        srgb_from = formats.profile_name(icc)
+        notes.append(f"{SRGB_NOTE} {srgb_from}")
+    rgb = rgb.astype(np.float32)
+    rgb *= np.float32(1.0 / scale)
+    if depth == 32:
+        np.clip(rgb, 0.0, 1.0, out=rgb)
+    return SourceImage(str(path), sha256_bytes(data), rgb, opaque, depth, notes, alpha, channels == 1, icc, exif, srgb_from, kind == "raw")
+
+
+def _decode_pixels(path: Path, data: bytes, max_pixels: int) -> tuple[str | None, np.ndarray, tuple[int, int, int] | None]:
+    """(the container kind or None for OpenCV's formats, the pixels in OpenCV's layout, the
+    header's (w, h, frames)); the size is checked from the header before decoding and after."""
     if not data:
         raise BadImageError(path, "empty file")
     _check_complete(path, data)
@@ -238,56 +267,39 @@ def decode_image(path: Path | str, data: bytes, max_pixels: int = 200_000_000, u
     h, w = img.shape[:2]
     if h * w > max_pixels:
         raise BadImageError(path, f"{w}x{h} is over the {max_pixels / 1e6:g} MP limit (--max-megapixels)")
-    notes: list[str] = [formats.RAW_NOTE] if kind == "raw" else []
-    if header and header[2] > 1:
-        notes.append(f"animated ({header[2]} frames): the first frame only")
+    return kind, img, header
+
+
+def _sample_depth(path: Path, img: np.ndarray, notes: list[str]) -> tuple[int, float]:
+    """(bits, full scale) of the samples, noting a conversion."""
     if img.dtype == np.uint8:
-        depth, scale = 8, 255.0
-    elif img.dtype == np.uint16:
-        depth, scale = 16, 65535.0
+        return 8, 255.0
+    if img.dtype == np.uint16:
         notes.append("16-bit, converted to float")
-    elif img.dtype == np.float32:
-        depth, scale = 32, 1.0
+        return 16, 65535.0
+    if img.dtype == np.float32:
         notes.append("float image, clipped to [0, 1]")
-    else:
-        raise BadImageError(path, f"unsupported sample type {img.dtype}")
-    if upright and (turn := exif_orientation(data)) != 1:
-        if kind is not None or data[:4] not in (b"II*\x00", b"MM\x00*"):  # OpenCV's TIFF decoder turns TIFFs itself
-            img = apply_orientation(img, turn)
-        notes.append(f"EXIF orientation {turn} applied")
-    if img.ndim == 2:
-        img = img[..., None]
+        return 32, 1.0
+    raise BadImageError(path, f"unsupported sample type {img.dtype}")
+
+
+def _split_alpha(path: Path, img: np.ndarray, depth: int, scale: float, gif: bool, notes: list[str]):
+    """(RGB, opaque mask, alpha in [0, 1], channels) of HWC pixels in OpenCV's order."""
     channels = img.shape[2]
-    opaque = alpha = None
     if channels == 1:
         notes.append("gray, replicated to RGB")
-        rgb = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    elif channels == 3:
-        rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    elif channels == 4:
-        opaque = img[..., 3] >= (scale if depth != 32 else 1.0)
-        rgb = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-        if data[:4] == b"GIF8" and opaque.all():  # OpenCV gives every GIF an alpha channel
-            opaque = None
-        else:
-            alpha = np.clip(img[..., 3].astype(np.float32) / np.float32(scale), 0, 1)
-            notes.append(ALPHA_NOTE)
-    else:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB), None, None, 1
+    if channels == 3:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB), None, None, 3
+    if channels != 4:
         raise BadImageError(path, f"{channels} channels are not supported")
-    icc, exif = formats.metadata(data) if kind != "raw" else (None, None)
-    srgb_from = None
-    if to_srgb and icc and channels != 1 and depth != 32 and not formats.is_srgb(icc):
-        try:
-            rgb = formats.to_srgb(rgb, icc)
-        except formats.FormatError as e:
-            raise BadImageError(path, str(e)) from None
-        srgb_from = formats.profile_name(icc)
-        notes.append(f"{SRGB_NOTE} {srgb_from}")
-    rgb = rgb.astype(np.float32)
-    rgb *= np.float32(1.0 / scale)
-    if depth == 32:
-        np.clip(rgb, 0.0, 1.0, out=rgb)
-    return SourceImage(str(path), sha256_bytes(data), rgb, opaque, depth, notes, alpha, channels == 1, icc, exif, srgb_from, kind == "raw")
+    opaque = img[..., 3] >= (scale if depth != 32 else 1.0)
+    rgb = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    if gif and opaque.all():  # OpenCV gives every GIF an alpha channel
+        return rgb, None, None, 4
+    alpha = np.clip(img[..., 3].astype(np.float32) / np.float32(scale), 0, 1)
+    notes.append(ALPHA_NOTE)
+    return rgb, opaque, alpha, 4
 
 
 def jpeg_quality(data: bytes) -> dict | None:
