@@ -23,7 +23,8 @@ import numpy as np
 from PIL import Image
 
 from realsr.flows.cli import main as realsr
-from realsr.steps.train_data import DataConfig, DegradedCrops, training_images
+from realsr.flows.train_settings import train_spec
+from realsr.steps.train_data import DegradedCrops, training_images
 from realsr.steps.train_heic import CANDIDATES, choose_heic_quality
 from realsr.storage.images import read_image
 from realsr.storage.run_dir import RunDir
@@ -54,7 +55,7 @@ def main() -> None:
             run = Path(tmp) / f"run_q{q}"
             assert realsr(["degrade", "--source", str(src), "--out", str(run), "--kernels", "bicubic", "--workers", "1"]) == 0
             found = training_images(RunDir(run), args.hr_size, 0)
-            data = DegradedCrops(RunDir(run), found.train, DataConfig(4, args.hr_size, 0))
+            data = DegradedCrops(RunDir(run), found.train, train_spec(scale=4, hr_size=args.hr_size, seed=0).data)
             t0 = time.perf_counter()
             chosen, why = choose_heic_quality(data, found.train, 0, lambda p: read_image(p).rgb)
             rows.append({"written_at": q, "chosen": chosen, "why": why, "seconds": round(time.perf_counter() - t0, 2), "photos": [p.name for p in photos]})

@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data"
 
+from realsr.flows.settings import degrade_spec  # noqa: E402
 from realsr.models.degradation import noise_crop, select_noise_patches  # noqa: E402
 from realsr.models.noise import BRIGHTNESS_BINS, assemble_noise, block_stats, brightness_matched, luma, noise_cells, select_noise_tiles  # noqa: E402
 from realsr.storage.images import read_image  # noqa: E402
@@ -151,13 +152,15 @@ def extract(rule: str, photo: np.ndarray) -> dict:
     """One photo's bank part: per patch the luma noise as injection adds it, brightness, RGB noise."""
     t = time.perf_counter()
     if rule.startswith("reference"):
-        p = int(rule.split("-")[1]) if "-" in rule else 256
-        sel, _ = select_noise_patches(photo, p, p, 20.0, 0.0)
+        r = degrade_spec(noise_rule="reference").noise  # the settings' values
+        p = int(rule.split("-")[1]) if "-" in rule else r.patch_size
+        sel, _ = select_noise_patches(photo, p, p, r.max_var, r.min_mean)
         noise = [photo[y : y + p, x : x + p] * 255.0 for y, x in zip(sel["y"], sel["x"])]
         noise = [p - p.mean((0, 1)) for p in noise]
         brightness, at = sel["mean"], list(zip(sel["y"], sel["x"]))
     else:
-        tiles = select_noise_tiles(photo)
+        r = degrade_spec().noise
+        tiles = select_noise_tiles(photo, r.tile, r.tolerance, r.max_per_image)
         noise, brightness, at = list(tiles.residual), tiles.brightness, list(zip(tiles.y, tiles.x))
     return _bank_part(noise, brightness, time.perf_counter() - t, at)
 

@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from realsr.flows.train_settings import TrainSettings  # noqa: E402
-from realsr.models.discriminators import DiscriminatorConfig, build_discriminator  # noqa: E402
-from realsr.models.training import LossWeights, Schedule, Trainer  # noqa: E402
+from realsr.models.discriminators import build_discriminator  # noqa: E402
+from realsr.models.training import Trainer  # noqa: E402
 from realsr.storage.run_dir import RunDir  # noqa: E402
-from realsr.steps.train_data import DataConfig, DegradedCrops, loader, run_scale, training_images  # noqa: E402
+from realsr.steps.train_data import DegradedCrops, loader, run_scale, training_images  # noqa: E402
 from realsr.steps.train_setup import build_generator, build_perceptual  # noqa: E402
 
 
@@ -51,7 +51,8 @@ def main() -> None:
     run = RunDir(args.run_dir)
     scale = run_scale(run)
     images = training_images(run, s.hr_size, s.val_crops, s.val_images, s.seed).train
-    data = DegradedCrops(run, images, DataConfig(scale, s.hr_size, s.seed, s.kernel_per, s.noise, s.noise_match_brightness, s.jpeg, s.jpeg_range))
+    spec = s.spec(scale)
+    data = DegradedCrops(run, images, spec.data)
     n = args.iterations
     rows = {}
 
@@ -59,10 +60,10 @@ def main() -> None:
     batches = list(loader(data, s.batch_size, 0, n, s.workers))
     rows["loader"] = time.perf_counter() - t
 
-    nets = s.spec().nets
+    nets, r = spec.nets, spec.recipe
     g, desc = build_generator(nets.init, nets.g_shape(scale), s.seed)
-    d = build_discriminator(DiscriminatorConfig(s.discriminator, s.d_feat))
-    trainer = Trainer(g, d, build_perceptual(s.vgg19_weights), LossWeights(s.pixel_weight, s.perceptual_weight, s.gan_weight), Schedule(s.lr_g, s.lr_d))
+    d = build_discriminator(nets.d)
+    trainer = Trainer(g, d, build_perceptual(s.vgg19_weights), r.losses, r.schedule, r.ema_decay)  # the preset's losses and schedule
     lr, hr = batches[0]
     trainer.step(lr, hr)  # warm-up: first-call allocations
     t = time.perf_counter()

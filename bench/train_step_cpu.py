@@ -132,13 +132,15 @@ def build_step_variant(name: str, lr, hr):
 
     import torch
 
-    from realsr.models.training import LossWeights, Schedule, Trainer
+    from realsr.flows.train_settings import train_spec
+    from realsr.models.training import Trainer
 
     amp, cl = (None, True) if name.startswith("fp32") else (torch.bfloat16, True)
     g, d, perceptual = networks(lr, cl)
     if name.startswith("partial G"):
         g = partial_g(g, TRAINABLE_BLOCKS, "compiled" in name)
-    trainer = Trainer(g, d, perceptual, LossWeights(), Schedule(lr_g=5e-5), 0.999, "cpu", amp)
+    r = train_spec(lr_g=5e-5).recipe  # the paper's losses, the fine-tune's G learning rate
+    trainer = Trainer(g, d, perceptual, r.losses, r.schedule, r.ema_decay, "cpu", amp)
     if name.startswith("compile"):
         mode = "max-autotune-no-cudagraphs" if "max-autotune" in name else None
         trainer.g, trainer.d, trainer.perceptual = (torch.compile(m, mode=mode) for m in (g, d, perceptual))
@@ -164,13 +166,14 @@ def real_batch(run: Path | None, batch: int, hr_size: int, seed: int = 0):
 
 
 def dataset(run: Path, hr_size: int, seed: int):
-    from realsr.steps.train_data import DataConfig, DegradedCrops, run_scale, training_images
+    from realsr.flows.train_settings import train_spec
+    from realsr.steps.train_data import DegradedCrops, run_scale, training_images
     from realsr.storage.run_dir import RunDir
 
     rd = RunDir(run)
     scale = run_scale(rd)
     found = training_images(rd, hr_size, 16, 0, seed)
-    return DegradedCrops(rd, found.train, DataConfig(scale, hr_size, seed))
+    return DegradedCrops(rd, found.train, train_spec(scale=scale, hr_size=hr_size, seed=seed).data)
 
 
 def step_group(args) -> list[dict]:
@@ -228,13 +231,15 @@ def loop_one(args, name: str) -> dict:
 
     threads, workers, _ = LOOP_VARIANTS[name]
     torch.set_num_threads(threads)
-    from realsr.models.training import LossWeights, Schedule, Trainer
+    from realsr.flows.train_settings import train_spec
+    from realsr.models.training import Trainer
     from realsr.steps.train_data import batches
 
     start = other_load()
     data = dataset(args.run, args.hr_size, 0)
     g, d, perceptual = networks(None, True)
-    trainer = Trainer(g, d, perceptual, LossWeights(), Schedule(lr_g=5e-5), 0.999, "cpu", torch.bfloat16)
+    r = train_spec(lr_g=5e-5).recipe
+    trainer = Trainer(g, d, perceptual, r.losses, r.schedule, r.ema_decay, "cpu", torch.bfloat16)
     t_data = 0.0
     stamps = []
     with batches(data, args.batch, 0, args.warmup + args.steps, workers) as it:

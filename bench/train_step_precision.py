@@ -31,12 +31,14 @@ def one(config: str, batch: int, hr_size: int, steps: int, threads: int) -> dict
     from train_step_cpu import networks  # bench/ is this script's folder: the same G, D and loss
 
     from realsr.models.devices import cpu_flags
-    from realsr.models.training import LossWeights, Schedule, Trainer
+    from realsr.flows.train_settings import train_spec
+    from realsr.models.training import Trainer
 
     torch.set_num_threads(threads)
     bf16, cl = CONFIGS[config]
     g, d, perceptual = networks(None, cl)
-    trainer = Trainer(g, d, perceptual, LossWeights(), Schedule(lr_g=5e-5), 0.999, "cpu", torch.bfloat16 if bf16 else None)
+    r = train_spec(lr_g=5e-5).recipe  # the paper's losses, the fine-tune's G learning rate
+    trainer = Trainer(g, d, perceptual, r.losses, r.schedule, r.ema_decay, "cpu", torch.bfloat16 if bf16 else None)
     torch.manual_seed(0)
     lr, hr = torch.rand(batch, 3, hr_size // 4, hr_size // 4), torch.rand(batch, 3, hr_size, hr_size)
     if cl:

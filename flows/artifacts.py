@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
+from realsr.models.errors import RealsrError
 from realsr.steps.sheets import preview
 
 
@@ -47,7 +48,7 @@ def publish(log, markdown: str | None = None, key: str = "", description: str = 
         log.warning(f"artifacts not published: {e}")
 
 
-class NothingUsable(ValueError):
+class NothingUsable(RealsrError, ValueError):
     """A stage ran but made nothing a later stage can use: its flow run ends Failed, the CLI exits 2."""
 
 

@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
     x.add_argument("--force", action="store_true", help="replace files of the same names in OUTDIR")
 
 
-def run_export(args) -> int:
+def run(args) -> int:
     """0: every format kept; 1: some refused; 2: none kept (or refused before any work)."""
     from realsr.flows.exit_codes import outcome
     from realsr.models.devices import use_compute_threads

@@ -53,3 +53,19 @@ def given(args: argparse.Namespace, model, skip: set[str]) -> dict:
 def field_default(name: str, field) -> str:
     """' (default X)', unless the description already says what the default is."""
     return "" if "default" in (field.description or "") else f" (default {field.default})"
+
+
+def share(text: str) -> float:
+    """An argparse type: a number between 0 and 1 (a blend's share)."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
+
+
+def positive(text: str) -> float:
+    """An argparse type: a number above 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value

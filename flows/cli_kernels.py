@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from realsr.models.errors import InputError
+
 
 def add_parser(sub) -> None:
     k = sub.add_parser("kernels", help="the learned kernel prior of --kernels kernelgan-fkp: train one, or check a prior file")
@@ -18,12 +20,12 @@ def add_parser(sub) -> None:
     c.add_argument("prior", nargs="?", default="builtin", help="a .pt file, or `builtin` (the shipped prior)")
 
 
-def run_kernels(args) -> int:
+def run(args) -> int:
     if args.kernels_command == "train-prior":
         from realsr.steps.kernel_prior import train_prior_file
 
         if args.steps is not None and args.steps < 1:
-            raise ValueError(f"--steps {args.steps}: must be at least 1")
+            raise InputError(f"--steps {args.steps}: must be at least 1")
         train_prior_file(args.out, args.steps, args.seed, args.force, log=lambda m: print(m, file=sys.stderr))
         return 0
     from realsr.storage.kernel_prior_file import load

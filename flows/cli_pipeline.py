@@ -56,12 +56,13 @@ def preflight(settings) -> None:
 def preflight_weights(settings) -> None:
     """Every weight the pipeline's stages load, found or fetched now, or one line saying which not."""
     from realsr.flows.cli_weights import fetch
+    from realsr.storage.weights import WeightsError
 
     t = settings.train_settings()
     needs = [m for m in {*settings.released_models(), *([t.init] if t.init else [])} if not Path(m).suffix]
     needs += (["vgg19"] if t.perceptual_weight else []) + ["alexnet", "lpips-alex-heads", "niqe"]
     if missing := fetch(needs):
-        raise ValueError("; ".join(missing))
+        raise WeightsError("; ".join(missing))
 
 
 def run_pipeline(settings, workers: int | None = None, address: str | None = None) -> dict:

@@ -39,7 +39,7 @@ def describe(settings) -> str:
     return f"preset {settings.preset}: " + ", ".join(f"{k}={fields[k]}" for k in fields if k not in ("run_dir", "out", "preset"))
 
 
-def run_train(args) -> int:
+def run(args) -> int:
     """`realsr train`: 0 when training reached its last iteration."""
     from realsr.flows import preflight
 

@@ -44,7 +44,7 @@ def fetch(names: list[str]) -> list[str]:
     return missing
 
 
-def run_weights(args) -> int:
+def run(args) -> int:
     from realsr.storage.weights import CATALOG, cache_dir, locate, search_dirs
 
     if args.weights_command == "list":

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import dask
@@ -17,6 +18,7 @@ from realsr.flows import preflight
 from realsr.flows.artifacts import image_markdown, outcome, publish, refused, warning_markdown
 from realsr.flows.runtime import cluster_slots, task_runner
 from realsr.flows.settings import DegradeSettings, SettingsError, resolve
+from realsr.models.errors import InputError
 from realsr.storage.atomic import no_retry
 from realsr.storage.image_formats import RAW_NOTE, processed_photos
 from realsr.storage.images import SRGB_NOTE, list_images
@@ -24,6 +26,7 @@ from realsr.storage.kernel_prior_file import PriorFileError
 from realsr.steps import degrade_known as known
 from realsr.steps.degrade_noise import EmptyNoiseBank
 from realsr.steps.degrade import jpeg_summary
+from realsr.storage.degrade_records import KernelRecord, PreprocessRecord
 from realsr.storage.run_dir import RunDir, claim_run_dir
 from realsr.steps.degrade import save_summary
 from realsr.steps.inspect import inspect_bank
@@ -54,7 +57,7 @@ def kernelgan_batches(items: list, batch_size: int | None, slots: int | None = N
     return batches(items, batch_size)
 
 
-def _gather(futures, batched: list[list], label) -> tuple[list[dict], list[dict]]:
+def _gather(futures, batched: list[list], label) -> tuple[list, list[dict]]:
     """Records of all batches, and the failed images with reasons (the others still finish)."""
     done, failed = [], []
     for fut, items in zip(futures, batched):
@@ -88,15 +91,16 @@ def bank_sheets(run: RunDir, log) -> dict[str, Path]:
     return sheets
 
 
-def drop_duplicates(records: list[dict]) -> tuple[list[dict], list[dict]]:
-    """Keep one image per content hash (the first path): a copy would double its noise patches."""
+def drop_duplicates(records: list) -> tuple[list, list[dict]]:
+    """Keep one image per content hash (the first path): a copy would double its noise patches
+    (clean-up and KernelGAN records alike)."""
     first: dict[str, str] = {}
     kept, dropped = [], []
-    for r in sorted(records, key=lambda r: r["source"]):
-        if r["sha256"] in first:
-            dropped.append({"source": r["source"], "reason": f"same content as {first[r['sha256']]}", "bad_input": True})
+    for r in sorted(records, key=lambda r: r.source):
+        if r.sha256 in first:
+            dropped.append({"source": r.source, "reason": f"same content as {first[r.sha256]}", "bad_input": True})
         else:
-            first[r["sha256"]] = r["source"]
+            first[r.sha256] = r.source
             kept.append(r)
     return kept, dropped
 
@@ -118,7 +122,7 @@ def degrade_flow(settings: DegradeSettings) -> dict:
         summary["settings"] = settings.model_dump(mode="json")
         summary["warnings"], summary["error"] = usable(summary)
         save_summary(RunDir(local.out), summary)
-    _publish(summary, local.rebase(records), sheets)
+    _publish(summary, local.rebase(_artifact_rows(records)), sheets)
     return outcome(log, summary, summary["warnings"], summary["error"])
 
 
@@ -143,19 +147,86 @@ def usable(s: dict) -> tuple[list[str], str | None]:
     return warnings, None
 
 
-def degrade_local(settings: DegradeSettings, log) -> tuple[dict, list[dict], dict[str, Path]]:
+def degrade_local(settings: DegradeSettings, log) -> tuple[dict, list[PreprocessRecord], dict[str, Path]]:
     """degrade-flow on local folders: the summary, the per-image records and the contact sheets."""
-    timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    run, sources, ignored = _claim(settings, log)
+    spec = settings.spec()
+    timings: dict[str, float] = {}
+    p = _prepare(settings, spec, run, sources, timings, log)
+    tn = time.perf_counter()
+    noise = t.build_noise_bank(p.records, run, spec)
+    timings["noise bank"] = time.perf_counter() - tn
+    if noise["count"] == 0 and settings.on_empty_noise == "stop":
+        raise EmptyNoiseBank(f"stopped before the pairs (on_empty_noise=stop): {noise['warning']}")
+
+    tq = time.perf_counter()
+    known_pairs, to_pair = known.split_pairs(sorted(p.records, key=lambda r: r.source), run, spec, p.kernels["digest"], noise["digest"])
+    batched = batches(to_pair, settings.images_per_task)
+    futures = t.make_pairs.map(
+        batched, unmapped(run), unmapped(spec), unmapped(p.kernels["digest"]), unmapped(noise["digest"])
+    )
+    pairs, pair_failed = _gather(futures, batched, lambda r: r.source)
+    pairs += known_pairs
+    complete = all(f["bad_input"] for f in p.skipped + pair_failed + p.kernel_failed)
+    manifest = t.write_manifest(run, pairs, p.records, p.kernel_records, complete)
+    known.write_index(run, p.records)
+    timings["pairs"] = time.perf_counter() - tq
+    timings["total"] = time.perf_counter() - t0
+
+    records = p.records
+    summary = {
+        "run_dir": str(run.root),
+        "sources": len(sources),
+        "processed": len(records),
+        "cached": sum(1 for r in records if r.cached),
+        "worked_on": {"clean-up": len(p.to_prepare), "kernelgan": len(p.to_estimate), "pairs": len(to_pair)},
+        "skipped": p.skipped + pair_failed,
+        "ignored_files": [{"file": str(f), "reason": why} for f, why in ignored],
+        "converted": [{"source": r.source, "notes": r.notes} for r in records if r.notes],
+        "colour": colour_summary(records),
+        "too_small_for_pairs": [r.source for r in pairs if not r.rows],
+        "largest_clean_hr": max((min(r.hr_size) for r in records if r.hr_size), default=0),  # px, its shorter side
+        "kernel_bank": p.kernels,
+        "kernel_failures": p.kernel_failed,
+        "noise_bank": noise,
+        "jpeg": jpeg_summary(records),
+        "pairs": manifest,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "settings": settings.model_dump(mode="json"),
+    }
+    sheets = bank_sheets(run, log)
+    summary["sheets"] = {k: str(v) for k, v in sheets.items()}
+    return summary, records, sheets
+
+
+def _claim(settings: DegradeSettings, log) -> tuple[RunDir, list[Path], list]:
+    """The source photos (and the files left out), checked, and the run folder claimed."""
     sources, ignored = list_images(settings.source.resolve())
     if not sources:
-        raise ValueError(f"no images found in {settings.source} (looked for png, jpg, heic, avif, tif, webp, bmp, dng, ...)")
+        raise InputError(f"no images found in {settings.source} (looked for png, jpg, heic, avif, tif, webp, bmp, dng, ...)")
     if settings.kernels.startswith("kernelgan") and not processed_photos(sources):
-        raise ValueError(f"{settings.source} holds only RAW files (DNG): they are clean HR sources; KernelGAN and the noise bank need the camera's own processed photos (HEIC, JPEG) beside them")
+        raise InputError(f"{settings.source} holds only RAW files (DNG): they are clean HR sources; KernelGAN and the noise bank need the camera's own processed photos (HEIC, JPEG) beside them")
     run = RunDir(claim_run_dir(Path(settings.out).resolve(), settings.model_dump(mode="json"), source=settings.source))
     log.info(f"{len(sources)} source images in {settings.source}; run folder {run.root}")
-    spec = settings.spec()
+    return run, sources, ignored
 
+
+@dataclass
+class _Prepared:
+    """The clean-up and kernel fan-outs' results: what the noise bank and the pairs start from."""
+
+    records: list[PreprocessRecord]
+    skipped: list[dict]  # {"source", "reason", "bad_input"}
+    to_prepare: list[Path]
+    kernels: dict  # the kernel bank's info (steps.degrade_kernels.build_kernel_bank)
+    kernel_records: list[KernelRecord]
+    kernel_failed: list[dict]
+    to_estimate: list[Path]
+
+
+def _prepare(settings: DegradeSettings, spec, run: RunDir, sources: list[Path], timings: dict[str, float], log) -> _Prepared:
+    """Clean-up and noise extraction of every photo needing it and, beside it, the kernels."""
     # clean-up goes first: its seconds-long tasks finish (and bad images show up) before the
     # minutes-long KernelGAN tasks take the workers
     tp = time.perf_counter()
@@ -190,61 +261,18 @@ def degrade_local(settings: DegradeSettings, log) -> tuple[dict, list[dict], dic
         kernel_records, _ = drop_duplicates(kernel_records)
         kernels = t.build_kernel_bank(run, spec, kernel_records)
         timings["kernel estimation (after clean-up)"] = time.perf_counter() - tk
-
-    tn = time.perf_counter()
-    noise = t.build_noise_bank(records, run, spec)
-    timings["noise bank"] = time.perf_counter() - tn
-    if noise["count"] == 0 and settings.on_empty_noise == "stop":
-        raise EmptyNoiseBank(f"stopped before the pairs (on_empty_noise=stop): {noise['warning']}")
-
-    tq = time.perf_counter()
-    known_pairs, to_pair = known.split_pairs(sorted(records, key=lambda r: r["source"]), run, spec, kernels["digest"], noise["digest"])
-    batched = batches(to_pair, settings.images_per_task)
-    futures = t.make_pairs.map(
-        batched, unmapped(run), unmapped(spec), unmapped(kernels["digest"]), unmapped(noise["digest"])
-    )
-    pairs, pair_failed = _gather(futures, batched, lambda r: r["source"])
-    pairs += known_pairs
-    complete = all(f["bad_input"] for f in skipped + pair_failed + kernel_failed)
-    manifest = t.write_manifest(run, pairs, records, kernel_records, complete)
-    known.write_index(run, records)
-    timings["pairs"] = time.perf_counter() - tq
-    timings["total"] = time.perf_counter() - t0
-
-    summary = {
-        "run_dir": str(run.root),
-        "sources": len(sources),
-        "processed": len(records),
-        "cached": sum(1 for r in records if r["cached"]),
-        "worked_on": {"clean-up": len(to_prepare), "kernelgan": len(to_estimate), "pairs": len(to_pair)},
-        "skipped": skipped + pair_failed,
-        "ignored_files": [{"file": str(p), "reason": why} for p, why in ignored],
-        "converted": [{"source": r["source"], "notes": r["notes"]} for r in records if r["notes"]],
-        "colour": colour_summary(records),
-        "too_small_for_pairs": [r["source"] for r in pairs if not r["rows"]],
-        "largest_clean_hr": max((min(r["hr_size"]) for r in records if r.get("hr_size")), default=0),  # px, its shorter side
-        "kernel_bank": kernels,
-        "kernel_failures": kernel_failed,
-        "noise_bank": noise,
-        "jpeg": jpeg_summary(records),
-        "pairs": manifest,
-        "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        "settings": settings.model_dump(mode="json"),
-    }
-    sheets = bank_sheets(run, log)
-    summary["sheets"] = {k: str(v) for k, v in sheets.items()}
-    return summary, records, sheets
+    return _Prepared(records, skipped, to_prepare, kernels, kernel_records, kernel_failed, to_estimate)
 
 
-def colour_summary(records: list[dict]) -> dict:
+def colour_summary(records: list[PreprocessRecord]) -> dict:
     """How many photos were converted to sRGB from their ICC profile (by profile), and how many are RAW."""
     profiles: dict[str, int] = {}
     for r in records:
-        for n in r["notes"]:
+        for n in r.notes:
             if n.startswith(SRGB_NOTE):
                 name = n.removeprefix(SRGB_NOTE).strip()
                 profiles[name] = profiles.get(name, 0) + 1
-    return {"converted_to_srgb": sum(profiles.values()), "profiles": profiles, "raw_sources": sum(1 for r in records if RAW_NOTE in r["notes"])}
+    return {"converted_to_srgb": sum(profiles.values()), "profiles": profiles, "raw_sources": sum(1 for r in records if RAW_NOTE in r.notes)}
 
 
 def colour_line(c: dict) -> str:
@@ -295,19 +323,16 @@ def summary_markdown(s: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _publish(summary: dict, records: list[dict], sheets: dict[str, Path]) -> None:
-    pictures = [image_markdown(path, title) for title, path in sheets.items()]
-    rows = [
-        {
-            "source": r["source"],
-            "clean_hr": "x".join(map(str, r["hr_size"])),
-            "noise_patches": r["noise_count"],
-            "rejected": r["noise_rejected"],
-            "cached": r["cached"],
-            "seconds": r["seconds"],
-        }
+def _artifact_rows(records: list[PreprocessRecord]) -> list[dict]:
+    """The per-image table of the flow's artifact."""
+    return [
+        {"source": r.source, "clean_hr": "x".join(map(str, r.hr_size)), "noise_patches": r.noise_count, "rejected": r.noise_rejected, "cached": r.cached, "seconds": r.seconds}
         for r in records
     ]
+
+
+def _publish(summary: dict, rows: list[dict], sheets: dict[str, Path]) -> None:
+    pictures = [image_markdown(path, title) for title, path in sheets.items()]
     publish(
         get_run_logger(), "\n".join([summary_markdown(summary), *pictures]), "degrade-summary", "degrade-flow run summary, kernel and noise contact sheets",
         rows, "degrade-images", "per-image clean-up and noise extraction",

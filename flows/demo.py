@@ -32,6 +32,18 @@ def write_samples(out: Path, count: int, seed: int) -> list[Path]:
     return paths
 
 
+def add_parser(sub) -> None:
+    from realsr.flows.cli_degrade import runtime_flags
+
+    m = sub.add_parser("demo", help="sample photos, then the pipeline's demo preset: degrade, fine-tune a released model, evaluate")
+    m.add_argument("run_dir", nargs="?", type=Path, default=Path("runs/demo"))
+    runtime_flags(m)
+
+
+def run(args) -> int:
+    return run_demo(args.run_dir, args.workers, args.dask_address)
+
+
 def run_demo(root: Path, workers: int | None = None, address: str | None = None) -> int:
     """Sample photos, then realsr-pipeline's `demo` preset on them."""
     from realsr.flows.cli_pipeline import preflight, preflight_weights, print_result, run_pipeline

@@ -4,6 +4,9 @@
     1    some items failed, the rest was done (the last lines list the failures)
     2    nothing was done: settings or inputs refused before work, every item failed, a full disk
     130  stopped by Ctrl-C, 143 by SIGTERM (flows/stopping.py)
+
+A refusal is a `RealsrError` (models/errors.py), said in one line with its `exit_code` (2 unless
+it says otherwise); any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations

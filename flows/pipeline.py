@@ -20,6 +20,7 @@ from realsr.flows.artifacts import NothingUsable, image_markdown, means_markdown
 from realsr.flows.exit_codes import failed_photos
 from realsr.flows.pipeline_settings import AUTO, PIPELINE_PRESETS, PipelineSettings
 from realsr.flows.settings import SettingsError, resolve
+from realsr.models.errors import RealsrError
 from realsr.steps import pipeline as p
 from realsr.steps.staging import staged
 from realsr.storage.atomic import read_json, write_json
@@ -29,7 +30,7 @@ DEPLOYMENTS = {"degrade": "degrade-flow/degrade", "train": "train-flow/train", "
 OUTPUT = {"degrade": "summary.json", "train": "summary.json", "evaluate": "summary.json"}
 
 
-class StageFailed(ValueError):
+class StageFailed(RealsrError, ValueError):
     """A stage's deployment run did not complete: the pipeline ends Failed with the stage's message."""
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from realsr.models.errors import InputError
+
 
 def degrade(settings) -> None:
     from realsr.storage.banks import open_kernel_bank
@@ -16,7 +18,7 @@ def degrade(settings) -> None:
 
     images = remote_images(settings.source) if is_url(settings.source) else list_images(settings.source)[0]
     if not images:
-        raise ValueError(f"no images found in {settings.source} (looked for png, jpg, tif, webp, bmp, ...)")
+        raise InputError(f"no images found in {settings.source} (looked for png, jpg, tif, webp, bmp, ...)")
     check_remote_folder(settings.out) if is_url(settings.out) else check_run_dir(Path(settings.out))
     if settings.kernels.startswith("bank:"):
         open_kernel_bank(Path(settings.kernels[5:]))
@@ -61,7 +63,7 @@ def train(settings) -> None:
         from realsr.models.discriminators import DiscriminatorConfig
         from realsr.steps.train_setup import build_d
 
-        build_d(DiscriminatorConfig(settings.discriminator, settings.d_feat), settings.d_init)
+        build_d(DiscriminatorConfig(arch=settings.discriminator, num_feat=settings.d_feat), settings.d_init)
     if settings.perceptual_weight:
         vgg19_path(settings.vgg19_weights)
     if is_url(settings.out):  # whether there is something to resume is checked on the mirror
@@ -78,7 +80,7 @@ def evaluate(settings) -> None:
     ev.test_images(settings.lr, settings.hr)
     models, failed = ev.load_models(settings.models, settings.scale)
     if failed and len(models) == 1:  # bicubic alone is left: nothing the user asked for can run
-        raise ValueError("; ".join(f"model {f['model']}: {f['reason']}" for f in failed))
+        raise InputError("; ".join(f"model {f['model']}: {f['reason']}" for f in failed))
     if settings.hr is not None:
         if settings.lpips_alexnet is None:
             require("alexnet")

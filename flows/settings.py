@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
 
+from realsr.models.errors import RealsrError
 from realsr.storage.remote import is_url, local_path
 
 if TYPE_CHECKING:
@@ -39,7 +40,19 @@ def _none_required(schema: dict) -> None:
 FLOW_SETTINGS = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_none_required)
 
 
-class SettingsError(ValueError):
+def build(spec: type, settings: BaseModel, prefix: str = "", /, **given):
+    """A step's spec (a dataclass without defaults) by keyword: each field from `given`, else the
+    setting of its name (`prefix` + name). The settings model is the one place a value, bound and
+    meaning are declared; a spec field with no setting fails here, at the first `.spec()`."""
+    import dataclasses
+
+    names = [f.name for f in dataclasses.fields(spec)]
+    if missing := [n for n in names if n not in given and prefix + n not in type(settings).model_fields]:
+        raise TypeError(f"{spec.__name__}: no setting for {', '.join(prefix + n for n in missing)}")
+    return spec(**{n: given[n] if n in given else getattr(settings, prefix + n) for n in names})
+
+
+class SettingsError(RealsrError, ValueError):
     """Settings refused before any work: one line naming each bad field (a run's state message)."""
 
 
@@ -164,15 +177,13 @@ class DegradeSettings(BaseModel):
         from realsr.steps.degrade import DegradeSpec
         from realsr.steps.degrade_noise import NoiseRule
 
-        noise = NoiseRule(
-            rule=self.noise_rule, tile=self.noise_tile, tolerance=self.noise_tolerance, max_per_image=self.noise_max_per_image, patch_size=self.noise_patch_size,
-            stride=self.noise_stride, max_var=self.noise_max_var, min_mean=self.noise_min_mean, min_patches=self.noise_min_patches,
-        )
-        return DegradeSpec(
-            source=self.source, scale=self.scale, kernels=self.kernels, seed=self.seed, cleanup_factor=self.cleanup_factor, pair_hr_size=self.pair_hr_size,
-            stride=self.pair_stride or self.pair_hr_size, max_megapixels=self.max_megapixels, noise=noise, noise_match_brightness=self.noise_match_brightness,
-            kernelgan_iterations=self.kernelgan_iterations, kernelgan_seeds=self.kernelgan_seeds, kernel_prior=self.kernel_prior,
-        )
+        return build(DegradeSpec, self, noise=build(NoiseRule, self, "noise_"), stride=self.pair_stride or self.pair_hr_size)
+
+
+def degrade_spec(**over) -> "DegradeSpec":
+    """The spec of DegradeSettings' defaults under `over` (by setting name), for tests and benches
+    that call degrade's steps directly: the numbers stay declared once, in the settings."""
+    return DegradeSettings(**{"source": "source", "out": "run", **over}).spec()
 
 
 class EvaluateSettings(BaseModel):
@@ -196,8 +207,7 @@ class EvaluateSettings(BaseModel):
         """The typed input of evaluate-flow's steps."""
         from realsr.steps.evaluate import Scoring
 
-        crop = self.scale if self.crop_border is None else self.crop_border
-        return Scoring(scale=self.scale, crop=crop, tile=self.tile, tile_pad=self.tile_pad, device=self.device, lpips_alexnet=self.lpips_alexnet, niqe=self.niqe)
+        return build(Scoring, self, crop=self.scale if self.crop_border is None else self.crop_border)
 
     @model_validator(mode="after")
     def _paths(self) -> "EvaluateSettings":

@@ -25,13 +25,14 @@ from pathlib import Path
 
 from realsr.flows.exit_codes import outcome
 from realsr.flows.runtime import OFFLINE_ENV
+from realsr.models.errors import RealsrError
 
 REPO = Path(__file__).resolve().parents[1]
 POOLS = ("cpu-pool", "gpu-pool")
 STOP_GRACE_S = 20
 
 
-class StackError(ValueError):
+class StackError(RealsrError, ValueError):
     """The stack could not be brought up: one line naming the step and where its log is."""
 
 
@@ -239,6 +240,10 @@ def _stop_group(pid: int) -> None:
     except ProcessLookupError:
         pass
     _reap(pid, 10)
+
+
+def add_parser(sub) -> None:
+    add_arguments(sub.add_parser("stack", help="a Prefect server, pools, deployments and workers on this machine: up, down, status"))
 
 
 def add_arguments(p) -> None:

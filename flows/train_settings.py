@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from realsr.flows.settings import DEVICE, FLOW_SETTINGS, Location
+from realsr.flows.settings import DEVICE, FLOW_SETTINGS, Location, build
+from realsr.models.discriminators import DiscriminatorConfig
 from realsr.models.losses import parse_layers
+from realsr.models.rrdbnet import RRDBConfig
 
 if TYPE_CHECKING:
     from realsr.steps.train import TrainSpec
@@ -27,11 +29,13 @@ PAPER: dict = {  # the released ESRGAN / RealSR recipe: every field a preset set
     "iterations": 60_000,
     "batch_size": 16,
     "hr_size": 128,
-    "g_feat": 64,
-    "g_blocks": 23,
-    "g_grow": 32,
-    "discriminator": "patchgan",
-    "d_feat": 64,
+    # the networks' shapes are owned by their constructors' configs (models/: the standalone
+    # default of RRDBNet, ESRGAN's and x4plus's shape, and the paper's PatchGAN)
+    "g_feat": RRDBConfig.num_feat,
+    "g_blocks": RRDBConfig.num_block,
+    "g_grow": RRDBConfig.num_grow_ch,
+    "discriminator": DiscriminatorConfig.arch,
+    "d_feat": DiscriminatorConfig.num_feat,
     "lr_g": 1e-4,
     "lr_d": 1e-4,
     "milestones": [5000, 10000, 20000, 30000],
@@ -193,26 +197,25 @@ class TrainSettings(BaseModel):
         preset = {**PAPER, **PRESETS[self.preset]}
         return {k: ("preset" if getattr(self, k) == preset[k] else "set") for k in PAPER}
 
-    def spec(self) -> "TrainSpec":
-        """The typed input of train-flow's steps."""
-        from realsr.models.discriminators import DiscriminatorConfig
+    def spec(self, scale: int | None = None) -> "TrainSpec":
+        """The typed input of train-flow's steps, built by field name (`build`); `scale` None: the
+        run folder's own, read when training sets up."""
         from realsr.models.training import LossWeights, Schedule
         from realsr.steps.train import Cadence, Networks, Recipe, TrainSpec
         from realsr.steps.train_data import DataConfig
 
-        return TrainSpec(
-            run_dir=self.run_dir, out=self.out, resume=self.resume, seed=self.seed, device=self.device, precision=self.precision, workers=self.workers,
-            data=DataConfig(0, self.hr_size, self.seed, self.kernel_per, self.noise, self.noise_match_brightness, self.jpeg, self.jpeg_range),
-            nets=Networks(self.init, self.g_feat, self.g_blocks, self.g_grow, DiscriminatorConfig(self.discriminator, self.d_feat), self.d_init),
-            recipe=Recipe(
-                self.iterations, self.batch_size, self.warmup,
-                LossWeights(self.pixel_weight, self.perceptual_weight, self.gan_weight, self.gan_type, self.artifact_weight),
-                Schedule(self.lr_g, self.lr_d, (0.9, 0.999), tuple(self.milestones)), self.ema_decay, self.vgg19_weights,
-                parse_layers(self.perceptual_layers), self.train_blocks,
-            ),
-            cadence=Cadence(self.val_crops, self.val_images, self.val_every, self.save_every, self.keep_checkpoints, self.log_every, self.lpips_alexnet),
+        losses = LossWeights(pixel=self.pixel_weight, perceptual=self.perceptual_weight, gan=self.gan_weight, gan_type=self.gan_type, artifacts=self.artifact_weight)
+        recipe = build(Recipe, self, losses=losses, schedule=build(Schedule, self, milestones=tuple(self.milestones)), perceptual_layers=parse_layers(self.perceptual_layers))
+        return build(
+            TrainSpec, self, data=build(DataConfig, self, scale=scale), nets=build(Networks, self), recipe=recipe, cadence=build(Cadence, self),
             settings=self.model_dump(mode="json"),
         )
+
+
+def train_spec(preset: str = "paper", scale: int | None = None, **over) -> "TrainSpec":
+    """The spec of a preset under `over` (by setting name), for tests and benches that build a
+    trainer or a dataset by hand: the numbers stay declared once, in the presets."""
+    return TrainSettings.from_preset(preset, **{"run_dir": "run", "out": "train", **over}).spec(scale)
 
 
 # the form and `--help` show what "none" means under each preset

@@ -107,13 +107,14 @@ def noise_patch_stats(
 
 def select_noise_patches(
     image: np.ndarray,
-    patch: int = 256,
-    stride: int = 256,
-    max_var: float = 20.0,
-    min_mean: float = 0.0,
+    patch: int,
+    stride: int,
+    max_var: float,
+    min_mean: float,
     opaque: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], int]:
-    """Flat patches whose luma variance < max_var and mean > min_mean: the real-noise candidates.
+    """Flat patches whose luma variance < max_var and mean > min_mean: the real-noise candidates
+    (the paper's rule; `DegradeSettings.noise_*` declares the values).
 
     Returns the accepted patches' stats (y, x, mean, var) and how many grid patches were rejected.
     """

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import torch
 
+from realsr.models.errors import RealsrError
 
-class InterpolationError(ValueError):
+
+class InterpolationError(RealsrError, ValueError):
     """The two state dicts cannot be blended (other architectures or sizes)."""
 
 

@@ -31,7 +31,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from realsr.models.degradation import LUMA_WEIGHTS, patch_grid
+from realsr.models.degradation import LUMA_WEIGHTS, noise_crop, patch_grid
 
 VERSION = "5"  # in the preprocess cache key: bump when the tiles for the same photo change
 CLIP_LOW, CLIP_HIGH = 3.0 / 255.0, 252.0 / 255.0  # a channel this dark or bright has clipped noise
@@ -193,13 +193,14 @@ class NoiseTiles:
 
 def select_noise_tiles(
     image: np.ndarray,
-    tile: int = 32,
-    tolerance: float = 0.08,
-    max_tiles: int = 64,
+    tile: int,
+    tolerance: float,
+    max_tiles: int,
     opaque: np.ndarray | None = None,
     max_spread: float = 48.0,
 ) -> NoiseTiles:
-    """The adaptive rule: tiles holding nothing but noise, by the image's own noise level."""
+    """The adaptive rule: tiles holding nothing but noise, by the image's own noise level
+    (`DegradeSettings.noise_tile`, `noise_tolerance`, `noise_max_per_image` declare the values)."""
     y = luma(image)
     bad = clipped_mask(image, opaque)
     fine = block_stats(y, bad, 16)
@@ -298,3 +299,44 @@ def assemble_noise(tiles: list[np.ndarray], size: int) -> np.ndarray:
         tl = tl.astype(np.float32) / 255.0
         field[a : a + t, b : b + t] = tl - tl.mean(axis=(0, 1), keepdims=True)
     return field[:size, :size]
+
+
+def draw_noise(bank, rng: np.random.Generator, crops: list[np.ndarray], match: bool) -> list[tuple[np.ndarray, dict]]:
+    """Zero-mean noise (0-1 scale) for each LR crop of one image, and its manifest fields; `bank`
+    is a noise bank (`storage.banks.NoiseBank`: count, patch_size, column, noise, patch_id).
+    degrade-flow's pairs and train-flow's crops both draw here.
+
+    All picks come first from the image's one random stream, then one batched read of the bank.
+    """
+    if not crops or not bank.count:
+        return []
+    L, P = crops[0].shape[0], bank.patch_size
+    brightness = bank.column("gray_mean").astype(np.float64) if match else None
+    if P >= L:  # one patch per crop
+        if match:
+            picks, offsets = [], []
+            for c in crops:
+                picks.append([int(brightness_matched(brightness, [float(luma(c).mean())], rng)[0])])
+                offsets.append(rng.integers(0, P - L + 1, size=2))
+        else:  # the paper's draws, in the released code's order
+            picks = rng.integers(bank.count, size=(len(crops), 1))
+            offsets = rng.integers(0, P - L + 1, size=(len(crops), 2))
+    else:  # a mosaic of tiles per crop
+        cells = noise_cells(L, P)
+        offsets = [np.zeros(2, np.int64)] * len(crops)
+        if match:
+            picks = []
+            for c in crops:
+                y = luma(c)
+                picks.append(brightness_matched(brightness, [float(y[a : a + P, b : b + P].mean()) for a, b in cells], rng))
+        else:
+            picks = rng.integers(bank.count, size=(len(crops), len(cells)))
+    unique = np.unique(np.concatenate([np.asarray(q).ravel() for q in picks]))
+    data = dict(zip(unique.tolist(), bank.noise(unique)))
+    out = []
+    for q, off in zip(picks, offsets):
+        q, off = [int(i) for i in np.asarray(q).ravel()], [int(v) for v in off]
+        field = noise_crop(data[q[0]], (L, L), tuple(off)) if P >= L else assemble_noise([data[i] for i in q], L)
+        index = q[0] if P >= L else q
+        out.append((field, {"noise_id": "+".join(bank.patch_id(i) for i in q), "noise_index": index, "noise_offset": off}))
+    return out

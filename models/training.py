@@ -15,28 +15,41 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from realsr.models.errors import RealsrError
 from realsr.models.losses import GAN_LOSSES, PerceptualLoss, artifact_map
+
+
+class Diverged(RealsrError, FloatingPointError):
+    """G's loss left the finite numbers: training stops rather than step on with NaN weights."""
 
 
 @dataclass(frozen=True)
 class LossWeights:
     """RealSR's (and ESRGAN's) weights and GAN; the warm-up stage uses L1 alone at weight 1.
-    `artifacts` > 0 adds LDL's artifact loss (`losses.artifact_map`, against the EMA's output)."""
+    `artifacts` > 0 adds LDL's artifact loss (`losses.artifact_map`, against the EMA's output).
+    No defaults: `flows.train_settings` (the presets) declares every value."""
 
-    pixel: float = 1e-2
-    perceptual: float = 1.0
-    gan: float = 5e-3
-    gan_type: str = "ragan"  # or "vanilla" (Real-ESRGAN)
-    artifacts: float = 0.0
+    pixel: float
+    perceptual: float
+    gan: float
+    gan_type: str  # "ragan" or "vanilla" (Real-ESRGAN)
+    artifacts: float
+
+
+ADAM_BETAS = (0.9, 0.999)  # ESRGAN's, BasicSR's and Real-ESRGAN's Adam: not a setting
+LR_GAMMA = 0.5  # both learning rates halve at each milestone
 
 
 @dataclass(frozen=True)
 class Schedule:
-    lr_g: float = 1e-4
-    lr_d: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    milestones: tuple[int, ...] = (5000, 10000, 20000, 30000)
-    gamma: float = 0.5
+    """The learning rates and their milestones (no defaults: `flows.train_settings` declares them)."""
+
+    lr_g: float
+    lr_d: float
+    milestones: tuple[int, ...]
+
+    betas = ADAM_BETAS  # class constants, not fields
+    gamma = LR_GAMMA
 
 
 class EMA:
@@ -51,7 +64,7 @@ class EMA:
     200 iterations, 0.309 without).
     """
 
-    def __init__(self, net: nn.Module, decay: float = 0.999):
+    def __init__(self, net: nn.Module, decay: float):
         self.decay = decay
         self.net = copy.deepcopy(net).eval()
         for p in self.net.parameters():
@@ -96,7 +109,7 @@ class Trainer:
 
     def __init__(
         self, g: nn.Module, d: nn.Module, perceptual: PerceptualLoss | None, weights: LossWeights, schedule: Schedule,
-        ema_decay: float = 0.999, device: torch.device | str = "cpu", autocast: torch.dtype | None = None,
+        ema_decay: float, device: torch.device | str = "cpu", autocast: torch.dtype | None = None,
     ):
         self.g, self.d, self.perceptual, self.weights = g, d, perceptual, weights
         self.device = torch.device(device)
@@ -156,7 +169,7 @@ class Trainer:
             loss = loss + l_gan
             logs["l_g_gan"] = l_gan.item()
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"G's loss is {loss.item()} ({', '.join(f'{k} {v:.4g}' for k, v in logs.items())}): training diverged")
+            raise Diverged(f"G's loss is {loss.item()} ({', '.join(f'{k} {v:.4g}' for k, v in logs.items())}): training diverged")
         loss.backward()
         self.opt_g.step()
         if not warmup:

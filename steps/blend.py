@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from realsr.models.errors import RealsrError
 from realsr.models.network_interp import InterpolationError, interpolate
 from realsr.storage.checkpoints import (
     CheckpointError,
@@ -21,7 +22,7 @@ from realsr.storage.checkpoints import (
 )
 
 
-class BlendError(ValueError):
+class BlendError(RealsrError, ValueError):
     """The blend cannot be made: which model, and why."""
 
 

@@ -2,7 +2,8 @@
 
 Each per-image step is idempotent: it derives a key from the image's content hash and the
 recipe fields it depends on, returns the stored record when that key is done, and otherwise
-writes its outputs atomically and its record last. The kernel steps are in `degrade_kernels`;
+writes its outputs atomically and its record last (typed, `storage/degrade_records.py`, where
+old shapes are migrated). The kernel steps are in `degrade_kernels`;
 the flow (`flows/degrade.py`) fans these out over Dask through the tasks in `tasks/degrade.py`.
 """
 
@@ -18,9 +19,11 @@ from typing import Callable
 import numpy as np
 
 from realsr.models.degradation import clean_up, crop_to_multiple, degrade, inject_noise, patch_grid, to_uint8
-from realsr.steps.degrade_noise import COLUMNS, NoiseRule, draw_noise, extract_noise, write_bank
+from realsr.models.noise import draw_noise
+from realsr.steps.degrade_noise import COLUMNS, NoiseRule, extract_noise, write_bank
 from realsr.storage.atomic import read_json, write_bytes, write_json
 from realsr.storage.banks import KernelSet, open_kernel_bank, open_noise_bank
+from realsr.storage.degrade_records import ImageInfo, PairRow, PairsRecord, PreprocessRecord, write_jsonl
 from realsr.storage.images import BadImageError, decode_image, jpeg_quality, read_bytes, read_png_uint8, sha256_bytes, write_png
 from realsr.storage.run_dir import RunDir, image_name, stage_key
 
@@ -31,21 +34,22 @@ STAGE_VERSION = "1"  # bump when a step's output for the same inputs would chang
 @dataclass(frozen=True)
 class DegradeSpec:
     """What the steps need of a degrade run (`flows.settings.DegradeSettings` has each field's
-    meaning and bounds, and builds this once with `.spec()`)."""
+    default, meaning and bounds, and builds this once with `.spec()`, by field name: a new
+    setting is its `Field` there plus its field here and its use)."""
 
     source: Path  # the source folder: records are keyed on each photo's path inside it
-    scale: int = 4
-    kernels: str = "bicubic"
-    seed: int = 0
-    cleanup_factor: int = 2
-    pair_hr_size: int = 256
-    stride: int = 256
-    max_megapixels: float = 200.0
-    noise: NoiseRule = NoiseRule()
-    noise_match_brightness: bool = True
-    kernelgan_iterations: int = 1000
-    kernelgan_seeds: int = 3
-    kernel_prior: str = "builtin"  # the kernelgan-fkp sources' prior file
+    scale: int
+    kernels: str
+    seed: int
+    cleanup_factor: int
+    pair_hr_size: int
+    stride: int  # the settings' pair_stride, or pair_hr_size
+    max_megapixels: float
+    noise: NoiseRule
+    noise_match_brightness: bool
+    kernelgan_iterations: int
+    kernelgan_seeds: int
+    kernel_prior: str  # the kernelgan-fkp sources' prior file
 
     @property
     def uses_prior(self) -> bool:
@@ -86,7 +90,7 @@ def _quiet(msg: str) -> None:
 # per image: clean-up and noise extraction (one decode serves both)
 
 
-def prepare_source(path: Path, run: RunDir, s: DegradeSpec, log: Log = _quiet) -> dict:
+def prepare_source(path: Path, run: RunDir, s: DegradeSpec, log: Log = _quiet) -> PreprocessRecord:
     """Clean up one source photo and find its noise patches; returns a small record."""
     t0 = time.perf_counter()
     data, _, key = source_key(path, s, s.preprocess_key_fields())
@@ -106,43 +110,19 @@ def prepare_source(path: Path, run: RunDir, s: DegradeSpec, log: Log = _quiet) -
     write_png(clean_path, to_uint8(hr))
     if noise["count"]:  # patches and their table go to a staging file, so the record the flow handles stays small
         write_bytes(run.staged_noise(key), npz_bytes(table))
-    record = {
-        "key": key,
-        "source": str(path),
-        "sha256": src.sha256,
-        "name": name,
-        "source_size": [w, h],
-        "bit_depth": src.bit_depth,
-        "jpeg": jpeg_quality(data),
-        "notes": src.notes,
-        "clean_hr": str(clean_path),
-        "hr_size": [int(hr.shape[1]), int(hr.shape[0])],
-        "noise_count": int(noise["count"]),
-        "noise_rejected": int(noise["rejected"]),
-        "noise_level": noise.get("noise_level"),
-        "seconds": round(time.perf_counter() - t0, 4),
-    }
-    run.save_record("preprocess", key, record)
+    record = PreprocessRecord(
+        key=key, source=str(path), sha256=src.sha256, name=name, source_size=[w, h], bit_depth=src.bit_depth, jpeg=jpeg_quality(data), notes=src.notes,
+        clean_hr=str(clean_path), hr_size=[int(hr.shape[1]), int(hr.shape[0])], noise_count=int(noise["count"]), noise_rejected=int(noise["rejected"]),
+        noise_level=noise.get("noise_level"), seconds=round(time.perf_counter() - t0, 4),
+    )
+    record.save(run)
     log(f"{path}: clean HR {hr.shape[1]}x{hr.shape[0]}, {noise['count']} noise patches ({noise['rejected']} rejected)")
-    return {**record, "cached": False}
+    return record
 
 
-def recorded_quality(record: dict, key: str = "jpeg") -> tuple[int | None, str | None]:
-    """A source's JPEG quality as `record[key]` holds it (None: not a JPEG), and a note when it
-    had to be read from the source and could not be: records from before the quality was
-    recorded lack the key."""
-    if key in record:
-        q = record[key]
-        return (q.get("quality") if isinstance(q, dict) else q), None
-    try:
-        return (jpeg_quality(read_bytes(record["source"])) or {}).get("quality"), None
-    except BadImageError:
-        return None, f"source {record['source']} not readable, JPEG quality unknown (no re-compression)"
-
-
-def jpeg_summary(records: list[dict]) -> dict:
+def jpeg_summary(records: list[PreprocessRecord]) -> dict:
     """How many sources are JPEGs and at what quality: training re-compresses its LR the same way."""
-    q = sorted(j for r in records if (j := recorded_quality(r)[0]))
+    q = sorted(j for r in records if (j := r.jpeg_quality))
     return {"jpeg_sources": len(q), "other_sources": len(records) - len(q), "median_quality": int(np.median(q)) if q else None, "qualities": sorted(set(q))}
 
 
@@ -159,23 +139,23 @@ def key_of(path: Path, sha: str, s: DegradeSpec, fields: dict) -> str:
     return stage_key({**fields, "sha256": sha, "path": _relative(path, s.source)})
 
 
-def preprocess_done(run: RunDir, key: str, path: Path) -> dict | None:
+def preprocess_done(run: RunDir, key: str, path: Path) -> PreprocessRecord | None:
     """The clean-up record of an earlier run, when its outputs are all still there."""
-    done = run.load_record("preprocess", key)
-    if done is not None and Path(done["clean_hr"]).exists() and (done["noise_count"] == 0 or run.staged_noise(key).exists()):
-        return {**done, "cached": True, "source": str(path)}
+    done = PreprocessRecord.load(run, key, source=str(path), cached=True)
+    if done is not None and Path(done.clean_hr).exists() and (done.noise_count == 0 or run.staged_noise(key).exists()):
+        return done
     return None
 
 
-def pairs_key(record: dict, s: DegradeSpec, kernel_digest: str, noise_digest: str) -> str:
-    return stage_key({**s.pairs_key_fields(), "sha256": record["sha256"], "kernels": kernel_digest, "noise": noise_digest})
+def pairs_key(record: PreprocessRecord, s: DegradeSpec, kernel_digest: str, noise_digest: str) -> str:
+    return stage_key({**s.pairs_key_fields(), "sha256": record.sha256, "kernels": kernel_digest, "noise": noise_digest})
 
 
-def pairs_done(run: RunDir, key: str, record: dict) -> dict | None:
+def pairs_done(run: RunDir, key: str, record: PreprocessRecord) -> PairsRecord | None:
     """The pairs record of an earlier run, when every pair it lists is still on disk."""
-    done = _with_image_fields(run.load_record("pairs", key), record)
-    if done is not None and all(_nonempty(run.pairs / d / f"{row['name']}.png") for row in done["rows"] for d in ("hr", "lr")):
-        return {**done, "cached": True}
+    done = PairsRecord.load(run, key, hr_size=record.hr_size, cached=True)
+    if done is not None and all(_nonempty(run.pairs / d / f"{row.name}.png") for row in done.rows for d in ("hr", "lr")):
+        return done
     return None
 
 
@@ -196,19 +176,19 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 # coordinator: the noise bank
 
 
-def build_noise_bank(records: list[dict], run: RunDir, s: DegradeSpec) -> dict:
+def build_noise_bank(records: list[PreprocessRecord], run: RunDir, s: DegradeSpec) -> dict:
     """Gather every image's staged patches, in source order, into noise.zarr."""
-    records = sorted(records, key=lambda r: (r["source"], r["sha256"]))
+    records = sorted(records, key=lambda r: (r.source, r.sha256))
     parts, source, sha = [], [], []
     for r in records:
-        if not r["noise_count"]:
+        if not r.noise_count:
             continue
-        with np.load(run.staged_noise(r["key"]), allow_pickle=False) as staged:
+        with np.load(run.staged_noise(r.key), allow_pickle=False) as staged:
             parts.append({c: staged[c] for c in COLUMNS})
-        source += [r["source"]] * r["noise_count"]
-        sha += [r["sha256"]] * r["noise_count"]
+        source += [r.source] * r.noise_count
+        sha += [r.sha256] * r.noise_count
     sources = [
-        {"source": r["source"], "sha256": r["sha256"], "patches": r["noise_count"], "rejected": r["noise_rejected"], **({"noise_level": r["noise_level"]} if r.get("noise_level") else {})}
+        {"source": r.source, "sha256": r.sha256, "patches": r.noise_count, "rejected": r.noise_rejected, **({"noise_level": r.noise_level} if r.noise_level else {})}
         for r in records
     ]
     return write_bank(run.noise, parts, source, sha, s.noise, sources)
@@ -218,25 +198,25 @@ def build_noise_bank(records: list[dict], run: RunDir, s: DegradeSpec) -> dict:
 # per image: HR/LR pairs
 
 
-def make_pairs(record: dict, run: RunDir, s: DegradeSpec, kernel_digest: str, noise_digest: str, log: Log = _quiet) -> dict:
+def make_pairs(record: PreprocessRecord, run: RunDir, s: DegradeSpec, kernel_digest: str, noise_digest: str, log: Log = _quiet) -> PairsRecord:
     """Cut a clean HR image into patches and degrade each with the image's kernel + real noise."""
     t0 = time.perf_counter()
     key = pairs_key(record, s, kernel_digest, noise_digest)
     if (done := pairs_done(run, key, record)) is not None:
         return done
-    hr = read_png_uint8(Path(record["clean_hr"])).astype(np.float32) / 255.0
+    hr = read_png_uint8(Path(record.clean_hr)).astype(np.float32) / 255.0
     size, scale = s.pair_hr_size, s.scale
     ys, xs = patch_grid(hr.shape[0], size, s.stride), patch_grid(hr.shape[1], size, s.stride)
     grid = [(int(y), int(x)) for y in ys for x in xs]
-    rows: list[dict] = []
+    rows: list[PairRow] = []
     # one random stream per image, from the seed and the image's content: any order, same draws
-    rng = np.random.default_rng([s.seed, int(record["sha256"][:15], 16)])
+    rng = np.random.default_rng([s.seed, int(record.sha256[:15], 16)])
     ks = kernel_set_cached(str(run.kernels), kernel_digest, scale)
     valid = ks.valid_indices()
     if s.kernels.endswith("-camera"):  # one camera, one kernel: its consensus, when there is one
         valid = [i for i in valid if ks.method[i].startswith(("kernelgan-camera", "kernelgan-fkp-camera"))] or valid
     ki = int(valid[rng.integers(len(valid))])  # the image's kernel, also when it is too small for a pair (training crops it smaller)
-    jpeg_q = recorded_quality(record)[0]
+    jpeg_q = record.jpeg_quality
     if grid:
         lr = degrade(hr, ks.kernels[ki].astype(np.float64), scale)
         bank = _noise_bank_cached(str(run.noise), noise_digest)
@@ -249,39 +229,20 @@ def make_pairs(record: dict, run: RunDir, s: DegradeSpec, kernel_digest: str, no
             if noises:
                 field, noise_row = noises[n]
                 lr_patch = inject_noise(lr_patch, field)
-            name = f"{record['name']}_s{n:04d}"
+            name = f"{record.name}_s{n:04d}"
             write_png(run.pairs / "hr" / f"{name}.png", to_uint8(hr[y : y + size, x : x + size]))
             write_png(run.pairs / "lr" / f"{name}.png", to_uint8(lr_patch))
             rows.append(
-                {
-                    "name": name,
-                    "source": record["source"],
-                    "source_sha256": record["sha256"],
-                    "hr_position": [y, x],
-                    "kernel_index": ki,
-                    "kernel_id": ks.kernel_id(ki),
-                    **noise_row,
-                    "source_jpeg_quality": jpeg_q,
-                    "scale": scale,
-                    "seed": s.seed,
-                }
+                PairRow(
+                    name=name, source=record.source, source_sha256=record.sha256, hr_position=[y, x], kernel_index=ki, kernel_id=ks.kernel_id(ki),
+                    **noise_row, source_jpeg_quality=jpeg_q, scale=scale, seed=s.seed,
+                )
             )
-    image = {"kernel_index": ki, "kernel_id": ks.kernel_id(ki), "source_jpeg_quality": jpeg_q, "hr_size": record.get("hr_size")}
-    out = {"key": key, "name": record["name"], "source": record["source"], "image": image, "rows": rows, "seconds": round(time.perf_counter() - t0, 4)}
-    run.save_record("pairs", key, out)
-    log(f"{record['source']}: {len(rows)} pairs")
-    return {**out, "cached": False}
-
-
-def _with_image_fields(done: dict | None, record: dict) -> dict | None:
-    """A pairs record from before it kept the image's own fields: taken from its first pair; one
-    without pairs is redone (cheap: nothing to write)."""
-    if done is None or "image" in done:
-        return done
-    if not done["rows"]:
-        return None
-    r = done["rows"][0]
-    return {**done, "image": {"kernel_index": r["kernel_index"], "kernel_id": r["kernel_id"], "source_jpeg_quality": r["source_jpeg_quality"], "hr_size": record.get("hr_size")}}
+    image = ImageInfo(kernel_index=ki, kernel_id=ks.kernel_id(ki), source_jpeg_quality=jpeg_q, hr_size=record.hr_size)
+    out = PairsRecord(key=key, name=record.name, source=record.source, image=image, rows=rows, seconds=round(time.perf_counter() - t0, 4))
+    out.save(run)
+    log(f"{record.source}: {len(rows)} pairs")
+    return out
 
 
 def _nonempty(path: Path) -> bool:
@@ -308,25 +269,22 @@ def _noise_bank_cached(path: str, digest: str):
     return bank
 
 
-def write_manifest(run: RunDir, pair_records: list[dict], remove_stale: bool = True) -> dict:
+def write_manifest(run: RunDir, pair_records: list[PairsRecord], remove_stale: bool = True) -> dict:
     """All pairs of this run in one JSONL file, and every clean HR image with its kernel and JPEG
     quality in another (training reads it: images too small for a pair still train). Pair PNGs
     that the manifest of an earlier run listed and this one does not are removed: only those
     (a file the run never recorded writing stays, whatever its name)."""
-    import json
-
     earlier = _listed_names(run.manifest) if remove_stale else set()
-    ordered = sorted(pair_records, key=lambda r: r["name"])
-    rows = [row for r in ordered for row in r["rows"]]
-    images = [{"name": r["name"], "source": r["source"], **r["image"], "pairs": len(r["rows"])} for r in ordered if "image" in r]
-    write_bytes(run.manifest, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
-    write_bytes(run.images_index, "".join(json.dumps(r, sort_keys=True) + "\n" for r in images).encode())
-    keep = {r["name"] for r in rows}
+    ordered = sorted(pair_records, key=lambda r: r.name)
+    rows = [row for r in ordered for row in r.rows]
+    write_bytes(run.manifest, write_jsonl(rows))
+    write_bytes(run.images_index, write_jsonl([r.image_row() for r in ordered]))
+    keep = {r.name for r in rows}
     removed = sum(_remove(run.pairs / d / f"{name}.png") for name in sorted(earlier - keep) for d in ("hr", "lr"))
     return {"path": str(run.manifest), "pairs": len(rows), "stale_removed": removed}
 
 
-def prune(run: RunDir, records: list[dict], pair_records: list[dict], kernel_records: list[dict] = ()) -> int:
+def prune(run: RunDir, records: list[PreprocessRecord], pair_records: list[PairsRecord], kernel_records: list = ()) -> int:
     """Remove what earlier runs recorded writing and no image of this run uses any more: stage
     records no longer current, and the outputs each lists (its clean HR image, staged patches or
     kernel, pairs). Nothing is found by listing an output folder, so a file the run did not write
@@ -335,9 +293,9 @@ def prune(run: RunDir, records: list[dict], pair_records: list[dict], kernel_rec
     Call only after a run in which every image either finished or is a bad input: an image that
     failed for another reason would lose its earlier outputs.
     """
-    current = {r["key"] for r in [*records, *pair_records, *kernel_records]}
-    keep_hr = {Path(r["clean_hr"]).name for r in records}
-    keep_pairs = {row["name"] for r in pair_records for row in r["rows"]}
+    current = {r.key for r in [*records, *pair_records, *kernel_records]}
+    keep_hr = {Path(r.clean_hr).name for r in records}
+    keep_pairs = {row.name for r in pair_records for row in r.rows}
     removed = 0
     for stage in ("preprocess", "pairs", "kernelgan"):
         folder = run.work / stage

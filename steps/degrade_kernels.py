@@ -11,16 +11,18 @@ from pathlib import Path
 
 import numpy as np
 
+from realsr.models.errors import InputError
 from realsr.models.kernelgan_post import seed_spread, x4_base
 from realsr.models.kernels import KERNEL_SIZE, RESIZE_CONVENTION, analytic_x4, bicubic_kernel, check_kernel, consensus_kernel
 from realsr.steps.degrade import DegradeSpec, Log, _quiet, npz_bytes, source_key
 from realsr.storage.atomic import write_bytes
 from realsr.storage.banks import KernelSet, open_kernel_bank, write_kernel_bank
+from realsr.storage.degrade_records import KernelRecord
 from realsr.storage.images import BadImageError, decode_image
 from realsr.storage.run_dir import RunDir
 
 
-def estimate_source_kernels(paths: list[Path], run: RunDir, s: DegradeSpec, device: str = "cpu", log: Log = _quiet) -> list[dict | BadImageError]:
+def estimate_source_kernels(paths: list[Path], run: RunDir, s: DegradeSpec, device: str = "cpu", log: Log = _quiet) -> list[KernelRecord | BadImageError]:
     """KernelGAN's x2 kernel of each source image (the real photo, before clean-up).
 
     The images not done in an earlier run train together in one loop (`estimate_kernels`): the
@@ -35,7 +37,7 @@ def estimate_source_kernels(paths: list[Path], run: RunDir, s: DegradeSpec, devi
         from realsr.storage.kernel_prior_file import load
 
         prior, _ = load(s.kernel_prior)
-    results: dict[Path, dict | BadImageError] = {}
+    results: dict[Path, KernelRecord | BadImageError] = {}
     todo = []
     for path in paths:
         try:
@@ -65,10 +67,10 @@ def estimate_source_kernels(paths: list[Path], run: RunDir, s: DegradeSpec, devi
             spread = seed_spread(est, 0 if prior is not None else cfg.n_filtering) if est.ok else None
             if spread is not None and spread > SPREAD_FLAG:
                 log(f"{Path(path).name}: its {cfg.seeds} seeds disagree (spread {spread:.3f} > {SPREAD_FLAG}): its kernel is their median, look at it")
-            record = {"key": key, "source": str(path), "sha256": sha, "losses": est.losses, "device": device, "seconds": seconds,
-                      "iterations": est.iterations, "seed": est.seed, "fallback": fallback, "spread": spread}
-            run.save_record("kernelgan", key, record)
-            results[path] = {**record, "cached": False}
+            record = KernelRecord(key=key, source=str(path), sha256=sha, losses=est.losses, device=device, seconds=seconds,
+                                  iterations=est.iterations, seed=est.seed, fallback=fallback, spread=spread)
+            record.save(run)
+            results[path] = record
     return [results[p] for p in paths]
 
 
@@ -80,33 +82,38 @@ def estimate_source_kernels(paths: list[Path], run: RunDir, s: DegradeSpec, devi
 SPREAD_FLAG = 0.15
 
 
-def kernel_done(run: RunDir, key: str) -> dict | None:
+def kernel_done(run: RunDir, key: str) -> KernelRecord | None:
     """The KernelGAN record of an earlier run, when its staged kernel is still there."""
-    done = run.load_record("kernelgan", key)
-    return {**done, "cached": True} if done is not None and run.staged_kernel(key).exists() else None
+    done = KernelRecord.load(run, key, cached=True)
+    return done if done is not None and run.staged_kernel(key).exists() else None
 
 
 def _kernelgan_config(s: DegradeSpec):
-    """The KernelGAN configuration a run's settings ask for (the reference's defaults otherwise)."""
+    """The KernelGAN configuration a run's settings ask for: each config field the spec holds as
+    `kernelgan_<field>` (a new KernelGAN setting needs no edit here), the run's seed, and the
+    reference's values (`KernelGANConfig`'s own) for the rest."""
+    from dataclasses import fields
+
     from realsr.models.kernelgan import KernelGANConfig
 
-    return KernelGANConfig(iterations=s.kernelgan_iterations, seed=s.seed, seeds=s.kernelgan_seeds)
+    given = {f.name: getattr(s, f"kernelgan_{f.name}") for f in fields(KernelGANConfig) if hasattr(s, f"kernelgan_{f.name}")}
+    return KernelGANConfig(**given, seed=s.seed)
 
 
-def kernelgan_sets(run: RunDir, records: list[dict], camera: bool = False, name: str = "kernelgan") -> list[KernelSet]:
+def kernelgan_sets(run: RunDir, records: list[KernelRecord], camera: bool = False, name: str = "kernelgan") -> list[KernelSet]:
     """x2 kernels from KernelGAN records (source order) and their analytic x4 kernels; an image
     whose estimate failed has the bicubic kernels, marked `bicubic-fallback`. `camera` adds one
     kernel for the camera, the consensus of the estimates that did not fail (`kernelgan-camera`,
     the last row), which the pairs then use for every image."""
-    records = sorted(records, key=lambda r: r["source"])
+    records = sorted(records, key=lambda r: r.source)
     k2, raw = [], []
     for r in records:
-        with np.load(run.staged_kernel(r["key"]), allow_pickle=False) as z:
+        with np.load(run.staged_kernel(r.key), allow_pickle=False) as z:
             k2.append(z["kernel"])
             raw.append(z["raw"])
-    src, sha = [r["source"] for r in records], [r["sha256"] for r in records]
-    failed = [bool(r.get("fallback")) for r in records]
-    spread = [np.nan if r.get("spread") is None else r["spread"] for r in records]
+    src, sha = [r.source for r in records], [r.sha256 for r in records]
+    failed = [bool(r.fallback) for r in records]
+    spread = [np.nan if r.spread is None else r.spread for r in records]
     m2 = ["bicubic-fallback" if f else name for f in failed]
     base = [None if f else x4_base(r) for r, f in zip(raw, failed)]  # x4 composes the unthresholded x2 kernel
     k4 = [bicubic_kernel(4) if f else analytic_x4(b) for b, f in zip(base, failed)]
@@ -137,7 +144,7 @@ def kernel_sets_for(spec: str, required: int, scales=(2, 4)) -> tuple[list[Kerne
         try:
             attrs, found = open_kernel_bank(path)
         except (FileNotFoundError, ValueError) as e:
-            raise ValueError(f"kernel source {spec}: {e}") from None
+            raise InputError(f"kernel source {spec}: {e}") from None
         sets = []
         for scale in scales:
             if scale in found:
@@ -147,9 +154,9 @@ def kernel_sets_for(spec: str, required: int, scales=(2, 4)) -> tuple[list[Kerne
                 k4 = [analytic_x4(k) for k in k2.kernels]
                 sets.append(kernel_set(4, k4, list(k2.source), list(k2.source_sha256), [f"{m}+analytic-x4" for m in k2.method]))
             elif scale == required:
-                raise ValueError(f"kernel source {spec}: the bank has no x{scale} kernels")
+                raise InputError(f"kernel source {spec}: the bank has no x{scale} kernels")
         return sets, {"kernel_source": spec, "imported_from": str(path), "imported_digest": attrs.get("digest", "")}
-    raise ValueError(f"unknown kernel source {spec!r}")
+    raise InputError(f"unknown kernel source {spec!r}")
 
 
 def kernel_set(scale: int, kernels, source, sha, method, spread=None) -> KernelSet:
@@ -175,7 +182,7 @@ def kernel_set(scale: int, kernels, source, sha, method, spread=None) -> KernelS
     )
 
 
-def build_kernel_bank(run: RunDir, s: DegradeSpec, kernelgan_records: list[dict] | None = None) -> dict:
+def build_kernel_bank(run: RunDir, s: DegradeSpec, kernelgan_records: list[KernelRecord] | None = None) -> dict:
     if s.kernels.startswith("kernelgan"):
         sets = kernelgan_sets(run, kernelgan_records or [], camera=s.kernels.endswith("-camera"), name="kernelgan-fkp" if s.uses_prior else "kernelgan")
         cfg = _kernelgan_config(s)
@@ -189,6 +196,6 @@ def build_kernel_bank(run: RunDir, s: DegradeSpec, kernelgan_records: list[dict]
     counts = {f"x{st.scale}": {"kernels": len(st), "valid": int(st.checks["valid"].sum())} for st in sets}
     rejected = [{"source": str(src), "scale": st.scale, "reason": str(why)} for st in sets for src, why in zip(st.source, st.reason) if why]
     if not counts.get(f"x{s.scale}", {}).get("valid"):
-        raise ValueError(f"the kernel bank has no valid x{s.scale} kernels: no pairs can be made")
-    fallbacks = [{"source": r["source"], "reason": r["fallback"]} for r in kernelgan_records or [] if r.get("fallback")]
+        raise InputError(f"the kernel bank has no valid x{s.scale} kernels: no pairs can be made")
+    fallbacks = [{"source": r.source, "reason": r.fallback} for r in kernelgan_records or [] if r.fallback]
     return {"path": str(run.kernels), "digest": digest, "counts": counts, "rejected": rejected, "fallbacks": fallbacks}

@@ -16,6 +16,7 @@ from pathlib import Path
 from realsr.steps.degrade import DegradeSpec, key_of, pairs_done, pairs_key, preprocess_done
 from realsr.steps.degrade_kernels import kernel_done
 from realsr.storage.atomic import read_json, write_json
+from realsr.storage.degrade_records import KernelRecord, PairsRecord, PreprocessRecord
 from realsr.storage.run_dir import RunDir
 
 INDEX = "sources.json"
@@ -30,15 +31,15 @@ def read_index(run: RunDir) -> dict[str, list]:
     return index if isinstance(index, dict) else {}
 
 
-def write_index(run: RunDir, records: list[dict]) -> None:
+def write_index(run: RunDir, records: list[PreprocessRecord]) -> None:
     """The index of the photos this run read, with their size and time as they are now."""
     index = {}
     for r in records:
         try:
-            st = Path(r["source"]).stat()
+            st = Path(r.source).stat()
         except OSError:
             continue
-        index[r["source"]] = [st.st_size, st.st_mtime_ns, r["sha256"]]
+        index[r.source] = [st.st_size, st.st_mtime_ns, r.sha256]
     write_json(run.work / INDEX, index)
 
 
@@ -54,7 +55,7 @@ def known_hash(path: Path, index: dict[str, list]) -> str | None:
     return entry[2] if [st.st_size, st.st_mtime_ns] == entry[:2] else None
 
 
-def split_prepared(paths: list[Path], run: RunDir, s: DegradeSpec, index: dict) -> tuple[list[dict], list[Path]]:
+def split_prepared(paths: list[Path], run: RunDir, s: DegradeSpec, index: dict) -> tuple[list[PreprocessRecord], list[Path]]:
     """(clean-up records of unchanged photos, photos to clean up)."""
     done, todo = [], []
     for path in paths:
@@ -67,7 +68,7 @@ def split_prepared(paths: list[Path], run: RunDir, s: DegradeSpec, index: dict) 
     return done, todo
 
 
-def split_kernels(paths: list[Path], run: RunDir, s: DegradeSpec, index: dict) -> tuple[list[dict], list[Path]]:
+def split_kernels(paths: list[Path], run: RunDir, s: DegradeSpec, index: dict) -> tuple[list[KernelRecord], list[Path]]:
     """(KernelGAN records of unchanged photos, photos to estimate)."""
     done, todo = [], []
     for path in paths:
@@ -80,7 +81,7 @@ def split_kernels(paths: list[Path], run: RunDir, s: DegradeSpec, index: dict) -
     return done, todo
 
 
-def split_pairs(records: list[dict], run: RunDir, s: DegradeSpec, kernel_digest: str, noise_digest: str) -> tuple[list[dict], list[dict]]:
+def split_pairs(records: list[PreprocessRecord], run: RunDir, s: DegradeSpec, kernel_digest: str, noise_digest: str) -> tuple[list[PairsRecord], list[PreprocessRecord]]:
     """(pairs records still current, clean-up records whose pairs must be made)."""
     done, todo = [], []
     for r in records:

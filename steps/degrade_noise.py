@@ -1,4 +1,5 @@
-"""degrade-flow's noise steps: one photo's noise patches, the bank, and the noise of one LR crop.
+"""degrade-flow's noise steps: one photo's noise patches and the bank (an LR crop's noise is
+drawn by `models.noise.draw_noise`, which training shares).
 
 Two rules fill the bank (`NoiseRule.rule`):
 - `reference`: the paper's collect_noise.py (square patches of low luma variance); injection
@@ -14,24 +15,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from realsr.models.degradation import noise_crop, select_noise_patches, to_uint8
-from realsr.models.noise import assemble_noise, brightness_matched, luma, noise_cells, select_noise_tiles
+from realsr.models.degradation import select_noise_patches, to_uint8
+from realsr.models.errors import RealsrError
+from realsr.models.noise import select_noise_tiles
 from realsr.storage.banks import write_noise_bank
 
 
 @dataclass(frozen=True)
 class NoiseRule:
-    """How noise patches are chosen (`DegradeSettings.noise_*` has each field's meaning and bounds)."""
+    """How noise patches are chosen (`DegradeSettings.noise_<field>` has each field's default,
+    meaning and bounds)."""
 
-    rule: str = "adaptive"  # "adaptive" (the photo's own noise level) or "reference" (the paper's variance rule)
-    tile: int = 32  # adaptive: side of a bank tile
-    tolerance: float = 0.08  # adaptive: a tile's noise may stand this far above the photo's level
-    max_per_image: int = 64  # adaptive: one photo's share of the bank
-    patch_size: int = 256  # reference: side of a patch
-    stride: int = 256  # reference: step of its grid
-    max_var: float = 20.0  # reference: a patch's luma variance under this is flat
-    min_mean: float = 0.0  # reference: ... and its mean over this
-    min_patches: int = 16  # either rule: a bank with fewer patches gets a loud warning
+    rule: str  # "adaptive" (the photo's own noise level) or "reference" (the paper's variance rule)
+    tile: int  # adaptive: side of a bank tile
+    tolerance: float  # adaptive: a tile's noise may stand this far above the photo's level
+    max_per_image: int  # adaptive: one photo's share of the bank
+    patch_size: int  # reference: side of a patch
+    stride: int  # reference: step of its grid
+    max_var: float  # reference: a patch's luma variance under this is flat
+    min_mean: float  # reference: ... and its mean over this
+    min_patches: int  # either rule: a bank with fewer patches gets a loud warning
 
     @property
     def size(self) -> int:
@@ -44,7 +47,7 @@ class NoiseRule:
         return {"noise_rule": self.rule, **{f"noise_{f}": getattr(self, f) for f in used}}
 
 
-class EmptyNoiseBank(RuntimeError):
+class EmptyNoiseBank(RealsrError, RuntimeError):
     """The bank is empty and the settings say to stop rather than make noise-free pairs."""
 
 
@@ -134,46 +137,3 @@ def bank_warning(count: int, s: NoiseRule) -> str:
         fix = "add photos with flat areas (sky, walls, out-of-focus background), raise --noise-tolerance, or lower --noise-tile"
     stop = "" if count else " (or --on-empty-noise stop to fail instead of going on)"
     return f"noise bank {what}; {fix}{stop}"
-
-
-# ----------------------------------------------------------------------------------------------
-# injection
-
-
-def draw_noise(bank, rng: np.random.Generator, crops: list[np.ndarray], match: bool) -> list[tuple[np.ndarray, dict]]:
-    """Zero-mean noise (0-1 scale) for each LR crop of one image, and its manifest fields.
-
-    All picks come first from the image's one random stream, then one batched read of the bank.
-    """
-    if not crops or not bank.count:
-        return []
-    L, P = crops[0].shape[0], bank.patch_size
-    brightness = bank.column("gray_mean").astype(np.float64) if match else None
-    if P >= L:  # one patch per crop
-        if match:
-            picks, offsets = [], []
-            for c in crops:
-                picks.append([int(brightness_matched(brightness, [float(luma(c).mean())], rng)[0])])
-                offsets.append(rng.integers(0, P - L + 1, size=2))
-        else:  # the paper's draws, in the released code's order
-            picks = rng.integers(bank.count, size=(len(crops), 1))
-            offsets = rng.integers(0, P - L + 1, size=(len(crops), 2))
-    else:  # a mosaic of tiles per crop
-        cells = noise_cells(L, P)
-        offsets = [np.zeros(2, np.int64)] * len(crops)
-        if match:
-            picks = []
-            for c in crops:
-                y = luma(c)
-                picks.append(brightness_matched(brightness, [float(y[a : a + P, b : b + P].mean()) for a, b in cells], rng))
-        else:
-            picks = rng.integers(bank.count, size=(len(crops), len(cells)))
-    unique = np.unique(np.concatenate([np.asarray(q).ravel() for q in picks]))
-    data = dict(zip(unique.tolist(), bank.noise(unique)))
-    out = []
-    for q, off in zip(picks, offsets):
-        q, off = [int(i) for i in np.asarray(q).ravel()], [int(v) for v in off]
-        field = noise_crop(data[q[0]], (L, L), tuple(off)) if P >= L else assemble_noise([data[i] for i in q], L)
-        index = q[0] if P >= L else q
-        out.append((field, {"noise_id": "+".join(bank.patch_id(i) for i in q), "noise_index": index, "noise_offset": off}))
-    return out

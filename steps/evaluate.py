@@ -24,6 +24,7 @@ import numpy as np
 
 from realsr.models.degradation import to_uint8
 from realsr.models.devices import resolve_device, use_compute_threads
+from realsr.models.errors import InputError
 from realsr.models.metrics import LPIPS, psnr, ssim
 from realsr.models.niqe import Pristine, niqe
 from realsr.models.tiling import upscale
@@ -79,7 +80,7 @@ def check_out(out: Path, lr: Path, hr: Path | None) -> None:
             continue
         f = Path(folder).resolve()
         if how := overlap(out, folder):
-            raise ValueError(f"--out {out} {how} the {flag} folder {folder}{f' ({f})' if f != Path(folder).absolute() else ''}: evaluate's results would mix with the test images; choose another --out")
+            raise InputError(f"--out {out} {how} the {flag} folder {folder}{f' ({f})' if f != Path(folder).absolute() else ''}: evaluate's results would mix with the test images; choose another --out")
 
 
 def _refuse_shared_stems(files: list[Path], kind: str) -> None:
@@ -91,7 +92,7 @@ def _refuse_shared_stems(files: list[Path], kind: str) -> None:
     clashes = [ps for ps in stems.values() if len(ps) > 1]
     if clashes:
         listed = "; ".join(", ".join(p.name for p in ps) for ps in clashes)
-        raise ValueError(f"{kind} images share a file name stem ({listed}) in {files[0].parent}: their results would overwrite each other; rename them")
+        raise InputError(f"{kind} images share a file name stem ({listed}) in {files[0].parent}: their results would overwrite each other; rename them")
 
 
 def model_label(spec: str, used: set[str]) -> str:
@@ -134,13 +135,13 @@ def _hr_for(img: TestImage, shape: tuple[int, int], scale: int) -> np.ndarray:
 class Scoring:
     """How every model is run and scored (`flows.settings.EvaluateSettings` builds it with `.spec()`)."""
 
-    scale: int = 4
-    crop: int = 4  # pixels dropped on each side before PSNR/SSIM
-    tile: int = 0
-    tile_pad: int = 48
-    device: str = "auto"
-    lpips_alexnet: Path | None = None
-    niqe: bool = True  # NIQE of each SR image (needs no HR)
+    scale: int
+    crop: int  # pixels dropped on each side before PSNR/SSIM (the settings' crop_border, default the scale)
+    tile: int
+    tile_pad: int
+    device: str
+    lpips_alexnet: Path | None
+    niqe: bool  # NIQE of each SR image (needs no HR)
 
     def key(self, model_digest: str, image_key: str) -> str:
         """An image's record key under one model: anything that changes its figures changes it."""

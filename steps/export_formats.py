@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from realsr.models.errors import RealsrError
 from realsr.models.rrdbnet import RRDBNet
 from realsr.storage.ncnn_write import rrdb_ncnn
 
@@ -29,7 +30,7 @@ NCNN_IN, NCNN_OUT = "data", "output"  # what realesrgan-ncnn-vulkan (and Upscayl
 PNNX_IN, PNNX_OUT = "in0", "out0"  # what pnnx names a one-input, one-output graph's blobs
 
 
-class ExportError(ValueError):
+class ExportError(RealsrError, ValueError):
     """An export that could not be written or run, in one line."""
 
 

@@ -11,6 +11,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from realsr.models.errors import InputError
 from realsr.models.kernel_prior import PriorConfig, train_prior
 from realsr.storage import kernel_prior_file
 
@@ -19,9 +20,9 @@ def train_prior_file(out: Path, steps: int | None = None, seed: int = 0, force: 
     """Train a prior with the default config (`steps` and `seed` as given) into `out`; returns its record."""
     out = Path(out)
     if out.exists() and not force:
-        raise ValueError(f"{out}: exists; pass --force to replace it")
+        raise InputError(f"{out}: exists; pass --force to replace it")
     if out.suffix != ".pt":
-        raise ValueError(f"{out}: the prior file's name must end in .pt")
+        raise InputError(f"{out}: the prior file's name must end in .pt")
     cfg = replace(PriorConfig(), seed=seed, **({"steps": steps} if steps else {}))
     t0 = time.perf_counter()
     log(f"training the kernel prior: {cfg.steps} steps of {cfg.batch} kernels, seed {cfg.seed}")

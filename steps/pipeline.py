@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from realsr.models.errors import InputError
 from realsr.storage.atomic import read_json, write_bytes, write_json
 from realsr.storage.images import is_image_name, list_images
 from realsr.storage.remote import Mirror, is_url, stamp
@@ -91,7 +92,7 @@ def read_stages(pdir: PipelineDir) -> dict:
     try:
         return read_json(pdir.record).get("stages", {})
     except (ValueError, OSError) as e:
-        raise ValueError(f"{pdir.record}: unreadable pipeline record ({e}); delete it to rerun every stage") from e
+        raise InputError(f"{pdir.record}: unreadable pipeline record ({e}); delete it to rerun every stage") from e
 
 
 def record_stage(pdir: PipelineDir, stage: str, key: str, **info) -> None:

@@ -11,7 +11,7 @@ resumed with `resume='auto'` ends with the same weights as one never interrupted
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -36,45 +36,53 @@ Log = Callable[[str], None]
 
 @dataclass(frozen=True)
 class Networks:
-    """G (a checkpoint to start from, else the shape of a new RRDBNet) and D."""
+    """G (a checkpoint to start from, else the shape of a new RRDBNet) and D.
 
-    init: str | None = None
-    g_feat: int = 64
-    g_blocks: int = 23
-    g_grow: int = 32
-    d: DiscriminatorConfig = DiscriminatorConfig()
-    d_init: str | None = None  # D's starting weights: a file in BasicSR's layout or a released name; None: from scratch
+    The train-flow specs declare no defaults: `flows.train_settings` (the presets) holds every
+    value, its bounds and meaning, and `TrainSettings.spec()` builds these by keyword."""
+
+    init: str | None
+    g_feat: int
+    g_blocks: int
+    g_grow: int
+    discriminator: str  # D's architecture: patchgan, vgg128 or unet
+    d_feat: int
+    d_init: str | None  # D's starting weights: a file in BasicSR's layout or a released name; None: from scratch
 
     def g_shape(self, scale: int) -> RRDBConfig:
         return RRDBConfig(scale=scale, num_feat=self.g_feat, num_block=self.g_blocks, num_grow_ch=self.g_grow)
+
+    @property
+    def d(self) -> DiscriminatorConfig:
+        return DiscriminatorConfig(arch=self.discriminator, num_feat=self.d_feat)
 
 
 @dataclass(frozen=True)
 class Recipe:
     """How long and how G and D learn."""
 
-    iterations: int = 60_000
-    batch_size: int = 16
-    warmup: int = 5000  # L1-only iterations when training from scratch
-    losses: LossWeights = LossWeights()
-    schedule: Schedule = Schedule()
-    ema_decay: float = 0.999
-    vgg19_weights: Path | None = None
-    perceptual_layers: dict[str, float] = field(default_factory=lambda: {"conv5_4": 1.0})  # VGG19 layer -> weight
-    train_blocks: int = 0  # G learns only its last N RRDBs and the upsampler; 0: all of G
+    iterations: int
+    batch_size: int
+    warmup: int  # L1-only iterations when training from scratch
+    losses: LossWeights
+    schedule: Schedule
+    ema_decay: float
+    vgg19_weights: Path | None
+    perceptual_layers: dict[str, float]  # VGG19 layer -> weight
+    train_blocks: int  # G learns only its last N RRDBs and the upsampler; 0: all of G
 
 
 @dataclass(frozen=True)
 class Cadence:
     """What is held out, and how often the run logs, validates and saves."""
 
-    val_crops: int = 16  # validation crops, from as many held-out photos as they need; 0: no validation
-    val_images: int = 0  # photos held out; 0: as many as the crops need (at most a quarter)
-    val_every: int = 5000  # iterations between validations (and best-checkpoint choices)
-    save_every: int = 5000  # iterations between resumable checkpoints
-    keep_checkpoints: int = 2  # older numbered checkpoints are deleted
-    log_every: int = 50  # iterations between loss lines
-    lpips_alexnet: Path | None = None  # the AlexNet trunk for LPIPS; None: the verified `alexnet` weights
+    val_crops: int  # validation crops, from as many held-out photos as they need; 0: no validation
+    val_images: int  # photos held out; 0: as many as the crops need (at most a quarter)
+    val_every: int  # iterations between validations (and best-checkpoint choices)
+    save_every: int  # iterations between resumable checkpoints
+    keep_checkpoints: int  # older numbered checkpoints are deleted
+    log_every: int  # iterations between loss lines
+    lpips_alexnet: Path | None  # the AlexNet trunk for LPIPS; None: the verified `alexnet` weights
 
 
 @dataclass(frozen=True)
@@ -85,16 +93,16 @@ class TrainSpec:
 
     run_dir: Path
     out: Path
-    data: DataConfig  # scale 0: the run's own, read from its folder
-    nets: Networks = Networks()
-    recipe: Recipe = Recipe()
-    cadence: Cadence = Cadence()
-    resume: str = "no"  # no, auto or require
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"  # auto: bf16 autocast on CUDA and bf16-capable CPUs (models/devices.py)
-    workers: int = 2
-    settings: dict = field(default_factory=dict)
+    data: DataConfig  # scale None: the run's own, read from its folder by `set_up`
+    nets: Networks
+    recipe: Recipe
+    cadence: Cadence
+    resume: str  # no, auto or require
+    seed: int
+    device: str
+    precision: str  # auto: bf16 autocast on CUDA and bf16-capable CPUs (models/devices.py)
+    workers: int
+    settings: dict
 
 
 @dataclass
@@ -128,7 +136,7 @@ def set_up(spec: TrainSpec) -> Session:
     c = spec.data
     found = training_images(run, c.hr_size, spec.cadence.val_crops, spec.cadence.val_images, c.seed)  # checks hr_size against the scale
     train_images, held, notes = found.train, found.held, found.notes
-    data = DegradedCrops(run, train_images, DataConfig(scale, c.hr_size, c.seed, c.kernel_per, c.noise, c.noise_match_brightness, c.jpeg, c.jpeg_range))
+    data = DegradedCrops(run, train_images, replace(c, scale=scale))
     if c.jpeg == "auto" and any(is_heic(im.source) for im in train_images + [h.image for h in held]):
         quality, why = choose_heic_quality(data, train_images, c.seed, lambda p: read_image(p).rgb)
         notes.append(why)

@@ -27,15 +27,16 @@ import numpy as np
 import torch
 
 from realsr.models.degradation import degrade, inject_noise, patch_grid, to_uint8
+from realsr.models.errors import RealsrError
 from realsr.models.jpeg import recompress
+from realsr.models.noise import draw_noise
 from realsr.storage.banks import open_kernel_bank, open_noise_bank
+from realsr.storage.degrade_records import ImageRow, read_image_index
 from realsr.storage.images import read_png_uint8
-from realsr.steps.degrade import recorded_quality
-from realsr.steps.degrade_noise import draw_noise
 from realsr.storage.run_dir import MARKER, RunDir
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(RealsrError, ValueError):
     """The run folder cannot feed training; raised before any network is built."""
 
 
@@ -76,20 +77,14 @@ def run_scale(run: RunDir) -> int:
         raise TrainingDataError(f"{run.root}: not a degrade-flow run folder (no readable {MARKER} with its settings)") from None
 
 
-def _image_rows(run: RunDir, notes: list[str]) -> list[dict]:
-    """One row per clean HR image: degrade-flow's image index, or (a run from before it) the
-    first pair of each image in the pair manifest."""
-    if run.images_index.is_file():
-        return [json.loads(line) for line in run.images_index.read_text().splitlines() if line.strip()]
-    if not run.manifest.is_file():
+def _image_rows(run: RunDir, notes: list[str]) -> list[ImageRow]:
+    """One row per clean HR image (`storage.degrade_records.read_image_index`: old runs migrated there)."""
+    found = read_image_index(run)
+    if found is None:
         raise TrainingDataError(f"{run.manifest}: no pair manifest; run degrade-flow on this folder first")
-    by_image: dict[str, dict] = {}
-    for line in run.manifest.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            by_image.setdefault(row["name"].rsplit("_s", 1)[0], row)
-    notes.append(f"{run.root} has no {run.images_index.name} (made before it): only the {len(by_image)} images with pairs are used; rerun degrade on it (cached, quick) to train on every clean HR image")
-    return [{**row, "name": name} for name, row in by_image.items()]
+    rows, more = found
+    notes += more
+    return rows
 
 
 def training_images(run: RunDir, hr_size: int, val_crops: int, val_images: int = 0, seed: int = 0) -> TrainingSet:
@@ -115,10 +110,10 @@ def training_images(run: RunDir, hr_size: int, val_crops: int, val_images: int =
     valid = set(sets[scale].valid_indices().tolist())
     images: list[TrainImage] = []
     left: dict[str, list[str]] = {}
-    for row in sorted(rows, key=lambda r: r["name"]):
-        name = row["name"]
+    for row in sorted(rows, key=lambda r: r.name):
+        name = row.name
         clean = run.clean_hr / f"{name}.png"
-        k = int(row["kernel_index"])
+        k = int(row.kernel_index)
         size = _hr_shape(str(clean)) if clean.is_file() else (0, 0)
         why = (
             "clean HR missing" if not clean.is_file()
@@ -129,10 +124,9 @@ def training_images(run: RunDir, hr_size: int, val_crops: int, val_images: int =
         if why:
             left.setdefault(why, []).append(name)
             continue
-        q, note = recorded_quality(row, "source_jpeg_quality")
-        if note:
-            notes.append(f"{name}: {note}")
-        images.append(TrainImage(name, str(clean), row["source"], k, q, size))
+        if row.note:
+            notes.append(f"{name}: {row.note}")
+        images.append(TrainImage(name, str(clean), row.source, k, row.source_jpeg_quality, size))
     for why, names in left.items():
         notes.append(f"{len(names)} of {len(rows)} clean HR images left out, {why}: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}")
     if not images:
@@ -201,14 +195,16 @@ def _clean_hr(path: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class DataConfig:
-    scale: int
+    """How crops are drawn and degraded (no defaults: `flows.train_settings` declares each value)."""
+
+    scale: int | None  # None in a TrainSpec: the run folder's own, which `steps.train.set_up` fills in
     hr_size: int
-    seed: int = 0
-    kernel_per: str = "image"
-    noise: bool = True
-    noise_match_brightness: bool = True
-    jpeg: str = "auto"
-    jpeg_range: int = 5
+    seed: int
+    kernel_per: str
+    noise: bool
+    noise_match_brightness: bool
+    jpeg: str
+    jpeg_range: int
 
 
 class DegradedCrops(torch.utils.data.Dataset):

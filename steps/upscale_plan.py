@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from realsr.models.errors import RealsrError
 from realsr.storage import image_write
 from realsr.storage.images import BadImageError, ImageHeader, list_images
 from realsr.storage.output_record import OutputRecord
@@ -43,7 +44,7 @@ class UpscaleOptions:
     batch_megapixels: float = 1.0  # ... as long as the batch's input stays under this
 
 
-class UpscaleError(ValueError):
+class UpscaleError(RealsrError, ValueError):
     """Settings that would lose or overwrite files; found before any image is computed."""
 
 

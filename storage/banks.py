@@ -29,6 +29,7 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
+from realsr.models.errors import InputError, RealsrError
 from realsr.storage.atomic import readable_dir, replace_dir
 
 SCHEMA_VERSION = 2  # 2: content_sha256 over every array; `digest` covers every array
@@ -67,7 +68,7 @@ def strings(values) -> np.ndarray:
     return np.array(np.asarray(values).tolist(), dtype=str).reshape(np.shape(values))
 
 
-class DamagedStoreError(ValueError):
+class DamagedStoreError(RealsrError, ValueError):
     """A bank whose files no longer hold what was written: one line with the store and what is wrong."""
 
 
@@ -328,9 +329,9 @@ def _open_group(path: Path, kind: str, verify: bool = True) -> zarr.Group:
     try:
         g = zarr.open_group(zarr.storage.LocalStore(path, read_only=True), mode="r")
     except Exception as e:
-        raise ValueError(f"{path} is not a Zarr group ({e})") from None
+        raise InputError(f"{path} is not a Zarr group ({e})") from None
     if g.attrs.get("kind") != kind:
-        raise ValueError(f"{path} is not a {kind} (kind={g.attrs.get('kind')!r})")
+        raise InputError(f"{path} is not a {kind} (kind={g.attrs.get('kind')!r})")
     if verify:
         verify_store(path, g)
     return g
@@ -358,8 +359,8 @@ def bank_kind(path: Path) -> str:
     try:
         g = zarr.open_group(zarr.storage.LocalStore(Path(path), read_only=True), mode="r")
     except Exception as e:
-        raise ValueError(f"{path} is not a Zarr store ({e})") from None
+        raise InputError(f"{path} is not a Zarr store ({e})") from None
     kind = g.attrs.get("kind", "")
     if kind not in ("realsr-kernel-bank", "realsr-noise-bank"):
-        raise ValueError(f"{path} is not a kernel or noise bank (kind={kind!r})")
+        raise InputError(f"{path} is not a kernel or noise bank (kind={kind!r})")
     return kind

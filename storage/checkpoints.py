@@ -20,12 +20,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from realsr.models.errors import RealsrError
 from realsr.models.rrdbnet import RRDBConfig, RRDBNet
 from realsr.storage.atomic import write_bytes
 from realsr.storage.weights import CATALOG, require
 
 
-class CheckpointError(ValueError):
+class CheckpointError(RealsrError, ValueError):
     """A checkpoint that cannot be used, with the file and what was found."""
 
 

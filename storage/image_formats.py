@@ -13,6 +13,8 @@ import io
 
 import numpy as np
 
+from realsr.models.errors import RealsrError
+
 HEIF_SUFFIXES = (".heic", ".heif", ".avif")
 RAW_SUFFIXES = (".dng",)
 # camera RAW formats read as none: named in the left-out list rather than called "not an image"
@@ -23,7 +25,7 @@ _AVIF_BRANDS = {b"avif", b"avis"}
 EXTRA = {"heif": "pillow-heif (pip install 'realsr-pipeline[heic]')", "raw": "rawpy (pip install 'realsr-pipeline[raw]')"}
 
 
-class FormatError(ValueError):
+class FormatError(RealsrError, ValueError):
     """A file of a known kind that cannot be decoded here; `storage.images` names the file."""
 
 

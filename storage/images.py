@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from realsr.models.errors import RealsrError
 from realsr.storage import image_formats as formats
 from realsr.storage.atomic import write_bytes
 
@@ -26,7 +27,7 @@ def is_image_name(rel: str) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith(".") for part in path.parts)
 
 
-class BadImageError(ValueError):
+class BadImageError(RealsrError, ValueError):
     """An input that cannot be used; the message names the file and the reason."""
 
     def __init__(self, path: Path | str, reason: str):

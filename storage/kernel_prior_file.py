@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from realsr.models.errors import RealsrError
 from realsr.models.kernel_prior import PRIOR_VERSION, KernelPrior, PriorConfig
 from realsr.storage.atomic import write_bytes
 
@@ -23,7 +24,7 @@ BUILTIN = Path(__file__).with_name("data") / "kernel_prior_x2.pt"
 BUILTIN_SHA256 = "1f2da0892e0acd0907151eda4f56f6f9e5eef4d580e9f1b71a096e814fcf8f8a"
 
 
-class PriorFileError(ValueError):
+class PriorFileError(RealsrError, ValueError):
     """A kernel prior file that cannot be used; the message is one line and names the file."""
 
 

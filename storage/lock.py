@@ -31,12 +31,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
+from realsr.models.errors import InputError, RealsrError
+
 LOCK = ".lock"
 ORPHAN_WAIT_S = 20.0  # how long the children of a dead holder may keep its lock before a run gives up
 
 
-class FolderBusy(ValueError):
-    """Another run holds the folder (a ValueError: the CLI's one-line refusal, exit 2)."""
+class FolderBusy(RealsrError, ValueError):
+    """Another run holds the folder: the CLI's one-line refusal, exit 2."""
 
 
 @dataclass
@@ -65,7 +67,7 @@ def acquire(folder: Path | str, what: str = "run folder") -> str:
     """Take (or, in the process that holds it, re-enter) `folder`'s lock; returns its key for `release`."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{what} {folder} is a file")
+        raise InputError(f"{what} {folder} is a file")
     key = os.path.realpath(folder)
     with _guard:
         if key in _held:

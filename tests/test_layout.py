@@ -94,3 +94,11 @@ def test_no_circle_of_imports():
 def test_no_module_outgrows_the_limit():
     big = {n: len(p.read_text().splitlines()) for n, p in _modules().items()}
     assert {n: k for n, k in big.items() if k > MAX_LINES} == {}
+
+
+def test_training_reads_degrade_runs_through_models_and_storage_only():
+    """train-flow's steps use what degrade-flow wrote (records, banks) and the noise drawing it
+    shares, not degrade-flow's steps: the two flows' rooms meet on the floors below."""
+    graph = _graph()
+    side = [(a, b) for a, targets in graph.items() if a.startswith("steps.train") for b in targets if b.startswith("steps.degrade")]
+    assert side == [] and any(a.startswith("steps.train") for a in graph)

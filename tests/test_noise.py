@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from realsr.flows.settings import degrade_spec
 from realsr.models.degradation import LUMA_WEIGHTS
 from realsr.models.noise import (
     assemble_noise,
@@ -14,6 +15,11 @@ from realsr.models.noise import (
 )
 
 LUMA_GAIN = float(np.sqrt((LUMA_WEIGHTS**2).sum()))  # luma std of independent RGB noise of std 1
+RULE = degrade_spec().noise  # the adaptive rule at the settings' defaults (declared once, in DegradeSettings)
+
+
+def tiles_of(img, tile: int = RULE.tile, max_tiles: int = RULE.max_per_image, opaque=None):
+    return select_noise_tiles(img, tile, RULE.tolerance, max_tiles, opaque)
 
 
 def _ramp(h=256, w=512, lo=0.15, hi=0.85):
@@ -24,7 +30,7 @@ def _ramp(h=256, w=512, lo=0.15, hi=0.85):
 def test_noise_level_of_known_white_noise(sigma):
     rng = np.random.default_rng(0)
     img = np.clip(_ramp() + rng.normal(0, sigma / 255, (256, 512, 3)).astype(np.float32), 0, 1)
-    nlf = select_noise_tiles(img).nlf
+    nlf = tiles_of(img).nlf
     measured = nlf.sigma[np.isfinite(nlf.sigma)]
     assert len(measured) >= 8  # every brightness of the ramp is measured
     np.testing.assert_allclose(measured, sigma * LUMA_GAIN, rtol=0.06)
@@ -35,7 +41,7 @@ def test_noise_level_follows_signal_dependent_noise():
     clean = _ramp(384, 768)
     sd = np.sqrt(1e-3 * clean + 2e-5)  # Poisson-Gaussian: brighter is noisier
     img = np.clip(clean + sd * rng.standard_normal(clean.shape).astype(np.float32), 0, 1)
-    nlf = select_noise_tiles(img).nlf
+    nlf = tiles_of(img).nlf
     ok = np.isfinite(nlf.sigma)
     truth = np.sqrt(1e-3 * nlf.centres[ok] / 255 + 2e-5) * 255 * LUMA_GAIN
     np.testing.assert_allclose(nlf.sigma[ok], truth, rtol=0.1)
@@ -55,12 +61,12 @@ def test_clipped_and_near_black_areas_give_no_tiles():
     img[:, 128:256] = 1.0  # blown highlights: the noise there is clipped away
     img[:, 256:] = 0.0  # crushed shadows
     img = np.clip(img + rng.normal(0, 4 / 255, img.shape).astype(np.float32), 0, 1)
-    tiles = select_noise_tiles(img, tile=32)
+    tiles = tiles_of(img, tile=32)
     assert len(tiles.x) > 0
     assert (tiles.x + 32 <= 128).all()  # only the mid-gray third
     opaque = np.ones(img.shape[:2], bool)
     opaque[:, :64] = False  # transparent pixels are not photo either
-    assert (select_noise_tiles(img, tile=32, opaque=opaque).x >= 64).all()
+    assert (tiles_of(img, tile=32, opaque=opaque).x >= 64).all()
 
 
 def test_gradients_are_removed_and_the_noise_kept():
@@ -69,7 +75,7 @@ def test_gradients_are_removed_and_the_noise_kept():
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     sky = 0.35 + 0.25 * xx / w + 0.15 * (yy / h) ** 2  # a sky's ramp and shading: 100+ levels
     noise = rng.normal(0, 3 / 255, (h, w, 3)).astype(np.float32)
-    tiles = select_noise_tiles(np.clip(sky[..., None] + noise, 0, 1), tile=32, max_tiles=1000)
+    tiles = tiles_of(np.clip(sky[..., None] + noise, 0, 1), tile=32, max_tiles=1000)
     assert len(tiles.x) >= 40
     for res, y, x in zip(tiles.residual, tiles.y, tiles.x):
         truth = noise[y : y + 32, x : x + 32] * 255
@@ -91,15 +97,15 @@ def test_a_textured_photo_gives_no_tiles_and_a_flat_one_many():
     busy = busy + rng.normal(0, 2 / 255, busy.shape).astype(np.float32)
     half = busy.copy()
     half[:160] = 0.5 + rng.normal(0, 2 / 255, (160, 320, 3)).astype(np.float32)
-    assert len(select_noise_tiles(busy).x) <= 2
-    flat = select_noise_tiles(half)
+    assert len(tiles_of(busy).x) <= 2
+    flat = tiles_of(half)
     assert len(flat.x) >= 40 and (flat.y + 32 <= 160 + 16).mean() > 0.95
 
 
 def test_tiles_per_image_are_capped_across_brightness():
     rng = np.random.default_rng(6)
     img = np.clip(_ramp(512, 512) + rng.normal(0, 2 / 255, (512, 512, 3)).astype(np.float32), 0, 1)
-    tiles = select_noise_tiles(img, max_tiles=12)
+    tiles = tiles_of(img, max_tiles=12)
     assert len(tiles.x) == 12 and np.ptp(tiles.brightness) > 100  # not 12 of one brightness
 
 
@@ -108,7 +114,7 @@ def test_a_capped_bank_keeps_the_noise_level_of_its_candidates():
     rng = np.random.default_rng(9)
     sigma = 4.0
     img = np.clip(0.5 + rng.normal(0, sigma / 255, (1024, 1024, 3)).astype(np.float32), 0, 1)
-    every, capped = select_noise_tiles(img, max_tiles=100_000), select_noise_tiles(img, max_tiles=32)
+    every, capped = tiles_of(img, max_tiles=100_000), tiles_of(img, max_tiles=32)
     assert len(every.x) > 500 and len(capped.x) == 32
     assert abs(np.median(capped.sigma) / np.median(every.sigma) - 1) < 0.01
     assert abs(np.median(capped.sigma) / (sigma * LUMA_GAIN) - 1) < 0.03
@@ -123,7 +129,7 @@ def test_a_capped_bank_leaves_out_the_faint_texture_at_the_top_of_its_candidates
     textured = ((yy // 32) * 32 + xx // 32) % 3 == 0
     ripple = np.sqrt(0.2) * sigma / 255 * np.sin(2 * np.pi * (xx + yy) / 6) * textured
     img = np.clip(0.5 + rng.normal(0, sigma / 255, (1024, 1024, 3)) + ripple[..., None], 0, 1).astype(np.float32)
-    every, capped = select_noise_tiles(img, max_tiles=100_000), select_noise_tiles(img, max_tiles=64)
+    every, capped = tiles_of(img, max_tiles=100_000), tiles_of(img, max_tiles=64)
     share_every, share_capped = textured[every.y, every.x].mean(), textured[capped.y, capped.x].mean()
     assert share_every > 0.15 and len(capped.x) == 64
     assert share_capped < share_every / 3  # drawing across all the candidates keeps ~22 %
@@ -136,10 +142,10 @@ def test_areas_emptied_by_compression_neither_set_the_level_nor_enter_the_bank()
     img = np.full((512, 512, 3), 0.5, np.float32)
     img[:, 256:] += rng.normal(0, 2 / 255, (512, 256, 3)).astype(np.float32)
     img = (np.round(np.clip(img, 0, 1) * 255) / 255).astype(np.float32)
-    tiles = select_noise_tiles(img)
+    tiles = tiles_of(img)
     assert len(tiles.x) > 0 and (tiles.x >= 256).all()
     assert abs(np.median(tiles.sigma) / (2 * LUMA_GAIN) - 1) < 0.05
-    assert abs(select_noise_tiles(img).nlf(128.0) / (2 * LUMA_GAIN) - 1) < 0.05
+    assert abs(tiles_of(img).nlf(128.0) / (2 * LUMA_GAIN) - 1) < 0.05
 
 
 def test_a_brightness_with_only_textured_blocks_gets_no_level_of_its_own_and_no_tiles():
@@ -150,8 +156,8 @@ def test_a_brightness_with_only_textured_blocks_gets_no_level_of_its_own_and_no_
     img[:160], img[160:320], img[320:] = 0.30, 0.41, 0.52
     img[160:320] += (10 / 255 * np.sin(2 * np.pi * np.arange(512) / 4))[None, :, None]
     img = np.clip(img + rng.normal(0, 2 / 255, img.shape), 0, 1).astype(np.float32)
-    assert select_noise_tiles(img).nlf(104.0) == pytest.approx(2 * LUMA_GAIN, rel=0.05)  # its neighbours stand in
-    tiles = select_noise_tiles(img)
+    assert tiles_of(img).nlf(104.0) == pytest.approx(2 * LUMA_GAIN, rel=0.05)  # its neighbours stand in
+    tiles = tiles_of(img)
     assert len(tiles.y) > 0 and not ((tiles.y >= 160) & (tiles.y < 320)).any()
 
 

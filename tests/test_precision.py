@@ -7,7 +7,8 @@ import torch
 from realsr.models.devices import cpu_flags, training_precision
 from realsr.models.discriminators import DiscriminatorConfig, build_discriminator
 from realsr.models.rrdbnet import RRDBConfig, RRDBNet
-from realsr.models.training import LossWeights, Schedule, Trainer
+from realsr.flows.train_settings import train_spec
+from realsr.models.training import Trainer
 from realsr.steps.train import channels_last
 
 CPU = torch.device("cpu")
@@ -38,7 +39,8 @@ def _trainer(amp):
     if channels_last(CPU, amp):
         g.to(memory_format=torch.channels_last)
         d.to(memory_format=torch.channels_last)
-    return Trainer(g, d, None, LossWeights(pixel=1.0, perceptual=0.0, gan=0.1), Schedule(lr_g=1e-4, lr_d=1e-4), 0.999, CPU, amp)
+    r = train_spec(pixel_weight=1.0, perceptual_weight=0.0, gan_weight=0.1, lr_g=1e-4, lr_d=1e-4).recipe
+    return Trainer(g, d, None, r.losses, r.schedule, r.ema_decay, CPU, amp)
 
 
 def _batch():

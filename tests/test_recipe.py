@@ -2,17 +2,18 @@
 training G's tail only; and golden training steps that pin what one step computes."""
 
 import hashlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from realsr.flows.train_settings import TrainSettings
+from realsr.flows.train_settings import TrainSettings, train_spec
 from realsr.models.discriminators import DiscriminatorConfig, build_discriminator
 from realsr.models.losses import REALESRGAN_LAYERS, PerceptualLoss, artifact_map, parse_layers, vanilla_d_loss, vanilla_g_loss, vgg19_features
 from realsr.models.rrdbnet import RRDBConfig, RRDBNet
-from realsr.models.training import LossWeights, Schedule, Trainer, train_tail
+from realsr.models.training import Trainer, train_tail
 from realsr.storage.weights import require
 
 
@@ -115,7 +116,8 @@ def test_golden_training_steps(name):
     before = [p.detach().clone() for p in g.parameters()]
     torch.manual_seed(3)
     d = build_discriminator(DiscriminatorConfig(num_feat=16))
-    t = Trainer(g, d, None, LossWeights(perceptual=0.0, **over), Schedule())
+    r = train_spec().recipe  # the paper's weights and schedule, from the presets
+    t = Trainer(g, d, None, replace(r.losses, perceptual=0.0, **over), r.schedule, r.ema_decay)
     logs = [t.step(lr, hr) for _ in range(3)]
     for k, v in want.items():
         assert logs[-1][k] == pytest.approx(v, rel=1e-3), (k, logs[-1][k])

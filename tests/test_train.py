@@ -16,15 +16,15 @@ import torch
 import torch.nn.functional as F
 
 from realsr.flows.cli import main
-from realsr.flows.train_settings import TrainSettings
+from realsr.flows.train_settings import TrainSettings, train_spec
 from realsr.models.degradation import degrade
 from realsr.models.discriminators import PatchGAN, VGGStyleDiscriminator128
 from realsr.models.jpeg import estimate_quality
 from realsr.models.losses import PerceptualLoss, ragan_d_loss, ragan_g_loss, vgg19_features
-from realsr.models.training import EMA, LossWeights, Schedule, Trainer
+from realsr.models.training import EMA, Trainer
 from realsr.storage.banks import KernelSet, open_kernel_bank, write_kernel_bank
 from realsr.storage.run_dir import RunDir
-from realsr.steps.train_data import DataConfig, DegradedCrops, TrainingDataError, loader, training_images
+from realsr.steps.train_data import DegradedCrops, TrainingDataError, loader, training_images
 from realsr.storage.train_state import load_checkpoint
 from realsr.steps.train import TrainSpec, train
 from realsr.steps.train_setup import build_generator
@@ -119,15 +119,15 @@ def test_on_the_fly_degradation_applies_the_kernel_noise_and_jpeg(degrade_run):
     images = found.train
     assert len(images) == 3 and len(found.held) == 1 and all(im.jpeg_quality == QUALITY for im in images)
     _, sets = open_kernel_bank(run.kernels)
-    plain = DegradedCrops(run, images, DataConfig(4, 32, seed=3, noise=False, jpeg="off"))
+    plain = DegradedCrops(run, images, train_spec(scale=4, hr_size=32, seed=3, noise=False, jpeg="off").data)
     lr, hr, info = plain.sample(7)
     assert lr.shape == (8, 8, 3) and hr.shape == (32, 32, 3) and info["jpeg_quality"] is None
     expect = np.rint(np.clip(degrade(hr, sets[4].kernels[info["kernel_index"]].astype(np.float64), 4), 0, 1) * 255) / 255
     assert np.abs(lr - expect).max() < 1e-6  # the image's kernel, applied after the flips and turns
-    noisy = DegradedCrops(run, images, DataConfig(4, 32, seed=3, noise=True, jpeg="off"))
+    noisy = DegradedCrops(run, images, train_spec(scale=4, hr_size=32, seed=3, noise=True, jpeg="off").data)
     diffs = np.stack([noisy.sample(n)[0] - plain.sample(n)[0] for n in range(40)])
     assert diffs.std() > 1 / 255 and abs(diffs.mean()) < 0.5 / 255  # real noise, zero-mean
-    squeezed = DegradedCrops(run, images, DataConfig(4, 32, seed=3, noise=False, jpeg="auto", jpeg_range=5))
+    squeezed = DegradedCrops(run, images, train_spec(scale=4, hr_size=32, seed=3, noise=False, jpeg="auto", jpeg_range=5).data)
     qs = {squeezed.sample(n)[2]["jpeg_quality"] for n in range(30)}
     assert qs <= set(range(QUALITY - 5, QUALITY + 6)) and len(qs) > 3
     assert np.array_equal(plain.sample(7)[0], lr)  # sample n is the same every time it is drawn
@@ -141,7 +141,8 @@ def test_init_from_both_released_generators(tmp_path):
         nets = TrainSettings.from_preset("finetune", run_dir=tmp_path, out=tmp_path / "o", init=name).spec().nets
         g, desc = build_generator(nets.init, nets.g_shape(4), 0)
         assert "23 blocks" in desc and name.split("-")[0] in desc.lower().replace("_", "")
-    trainer = Trainer(g, PatchGAN(3, 8, 3), None, LossWeights(), Schedule())
+    r = train_spec().recipe
+    trainer = Trainer(g, PatchGAN(3, 8, 3), None, r.losses, r.schedule, r.ema_decay)
     before = g.conv_last.weight.detach().clone()
     logs = trainer.step(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 32, 32))
     assert set(logs) >= {"l_pix", "l_g_gan", "l_d"} and not torch.equal(before, g.conv_last.weight)

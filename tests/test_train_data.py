@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from realsr.flows.cli import main
-from realsr.flows.train_settings import TrainSettings
+from realsr.flows.train_settings import TrainSettings, train_spec
 from realsr.models.degradation import degrade, to_uint8
 from realsr.models.jpeg import recompress
 from realsr.models.rrdbnet import RRDBConfig, RRDBNet
@@ -19,7 +19,7 @@ from realsr.storage.banks import open_kernel_bank
 from realsr.storage.checkpoints import read_checkpoint, save_generator
 from realsr.storage.run_dir import RunDir
 from realsr.steps.train import train
-from realsr.steps.train_data import DataConfig, DegradedCrops, training_images, validation_crops
+from realsr.steps.train_data import DegradedCrops, training_images, validation_crops
 from tests.conftest import flat_noisy, textured, write_rgb
 
 QUALITY = 80
@@ -62,16 +62,16 @@ def test_validation_crops_are_held_out_fixed_and_degraded_with_their_own_kernel(
     assert held.name not in {im.name for im in found.train}
     assert found.val_crops == min(16, (held.size[0] // 32) * (held.size[1] // 32))
     assert training_images(run, 32, 16, seed=5).held == found.held  # the same photos and crops on a resume
-    plain = DegradedCrops(run, found.train, DataConfig(4, 32, seed=5, noise=False, jpeg="off"))
+    plain = DegradedCrops(run, found.train, train_spec(scale=4, hr_size=32, seed=5, noise=False, jpeg="off").data)
     crops = validation_crops(plain, found.held)
     assert len(crops) == found.val_crops and len({name for name, _, _ in crops}) == len(crops)
     kernel = open_kernel_bank(run.kernels)[1][4].kernels[held.kernel_index].astype(np.float64)
     for _, lr, hr in crops:
         assert hr.shape == (32, 32, 3) and lr.shape == (8, 8, 3)
         np.testing.assert_array_equal(lr, to_uint8(degrade(hr, kernel, 4)).astype(np.float32) / 255)
-    squeezed = validation_crops(DegradedCrops(run, found.train, DataConfig(4, 32, seed=5, noise=False, jpeg="auto")), found.held)
+    squeezed = validation_crops(DegradedCrops(run, found.train, train_spec(scale=4, hr_size=32, seed=5, noise=False, jpeg="auto").data), found.held)
     np.testing.assert_array_equal(squeezed[0][1], recompress(crops[0][1], QUALITY))  # the photo's own quality, no jitter
-    noisy = DegradedCrops(run, found.train, DataConfig(4, 32, seed=5, noise=True, jpeg="off"))
+    noisy = DegradedCrops(run, found.train, train_spec(scale=4, hr_size=32, seed=5, noise=True, jpeg="off").data)
     a, b = validation_crops(noisy, found.held), validation_crops(noisy, found.held)
     assert all(np.array_equal(x[1], y[1]) for x, y in zip(a, b))  # drawn once: every validation sees the same LR
     assert np.mean([np.abs(x[1] - p[1]).mean() for x, p in zip(a, crops)]) > 0.5 / 255  # with the bank's noise
