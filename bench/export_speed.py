@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from realsr.models.synthetic import camera_photo  # noqa: E402
 from realsr.models.tiling import upscale  # noqa: E402
-from realsr.storage.checkpoints import load_generator  # noqa: E402
+from realsr.storage.model_files import load_generator  # noqa: E402
 from realsr.steps import export_formats as fmt  # noqa: E402
 
 

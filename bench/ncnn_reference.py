@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import torch
 
-from realsr.storage.checkpoints import load_rrdb
+from realsr.storage.model_files import load_rrdb
 from realsr.storage.weights import CATALOG, read_members, require
 from realsr.storage.weights_fetch import download, registry_url
 

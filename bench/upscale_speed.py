@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from realsr.models.tiling import run_batch, upscale  # noqa: E402
-from realsr.storage.checkpoints import load_rrdb  # noqa: E402
+from realsr.storage.model_files import load_rrdb  # noqa: E402
 from realsr.storage.images import read_image  # noqa: E402
 
 

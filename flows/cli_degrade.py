@@ -60,7 +60,7 @@ def run(args) -> int:
     from realsr.flows.exit_codes import failed_photos, outcome
     from realsr.flows import preflight
     from realsr.flows.settings import DegradeSettings
-    from realsr.steps.staging import held
+    from realsr.steps.mirrors import held
 
     settings = DegradeSettings(source=args.source, out=args.out, **given(args, DegradeSettings, _SKIP))
     preflight.degrade(settings)

@@ -91,7 +91,7 @@ def print_result(summary: dict) -> None:
 
 def run(args) -> int:
     from realsr.flows.pipeline_settings import PipelineSettings
-    from realsr.steps.staging import held
+    from realsr.steps.mirrors import held
 
     settings = PipelineSettings(source=args.source, out=args.out, preset=args.preset, degrade=args.degrade, train=args.train, models=args.models, test_lr=args.test_lr, test_hr=args.test_hr)
     preflight(settings)

@@ -49,7 +49,7 @@ def run(args) -> int:
     if args.runtime == "prefect":
         from realsr.flows.runtime import prefect_api
         from realsr.flows.train import summary_markdown, train_flow
-        from realsr.steps.staging import held
+        from realsr.steps.mirrors import held
 
         with held(settings.run_dir, settings.out, "run", "train"), prefect_api():  # a second run is refused before the server starts
             summary = train_flow(settings)

@@ -23,14 +23,14 @@ from realsr.storage.atomic import no_retry
 from realsr.storage.image_formats import RAW_NOTE, processed_photos
 from realsr.storage.images import SRGB_NOTE, list_images
 from realsr.storage.kernel_prior_file import PriorFileError
-from realsr.steps import degrade_known as known
+from realsr.steps import degrade_rerun as rerun
 from realsr.steps.degrade_noise import EmptyNoiseBank
 from realsr.steps.degrade import jpeg_summary
 from realsr.storage.degrade_records import KernelRecord, PreprocessRecord
 from realsr.storage.run_dir import RunDir, claim_run_dir
 from realsr.steps.degrade import save_summary
 from realsr.steps.inspect import inspect_bank
-from realsr.steps.staging import staged
+from realsr.steps.mirrors import staged
 from realsr.tasks import degrade as t
 
 
@@ -108,7 +108,7 @@ def drop_duplicates(records: list) -> tuple[list, list[dict]]:
 @flow(name="degrade-flow", task_runner=task_runner(), log_prints=False, validate_parameters=False)
 def degrade_flow(settings: DegradeSettings) -> dict:
     """Build the kernel and noise banks and the paired training data for one folder of photos
-    (local, or at a URL: worked on through local mirrors, see steps/staging.py). A run that made
+    (local, or at a URL: worked on through local mirrors, see steps/mirrors.py). A run that made
     nothing train-flow can use ends Failed; one that warned ends Completed with the warnings."""
     log = get_run_logger()
     try:  # a deployment run's settings: merged over the deployment's, checked here (flows/settings.py)
@@ -161,7 +161,7 @@ def degrade_local(settings: DegradeSettings, log) -> tuple[dict, list[Preprocess
         raise EmptyNoiseBank(f"stopped before the pairs (on_empty_noise=stop): {noise['warning']}")
 
     tq = time.perf_counter()
-    known_pairs, to_pair = known.split_pairs(sorted(p.records, key=lambda r: r.source), run, spec, p.kernels["digest"], noise["digest"])
+    known_pairs, to_pair = rerun.split_pairs(sorted(p.records, key=lambda r: r.source), run, spec, p.kernels["digest"], noise["digest"])
     batched = batches(to_pair, settings.images_per_task)
     futures = t.make_pairs.map(
         batched, unmapped(run), unmapped(spec), unmapped(p.kernels["digest"]), unmapped(noise["digest"])
@@ -170,7 +170,7 @@ def degrade_local(settings: DegradeSettings, log) -> tuple[dict, list[Preprocess
     pairs += known_pairs
     complete = all(f["bad_input"] for f in p.skipped + pair_failed + p.kernel_failed)
     manifest = t.write_manifest(run, pairs, p.records, p.kernel_records, complete)
-    known.write_index(run, p.records)
+    rerun.write_index(run, p.records)
     timings["pairs"] = time.perf_counter() - tq
     timings["total"] = time.perf_counter() - t0
 
@@ -230,8 +230,8 @@ def _prepare(settings: DegradeSettings, spec, run: RunDir, sources: list[Path], 
     # clean-up goes first: its seconds-long tasks finish (and bad images show up) before the
     # minutes-long KernelGAN tasks take the workers
     tp = time.perf_counter()
-    index = known.read_index(run)
-    known_records, to_prepare = known.split_prepared(sources, run, spec, index)  # unchanged photos need no task
+    index = rerun.read_index(run)
+    known_records, to_prepare = rerun.split_prepared(sources, run, spec, index)  # unchanged photos need no task
     if known_records:
         log.info(f"{len(known_records)} photos unchanged since an earlier run (from their records), {len(to_prepare)} to clean up")
     batched = batches(to_prepare, settings.images_per_task)
@@ -239,7 +239,7 @@ def _prepare(settings: DegradeSettings, spec, run: RunDir, sources: list[Path], 
     tk = time.perf_counter()
     kernel_records, kernel_failed, kernel_futures, to_estimate = [], [], None, []
     if settings.kernels.startswith("kernelgan"):  # one more fan-out, beside clean-up and noise extraction
-        kernel_records, to_estimate = known.split_kernels(processed_photos(sources), run, spec, index)
+        kernel_records, to_estimate = rerun.split_kernels(processed_photos(sources), run, spec, index)
         kernel_batches = kernelgan_batches(to_estimate, settings.kernelgan_batch)
         with dask.annotate(priority=-1):  # workers run clean-up first (see flows.runtime)
             kernel_futures = t.estimate_kernels.map(kernel_batches, unmapped(run), unmapped(spec), unmapped(settings.kernelgan_device))

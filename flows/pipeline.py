@@ -22,7 +22,7 @@ from realsr.flows.pipeline_settings import AUTO, PIPELINE_PRESETS, PipelineSetti
 from realsr.flows.settings import SettingsError, resolve
 from realsr.models.errors import RealsrError
 from realsr.steps import pipeline as p
-from realsr.steps.staging import staged
+from realsr.steps.mirrors import staged
 from realsr.storage.atomic import read_json, write_json
 from realsr.storage.run_dir import TOOL, check_folder
 
@@ -72,7 +72,7 @@ def evaluate_settings(lr: Path, hr: Path | None, models: list[str], out: Path):
 @flow(name="realsr-pipeline", log_prints=False, validate_parameters=False)
 def pipeline_flow(settings: PipelineSettings) -> dict:
     """degrade -> train -> evaluate, each skipped when current; the table as the final artifact.
-    A pipeline folder at a URL is worked on through its local mirror (steps/staging.py). Bad
+    A pipeline folder at a URL is worked on through its local mirror (steps/mirrors.py). Bad
     settings, or a stage that leaves the next nothing to use, end the run Failed with why."""
     log = get_run_logger()
     try:  # a deployment run's settings: merged over the deployment's, checked here (flows/settings.py)

@@ -35,7 +35,7 @@ def kernel_prior(settings) -> None:
 
 
 def train(settings) -> None:
-    from realsr.storage.checkpoints import load_rrdb
+    from realsr.storage.model_files import load_rrdb
     from realsr.storage.run_dir import RunDir
     from realsr.storage.banks import open_noise_bank
     from realsr.steps.train_data import TrainingDataError, run_scale, training_images

@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger
 from realsr.flows.artifacts import image_markdown, publish, refused
 from realsr.flows.settings import SettingsError, resolve
 from realsr.flows.train_settings import PAPER, TrainSettings
-from realsr.steps.staging import staged
+from realsr.steps.mirrors import staged
 from realsr.tasks import train as t
 
 
@@ -36,7 +36,7 @@ def summary_markdown(s: dict) -> str:
 
 def staged_training(settings: TrainSettings, train: Callable[[TrainSettings], dict], say: Callable[[str], None]) -> tuple[dict, dict]:
     """`train` on local folders, for settings whose run and training folders may be URLs (through
-    the mirrors of steps/staging.py; the run folder's is the one degrade wrote). Returns the
+    the mirrors of steps/mirrors.py; the run folder's is the one degrade wrote). Returns the
     summary naming the URLs, and the one naming the local copies."""
     with staged(settings.run_dir, settings.out, say, source_role="run", out_role="train") as local:
         summary = train(settings.model_copy(update={"run_dir": local.source, "out": local.out}))

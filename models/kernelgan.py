@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from realsr.models.batched import compose_linear, conv_stack, strided_correlation
+from realsr.models.kernelgan_batched import compose_linear, conv_stack, strided_correlation
 from realsr.models.kernelgan_crops import CropSampler
 from realsr.models.kernelgan_fkp import PriorGenerators
 from realsr.models.kernelgan_losses import (
@@ -36,7 +36,7 @@ from realsr.models.kernelgan_losses import (
     CentralizedLoss,
     DownScaleLoss,
     GANLoss,
-    LossWeights,
+    ConstraintSchedule,
     SparsityLoss,
     SumOfWeightsLoss,
 )
@@ -142,7 +142,7 @@ class Discriminator(nn.Module):
 class Generators(nn.Module):
     """B independent generators, one per image, all started from one seeded G.
 
-    Their kernels are composed and applied one image at a time (`models.batched`): each image's
+    Their kernels are composed and applied one image at a time (`models.kernelgan_batched`): each image's
     arithmetic is the same whatever else is in the batch.
 
     Args:
@@ -167,7 +167,7 @@ class Generators(nn.Module):
 class Discriminators(nn.Module):
     """B independent discriminators, started from one seeded D's state.
 
-    Each image runs through its own plain convolutions (`models.batched`), so its arithmetic does
+    Each image runs through its own plain convolutions (`models.kernelgan_batched`), so its arithmetic does
     not depend on the batch; BatchNorm is per image; spectral norm runs torch's power iteration
     batched (elementwise), one step per forward, in the same order (u, then v).
     """
@@ -302,7 +302,7 @@ def train_kernels(images: list[np.ndarray], cfg: KernelGANConfig, device: str = 
     opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
     gan, down, sum2one, sparse = GANLoss(), DownScaleLoss().to(dev), SumOfWeightsLoss(), SparsityLoss()
     bounds, central = BoundariesLoss(cfg.kernel_size).to(dev), CentralizedLoss(cfg.kernel_size).to(dev)
-    schedules = [LossWeights() for _ in range(b)]
+    schedules = [ConstraintSchedule() for _ in range(b)]
     diverged = torch.full((b,), -1, dtype=torch.long, device=dev)
 
     def noise(shape, scale: float) -> list[torch.Tensor]:  # each image's own stream, as if alone
@@ -349,7 +349,7 @@ def train_kernels(images: list[np.ndarray], cfg: KernelGANConfig, device: str = 
         bic = loss_bic.tolist() if any(s.needs_loss() for s in schedules) else [None] * b  # no sync once settled
         for s, value in zip(schedules, bic):
             s.update(it, value)
-        LossWeights.decay_learning_rate(it, (opt_g, opt_d))  # the learning rate is shared
+        ConstraintSchedule.decay_learning_rate(it, (opt_g, opt_d))  # the learning rate is shared
         if progress is not None and (it + 1) % 500 == 0:
             progress(it + 1, {"g": round(loss_g.mean().item(), 5), "d": round(loss_d.mean().item(), 5)})
     with torch.no_grad():

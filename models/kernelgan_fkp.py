@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from realsr.models.batched import strided_correlation
+from realsr.models.kernelgan_batched import strided_correlation
 from realsr.models.kernel_prior import KernelPrior
 from realsr.models.synthetic import gaussian_kernel
 
@@ -28,7 +28,7 @@ class PriorGenerators(nn.Module):
 
     Each image has its own latent (or all share one, `camera`), all starting at the encoding of
     an isotropic Gaussian of width `start` plus `jitter` x N(0, I) drawn with `seed`. Images are decoded one
-    at a time: an image's arithmetic does not depend on the batch (`models.batched`).
+    at a time: an image's arithmetic does not depend on the batch (`models.kernelgan_batched`).
 
     Args:
         prior: the trained flow (its weights are frozen here).

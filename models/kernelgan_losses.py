@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from realsr.models.batched import strided_correlation
+from realsr.models.kernelgan_batched import strided_correlation
 from realsr.models.kernels import bicubic_kernel
 
 
@@ -94,7 +94,7 @@ class SparsityLoss(nn.Module):
 
 
 @dataclass
-class LossWeights:
+class ConstraintSchedule:
     """The reference's weight schedule (learner.py), as named constants and one update rule."""
 
     bicubic: float = 5.0  # G's output near the bicubic downscale: strong at first, decayed once close

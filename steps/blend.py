@@ -11,7 +11,7 @@ from pathlib import Path
 
 from realsr.models.errors import RealsrError
 from realsr.models.network_interp import InterpolationError, interpolate
-from realsr.storage.checkpoints import (
+from realsr.storage.model_files import (
     CheckpointError,
     LoadedGenerator,
     canonical_rrdb_keys,

@@ -29,7 +29,7 @@ from realsr.models.metrics import LPIPS, psnr, ssim
 from realsr.models.niqe import Pristine, niqe
 from realsr.models.tiling import upscale
 from realsr.storage.atomic import file_sha256, read_json, write_bytes, write_json
-from realsr.storage.checkpoints import LoadedGenerator, load_generator, resolve_weights
+from realsr.storage.model_files import LoadedGenerator, load_generator, resolve_weights
 from realsr.storage.weights import require
 from realsr.storage.images import IMAGE_SUFFIXES, BadImageError, read_bytes, read_image, sha256_bytes, write_png
 from realsr.storage.run_dir import overlap

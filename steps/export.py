@@ -21,7 +21,7 @@ import torch
 
 from realsr.models.tiling import to_dtype, upscale
 from realsr.storage.atomic import write_bytes, write_json
-from realsr.storage.checkpoints import canonical_rrdb_keys, generator_from_state, load_generator, read_checkpoint, resolve_weights
+from realsr.storage.model_files import canonical_rrdb_keys, generator_from_state, load_generator, read_checkpoint, resolve_weights
 from realsr.storage.images import list_images, read_image
 from realsr.storage.weights import CATALOG
 from realsr.steps import export_formats as fmt

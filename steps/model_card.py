@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 
 from realsr.storage.atomic import file_sha256, read_json
-from realsr.storage.checkpoints import LoadedGenerator
-from realsr.storage.train_state import load_checkpoint, saved_iterations
+from realsr.storage.model_files import LoadedGenerator
+from realsr.storage.train_checkpoints import load_checkpoint, saved_iterations
 from realsr.storage.weights import CATALOG
 from realsr.steps.pipeline import RECORD, PipelineDir
 from realsr.steps.sheets import grid, label, write_sheet

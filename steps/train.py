@@ -4,7 +4,7 @@ validation and resumable checkpoints.
 `train(spec)` is the one entry: the CLI, the Prefect task and the demo call it. It sets up
 (`steps.train_setup`: everything that can refuse the run is checked before the first
 iteration), resumes from the newest complete state, runs the loop, and records
-(`steps.train_report`). Checkpoints follow BasicSR's layout (`storage.train_state`); a killed run
+(`steps.train_report`). Checkpoints follow BasicSR's layout (`storage.train_checkpoints`); a killed run
 resumed with `resume='auto'` ends with the same weights as one never interrupted.
 """
 
@@ -29,7 +29,7 @@ from realsr.steps.train_setup import build_d, build_generator, build_perceptual,
 from realsr.storage.atomic import write_json
 from realsr.storage.images import read_image
 from realsr.storage.run_dir import RunDir
-from realsr.storage.train_state import MODELS, newest_complete, prune_checkpoints, save_checkpoint
+from realsr.storage.train_checkpoints import MODELS, newest_complete, prune_checkpoints, save_checkpoint
 
 Log = Callable[[str], None]
 

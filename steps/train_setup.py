@@ -11,9 +11,9 @@ from realsr.models.losses import VGG19_LAYERS, PerceptualLoss, vgg19_features
 from realsr.models.discriminators import DiscriminatorConfig, build_discriminator
 from realsr.models.rrdbnet import RRDBConfig, RRDBNet
 from realsr.steps.train_data import TrainingDataError
-from realsr.storage.checkpoints import load_discriminator, load_rrdb
+from realsr.storage.model_files import load_discriminator, load_rrdb
 from realsr.storage.run_dir import check_folder, claim_folder
-from realsr.storage.train_state import saved_iterations
+from realsr.storage.train_checkpoints import saved_iterations
 from realsr.storage.weights import WeightsError, require
 
 MARKER = "train.json"

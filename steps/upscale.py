@@ -24,7 +24,7 @@ from realsr.models.tiling import run_batch, tile_count, to_dtype, upscale
 from realsr.storage.atomic import write_bytes
 from realsr.storage.image_formats import is_srgb, profile_name
 from realsr.storage.image_write import HOLDS_ALPHA, encode_image, icc_space, srgb_icc, upright_exif
-from realsr.storage.checkpoints import LoadedGenerator
+from realsr.storage.model_files import LoadedGenerator
 from realsr.storage.images import ALPHA_NOTE, SRGB_NOTE, BadImageError, ImageHeader, SourceImage, decode_image, image_header, read_bytes
 from realsr.steps.upscale_plan import (  # noqa: F401  (UpscaleOptions, UpscaleError, inputs: this module's API too)
     Plan, UpscaleError, UpscaleOptions, activation_bytes, check_options, inputs, keep_reason, memory_plan, output_path, plan_outputs,
@@ -322,7 +322,7 @@ def upscale_files(
     report lists what was written, what failed, what was not read and what was held back by a
     file upscale did not write, each with why."""
     from realsr.models.devices import resolve_device, use_compute_threads
-    from realsr.storage.checkpoints import load_generator
+    from realsr.storage.model_files import load_generator
 
     check_options(opts)  # a missing encoder is refused before any work
     dev = resolve_device(device)

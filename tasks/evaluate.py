@@ -12,7 +12,7 @@ from realsr.steps import evaluate as ev
 
 @task(name="evaluate-model", tags=["gpu"], cache_policy=NO_CACHE, task_run_name="evaluate-{label}")
 def evaluate_model(label: str, gen, digest: str, images: list, out: Path, spec: ev.Scoring) -> dict:
-    """`gen`: the loaded generator (`storage.checkpoints.LoadedGenerator`), None for bicubic."""
+    """`gen`: the loaded generator (`storage.model_files.LoadedGenerator`), None for bicubic."""
     log = get_run_logger()
     if gen is not None:
         log.info(gen.describe())

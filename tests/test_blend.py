@@ -10,7 +10,7 @@ import torch
 from realsr.flows.cli import main
 from realsr.models.network_interp import InterpolationError, interpolate
 from realsr.models.rrdbnet import RRDBConfig, RRDBNet
-from realsr.storage.checkpoints import read_checkpoint, save_generator
+from realsr.storage.model_files import read_checkpoint, save_generator
 from realsr.steps.blend import recorded_init
 
 SHAPE = RRDBConfig(num_feat=8, num_block=1, num_grow_ch=8)

@@ -19,8 +19,8 @@ from realsr.models.discriminators import build_discriminator
 from realsr.steps.pipeline import PipelineDir, publish_model
 from realsr.steps.train import generator_meta
 from realsr.steps.train_setup import SPANDREL_GROWTH, build_generator
-from realsr.storage.checkpoints import save_generator
-from realsr.storage.train_state import load_checkpoint, save_checkpoint
+from realsr.storage.model_files import save_generator
+from realsr.storage.train_checkpoints import load_checkpoint, save_checkpoint
 from realsr.storage.weights import require
 
 PHOTO = Path(__file__).parent / "data" / "weights" / "input.png"  # a real photo crop (40 x 40), the ncnn references' input

@@ -13,7 +13,7 @@ from realsr.flows.cli import main
 from realsr.flows.train_settings import TrainSettings
 from realsr.models.discriminators import DiscriminatorConfig, UNetDiscriminatorSN, build_discriminator
 from realsr.steps.train_setup import build_d
-from realsr.storage.checkpoints import CheckpointError, load_discriminator
+from realsr.storage.model_files import CheckpointError, load_discriminator
 from tests.test_train import degrade_run  # noqa: F401  (the module's tiny degrade run)
 
 # BasicSR's UNetDiscriminatorSN(num_in_ch=3, num_feat=64) (basicsr/archs/discriminator_arch.py):

@@ -11,7 +11,7 @@ import torch
 from realsr.flows.cli import main
 from realsr.models.metrics import LPIPS, psnr, ssim
 from realsr.models.rrdbnet import RRDBConfig, RRDBNet
-from realsr.storage.checkpoints import save_generator
+from realsr.storage.model_files import save_generator
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

@@ -19,7 +19,7 @@ pytest.importorskip("safetensors")
 
 from realsr.flows.cli import main  # noqa: E402
 from realsr.models.rrdbnet import RRDBConfig, RRDBNet  # noqa: E402
-from realsr.storage.checkpoints import load_generator, read_checkpoint, save_generator  # noqa: E402
+from realsr.storage.model_files import load_generator, read_checkpoint, save_generator  # noqa: E402
 from realsr.steps import export_formats as fmt  # noqa: E402
 from tests.conftest import small_photo, write_rgb  # noqa: E402
 
@@ -201,7 +201,7 @@ def test_bad_arguments_exit_2(tiny, capsys):
 def test_pipeline_model_card(tmp_path):
     """A pipeline's trained.pth: verified on its held-out crops; the card carries the training
     fields, the data summary and the evaluation table from the pipeline folder."""
-    from realsr.storage.train_state import save_checkpoint
+    from realsr.storage.train_checkpoints import save_checkpoint
 
     root = tmp_path / "mycamera"
     tdir = root / "train" / "abc"

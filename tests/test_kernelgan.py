@@ -14,7 +14,7 @@ from realsr.models.kernelgan import (
     finalize_kernel,
 )
 from realsr.models.kernelgan_crops import CropSampler, gradient_map
-from realsr.models.kernelgan_losses import BoundariesLoss, CentralizedLoss, LossWeights, SparsityLoss, penalty_mask
+from realsr.models.kernelgan_losses import BoundariesLoss, CentralizedLoss, ConstraintSchedule, SparsityLoss, penalty_mask
 from realsr.models.kernels import center_of_mass, centre_kernel
 from realsr.models.synthetic import camera_photo, gaussian_kernel
 
@@ -178,7 +178,7 @@ def test_constraint_losses():
 
 
 def test_weight_schedule_follows_the_reference():
-    w = LossWeights()
+    w = ConstraintSchedule()
     for it in range(1, 4):  # three iterations close to bicubic make G "similar to bicubic"
         assert w.needs_loss()
         w.update(it, 0.1)
@@ -189,7 +189,7 @@ def test_weight_schedule_follows_the_reference():
     assert w.bicubic == pytest.approx(5e-4) and (w.centralized, w.sparse) == (1.0, 5.0)
     opt = torch.optim.Adam(torch.nn.Linear(1, 1).parameters(), lr=2e-4)
     for it in (0, 749, 750):
-        LossWeights.decay_learning_rate(it, [opt])
+        ConstraintSchedule.decay_learning_rate(it, [opt])
     assert opt.param_groups[0]["lr"] == pytest.approx(2e-5)
 
 

@@ -153,7 +153,7 @@ def test_one_writer_per_run_folder_and_a_killed_holder_leaves_no_lock(tmp_path, 
 
 HOLDER = """
 import json, sys, time
-from realsr.steps.staging import held
+from realsr.steps.mirrors import held
 from contextlib import ExitStack
 with ExitStack() as stack:
     for source, out, roles in json.loads(sys.argv[1]):
@@ -164,7 +164,7 @@ with ExitStack() as stack:
 
 
 def test_training_and_pipeline_folders_and_url_mirrors_have_one_writer_too(tmp_path, monkeypatch):
-    from realsr.steps.staging import held
+    from realsr.steps.mirrors import held
     from realsr.storage.lock import FolderBusy
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the mirrors' home, for both processes

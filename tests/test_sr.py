@@ -9,7 +9,7 @@ import torch
 
 from realsr.models.rrdbnet import RRDBConfig, RRDBNet
 from realsr.models.tiling import axis_weights, tile_layout, upscale
-from realsr.storage.checkpoints import CheckpointError, load_generator, load_rrdb, save_generator
+from realsr.storage.model_files import CheckpointError, load_generator, load_rrdb, save_generator
 
 TINY = RRDBConfig(num_feat=8, num_block=2, num_grow_ch=32)  # spandrel assumes growth 32
 

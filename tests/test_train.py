@@ -25,7 +25,7 @@ from realsr.models.training import EMA, Trainer
 from realsr.storage.banks import KernelSet, open_kernel_bank, write_kernel_bank
 from realsr.storage.run_dir import RunDir
 from realsr.steps.train_data import DegradedCrops, TrainingDataError, loader, training_images
-from realsr.storage.train_state import load_checkpoint
+from realsr.storage.train_checkpoints import load_checkpoint
 from realsr.steps.train import TrainSpec, train
 from realsr.steps.train_setup import build_generator
 from realsr.storage.weights import require

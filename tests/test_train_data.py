@@ -16,7 +16,7 @@ from realsr.models.degradation import degrade, to_uint8
 from realsr.models.jpeg import recompress
 from realsr.models.rrdbnet import RRDBConfig, RRDBNet
 from realsr.storage.banks import open_kernel_bank
-from realsr.storage.checkpoints import read_checkpoint, save_generator
+from realsr.storage.model_files import read_checkpoint, save_generator
 from realsr.storage.run_dir import RunDir
 from realsr.steps.train import train
 from realsr.steps.train_data import DegradedCrops, training_images, validation_crops

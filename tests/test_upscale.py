@@ -9,7 +9,7 @@ import torch
 
 from realsr.flows.cli import main
 from realsr.models.rrdbnet import RRDBConfig, RRDBNet
-from realsr.storage.checkpoints import load_generator, save_generator
+from realsr.storage.model_files import load_generator, save_generator
 from realsr.steps.upscale import UpscaleOptions, upscale_paths
 
 

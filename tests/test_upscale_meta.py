@@ -15,7 +15,7 @@ from PIL import Image
 
 from realsr.flows.cli import main
 from realsr.models.rrdbnet import RRDBConfig, RRDBNet
-from realsr.storage.checkpoints import load_generator, save_generator
+from realsr.storage.model_files import load_generator, save_generator
 from realsr.storage.image_formats import to_srgb
 from realsr.storage.images import jpeg_quality
 from realsr.storage.image_write import encode_image, jpeg_with_meta, png_with_meta, srgb_icc, upright_exif

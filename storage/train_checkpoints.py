@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from realsr.storage.atomic import write_bytes
-from realsr.storage.checkpoints import CheckpointError, save_generator
+from realsr.storage.model_files import CheckpointError, save_generator
 
 MODELS, STATES = "models", "training_states"
 
