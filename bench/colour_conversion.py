@@ -21,10 +21,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+from realsr.storage.images import decode_image  # noqa: E402
 from tests.phone_files import display_p3_icc, p3_to_srgb  # noqa: E402
 from tests.test_phone_formats import png_with_icc  # noqa: E402
-
-from realsr.storage.images import decode_image  # noqa: E402
 
 
 def row(name: str, values: np.ndarray, scale: float) -> str:

@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from realsr.models.synthetic import camera_photo  # noqa: E402
 from realsr.models.tiling import upscale  # noqa: E402
-from realsr.storage.model_files import load_generator  # noqa: E402
 from realsr.steps import export_formats as fmt  # noqa: E402
+from realsr.storage.model_files import load_generator  # noqa: E402
 
 
 class Wrapped(torch.nn.Module):
@@ -84,8 +84,11 @@ def main() -> None:
             diff = int(np.abs(out.astype(np.int16) - ref).max())
             rows.append((name, statistics.median(times), min(times), diff))
             print(f"{name}: median {rows[-1][1]:.2f} s", file=sys.stderr)
-    print(f"\n{args.model}, {args.size}x{args.size} input, tile {args.tile or 'whole'}" + (f" (pad {args.tile_pad})" if args.tile else "")
-          + f", {args.threads} threads, {args.runs} runs after a warm-up; {platform.processor() or platform.machine()}, torch {torch.__version__}")
+    print(
+        f"\n{args.model}, {args.size}x{args.size} input, tile {args.tile or 'whole'}"
+        + (f" (pad {args.tile_pad})" if args.tile else "")
+        + f", {args.threads} threads, {args.runs} runs after a warm-up; {platform.processor() or platform.machine()}, torch {torch.__version__}"
+    )
     print(f"export time: ONNX {t_onnx:.1f} s, ncnn {t_ncnn:.1f} s\n")
     print("| runtime | median s/image | min s | vs product | max diff vs product (1/255) |")
     print("|---|---|---|---|---|")

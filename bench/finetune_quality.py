@@ -89,11 +89,49 @@ def main() -> None:
     realsr("degrade", "--source", str(photos), "--out", str(run), "--kernels", args.kernels, "--pair-hr-size", "128")
     train = args.work / args.label
     extra = ["--lr-g", args.lr_g] if args.lr_g else []
-    realsr("train", str(run), "--out", str(train), "--preset", "finetune", "--iterations", str(args.iterations), "--batch-size", "4", "--hr-size", "64",
-           "--val-every", str(args.iterations), "--save-every", str(args.iterations), "--val-crops", "4", "--log-every", "10", "--workers", "1", "--auto-resume", *extra)
+    realsr(
+        "train",
+        str(run),
+        "--out",
+        str(train),
+        "--preset",
+        "finetune",
+        "--iterations",
+        str(args.iterations),
+        "--batch-size",
+        "4",
+        "--hr-size",
+        "64",
+        "--val-every",
+        str(args.iterations),
+        "--save-every",
+        str(args.iterations),
+        "--val-crops",
+        "4",
+        "--log-every",
+        "10",
+        "--workers",
+        "1",
+        "--auto-resume",
+        *extra,
+    )
     model = args.work / f"{args.label}.pth"
     model.write_bytes((train / "models" / "net_g_latest.pth").read_bytes())
-    realsr("evaluate", "--lr", str(lr), "--hr", str(hr), "--model", "realesrgan-x4plus", "--model", "realsr-df2k", "--model", str(model), "--out", str(args.work / "eval"))
+    realsr(
+        "evaluate",
+        "--lr",
+        str(lr),
+        "--hr",
+        str(hr),
+        "--model",
+        "realesrgan-x4plus",
+        "--model",
+        "realsr-df2k",
+        "--model",
+        str(model),
+        "--out",
+        str(args.work / "eval"),
+    )
     print(f"total {time.perf_counter() - t0:.0f} s; table: {args.work / 'eval' / 'results.md'}")
 
 

@@ -31,8 +31,8 @@ def spread_of(row: dict, n_filtering: int) -> float | None:
     if row["scale"] == 2:
         kernel = np.array(row["kernel"])
     else:  # the row's kernel is x4; the spread is of the x2 consensus, as in the bank
-        from realsr.models.kernels import consensus_kernel
         from realsr.models.kernelgan_post import finalize_kernel
+        from realsr.models.kernels import consensus_kernel
 
         if len(runs) < 2:
             return None
@@ -61,7 +61,12 @@ def main() -> None:
             worse = {i for i in have if got[i]["lr_psnr"] < bicubic.get((scale, i), -np.inf)}
             flagged = {i for i, s in have.items() if s > args.flag}
             v = np.array(list(have.values()))
-            print(f"| x{scale} | {method} | {len(have)} | {np.median(v):.3f} | {v.mean():.3f} | {v.max():.3f} | {len(flagged)} | {len(worse)} | {len(flagged & worse)} | {len(worse - flagged)} |")
+            print(
+                (
+                    f"| x{scale} | {method} | {len(have)} | {np.median(v):.3f} | {v.mean():.3f} | {v.max():.3f} | {len(flagged)} | {len(worse)} | "
+                    f"{len(flagged & worse)} | {len(worse - flagged)} |"
+                )
+            )
 
 
 if __name__ == "__main__":

@@ -165,7 +165,18 @@ def figures(case: dict, k_est: np.ndarray) -> dict:
 
 def run_official(case: dict, repo: Path, threads: int) -> tuple[np.ndarray, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, str(ROOT / "bench" / "official_kernelgan.py"), "--repo", str(repo), "--image", str(case["lr_path"]), "--out", tmp, "--threads", str(threads)]
+        cmd = [
+            sys.executable,
+            str(ROOT / "bench" / "official_kernelgan.py"),
+            "--repo",
+            str(repo),
+            "--image",
+            str(case["lr_path"]),
+            "--out",
+            tmp,
+            "--threads",
+            str(threads),
+        ]
         log = Path(tmp) / "log"
         with log.open("w") as f:
             done = subprocess.run(cmd + (["--x4"] if case["scale"] == 4 else []), stdout=f, stderr=subprocess.STDOUT)
@@ -179,7 +190,18 @@ def run_official_fkp(case: dict, repo: Path, threads: int) -> tuple[np.ndarray, 
     """The official KernelGAN-FKP's kernel in this project's frame, as it returned it, and its seconds."""
     s = case["scale"]
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, str(ROOT / "bench" / "official_fkp.py"), "--repo", str(repo), "--image", str(case["lr_path"]), "--out", tmp, "--threads", str(threads)]
+        cmd = [
+            sys.executable,
+            str(ROOT / "bench" / "official_fkp.py"),
+            "--repo",
+            str(repo),
+            "--image",
+            str(case["lr_path"]),
+            "--out",
+            tmp,
+            "--threads",
+            str(threads),
+        ]
         log = Path(tmp) / "log"
         with log.open("w") as f:
             done = subprocess.run(cmd + (["--x4"] if s == 4 else []), stdout=f, stderr=subprocess.STDOUT)
@@ -194,12 +216,11 @@ def run_ours(cases: list[dict], iterations: int, threads: int, overrides: dict, 
     `prior_spec`: KernelGAN-FKP with that kernel prior ('builtin' or a file), as `--kernels kernelgan-fkp`."""
     import torch
 
-    from realsr.storage.kernel_prior_file import load
-
     from realsr.models.kernelgan import KernelGANConfig, estimate_kernels
     from realsr.models.kernelgan_post import x4_base
     from realsr.models.kernels import KERNEL_SIZE, analytic_x4, bicubic_kernel
     from realsr.storage.images import read_image
+    from realsr.storage.kernel_prior_file import load
 
     torch.set_num_threads(threads)
     images = [read_image(c["lr_path"]).rgb for c in cases]
@@ -227,7 +248,13 @@ def save(path: Path, row: dict) -> None:
     with path.open("a") as f:  # locked: shards of one run append to the same file
         fcntl.flock(f, fcntl.LOCK_EX)
         f.write(json.dumps(row) + "\n")
-    print(f"x{row['scale']} {row['index']:2d} {row['name']:10s} {row['method']:10s} {row['seconds']:6.0f} s  error {row['kernel_err']:.4f}  kernel {row['kernel_psnr']:.2f} dB  LR {row['lr_psnr']:.2f} dB", flush=True)
+    print(
+        (
+            f"x{row['scale']} {row['index']:2d} {row['name']:10s} {row['method']:10s} {row['seconds']:6.0f} s  error {row['kernel_err']:.4f}  kernel "
+            f"{row['kernel_psnr']:.2f} dB  LR {row['lr_psnr']:.2f} dB"
+        ),
+        flush=True,
+    )
 
 
 def table(rows: list[dict], scale: int, n: int) -> None:
@@ -272,7 +299,9 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--shard", default="0/1", help="K/N: only the cases whose index is K modulo N (run N at once, one per core)")
     ap.add_argument("--table", action="store_true", help="only print the tables of the results kept so far")
-    ap.add_argument("--camera", action="store_true", help="the camera set instead: every x2 image has one true kernel; adds the consensus kernel of each method's estimates")
+    ap.add_argument(
+        "--camera", action="store_true", help="the camera set instead: every x2 image has one true kernel; adds the consensus kernel of each method's estimates"
+    )
     args = ap.parse_args()
     from realsr.models.kernels import bicubic_kernel, consensus_kernel
 
@@ -292,12 +321,23 @@ def main() -> None:
             todo = lambda m: [c for c in cases if (scale, c["index"], m) not in have]  # noqa: E731
             if "bicubic" in methods:
                 for c in todo("bicubic"):
-                    save(args.results, {"scale": scale, "index": c["index"], "name": c["name"], "method": "bicubic", "seconds": 0.0, **figures(c, bicubic_kernel(scale))})
+                    save(
+                        args.results,
+                        {"scale": scale, "index": c["index"], "name": c["name"], "method": "bicubic", "seconds": 0.0, **figures(c, bicubic_kernel(scale))},
+                    )
             if "ours" in methods and (mine := todo(args.label)):
                 kernels, secs = run_ours(mine, args.iterations, args.threads, args.config, args.prior)
                 for c, k in zip(mine, kernels):
                     e = c["estimate"]
-                    extra = {"kernel": np.round(k, 7).tolist(), "raw": np.round(e.raw, 9).tolist(), "losses": e.losses, "diverged_at": e.diverged_at, "problem": e.problem, "seed": e.seed, "steps": e.iterations}
+                    extra = {
+                        "kernel": np.round(k, 7).tolist(),
+                        "raw": np.round(e.raw, 9).tolist(),
+                        "losses": e.losses,
+                        "diverged_at": e.diverged_at,
+                        "problem": e.problem,
+                        "seed": e.seed,
+                        "steps": e.iterations,
+                    }
                     if e.runs:  # each seed's raw kernel (None: failed), for studies of the consensus
                         extra["seed_raws"] = [np.round(r.raw, 9).tolist() if r.ok else None for r in e.runs]
                         if e.ok:
@@ -305,19 +345,44 @@ def main() -> None:
                             from realsr.models.kernelgan_post import seed_spread
 
                             extra["spread"] = seed_spread(e, 0 if args.prior else KernelGANConfig().n_filtering)
-                    save(args.results, {"scale": scale, "index": c["index"], "name": c["name"], "method": args.label, "seconds": secs, **figures(c, k), **extra})
+                    save(
+                        args.results, {"scale": scale, "index": c["index"], "name": c["name"], "method": args.label, "seconds": secs, **figures(c, k), **extra}
+                    )
             if "official" in methods:
                 if args.official is None:
                     sys.exit("--official PATH (a checkout of sefibk/KernelGAN) is needed for the official rows")
                 for c in todo("official"):
                     k, secs = run_official(c, args.official, args.threads)
-                    save(args.results, {"scale": scale, "index": c["index"], "name": c["name"], "method": "official", "seconds": secs, **figures(c, k), "kernel": np.round(k, 7).tolist()})
+                    save(
+                        args.results,
+                        {
+                            "scale": scale,
+                            "index": c["index"],
+                            "name": c["name"],
+                            "method": "official",
+                            "seconds": secs,
+                            **figures(c, k),
+                            "kernel": np.round(k, 7).tolist(),
+                        },
+                    )
             if "official-fkp" in methods:
                 if args.official_fkp is None:
                     sys.exit("--official-fkp PATH (a checkout of JingyunLiang/FKP) is needed for the official-fkp rows")
                 for c in todo("official-fkp"):
                     k, raw, secs = run_official_fkp(c, args.official_fkp, args.threads)
-                    save(args.results, {"scale": scale, "index": c["index"], "name": c["name"], "method": "official-fkp", "seconds": secs, **figures(c, k), "kernel": np.round(k, 7).tolist(), "raw": np.round(raw, 9).tolist()})
+                    save(
+                        args.results,
+                        {
+                            "scale": scale,
+                            "index": c["index"],
+                            "name": c["name"],
+                            "method": "official-fkp",
+                            "seconds": secs,
+                            **figures(c, k),
+                            "kernel": np.round(k, 7).tolist(),
+                            "raw": np.round(raw, 9).tolist(),
+                        },
+                    )
             if args.camera:  # one kernel for the camera from each method's per-image estimates
                 rows = load(args.results)
                 for method in sorted({r["method"] for r in rows if "kernel" in r and not r["method"].startswith(("consensus", "mean"))}):
@@ -328,7 +393,18 @@ def main() -> None:
                             continue
                         k = k(kernels)
                         for c in cases:
-                            save(args.results, {"scale": scale, "index": c["index"], "name": c["name"], "method": name, "seconds": 0.0, **figures(c, k), "kernel": np.round(k, 7).tolist()})
+                            save(
+                                args.results,
+                                {
+                                    "scale": scale,
+                                    "index": c["index"],
+                                    "name": c["name"],
+                                    "method": name,
+                                    "seconds": 0.0,
+                                    **figures(c, k),
+                                    "kernel": np.round(k, 7).tolist(),
+                                },
+                            )
     rows = load(args.results)
     for scale in scales:
         table(rows, scale, counts[scale])

@@ -62,7 +62,12 @@ def check_table(rows: list[dict], bic: dict) -> None:
         worse = r["lr_psnr"] < bic[(r["scale"], r["index"])]["lr_psnr"]
         counts[(collapse(np.array(r["raw"])) is not None, worse)] += 1
     hit, miss, false = counts[(True, True)], counts[(False, True)], counts[(True, False)]
-    print(f"\ncheck `collapse` over {len(rows)} estimates: flags {hit + false}; of the {hit + miss} worse than bicubic it flags {hit}; {false} flagged ones were not worse")
+    print(
+        (
+            f"\ncheck `collapse` over {len(rows)} estimates: flags {hit + false}; of the {hit + miss} worse than bicubic it flags {hit}; {false} flagged "
+            f"ones were not worse"
+        )
+    )
 
 
 def main() -> None:

@@ -33,8 +33,11 @@ def main() -> None:
     lp = lpips_metric(None)
     lp(*imgs[0])  # warm-up
     for name, fn in [
-        ("PSNR-Y", lambda s, h: psnr(s, h, args.crop)), ("SSIM-Y", lambda s, h: ssim(s, h, args.crop)),
-        ("PSNR-RGB", lambda s, h: psnr(s, h, args.crop, y=False)), ("SSIM-RGB", lambda s, h: ssim(s, h, args.crop, y=False)), ("LPIPS-alex", lp),
+        ("PSNR-Y", lambda s, h: psnr(s, h, args.crop)),
+        ("SSIM-Y", lambda s, h: ssim(s, h, args.crop)),
+        ("PSNR-RGB", lambda s, h: psnr(s, h, args.crop, y=False)),
+        ("SSIM-RGB", lambda s, h: ssim(s, h, args.crop, y=False)),
+        ("LPIPS-alex", lp),
     ]:
         t = time.perf_counter()
         for s, h in imgs:

@@ -56,8 +56,14 @@ def main() -> None:
         reruns = [degrade(src, out) for _ in range(2)]
         s2 = reruns[-1][1]
         row = {
-            "photos": n, "first_s": round(first, 1), "rerun_s": [round(r[0], 1) for r in reruns], "sent_to_workers": s2["worked_on"],
-            "cached": s2["cached"], "rerun_stages_s": s2["timings_s"], "cores": os.cpu_count(), "omp_threads": os.environ.get("OMP_NUM_THREADS"),
+            "photos": n,
+            "first_s": round(first, 1),
+            "rerun_s": [round(r[0], 1) for r in reruns],
+            "sent_to_workers": s2["worked_on"],
+            "cached": s2["cached"],
+            "rerun_stages_s": s2["timings_s"],
+            "cores": os.cpu_count(),
+            "omp_threads": os.environ.get("OMP_NUM_THREADS"),
             "load": os.getloadavg()[0],
         }
         rows.append(row)

@@ -84,10 +84,20 @@ def _clean(img: np.ndarray, f: float) -> np.ndarray:
 def clean_scenes() -> dict[str, list[tuple[str, np.ndarray]]]:
     rd = lambda p: read_image(DATA / p).rgb  # noqa: E731
     sky = [(n.split("_")[0], _clean(rd(f"camera_photos/{n}_srgb8.png"), 1.1)) for n in ("tmshre_riaphotographs", "cvo9xd_keong_macan", "u76c0g_bliznaca")]
-    small = sky + [("building", _clean(rd("photos/building.jpg"), 1.5)), ("hdr_room", _clean(rd("camera_photos/hdr_room_16bit.png"), 1.4)), ("flower", _clean(rd("camera_photos/flower.png"), 4))]
+    small = sky + [
+        ("building", _clean(rd("photos/building.jpg"), 1.5)),
+        ("hdr_room", _clean(rd("camera_photos/hdr_room_16bit.png"), 1.4)),
+        ("flower", _clean(rd("camera_photos/flower.png"), 4)),
+    ]
     small += [(n, _clean(rd(f"hr/set14/{n}.png"), 1.1)) for n in ("pepper", "monarch", "barbara")]
     flower = _clean(rd("camera_photos/flower.png"), 2)
-    large = [("flower/2 mirrored 2x2", _mirror_mosaic(flower, 2)), ("sky photos mirrored 3x3", np.concatenate([_mirror_mosaic(_clean(rd(f"camera_photos/{n}_srgb8.png"), 1), 3) for n in ("tmshre_riaphotographs", "u76c0g_bliznaca")], 1))]
+    large = [
+        ("flower/2 mirrored 2x2", _mirror_mosaic(flower, 2)),
+        (
+            "sky photos mirrored 3x3",
+            np.concatenate([_mirror_mosaic(_clean(rd(f"camera_photos/{n}_srgb8.png"), 1), 3) for n in ("tmshre_riaphotographs", "u76c0g_bliznaca")], 1),
+        ),
+    ]
     return {"small": small, "large": large}
 
 
@@ -267,16 +277,25 @@ def measure(camera_name: str, size: str, scenes: list, rule: str, seed: int = 0,
     mp = sum(ph.shape[0] * ph.shape[1] for ph in photos) / 1e6
     scene_at, camera_at = at_tiles(bank, [c for _, c in scenes], noises, surface=not rule.startswith("reference"))
     return {
-        "camera": camera_name, "size": size, "rule": rule, "images": len(photos), "mp_per_image": round(mp / len(photos), 2),
-        "counts": counts, "patches_min": int(min(counts)), "patches_mean": float(np.mean(counts)), "images_without": int(sum(c == 0 for c in counts)),
-        "bins_contained": len(contained), "bins_held": len(err_held),
+        "camera": camera_name,
+        "size": size,
+        "rule": rule,
+        "images": len(photos),
+        "mp_per_image": round(mp / len(photos), 2),
+        "counts": counts,
+        "patches_min": int(min(counts)),
+        "patches_mean": float(np.mean(counts)),
+        "images_without": int(sum(c == 0 for c in counts)),
+        "bins_contained": len(contained),
+        "bins_held": len(err_held),
         "max_err_held": max(map(abs, err_held.values())) if err_held else None,
         "max_err_all": max(map(abs, err_all.values())) if err_all else None,
         "err_by_bin": {int(b): round(v, 3) for b, v in err_all.items()},
         "textured": textured,
         "true_level_range": [float(np.nanmin(level[contained])), float(np.nanmax(level[contained]))] if len(contained) else None,
         "bank_level": float(np.median([q.std() for q in lum])) if lum else None,
-        "camera_at_patches": camera_at, "scene_at_patches": scene_at,
+        "camera_at_patches": camera_at,
+        "scene_at_patches": scene_at,
         "inject_uniform": inject_error(bank, level, contained, False, np.random.default_rng(1)),
         "inject_matched": inject_error(bank, level, contained, True, np.random.default_rng(1)),
         "s_per_mp": sum(b["seconds"] for b in bank) / mp,
@@ -292,7 +311,11 @@ def _fmt(v, pct=False):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cameras", default=",".join(CAMERAS))
-    ap.add_argument("--rules", default="reference,reference-64,adaptive", help="reference-P: the reference rule with P px patches; official: the released collect_noise.py (needs --official)")
+    ap.add_argument(
+        "--rules",
+        default="reference,reference-64,adaptive",
+        help="reference-P: the reference rule with P px patches; official: the released collect_noise.py (needs --official)",
+    )
     ap.add_argument("--official", type=Path, help="checkout of Tencent/Real-SR, for the `official` rule")
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "noise_bank.jsonl")
     args = ap.parse_args()
@@ -302,7 +325,12 @@ def main() -> None:
     scenes = {**clean_scenes(), **rendered_scenes()}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     rows = []
-    print("| camera | size | rule | patches/image min, mean | images without | brightness bins held / contained | max err held | max err all | textured | inject err uniform | inject err matched | s/MP | truth levels | bank level | camera at patches | scene at patches |")
+    print(
+        (
+            "| camera | size | rule | patches/image min, mean | images without | brightness bins held / contained | max err held | max err all | textured | "
+            "inject err uniform | inject err matched | s/MP | truth levels | bank level | camera at patches | scene at patches |"
+        )
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for cam in args.cameras.split(","):
         for size, sc in scenes.items():
@@ -312,9 +340,11 @@ def main() -> None:
                 rows.append(r)
                 print(
                     f"| {cam} | {size} ({r['mp_per_image']} MP) | {rule} | {r['patches_min']}, {r['patches_mean']:.1f} | {r['images_without']}/{r['images']} | "
-                    f"{r['bins_held']}/{r['bins_contained']} | {_fmt(r['max_err_held'], True)} | {_fmt(r['max_err_all'], True)} | {_fmt(r['textured'], True)} | "
+                    f"{r['bins_held']}/{r['bins_contained']} | {_fmt(r['max_err_held'], True)} | {_fmt(r['max_err_all'], True)} | "
+                    f"{_fmt(r['textured'], True)} | "
                     f"{_fmt(r['inject_uniform'], True)} | {_fmt(r['inject_matched'], True)} | {r['s_per_mp']:.2f} | "
-                    f"{'-' if not r['true_level_range'] else '%.2f-%.2f' % tuple(r['true_level_range'])} | {_fmt(r['bank_level'])} | {_fmt(r['camera_at_patches'])} | {_fmt(r['scene_at_patches'])} |",
+                    f"{'-' if not r['true_level_range'] else '%.2f-%.2f' % tuple(r['true_level_range'])} | {_fmt(r['bank_level'])} | "
+                    f"{_fmt(r['camera_at_patches'])} | {_fmt(r['scene_at_patches'])} |",
                     flush=True,
                 )
     args.results.parent.mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,8 @@ import argparse
 import csv
 import math
 import sys
-from statistics import fmean
 from pathlib import Path
+from statistics import fmean
 
 from scipy.stats import kendalltau, spearmanr
 
@@ -77,7 +77,12 @@ def main() -> int:
             mine = [(r, ref[r[1]]) for r in rows if r[0] == m and r[1] in ref]
             niqe_b = [r[2] < q[2] for r, q in mine]
             lpips_b = [r[3] < q[3] for r, q in mine]
-            paired.append(f"| {name} | {m} | {sum(niqe_b)} of {len(mine)} | {sum(lpips_b)} of {len(mine)} | {sum(a == b for a, b in zip(niqe_b, lpips_b))} of {len(mine)} |")
+            paired.append(
+                (
+                    f"| {name} | {m} | {sum(niqe_b)} of {len(mine)} | {sum(lpips_b)} of {len(mine)} | {sum(a == b for a, b in zip(niqe_b, lpips_b))} of "
+                    f"{len(mine)} |"
+                )
+            )
         means = {m: [fmean(r[i] for r in rows if r[0] == m) for i in (2, 3)] for m in models}  # (niqe, lpips) per model
         rho_r, tau_r = agreement([r[2] for r in rows], [r[3] for r in rows])
         rho_m, tau_m = agreement([means[m][0] for m in models], [means[m][1] for m in models])

@@ -46,9 +46,7 @@ def main() -> None:
     patch_runtime()
     with tempfile.TemporaryDirectory() as work:
         (Path(work) / "preprocess").mkdir()
-        (Path(work) / "preprocess" / "paths.yml").write_text(
-            f"df2k:\n  tdsr:\n    source: '{args.images.resolve()}'\ndatasets:\n  df2k: '{out.parent}'\n"
-        )
+        (Path(work) / "preprocess" / "paths.yml").write_text(f"df2k:\n  tdsr:\n    source: '{args.images.resolve()}'\ndatasets:\n  df2k: '{out.parent}'\n")
         os.chdir(work)
         sys.argv = [str(script), "--dataset", "df2k", "--artifacts", "tdsr"]
         runpy.run_path(str(script), run_name="__main__")

@@ -58,7 +58,9 @@ def patch_runtime(seed: int, threads: int, iterations: int | None) -> None:
 def main() -> None:
     from official_kernelgan import launcher_parser  # bench/ is the script's folder
 
-    args = launcher_parser(__doc__.split("\n")[0], "JingyunLiang/FKP", help="stop after this many batches (smoke tests; default: its own 1000/4000)").parse_args()
+    args = launcher_parser(
+        __doc__.split("\n")[0], "JingyunLiang/FKP", help="stop after this many batches (smoke tests; default: its own 1000/4000)"
+    ).parse_args()
     os.environ.setdefault("MPLBACKEND", "Agg")
     repo = args.repo.resolve()
     prior = repo / "data" / "pretrained_models" / "FKP_x2.pt"

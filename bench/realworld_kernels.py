@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from realworld_x4 import CAMERAS, ROOT, SCALES, make_sets, realsr  # noqa: E402 (bench/ is the script's folder)
 
 from realsr.models.kernels import bicubic_kernel, centre_kernel, consensus_kernel
@@ -47,8 +46,11 @@ def errors(bank: Path, truth: np.ndarray) -> dict:
     camera = [i for i in range(len(ks.method)) if ks.method[i] in ("kernelgan-camera", "kernelgan-fkp-camera")]
     cam = ks.kernels[camera[0]] if camera else consensus_kernel([ks.kernels[i] for i in photos])
     return {
-        "photos": len(photos), "per_photo": [tv(ks.kernels[i], truth) for i in photos], "camera": tv(cam, truth),
-        "moments_per_photo": np.mean([moments(ks.kernels[i]) for i in photos], axis=0).tolist(), "moments_camera": moments(cam),
+        "photos": len(photos),
+        "per_photo": [tv(ks.kernels[i], truth) for i in photos],
+        "camera": tv(cam, truth),
+        "moments_per_photo": np.mean([moments(ks.kernels[i]) for i in photos], axis=0).tolist(),
+        "moments_camera": moments(cam),
         "spread": [float(ks.checks["spread"][i]) for i in photos] if "spread" in ks.checks else None,
     }
 
@@ -67,13 +69,19 @@ def main() -> None:
         pp, bic = np.array(e["per_photo"]), tv(bicubic_kernel(2, 13), truth)
         fmt = lambda m: ", ".join(f"{v:.2f}" for v in m)  # noqa: E731
         spread = f"{np.nanmedian(e['spread']):.3f}" if e["spread"] else "-"
-        print(f"| {args.cameras} | {args.score} | {e['photos']} | {pp.mean():.3f} | {np.median(pp):.3f} | {pp.max():.3f} | {int((pp < bic).sum())} of {len(pp)} | {e['camera']:.3f} | {bic:.3f} | "
-              f"{fmt(e['moments_per_photo'])} | {fmt(e['moments_camera'])} | {fmt(moments(truth))} | {spread} |")
+        print(
+            f"| {args.cameras} | {args.score} | {e['photos']} | {pp.mean():.3f} | {np.median(pp):.3f} | {pp.max():.3f} | {int((pp < bic).sum())} of "
+            f"{len(pp)} | {e['camera']:.3f} | {bic:.3f} | "
+            f"{fmt(e['moments_per_photo'])} | {fmt(e['moments_camera'])} | {fmt(moments(truth))} | {spread} |"
+        )
         return
     if args.work is None:
         ap.error("--work is needed (or --score BANK)")
     shape = ["| camera | KernelGAN | second moments xx, yy, xy (px^2): per-photo mean | camera consensus | true kernel |", "|---|---|---|---|---|"]
-    rows = ["| camera | KernelGAN | photos | per-photo error mean | median | photos better than bicubic | camera consensus error | bicubic error | seconds |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| camera | KernelGAN | photos | per-photo error mean | median | photos better than bicubic | camera consensus error | bicubic error | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name in args.cameras.split(","):
         cam = CAMERAS[name]
         work = args.work / name
@@ -85,19 +93,61 @@ def main() -> None:
             out = work / (f"kg_{budget}" if args.kernels == "kernelgan-camera" else f"{args.kernels}_{budget}")
             t = time.perf_counter()
             if not (out / "kernels.zarr").exists():
-                realsr("degrade", "--source", str(photos), "--out", str(out), "--scale", "4", "--pair-hr-size", "64", "--seed", str(args.seed),
-                       "--kernels", args.kernels, "--kernelgan-iterations", steps, "--kernelgan-seeds", seeds, log=work / "log.txt")
+                realsr(
+                    "degrade",
+                    "--source",
+                    str(photos),
+                    "--out",
+                    str(out),
+                    "--scale",
+                    "4",
+                    "--pair-hr-size",
+                    "64",
+                    "--seed",
+                    str(args.seed),
+                    "--kernels",
+                    args.kernels,
+                    "--kernelgan-iterations",
+                    steps,
+                    "--kernelgan-seeds",
+                    seeds,
+                    log=work / "log.txt",
+                )
                 (out.parent / f"{out.name}.seconds").write_text(f"{time.perf_counter() - t:.1f}")
             seconds = float((out.parent / f"{out.name}.seconds").read_text()) if (out.parent / f"{out.name}.seconds").exists() else float("nan")
             e = errors(out / "kernels.zarr", cam.k2)
             pp = np.array(e["per_photo"])
             cons = f"{e['camera']:.3f}" if e["camera"] is not None else "-"
-            rows.append(f"| {name} | {args.kernels}: {steps} steps x {seeds} | {e['photos']} | {pp.mean():.3f} | {np.median(pp):.3f} | {int((pp < bic).sum())} of {len(pp)} | {cons} | {bic:.3f} | {seconds:.0f} |")
+            rows.append(
+                (
+                    f"| {name} | {args.kernels}: {steps} steps x {seeds} | {e['photos']} | {pp.mean():.3f} | {np.median(pp):.3f} | {int((pp < bic).sum())} "
+                    f"of {len(pp)} | {cons} | {bic:.3f} | {seconds:.0f} |"
+                )
+            )
             fmt = lambda m: ", ".join(f"{v:.2f}" for v in m) if m is not None else "-"  # noqa: E731
-            shape.append(f"| {name} | {args.kernels}: {steps} steps x {seeds} | {fmt(e['moments_per_photo'])} | {fmt(e['moments_camera'])} | {fmt(moments(cam.k2))} |")
+            shape.append(
+                f"| {name} | {args.kernels}: {steps} steps x {seeds} | {fmt(e['moments_per_photo'])} | {fmt(e['moments_camera'])} | {fmt(moments(cam.k2))} |"
+            )
             with open(ROOT / "bench" / "results" / "realworld_kernels.jsonl", "a") as f:
-                f.write(json.dumps({"camera": name, "kernels": args.kernels, "budget": budget, "seed": args.seed, "bicubic": round(bic, 4), "camera_consensus": e["camera"],
-                                    "per_photo": [round(x, 4) for x in e["per_photo"]], "moments_per_photo": e["moments_per_photo"], "moments_camera": e["moments_camera"], "spread": e["spread"], "seconds": round(seconds), "date": time.strftime("%Y-%m-%d %H:%M")}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "camera": name,
+                            "kernels": args.kernels,
+                            "budget": budget,
+                            "seed": args.seed,
+                            "bicubic": round(bic, 4),
+                            "camera_consensus": e["camera"],
+                            "per_photo": [round(x, 4) for x in e["per_photo"]],
+                            "moments_per_photo": e["moments_per_photo"],
+                            "moments_camera": e["moments_camera"],
+                            "spread": e["spread"],
+                            "seconds": round(seconds),
+                            "date": time.strftime("%Y-%m-%d %H:%M"),
+                        }
+                    )
+                    + "\n"
+                )
     print("\n".join(rows) + "\n\n" + "\n".join(shape))
 
 

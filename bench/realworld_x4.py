@@ -42,8 +42,8 @@ DATA = ROOT.parent / "shared" / "data"
 from realsr.models.degradation import degrade  # noqa: E402
 from realsr.models.kernels import analytic_x4, centre_kernel  # noqa: E402
 from realsr.models.synthetic import gaussian_kernel  # noqa: E402
-from realsr.storage.banks import open_kernel_bank, write_kernel_bank  # noqa: E402
 from realsr.steps.degrade_kernels import kernel_set  # noqa: E402
+from realsr.storage.banks import open_kernel_bank, write_kernel_bank  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -186,17 +186,41 @@ def main() -> None:
     photos, lr, hr = make_sets(cam, work, budget, args.seed)
     kg_steps, kg_seeds = budget["kernelgan"]
     oracle_bank(cam, work / "true_kernels.zarr")
-    runs = {"bicubic": ["--kernels", "bicubic"], "kernelgan": ["--kernels", "kernelgan", "--kernelgan-iterations", str(kg_steps), "--kernelgan-seeds", str(kg_seeds)],
-            "oracle": ["--kernels", f"bank:{work / 'true_kernels.zarr'}"]}
+    runs = {
+        "bicubic": ["--kernels", "bicubic"],
+        "kernelgan": ["--kernels", "kernelgan", "--kernelgan-iterations", str(kg_steps), "--kernelgan-seeds", str(kg_seeds)],
+        "oracle": ["--kernels", f"bank:{work / 'true_kernels.zarr'}"],
+    }
     seconds = {}
     for name, flags in runs.items():
         t = time.perf_counter()
         if not (work / name / "pairs" / "images.jsonl").exists():
             realsr("degrade", "--source", str(photos), "--out", str(work / name), "--scale", "4", "--pair-hr-size", "64", "--seed", seed, *flags, log=log)
         seconds[f"degrade {name}"] = round(time.perf_counter() - t, 1)
-    models: dict[str, str] = {"realsr-df2k (released)": "realsr-df2k", "realsr-df2k-jpeg (released)": "realsr-df2k-jpeg", "realesrgan-x4plus (released)": "realesrgan-x4plus"}
+    models: dict[str, str] = {
+        "realsr-df2k (released)": "realsr-df2k",
+        "realsr-df2k-jpeg (released)": "realsr-df2k-jpeg",
+        "realesrgan-x4plus (released)": "realesrgan-x4plus",
+    }
     preset, its, batch, size = budget["scratch"]
-    common = ["--iterations", str(its), "--batch-size", str(batch), "--hr-size", str(size), "--warmup", str(its // 3), "--val-every", str(its), "--save-every", str(its), "--seed", seed, "--log-every", "25"]
+    common = [
+        "--iterations",
+        str(its),
+        "--batch-size",
+        str(batch),
+        "--hr-size",
+        str(size),
+        "--warmup",
+        str(its // 3),
+        "--val-every",
+        str(its),
+        "--save-every",
+        str(its),
+        "--seed",
+        seed,
+        "--log-every",
+        "25",
+    ]
     for label, run, flags in (
         ("scratch: bicubic", "bicubic", ["--no-noise", "--jpeg", "off"]),
         ("scratch: bicubic + noise (Track 1)", "bicubic", ["--jpeg", "off"]),
@@ -211,7 +235,24 @@ def main() -> None:
         models[label] = str(train(work / run, out, log, "--preset", preset, *common, *flags))
         seconds[label] = round(time.perf_counter() - t, 1)
     f_its, f_batch, f_size = budget["finetune"]
-    fcommon = ["--preset", "finetune", "--iterations", str(f_its), "--batch-size", str(f_batch), "--hr-size", str(f_size), "--val-every", str(f_its), "--save-every", str(f_its), "--seed", seed, "--log-every", "10"]
+    fcommon = [
+        "--preset",
+        "finetune",
+        "--iterations",
+        str(f_its),
+        "--batch-size",
+        str(f_batch),
+        "--hr-size",
+        str(f_size),
+        "--val-every",
+        str(f_its),
+        "--save-every",
+        str(f_its),
+        "--seed",
+        seed,
+        "--log-every",
+        "10",
+    ]
     if "finetune" not in skip:
         for label, run in (("fine-tuned x4plus: product", "kernelgan"), ("fine-tuned x4plus: oracle", "oracle")):
             t = time.perf_counter()
@@ -256,7 +297,14 @@ def report(work: Path, models: dict[str, str], cam: Camera, args, seconds: dict,
         wins = sum(float(r["lpips"]) < x4.get(r["image"], -1) for r in got)
         lines.append(f"| {label} | {mean('psnr_y'):.2f} | {mean('ssim_y'):.4f} | {mean('lpips'):.4f} | {mean('seconds'):.2f} | {wins} of {len(got)} |")
     errs = {n: kernel_error(work / n / "kernels.zarr", cam.k2) for n in ("bicubic", "kernelgan") if (work / n / "kernels.zarr").exists()}
-    meta = {"camera": args.camera, "scale": args.scale, "seed": args.seed, "x2 kernel error (TV)": {k: round(v, 4) for k, v in errs.items()}, "seconds": seconds, "total_seconds": round(total)}
+    meta = {
+        "camera": args.camera,
+        "scale": args.scale,
+        "seed": args.seed,
+        "x2 kernel error (TV)": {k: round(v, 4) for k, v in errs.items()},
+        "seconds": seconds,
+        "total_seconds": round(total),
+    }
     text = "\n".join(lines) + "\n\n" + json.dumps(meta, indent=1) + "\n"
     (work / "table.md").write_text(text)
     with open(ROOT / "bench" / "results" / "realworld_x4.jsonl", "a") as f:

@@ -32,8 +32,26 @@ ROOT = Path(__file__).resolve().parents[1]
 REALESRGAN_LAYERS = "conv1_2:0.1,conv2_2:0.1,conv3_4:1,conv4_4:1,conv5_4:1"
 # the `finetune` preset as the sweep found it (ESRGAN's losses): every row starts from these, so a
 # row means the same whatever the preset says today
-BASE = ["--pixel-weight", "1e-2", "--perceptual-weight", "1", "--gan-weight", "5e-3", "--perceptual-layers", "conv5_4", "--gan-type", "ragan",
-        "--discriminator", "patchgan", "--lr-g", "5e-5", "--lr-d", "1e-4", "--ema-decay", "0.999"]
+BASE = [
+    "--pixel-weight",
+    "1e-2",
+    "--perceptual-weight",
+    "1",
+    "--gan-weight",
+    "5e-3",
+    "--perceptual-layers",
+    "conv5_4",
+    "--gan-type",
+    "ragan",
+    "--discriminator",
+    "patchgan",
+    "--lr-g",
+    "5e-5",
+    "--lr-d",
+    "1e-4",
+    "--ema-decay",
+    "0.999",
+]
 REALESRGAN_LOSSES = ["--pixel-weight", "1", "--perceptual-weight", "1", "--gan-weight", "0.1", "--perceptual-layers", REALESRGAN_LAYERS]
 
 PRESET_ROWS = ("finetune-cpu",)  # rows that are a train preset as shipped, not flags on the base
@@ -96,8 +114,28 @@ def train_row(work: Path, sweep: Path, run: str, name: str, seed: int, budget: t
         if row[:1] == ["--preset"]:  # a preset as the product ships it: its own budget and recipe
             flags = [*row, "--seed", str(seed), "--log-every", "50"]
         else:
-            flags = ["--preset", "finetune", "--iterations", str(its), "--batch-size", str(batch), "--hr-size", str(size), "--workers", "1",
-                     "--val-every", str(its), "--save-every", str(its), "--seed", str(seed), "--log-every", "25", *BASE, *row]
+            flags = [
+                "--preset",
+                "finetune",
+                "--iterations",
+                str(its),
+                "--batch-size",
+                str(batch),
+                "--hr-size",
+                str(size),
+                "--workers",
+                "1",
+                "--val-every",
+                str(its),
+                "--save-every",
+                str(its),
+                "--seed",
+                str(seed),
+                "--log-every",
+                "25",
+                *BASE,
+                *row,
+            ]
         realsr("train", str(work / run), "--out", str(out), "--runtime", "local", "--auto-resume", *flags, log=log)
         model.write_bytes((out / "models" / "net_g_latest.pth").read_bytes())
     summary = json.loads((out / "summary.json").read_text())
@@ -130,9 +168,14 @@ def main() -> None:
     x4 = {r["image"]: r for r in evaluate(work, sweep, "realesrgan-x4plus", "x4plus", log)}
     mean = lambda rows, c: float(np.mean([float(r[c]) for r in rows]))  # noqa: E731
     ref = {c: mean(list(x4.values()), c) for c in ("psnr_y", "ssim_y", "lpips")}
-    lines = [f"| row (flags on the finetune preset, {budget[0]} it of {budget[1]} x {budget[2]} px) | minutes | PSNR-Y | SSIM-Y | LPIPS | LPIPS vs x4plus | PSNR-Y vs x4plus | better than x4plus on |",
-             "|---|---|---|---|---|---|---|---|",
-             f"| Real-ESRGAN x4plus (released) | - | {ref['psnr_y']:.2f} | {ref['ssim_y']:.4f} | {ref['lpips']:.4f} | - | - | - |"]
+    lines = [
+        (
+            f"| row (flags on the finetune preset, {budget[0]} it of {budget[1]} x {budget[2]} px) | minutes | PSNR-Y | SSIM-Y | LPIPS | LPIPS vs x4plus | "
+            f"PSNR-Y vs x4plus | better than x4plus on |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+        f"| Real-ESRGAN x4plus (released) | - | {ref['psnr_y']:.2f} | {ref['ssim_y']:.4f} | {ref['lpips']:.4f} | - | - | - |",
+    ]
     for name in filter(None, args.rows.split(",")):
         t = time.perf_counter()
         model, info = train_row(work, sweep, args.run, name, args.seed, budget, log)
@@ -148,13 +191,38 @@ def main() -> None:
             m = {c: mean(rows, c) for c in ("psnr_y", "ssim_y", "lpips")}
             wins = sum(float(r["lpips"]) < float(x4[r["image"]]["lpips"]) for r in rows)
             d_lpips, d_psnr = 100 * (m["lpips"] / ref["lpips"] - 1), m["psnr_y"] - ref["psnr_y"]
-            lines.append(f"| {label}: `{flags}` | {info['seconds'] / 60:.1f} | {m['psnr_y']:.2f} | {m['ssim_y']:.4f} | {m['lpips']:.4f} | {d_lpips:+.1f} % | {d_psnr:+.2f} dB | {wins} of {len(rows)} |")
+            lines.append(
+                (
+                    f"| {label}: `{flags}` | {info['seconds'] / 60:.1f} | {m['psnr_y']:.2f} | {m['ssim_y']:.4f} | {m['lpips']:.4f} | {d_lpips:+.1f} % | "
+                    f"{d_psnr:+.2f} dB | {wins} of {len(rows)} |"
+                )
+            )
             print(lines[-1], flush=True)
             with open(ROOT / "bench" / "results" / "recipe_sweep.jsonl", "a") as f:
-                f.write(json.dumps({"work": str(work), "run": args.run, "seed": args.seed, "row": label, "flags": flags, "budget": budget, **m, "x4plus": ref,
-                                    "lpips_vs_x4plus_pct": round(d_lpips, 2), "psnr_vs_x4plus_db": round(d_psnr, 3), "wins": wins, "images": len(rows),
-                                    "train_seconds": info["seconds"], "wall_seconds": round(time.perf_counter() - t, 1), "val": info["val"],
-                                    "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "load": os.getloadavg()}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "work": str(work),
+                            "run": args.run,
+                            "seed": args.seed,
+                            "row": label,
+                            "flags": flags,
+                            "budget": budget,
+                            **m,
+                            "x4plus": ref,
+                            "lpips_vs_x4plus_pct": round(d_lpips, 2),
+                            "psnr_vs_x4plus_db": round(d_psnr, 3),
+                            "wins": wins,
+                            "images": len(rows),
+                            "train_seconds": info["seconds"],
+                            "wall_seconds": round(time.perf_counter() - t, 1),
+                            "val": info["val"],
+                            "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+                            "load": os.getloadavg(),
+                        }
+                    )
+                    + "\n"
+                )
     table = "\n".join(lines) + "\n"
     (sweep / f"table_s{args.seed}.md").write_text(table)
     print(table)

@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT))
 from realsr.flows.train_settings import TrainSettings  # noqa: E402
 from realsr.models.discriminators import build_discriminator  # noqa: E402
 from realsr.models.training import Trainer  # noqa: E402
-from realsr.storage.run_dir import RunDir  # noqa: E402
 from realsr.steps.train_data import DegradedCrops, loader, run_scale, training_images  # noqa: E402
 from realsr.steps.train_setup import build_generator, build_perceptual  # noqa: E402
+from realsr.storage.run_dir import RunDir  # noqa: E402
 
 
 def main() -> None:
@@ -47,7 +47,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    s = TrainSettings.from_preset(args.preset, run_dir=args.run_dir, out=Path("/tmp/unused"), batch_size=args.batch_size, hr_size=args.hr_size, workers=args.workers)
+    s = TrainSettings.from_preset(
+        args.preset, run_dir=args.run_dir, out=Path("/tmp/unused"), batch_size=args.batch_size, hr_size=args.hr_size, workers=args.workers
+    )
     run = RunDir(args.run_dir)
     scale = run_scale(run)
     images = training_images(run, s.hr_size, s.val_crops, s.val_images, s.seed).train
@@ -79,14 +81,37 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     load = open("/proc/loadavg").read().split()[0]
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"preset {s.preset}: {desc}; batch {s.batch_size} of {s.hr_size} px, {s.workers} loader workers, torch threads {torch.get_num_threads()}, load {load}, commit {commit}")
+    print(
+        (
+            f"preset {s.preset}: {desc}; batch {s.batch_size} of {s.hr_size} px, {s.workers} loader workers, torch threads {torch.get_num_threads()}, load "
+            f"{load}, commit {commit}"
+        )
+    )
     print("| part | iterations | seconds | it/s | HR crops/s |")
     print("|---|---|---|---|---|")
     with args.results.open("a") as f:
         for part, secs in rows.items():
             print(f"| {part} | {n} | {secs:.2f} | {n / secs:.3f} | {n * s.batch_size / secs:.2f} |")
-            f.write(json.dumps({"preset": s.preset, "part": part, "iterations": n, "seconds": secs, "batch": s.batch_size, "hr_size": s.hr_size, "workers": s.workers,
-                                "threads": torch.get_num_threads(), "load": load, "peak_rss_mb": rss, "commit": commit, "machine": platform.node(), "date": time.strftime("%Y-%m-%d %H:%M")}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "preset": s.preset,
+                        "part": part,
+                        "iterations": n,
+                        "seconds": secs,
+                        "batch": s.batch_size,
+                        "hr_size": s.hr_size,
+                        "workers": s.workers,
+                        "threads": torch.get_num_threads(),
+                        "load": load,
+                        "peak_rss_mb": rss,
+                        "commit": commit,
+                        "machine": platform.node(),
+                        "date": time.strftime("%Y-%m-%d %H:%M"),
+                    }
+                )
+                + "\n"
+            )
     print(f"peak RSS {rss:.0f} MB")
 
 

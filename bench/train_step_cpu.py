@@ -216,8 +216,14 @@ def step_group(args) -> list[dict]:
         ts = sorted(times[name])
         med = ts[len(ts) // 2]
         row.update(
-            median_s=round(med, 3), min_s=round(ts[0], 3), max_s=round(ts[-1], 3), first_s=round(warm[0], 2), warmup_s=[round(w, 2) for w in warm],
-            compile_s=round(sum(warm) - len(warm) * med, 1), setup_s=round(setup_s, 1), first_step_losses={k: round(v, 6) for k, v in first_logs.items()},
+            median_s=round(med, 3),
+            min_s=round(ts[0], 3),
+            max_s=round(ts[-1], 3),
+            first_s=round(warm[0], 2),
+            warmup_s=[round(w, 2) for w in warm],
+            compile_s=round(sum(warm) - len(warm) * med, 1),
+            setup_s=round(setup_s, 1),
+            first_step_losses={k: round(v, 6) for k, v in first_logs.items()},
         )
         rows.append(row)
     for r in rows:
@@ -254,9 +260,16 @@ def loop_one(args, name: str) -> dict:
             stamps.append(t)
     span = stamps[-1] - stamps[args.warmup - 1]
     return {
-        "group": "loop", "variant": name, "threads": threads, "workers": workers, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
-        "s_per_it": round(span / args.steps, 3), "it_s": round(args.steps / span, 3), "waiting_for_data_s_per_it": round(t_data / args.steps, 3),
-        "load_start": start, "load_end": other_load(),
+        "group": "loop",
+        "variant": name,
+        "threads": threads,
+        "workers": workers,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+        "s_per_it": round(span / args.steps, 3),
+        "it_s": round(args.steps / span, 3),
+        "waiting_for_data_s_per_it": round(t_data / args.steps, 3),
+        "load_start": start,
+        "load_end": other_load(),
     }
 
 
@@ -287,7 +300,18 @@ def main() -> None:
         rows = step_group(args) if args.one == "step" else [loop_one(args, args.one)]
         print(json.dumps(rows))
         return
-    common = ["--batch", str(args.batch), "--hr-size", str(args.hr_size), "--warmup", str(args.warmup), "--steps", str(args.steps), "--threads", str(args.threads)]
+    common = [
+        "--batch",
+        str(args.batch),
+        "--hr-size",
+        str(args.hr_size),
+        "--warmup",
+        str(args.warmup),
+        "--steps",
+        str(args.steps),
+        "--threads",
+        str(args.threads),
+    ]
     common += ["--run", str(args.run)] if args.run else []
     jobs = [("step", None)] if args.variants else []
     if args.run:
@@ -302,20 +326,40 @@ def main() -> None:
     import torch
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    stamp = {"batch": args.batch, "hr_size": args.hr_size, "warmup": args.warmup, "steps": args.steps, "torch": torch.__version__, "commit": commit,
-             "cpu": platform.processor() or platform.machine(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    print(f"finetune step, batch {args.batch} of {args.hr_size} px, bf16 autocast + channels_last unless named; {args.warmup} warm-up + {args.steps} timed steps")
+    stamp = {
+        "batch": args.batch,
+        "hr_size": args.hr_size,
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "torch": torch.__version__,
+        "commit": commit,
+        "cpu": platform.processor() or platform.machine(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    print(
+        f"finetune step, batch {args.batch} of {args.hr_size} px, bf16 autocast + channels_last unless named; {args.warmup} warm-up + {args.steps} timed steps"
+    )
     steps = [r for r in rows if r["group"] == "step"]
     if steps:
         base = next((r["median_s"] for r in steps if r["variant"] == "eager" and "median_s" in r), None)
-        print(f"\nstep group ({args.threads} threads, one batch reused, interleaved)\n| variant | s/step (median) | min-max | it/s | vs eager | compile s | first-step losses |\n|---|---|---|---|---|---|---|")
+        print(
+            (
+                f"\nstep group ({args.threads} threads, one batch reused, interleaved)\n| variant | s/step (median) | min-max | it/s | vs eager | compile s "
+                f"| first-step losses |\n|---|---|---|---|---|---|---|"
+            )
+        )
         for r in steps:
             if "error" in r:
                 print(f"| {r['variant']} | failed: {r['error']} | | | | | |")
                 continue
             vs = f"{base / r['median_s']:.2f}x" if base else ""
             losses = ", ".join(f"{k} {v:.4g}" for k, v in r["first_step_losses"].items() if k in ("l_pix", "l_percep", "l_g_gan", "l_d"))
-            print(f"| {r['variant']} | {r['median_s']:.2f} | {r['min_s']:.2f}-{r['max_s']:.2f} | {1 / r['median_s']:.3f} | {vs} | {r['compile_s']:.0f} | {losses} |")
+            print(
+                (
+                    f"| {r['variant']} | {r['median_s']:.2f} | {r['min_s']:.2f}-{r['max_s']:.2f} | {1 / r['median_s']:.3f} | {vs} | {r['compile_s']:.0f} | "
+                    f"{losses} |"
+                )
+            )
     loops = [r for r in rows if r["group"] == "loop"]
     if loops:
         print("\nloop group (data path + step, one process per row)\n| threads, workers | s/it | it/s | waiting for data s/it |\n|---|---|---|---|")

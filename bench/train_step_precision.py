@@ -27,11 +27,10 @@ CONFIGS = {"fp32": (False, False), "fp32 + channels_last": (False, True), "bf16 
 
 def one(config: str, batch: int, hr_size: int, steps: int, threads: int) -> dict:
     import torch
-
     from train_step_cpu import networks  # bench/ is this script's folder: the same G, D and loss
 
-    from realsr.models.devices import cpu_flags
     from realsr.flows.train_settings import train_spec
+    from realsr.models.devices import cpu_flags
     from realsr.models.training import Trainer
 
     torch.set_num_threads(threads)
@@ -50,8 +49,19 @@ def one(config: str, batch: int, hr_size: int, steps: int, threads: int) -> dict
         times.append(time.perf_counter() - t)
     rest = sorted(times[1:])
     bf16_flags = sorted(cpu_flags() & {"avx512_bf16", "amx_bf16"})
-    return {"config": config, "batch": batch, "hr_size": hr_size, "threads": threads, "first_s": round(times[0], 3), "median_s": round(rest[len(rest) // 2], 3),
-            "min_s": round(rest[0], 3), "max_s": round(rest[-1], 3), "torch": torch.__version__, "cpu_bf16_flags": bf16_flags, "cpu": platform.processor() or platform.machine()}
+    return {
+        "config": config,
+        "batch": batch,
+        "hr_size": hr_size,
+        "threads": threads,
+        "first_s": round(times[0], 3),
+        "median_s": round(rest[len(rest) // 2], 3),
+        "min_s": round(rest[0], 3),
+        "max_s": round(rest[-1], 3),
+        "torch": torch.__version__,
+        "cpu_bf16_flags": bf16_flags,
+        "cpu": platform.processor() or platform.machine(),
+    }
 
 
 def main() -> None:
@@ -68,12 +78,30 @@ def main() -> None:
         return
     rows = []
     for config in CONFIGS:
-        cmd = [sys.executable, __file__, "--one", config, "--batch", str(args.batch), "--hr-size", str(args.hr_size), "--steps", str(args.steps), "--threads", str(args.threads)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            config,
+            "--batch",
+            str(args.batch),
+            "--hr-size",
+            str(args.hr_size),
+            "--steps",
+            str(args.steps),
+            "--threads",
+            str(args.threads),
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
     base = rows[0]["median_s"]
     load = open("/proc/loadavg").read().split()[:3]
-    print(f"finetune step, batch {args.batch} of {args.hr_size} px, {args.threads} threads, load {' '.join(load)}, CPU bf16 flags {rows[0]['cpu_bf16_flags'] or 'none'}")
+    print(
+        (
+            f"finetune step, batch {args.batch} of {args.hr_size} px, {args.threads} threads, load {' '.join(load)}, CPU bf16 flags "
+            f"{rows[0]['cpu_bf16_flags'] or 'none'}"
+        )
+    )
     print("| configuration | s/step (median) | min-max | it/s | vs fp32 |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['config']} | {r['median_s']:.2f} | {r['min_s']:.2f}-{r['max_s']:.2f} | {1 / r['median_s']:.3f} | {base / r['median_s']:.2f}x |")

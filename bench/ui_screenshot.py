@@ -47,7 +47,9 @@ def shoot(url: str, chromium: str, out: Path, width: int, height: int) -> None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu", "--use-gl=angle", "--use-angle=swiftshader", "--disable-dev-shm-usage"])
+        browser = p.chromium.launch(
+            executable_path=chromium, args=["--no-sandbox", "--disable-gpu", "--use-gl=angle", "--use-angle=swiftshader", "--disable-dev-shm-usage"]
+        )
         try:
             page = browser.new_page(viewport={"width": width, "height": height})
             page.goto(url, wait_until="networkidle", timeout=120_000)
@@ -61,7 +63,9 @@ def shoot(url: str, chromium: str, out: Path, width: int, height: int) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--chromium", default=os.environ.get("CHROMIUM"), required="CHROMIUM" not in os.environ, help="a Chromium or Chrome executable (or $CHROMIUM)")
+    ap.add_argument(
+        "--chromium", default=os.environ.get("CHROMIUM"), required="CHROMIUM" not in os.environ, help="a Chromium or Chrome executable (or $CHROMIUM)"
+    )
     ap.add_argument("--preset", default="demo", help="the pipeline preset (default demo: a fine-tune of x4plus, minutes on a CPU)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/realsr-ui-shot"))
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "pipeline_run_artifacts.png")

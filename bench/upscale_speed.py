@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from realsr.models.tiling import run_batch, upscale  # noqa: E402
-from realsr.storage.model_files import load_rrdb  # noqa: E402
 from realsr.storage.images import read_image  # noqa: E402
+from realsr.storage.model_files import load_rrdb  # noqa: E402
 
 
 def lr_image(w: int, h: int) -> np.ndarray:
@@ -90,7 +90,9 @@ def main() -> None:
         net.to(memory_format=torch.channels_last)
         run_batch(net, smalls[:1], torch.device("cpu"), torch.float32, True)
         for b in (int(v) for v in args.batches.split(",")):
-            fn = lambda: np.concatenate([np.concatenate(run_batch(net, smalls[i : i + b], torch.device("cpu"), torch.float32, True)) for i in range(0, len(smalls), b)])  # noqa: E731
+            fn = lambda: np.concatenate(
+                [np.concatenate(run_batch(net, smalls[i : i + b], torch.device("cpu"), torch.float32, True)) for i in range(0, len(smalls), b)]
+            )  # noqa: E731
             secs, out = timed(fn, args.repeat)
             rows.append((f"batch {b} ({len(smalls)} of {n}x{n})", secs, out, len(smalls) * n * n / 1e6, rss()))
         net.to(memory_format=torch.contiguous_format)
@@ -123,7 +125,24 @@ def main() -> None:
             against = ref if not kind and ref is not None else base[kind][1]
             d = np.abs(out - against) * 255
             print(f"| {name} | {secs:.1f} | {size / secs:.4f} | {base[kind][0] / secs:.2f}x | {d.max():.3f} | {np.percentile(d, 99.99):.3f} | {peak:.0f} |")
-            f.write(json.dumps({"variant": name, "lr": [w, h], "seconds": secs, "lr_mp_per_s": size / secs, "max_diff_255": float(d.max()), "peak_rss_mb_so_far": peak, "threads": torch.get_num_threads(), "load": load, "commit": commit, "machine": platform.node(), "date": time.strftime("%Y-%m-%d %H:%M")}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "variant": name,
+                        "lr": [w, h],
+                        "seconds": secs,
+                        "lr_mp_per_s": size / secs,
+                        "max_diff_255": float(d.max()),
+                        "peak_rss_mb_so_far": peak,
+                        "threads": torch.get_num_threads(),
+                        "load": load,
+                        "commit": commit,
+                        "machine": platform.node(),
+                        "date": time.strftime("%Y-%m-%d %H:%M"),
+                    }
+                )
+                + "\n"
+            )
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 

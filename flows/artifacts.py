@@ -25,17 +25,34 @@ def image_markdown(path: Path | str | None, title: str) -> str:
 def means_markdown(means: list[dict], results_md: Path | str | None = None) -> str:
     """evaluate's mean table, narrow enough for the UI's artifact panel (results.md has all ten
     columns; eight long headers there clip the last); the models that could not run, from results.md."""
-    cols = [(c, name, digits) for c, name, digits in (("psnr_y", "PSNR-Y", 2), ("ssim_y", "SSIM-Y", 4), ("psnr_rgb", "PSNR-RGB", 2), ("ssim_rgb", "SSIM-RGB", 4), ("lpips", "LPIPS", 4), ("niqe", "NIQE", 3)) if any(c in m for m in means)]
+    cols = [
+        (c, name, digits)
+        for c, name, digits in (
+            ("psnr_y", "PSNR-Y", 2),
+            ("ssim_y", "SSIM-Y", 4),
+            ("psnr_rgb", "PSNR-RGB", 2),
+            ("ssim_rgb", "SSIM-RGB", 4),
+            ("lpips", "LPIPS", 4),
+            ("niqe", "NIQE", 3),
+        )
+        if any(c in m for m in means)
+    ]
     lines = ["| model | images | " + " | ".join(name for _, name, _ in cols) + (" | " if cols else "") + "s/img |", "|---" * (len(cols) + 3) + "|"]
     for m in means:
-        images = str(m["images"]) if m.get("scored", m["images"]) == m["images"] or all(c == "niqe" for c, _, _ in cols) else f"{m['images']} ({m['scored']} with HR)"
+        images = (
+            str(m["images"])
+            if m.get("scored", m["images"]) == m["images"] or all(c == "niqe" for c, _, _ in cols)
+            else f"{m['images']} ({m['scored']} with HR)"
+        )
         vals = [f"{m[c]:.{d}f}" if c in m else "-" for c, _, d in cols]
         lines.append("| " + " | ".join([m["model"], images, *vals, f"{m['seconds']:.2f}"]) + " |")
     rest = Path(results_md).read_text().split("\n\n", 1)[1:] if results_md and Path(results_md).exists() else []
     return "\n".join(lines) + "\n" + "".join("\n" + r for r in rest)
 
 
-def publish(log, markdown: str | None = None, key: str = "", description: str = "", table: list[dict] | None = None, table_key: str = "", table_description: str = "") -> None:
+def publish(
+    log, markdown: str | None = None, key: str = "", description: str = "", table: list[dict] | None = None, table_key: str = "", table_description: str = ""
+) -> None:
     """A markdown and/or a table artifact; a failure is logged, not raised."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 

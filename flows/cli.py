@@ -29,7 +29,21 @@ import sys
 from pydantic import ValidationError
 
 # light modules (argparse and pydantic's fields only): prefect and dask are imported by each `run`
-from realsr.flows import cli_blend, cli_degrade, cli_evaluate, cli_export, cli_inspect, cli_kernels, cli_pipeline, cli_sample, cli_train, cli_upscale, cli_weights, demo, stack
+from realsr.flows import (
+    cli_blend,
+    cli_degrade,
+    cli_evaluate,
+    cli_export,
+    cli_inspect,
+    cli_kernels,
+    cli_pipeline,
+    cli_sample,
+    cli_train,
+    cli_upscale,
+    cli_weights,
+    demo,
+    stack,
+)
 from realsr.models.errors import RealsrError
 
 # `realsr --help` lists them in this order

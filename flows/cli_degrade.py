@@ -57,8 +57,8 @@ def print_result(summary: dict) -> None:
 def run(args) -> int:
     """`realsr degrade`: the exit-code rule (flows/cli.py `outcome`) over the source photos;
     a run that made nothing usable raises (exit 2)."""
-    from realsr.flows.exit_codes import failed_photos, outcome
     from realsr.flows import preflight
+    from realsr.flows.exit_codes import failed_photos, outcome
     from realsr.flows.settings import DegradeSettings
     from realsr.steps.mirrors import held
 
@@ -68,5 +68,11 @@ def run(args) -> int:
         summary = run_degrade(settings, args.workers, args.dask_address)
     print_result(summary)
     if failed := failed_photos(summary):
-        print(f"{len(failed)} of {summary['sources']} photos failed (listed above): {', '.join(Path(f).name for f in failed[:5])}{' ...' if len(failed) > 5 else ''}", file=sys.stderr)
+        print(
+            (
+                f"{len(failed)} of {summary['sources']} photos failed (listed above): "
+                f"{', '.join(Path(f).name for f in failed[:5])}{' ...' if len(failed) > 5 else ''}"
+            ),
+            file=sys.stderr,
+        )
     return outcome(summary["processed"], len(failed))

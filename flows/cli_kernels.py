@@ -32,7 +32,11 @@ def run(args) -> int:
 
     _, record = load(args.prior)
     cfg = record["config"]
-    print(f"{args.prior}: sha256 {record['sha256']}, version {record['version']}, held-out negative log-likelihood {record['held_out_nll_per_tap']} nats per tap")
-    print(f"covers {cfg['size']}x{cfg['size']} x2 kernels: Gaussian axis widths {cfg['sigma_min']}-{cfg['sigma_max']} px at any angle, "
-          f"up to {cfg['jitter']} px off-centre, up to {100 * cfg['tap_noise']:.0f} % noise per tap, and the bicubic kernel")
+    print(
+        f"{args.prior}: sha256 {record['sha256']}, version {record['version']}, held-out negative log-likelihood {record['held_out_nll_per_tap']} nats per tap"
+    )
+    print(
+        f"covers {cfg['size']}x{cfg['size']} x2 kernels: Gaussian axis widths {cfg['sigma_min']}-{cfg['sigma_max']} px at any angle, "
+        f"up to {cfg['jitter']} px off-centre, up to {100 * cfg['tap_noise']:.0f} % noise per tap, and the bicubic kernel"
+    )
     return 0

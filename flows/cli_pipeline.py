@@ -93,7 +93,16 @@ def run(args) -> int:
     from realsr.flows.pipeline_settings import PipelineSettings
     from realsr.steps.mirrors import held
 
-    settings = PipelineSettings(source=args.source, out=args.out, preset=args.preset, degrade=args.degrade, train=args.train, models=args.models, test_lr=args.test_lr, test_hr=args.test_hr)
+    settings = PipelineSettings(
+        source=args.source,
+        out=args.out,
+        preset=args.preset,
+        degrade=args.degrade,
+        train=args.train,
+        models=args.models,
+        test_lr=args.test_lr,
+        test_hr=args.test_hr,
+    )
     preflight(settings)
     with held(None, settings.out, out_role="pipeline"):  # one run per folder, refused before any server starts
         summary = run_pipeline(settings, args.workers, args.dask_address)

@@ -23,7 +23,12 @@ def add_parser(sub) -> None:
     t.add_argument("--preset", default="paper", choices=list(PRESETS), help="bundle of settings to start from (default paper)")
     t.add_argument("--resume", dest="resume", action="store_const", const="require", default="no", help="continue from the newest state (fail if none)")
     t.add_argument("--auto-resume", dest="resume", action="store_const", const="auto", help="continue from the newest state if there is one")
-    t.add_argument("--runtime", default="prefect", choices=["prefect", "local"], help="prefect: as train-flow (an embedded API unless PREFECT_API_URL is set); local: in this process, with a progress bar")
+    t.add_argument(
+        "--runtime",
+        default="prefect",
+        choices=["prefect", "local"],
+        help="prefect: as train-flow (an embedded API unless PREFECT_API_URL is set); local: in this process, with a progress bar",
+    )
     add_fields(t, TrainSettings, _SKIP, lambda name, _: f" (default: the preset's; paper {PAPER.get(name)})")
 
 

@@ -22,19 +22,54 @@ def add_parser(sub) -> None:
     u.add_argument("--tile-pad", type=int, default=48, help="context around each tile, px (more: closer to untiled output)")
     u.add_argument("--fp32", action="store_true", help="fp32 on the GPU too (default there: fp16)")
     u.add_argument("--bf16", action="store_true", help="bf16 instead of fp16 on the GPU")
-    u.add_argument("--format", dest="format", default="auto", choices=FORMATS, help="output format; auto keeps the input's; PNG where the format holds no alpha or 16 bits (heic: pip install 'realsr-pipeline[heic]')")
+    u.add_argument(
+        "--format",
+        dest="format",
+        default="auto",
+        choices=FORMATS,
+        help="output format; auto keeps the input's; PNG where the format holds no alpha or 16 bits (heic: pip install 'realsr-pipeline[heic]')",
+    )
     u.add_argument("--ext", dest="format", default=argparse.SUPPRESS, choices=FORMATS, help="deprecated: the same as --format")
-    u.add_argument("--quality", type=int, default=None, choices=range(1, 101), metavar="1-100", help="JPEG, WebP, HEIC and AVIF quality (default 95; WebP lossless unless given, 100: lossless)")
-    u.add_argument("--profile", default="srgb", choices=["srgb", "keep"], help="srgb: colours converted to sRGB, an sRGB ICC profile written (also for untagged inputs); keep: the input's own profile kept, colours untouched")
+    u.add_argument(
+        "--quality",
+        type=int,
+        default=None,
+        choices=range(1, 101),
+        metavar="1-100",
+        help="JPEG, WebP, HEIC and AVIF quality (default 95; WebP lossless unless given, 100: lossless)",
+    )
+    u.add_argument(
+        "--profile",
+        default="srgb",
+        choices=["srgb", "keep"],
+        help="srgb: colours converted to sRGB, an sRGB ICC profile written (also for untagged inputs); keep: the input's own profile kept, colours untouched",
+    )
     u.add_argument("--suffix", default="out", help="appended to output file names ('' for none)")
     u.add_argument("--alpha", default="model", choices=["model", "bicubic"], help="how an alpha channel is upscaled")
     u.add_argument("--batch", type=int, default=4, help="same-sized small images per forward pass (1: one at a time)")
     u.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    u.add_argument("--blend", type=share, default=None, metavar="ALPHA", help="fidelity/perception control: the model's share in a weight blend with --blend-with (0..1; 1: the model as it is)")
+    u.add_argument(
+        "--blend",
+        type=share,
+        default=None,
+        metavar="ALPHA",
+        help="fidelity/perception control: the model's share in a weight blend with --blend-with (0..1; 1: the model as it is)",
+    )
     u.add_argument("--blend-with", default=None, metavar="MODEL", help="what --blend mixes in (default: the init the model records, e.g. realesrgan-x4plus)")
-    u.add_argument("--overwrite", action="store_true", help="replace existing output files that upscale did not write (its own earlier outputs are always replaced)")
+    u.add_argument(
+        "--overwrite", action="store_true", help="replace existing output files that upscale did not write (its own earlier outputs are always replaced)"
+    )
     u.add_argument("--max-megapixels", type=positive, default=200.0, help="refuse larger images (read from the header, before decoding)")
-    u.add_argument("--max-memory", type=positive, default=None, metavar="GB", help="host memory one image may take, estimated from its header (default: 80%% of this machine's); over it an image is tiled, or refused where tiling cannot help")
+    u.add_argument(
+        "--max-memory",
+        type=positive,
+        default=None,
+        metavar="GB",
+        help=(
+            "host memory one image may take, estimated from its header (default: 80%% of this machine's); over it an image is tiled, or refused where tiling "
+            "cannot help"
+        ),
+    )
 
 
 def run(args) -> int:
@@ -46,12 +81,33 @@ def run(args) -> int:
 
     precision = "fp32" if args.fp32 else ("bf16" if args.bf16 else "fp16")
     opts = UpscaleOptions(
-        outscale=args.outscale, tile=args.tile, tile_pad=args.tile_pad, precision=precision, ext=args.format, quality=args.quality, profile=args.profile, suffix=args.suffix, alpha=args.alpha, batch=max(1, args.batch),
-        overwrite=args.overwrite, max_megapixels=args.max_megapixels, max_memory_gb=args.max_memory,
+        outscale=args.outscale,
+        tile=args.tile,
+        tile_pad=args.tile_pad,
+        precision=precision,
+        ext=args.format,
+        quality=args.quality,
+        profile=args.profile,
+        suffix=args.suffix,
+        alpha=args.alpha,
+        batch=max(1, args.batch),
+        overwrite=args.overwrite,
+        max_megapixels=args.max_megapixels,
+        max_memory_gb=args.max_memory,
     )
     log = lambda m: tqdm.write(m, file=sys.stderr)  # noqa: E731
     with tqdm(total=1, unit="tile", file=sys.stderr, leave=False, disable=None) as bar:  # no terminal: plain lines instead
-        report = upscale_files(args.input, args.output, args.model, opts, args.device, LogProgress(log) if bar.disable else bar, log=log, blend=args.blend, blend_with=args.blend_with)
+        report = upscale_files(
+            args.input,
+            args.output,
+            args.model,
+            opts,
+            args.device,
+            LogProgress(log) if bar.disable else bar,
+            log=log,
+            blend=args.blend,
+            blend_with=args.blend_with,
+        )
     print(f"{len(report.written)} written, {len(report.failed)} failed, {len(report.skipped) + len(report.kept)} skipped", file=sys.stderr)
     for f in report.failed:
         print(f"  FAILED {f['source']}: {f['reason']}", file=sys.stderr)

@@ -77,7 +77,9 @@ def run(args) -> int:
             bad += 1
         if found.path:
             ok += 1
-            proof = f"{found.source.check} sha256 {found.source.sha256[:16]}..." if found.source.sha256 else "no published sha256: keys and shapes checked on load"
+            proof = (
+                f"{found.source.check} sha256 {found.source.sha256[:16]}..." if found.source.sha256 else "no published sha256: keys and shapes checked on load"
+            )
             print(f"OK       {name}: {found.path} ({proof})")
         elif args.names:
             print(f"MISSING  {name}")

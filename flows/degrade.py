@@ -1,8 +1,8 @@
 """degrade-flow: a folder of real photos -> kernel bank, noise bank, clean HR and HR/LR pairs.
 
-    kernel bank (coordinator) ─────────────────────────────┐
-    clean-up + noise extraction (Dask, one task per image) ─┴> noise bank (coordinator)
-        -> pairs (Dask, one task per image) -> manifest + summary (coordinator)
+kernel bank (coordinator) ─────────────────────────────┐
+clean-up + noise extraction (Dask, one task per image) ─┴> noise bank (coordinator)
+    -> pairs (Dask, one task per image) -> manifest + summary (coordinator)
 """
 
 from __future__ import annotations
@@ -19,18 +19,17 @@ from realsr.flows.artifacts import image_markdown, outcome, publish, refused, wa
 from realsr.flows.runtime import cluster_slots, task_runner
 from realsr.flows.settings import DegradeSettings, SettingsError, resolve
 from realsr.models.errors import InputError
+from realsr.steps import degrade_rerun as rerun
+from realsr.steps.degrade import jpeg_summary, save_summary
+from realsr.steps.degrade_noise import EmptyNoiseBank
+from realsr.steps.inspect import inspect_bank
+from realsr.steps.mirrors import staged
 from realsr.storage.atomic import no_retry
+from realsr.storage.degrade_records import KernelRecord, PreprocessRecord
 from realsr.storage.image_formats import RAW_NOTE, processed_photos
 from realsr.storage.images import SRGB_NOTE, list_images
 from realsr.storage.kernel_prior_file import PriorFileError
-from realsr.steps import degrade_rerun as rerun
-from realsr.steps.degrade_noise import EmptyNoiseBank
-from realsr.steps.degrade import jpeg_summary
-from realsr.storage.degrade_records import KernelRecord, PreprocessRecord
 from realsr.storage.run_dir import RunDir, claim_run_dir
-from realsr.steps.degrade import save_summary
-from realsr.steps.inspect import inspect_bank
-from realsr.steps.mirrors import staged
 from realsr.tasks import degrade as t
 
 
@@ -137,12 +136,24 @@ def usable(s: dict) -> tuple[list[str], str | None]:
     if s["noise_bank"].get("warning"):
         warnings.append(s["noise_bank"]["warning"])
     if not s["processed"]:
-        return warnings, f"degrade: nothing usable: no photo of {s['settings']['source']} could be used ({len(s['skipped'])} skipped, see {s['run_dir']}/summary.json)"
+        return (
+            warnings,
+            f"degrade: nothing usable: no photo of {s['settings']['source']} could be used ({len(s['skipped'])} skipped, see {s['run_dir']}/summary.json)",
+        )
     if largest < MIN_HR_SIZE:
-        return warnings, f"degrade: nothing usable: every clean HR image is under {MIN_HR_SIZE} px (largest {largest} px), too small to train on; use larger photos or a smaller cleanup_factor"
+        return (
+            warnings,
+            (
+                f"degrade: nothing usable: every clean HR image is under {MIN_HR_SIZE} px (largest {largest} px), too small to train on; use larger photos "
+                f"or a smaller cleanup_factor"
+            ),
+        )
     if not s["pairs"]["pairs"]:
         warnings.append(
-            f"0 HR/LR pairs: every clean HR image is smaller than pair_hr_size {size} px (largest {largest} px); train-flow can still train on them with hr_size {largest // s['settings']['scale'] * s['settings']['scale']} or less"
+            (
+                f"0 HR/LR pairs: every clean HR image is smaller than pair_hr_size {size} px (largest {largest} px); train-flow can still train on them with "
+                f"hr_size {largest // s['settings']['scale'] * s['settings']['scale']} or less"
+            )
         )
     return warnings, None
 
@@ -163,9 +174,7 @@ def degrade_local(settings: DegradeSettings, log) -> tuple[dict, list[Preprocess
     tq = time.perf_counter()
     known_pairs, to_pair = rerun.split_pairs(sorted(p.records, key=lambda r: r.source), run, spec, p.kernels["digest"], noise["digest"])
     batched = batches(to_pair, settings.images_per_task)
-    futures = t.make_pairs.map(
-        batched, unmapped(run), unmapped(spec), unmapped(p.kernels["digest"]), unmapped(noise["digest"])
-    )
+    futures = t.make_pairs.map(batched, unmapped(run), unmapped(spec), unmapped(p.kernels["digest"]), unmapped(noise["digest"]))
     pairs, pair_failed = _gather(futures, batched, lambda r: r.source)
     pairs += known_pairs
     complete = all(f["bad_input"] for f in p.skipped + pair_failed + p.kernel_failed)
@@ -206,7 +215,12 @@ def _claim(settings: DegradeSettings, log) -> tuple[RunDir, list[Path], list]:
     if not sources:
         raise InputError(f"no images found in {settings.source} (looked for png, jpg, heic, avif, tif, webp, bmp, dng, ...)")
     if settings.kernels.startswith("kernelgan") and not processed_photos(sources):
-        raise InputError(f"{settings.source} holds only RAW files (DNG): they are clean HR sources; KernelGAN and the noise bank need the camera's own processed photos (HEIC, JPEG) beside them")
+        raise InputError(
+            (
+                f"{settings.source} holds only RAW files (DNG): they are clean HR sources; KernelGAN and the noise bank need the camera's own processed "
+                f"photos (HEIC, JPEG) beside them"
+            )
+        )
     run = RunDir(claim_run_dir(Path(settings.out).resolve(), settings.model_dump(mode="json"), source=settings.source))
     log.info(f"{len(sources)} source images in {settings.source}; run folder {run.root}")
     return run, sources, ignored
@@ -276,7 +290,9 @@ def colour_summary(records: list[PreprocessRecord]) -> dict:
 
 
 def colour_line(c: dict) -> str:
-    line = f"- colour: {c['converted_to_srgb']} photo(s) converted to sRGB from their ICC profile" + (" (" + ", ".join(f"{k}: {v}" for k, v in sorted(c["profiles"].items())) + ")" if c["profiles"] else "")
+    line = f"- colour: {c['converted_to_srgb']} photo(s) converted to sRGB from their ICC profile" + (
+        " (" + ", ".join(f"{k}: {v}" for k, v in sorted(c["profiles"].items())) + ")" if c["profiles"] else ""
+    )
     if c["raw_sources"]:
         line += f"; {c['raw_sources']} RAW (DNG) file(s) as clean HR sources only (no noise patches, no kernel)"
     return line
@@ -295,7 +311,8 @@ def summary_markdown(s: dict) -> str:
         *([warning_markdown(s.get("warnings", []), s.get("error"))] if s.get("warnings") or s.get("error") else []),
         f"- sources: {s['sources']} ({s['processed']} processed, {s['cached']} from earlier runs, {len(s['skipped'])} skipped)",
         *(["- sent to workers: " + ", ".join(f"{k} {v}" for k, v in s["worked_on"].items())] if "worked_on" in s else []),
-        f"- kernel bank: `{s['kernel_bank']['path']}`: " + ", ".join(f"{sc} {c['valid']} valid of {c['kernels']}" for sc, c in s["kernel_bank"]["counts"].items()),
+        f"- kernel bank: `{s['kernel_bank']['path']}`: "
+        + ", ".join(f"{sc} {c['valid']} valid of {c['kernels']}" for sc, c in s["kernel_bank"]["counts"].items()),
         f"- noise bank: `{s['noise_bank']['path']}` {s['noise_bank']['count']} patches, {s['noise_bank']['rejected']} candidates rejected",
         *([f"- **WARNING: {s['noise_bank']['warning']}**"] if s["noise_bank"].get("warning") else []),
         f"- pairs: {s['pairs']['pairs']} in `{s['pairs']['path']}`",
@@ -309,7 +326,12 @@ def summary_markdown(s: dict) -> str:
     if s["skipped"]:
         lines += ["", "## Skipped", "", *[f"- `{x['source']}`: {x['reason']}" for x in s["skipped"]]]
     if s.get("kernel_failures"):
-        lines += ["", "## No kernel estimated (the image still gives noise and pairs)", "", *[f"- `{x['source']}`: {x['reason']}" for x in s["kernel_failures"]]]
+        lines += [
+            "",
+            "## No kernel estimated (the image still gives noise and pairs)",
+            "",
+            *[f"- `{x['source']}`: {x['reason']}" for x in s["kernel_failures"]],
+        ]
     if s["kernel_bank"].get("fallbacks"):
         lines += ["", "## KernelGAN failed: the bicubic kernel stands in", "", *[f"- `{x['source']}`: {x['reason']}" for x in s["kernel_bank"]["fallbacks"]]]
     if s["kernel_bank"].get("rejected"):
@@ -326,7 +348,14 @@ def summary_markdown(s: dict) -> str:
 def _artifact_rows(records: list[PreprocessRecord]) -> list[dict]:
     """The per-image table of the flow's artifact."""
     return [
-        {"source": r.source, "clean_hr": "x".join(map(str, r.hr_size)), "noise_patches": r.noise_count, "rejected": r.noise_rejected, "cached": r.cached, "seconds": r.seconds}
+        {
+            "source": r.source,
+            "clean_hr": "x".join(map(str, r.hr_size)),
+            "noise_patches": r.noise_count,
+            "rejected": r.noise_rejected,
+            "cached": r.cached,
+            "seconds": r.seconds,
+        }
         for r in records
     ]
 
@@ -334,6 +363,11 @@ def _artifact_rows(records: list[PreprocessRecord]) -> list[dict]:
 def _publish(summary: dict, rows: list[dict], sheets: dict[str, Path]) -> None:
     pictures = [image_markdown(path, title) for title, path in sheets.items()]
     publish(
-        get_run_logger(), "\n".join([summary_markdown(summary), *pictures]), "degrade-summary", "degrade-flow run summary, kernel and noise contact sheets",
-        rows, "degrade-images", "per-image clean-up and noise extraction",
+        get_run_logger(),
+        "\n".join([summary_markdown(summary), *pictures]),
+        "degrade-summary",
+        "degrade-flow run summary, kernel and noise contact sheets",
+        rows,
+        "degrade-images",
+        "per-image clean-up and noise extraction",
     )

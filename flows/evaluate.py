@@ -1,6 +1,6 @@
 """evaluate-flow: models side by side (bicubic always) on LR test photos, with HR when there is one.
 
-    LR folder (+ HR folder) ─> one task per model: SR images, PSNR/SSIM (Y, RGB), LPIPS ─> results
+LR folder (+ HR folder) ─> one task per model: SR images, PSNR/SSIM (Y, RGB), LPIPS ─> results
 """
 
 from __future__ import annotations

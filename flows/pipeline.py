@@ -42,7 +42,12 @@ def run_stage(stage: str, settings, mode: str, log) -> dict:
         log.info(f"{stage}: running deployment {DEPLOYMENTS[stage]} and waiting for it")
         run = run_deployment(DEPLOYMENTS[stage], parameters={"settings": settings.model_dump(mode="json")}, timeout=None)
         if not run.state or not run.state.is_completed():
-            raise StageFailed(f"{stage}: deployment run {run.name} ({DEPLOYMENTS[stage]}) ended {run.state.name if run.state else 'without a state'}: {run.state.message if run.state else ''}")
+            raise StageFailed(
+                (
+                    f"{stage}: deployment run {run.name} ({DEPLOYMENTS[stage]}) ended {run.state.name if run.state else 'without a state'}: "
+                    f"{run.state.message if run.state else ''}"
+                )
+            )
     else:
         from realsr.flows.degrade import degrade_flow
         from realsr.flows.evaluate import evaluate_flow
@@ -81,7 +86,12 @@ def pipeline_flow(settings: PipelineSettings) -> dict:
         return refused(log, e)
     if settings.preset == AUTO:
         say = log.info if settings.bundle == "product" else log.warning
-        say(f"preset auto: {'a CUDA GPU' if settings.bundle == 'product' else 'no CUDA GPU'} here, so preset {settings.bundle} {json.dumps(PIPELINE_PRESETS[settings.bundle])}; set preset to choose another")
+        say(
+            (
+                f"preset auto: {'a CUDA GPU' if settings.bundle == 'product' else 'no CUDA GPU'} here, so preset {settings.bundle} "
+                f"{json.dumps(PIPELINE_PRESETS[settings.bundle])}; set preset to choose another"
+            )
+        )
     try:
         with staged(None, settings.out, log.info, out_role="pipeline") as local:
             summary, pictures = pipeline_local(settings.model_copy(update={"out": local.out}), log)
@@ -102,8 +112,9 @@ def trainable(degraded: dict, hr_size: int, where: Path) -> None:
     largest, scale = degraded.get("largest_clean_hr"), degraded.get("settings", {}).get("scale", 1)
     if largest is not None and largest < hr_size:
         raise NothingUsable(
-            f"train: nothing to train on: every clean HR image is smaller than the training crop of {hr_size} px (largest {largest} px, see {where / 'summary.json'}); "
-            f"set train {{\"hr_size\": {largest // scale * scale}}} or use larger photos"
+            f"train: nothing to train on: every clean HR image is smaller than the training crop of {hr_size} px (largest {largest} px, see "
+            f"{where / 'summary.json'}); "
+            f'set train {{"hr_size": {largest // scale * scale}}} or use larger photos'
         )
 
 
@@ -147,11 +158,24 @@ def pipeline_local(settings: PipelineSettings, log) -> tuple[dict, list[tuple[st
     ran["evaluate"] = "ran" if results else "nothing to evaluate"
 
     summary = {
-        "out": str(pdir.root), "stages": ran, "preset": settings.bundle, "warnings": [f"degrade: {w}" for w in degraded.get("warnings", [])], "run_dir": str(pdir.run), "train_dir": str(tr.out), "model": str(model),
+        "out": str(pdir.root),
+        "stages": ran,
+        "preset": settings.bundle,
+        "warnings": [f"degrade: {w}" for w in degraded.get("warnings", [])],
+        "run_dir": str(pdir.run),
+        "train_dir": str(tr.out),
+        "model": str(model),
         "degrade": {k: degraded[k] for k in ("sources", "processed", "cached")},
-        "failures": [f"degrade: {f}" for f in failed_photos(degraded)] + [f"evaluate on {t}: {f['model']} on {f['image']}: {f['reason']}" for t, r in results.items() for f in r.get("failures", [])], "kernel_sheet": degraded.get("sheets", {}).get("kernels"),
-        "noise_sheet": degraded.get("sheets", {}).get("noise"), "training_images": trained["training_images"], "validation_crops": trained["validation_crops"],
-        "evaluations": {t: {"table": str(Path(r["md"])), "sheet": r["sheet"], "computed": r["computed"], "cached": r["cached"], "means": r["summary"]} for t, r in results.items()},
+        "failures": [f"degrade: {f}" for f in failed_photos(degraded)]
+        + [f"evaluate on {t}: {f['model']} on {f['image']}: {f['reason']}" for t, r in results.items() for f in r.get("failures", [])],
+        "kernel_sheet": degraded.get("sheets", {}).get("kernels"),
+        "noise_sheet": degraded.get("sheets", {}).get("noise"),
+        "training_images": trained["training_images"],
+        "validation_crops": trained["validation_crops"],
+        "evaluations": {
+            t: {"table": str(Path(r["md"])), "sheet": r["sheet"], "computed": r["computed"], "cached": r["cached"], "means": r["summary"]}
+            for t, r in results.items()
+        },
     }
     return summary, pictures
 
@@ -163,7 +187,10 @@ def summary_markdown(s: dict, evaluations: list[tuple[str, dict]]) -> str:
         warning_markdown(s.get("warnings", [])),
         f"- preset: {s.get('preset')}",
         *[f"- {stage}: {how}" for stage, how in s["stages"].items()],
-        f"- photos: {s['degrade']['sources']} ({s['degrade']['processed']} used); training images {s['training_images']}, validation crops {s['validation_crops']}",
+        (
+            f"- photos: {s['degrade']['sources']} ({s['degrade']['processed']} used); training images {s['training_images']}, validation crops "
+            f"{s['validation_crops']}"
+        ),
         f"- the camera's model: `{s['model']}`",
         "",
     ]

@@ -30,8 +30,15 @@ PIPELINE_PRESETS: dict[str, dict[str, dict]] = {
     "demo": {
         "degrade": {"kernels": "kernelgan", "kernelgan_iterations": 1000, "kernelgan_seeds": 1},
         "train": {
-            "preset": "finetune", "iterations": 60, "batch_size": 4, "hr_size": 64, "val_crops": 8, "val_every": 60, "save_every": 30,
-            "log_every": 10, "workers": 1,
+            "preset": "finetune",
+            "iterations": 60,
+            "batch_size": 4,
+            "hr_size": 64,
+            "val_crops": 8,
+            "val_every": 60,
+            "save_every": 30,
+            "log_every": 10,
+            "workers": 1,
         },
     },
     # a CPU's budget: the product's KernelGAN and the `finetune-cpu` training (about 15 minutes of
@@ -68,17 +75,31 @@ class PipelineSettings(BaseModel):
     model_config = FLOW_SETTINGS
 
     source: Location = Field(description="Folder of the camera's photos (searched recursively): a path, or a URL such as s3://bucket/photos.")
-    out: Location = Field(description="Pipeline folder: run/ (degrade), train/, trained.pth (the trained generator), eval/ (the table), pipeline.json; a path, or a URL (stages inline).")
-    preset: Literal["auto", "product", "cpu", "demo", "test-tiny"] = Field(
-        AUTO, description=f"The bundle of degrade and train settings this pipeline starts from; auto: product where torch sees a CUDA GPU at the run's start, else cpu (said in the log). {_preset_help()}."
+    out: Location = Field(
+        description=(
+            "Pipeline folder: run/ (degrade), train/, trained.pth (the trained generator), eval/ (the table), pipeline.json; a path, or a URL (stages inline)."
+        )
     )
-    degrade: dict[str, Any] = Field({}, description="degrade-flow settings over the preset's, e.g. {\"kernelgan_seeds\": 1} (any field but source and out).")
-    train: dict[str, Any] = Field({}, description="train-flow settings over the preset's, e.g. {\"iterations\": 2000} (any field but run_dir, out and resume).")
-    models: list[str] | None = Field(None, description="Models scored beside bicubic and the trained one (names or checkpoints); default: the train init, else realesrgan-x4plus.")
+    preset: Literal["auto", "product", "cpu", "demo", "test-tiny"] = Field(
+        AUTO,
+        description=(
+            f"The bundle of degrade and train settings this pipeline starts from; auto: product where torch sees a CUDA GPU at the run's start, else cpu "
+            f"(said in the log). {_preset_help()}."
+        ),
+    )
+    degrade: dict[str, Any] = Field({}, description='degrade-flow settings over the preset\'s, e.g. {"kernelgan_seeds": 1} (any field but source and out).')
+    train: dict[str, Any] = Field({}, description='train-flow settings over the preset\'s, e.g. {"iterations": 2000} (any field but run_dir, out and resume).')
+    models: list[str] | None = Field(
+        None, description="Models scored beside bicubic and the trained one (names or checkpoints); default: the train init, else realesrgan-x4plus."
+    )
     test_lr: Path | None = Field(None, description="Optional folder of the user's own LR test photos, scored too (eval-test/).")
     test_hr: Path | None = Field(None, description="Their HR ground truth, matched by file stem.")
     stages: Literal["inline", "deployments"] = Field(
-        "inline", description="'inline': each stage a sub-flow in this process; 'deployments': each stage its own deployment run (degrade on the CPU pool, train and evaluate on the GPU pool)."
+        "inline",
+        description=(
+            "'inline': each stage a sub-flow in this process; 'deployments': each stage its own deployment run (degrade on the CPU pool, train and evaluate "
+            "on the GPU pool)."
+        ),
     )
 
     @field_validator("degrade", "train", mode="before")
@@ -103,9 +124,16 @@ class PipelineSettings(BaseModel):
             try:
                 build()
             except ValidationError as e:
-                raise ValueError("; ".join(f"{stage}.{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg'].removeprefix('Value error, ')}" for err in e.errors())) from None
+                raise ValueError(
+                    "; ".join(f"{stage}.{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg'].removeprefix('Value error, ')}" for err in e.errors())
+                ) from None
         if is_url(self.out) and self.stages == "deployments":
-            raise ValueError("out: a pipeline folder at a URL runs its stages inline (stage deployments on other machines would each need the URL's mirror); set stages to inline")
+            raise ValueError(
+                (
+                    "out: a pipeline folder at a URL runs its stages inline (stage deployments on other machines would each need the URL's mirror); set "
+                    "stages to inline"
+                )
+            )
         if self.test_hr is not None and self.test_lr is None:
             raise ValueError("test_hr needs test_lr")
         for name in ("test_lr", "test_hr"):

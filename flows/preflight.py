@@ -35,15 +35,12 @@ def kernel_prior(settings) -> None:
 
 
 def train(settings) -> None:
-    from realsr.storage.model_files import load_rrdb
-    from realsr.storage.run_dir import RunDir
-    from realsr.storage.banks import open_noise_bank
     from realsr.steps.train_data import TrainingDataError, run_scale, training_images
-    from realsr.steps.train_setup import check_train_dir, vgg19_path
-
+    from realsr.steps.train_setup import MARKER, check_train_dir, vgg19_path
+    from realsr.storage.banks import open_noise_bank
+    from realsr.storage.model_files import load_rrdb
     from realsr.storage.remote import is_url
-    from realsr.storage.run_dir import check_remote_folder
-    from realsr.steps.train_setup import MARKER
+    from realsr.storage.run_dir import RunDir, check_remote_folder
 
     if is_url(settings.run_dir):  # its images and banks are checked when the mirror is there
         check_remote_folder(settings.run_dir, must_exist=True)
@@ -51,7 +48,9 @@ def train(settings) -> None:
             load_rrdb(settings.init)
     else:
         run = RunDir(Path(settings.run_dir))
-        training_images(run, settings.hr_size, settings.val_crops, settings.val_images, settings.seed)  # a degrade run with a manifest, banks, large enough images
+        training_images(
+            run, settings.hr_size, settings.val_crops, settings.val_images, settings.seed
+        )  # a degrade run with a manifest, banks, large enough images
         if settings.noise:  # read (and its digest checked) in the first training step: damage is found here instead
             try:
                 open_noise_bank(run.noise)

@@ -53,10 +53,10 @@ def prefect_api() -> Iterator[str]:
         yield configured
         return
     from prefect.events.worker import EventsWorker
-
-    from realsr.flows import stopping
     from prefect.logging.handlers import APILogWorker
     from prefect.server.api.server import SubprocessASGIServer
+
+    from realsr.flows import stopping
 
     server = _server_class(SubprocessASGIServer)()
     # a fresh database migrates for ~10 s on an idle core and twice that beside a busy one;
@@ -164,5 +164,11 @@ def task_runner(workers: int | None = None, address: str | None = None):
         cluster_class="distributed.LocalCluster",
         # scheduler, workers and dashboard on loopback: nothing of a local run listens outside
         # (thread workers talk in-process, where a host is not taken)
-        cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": processes, "dashboard_address": "127.0.0.1:0", **({"host": "127.0.0.1"} if processes else {})},
+        cluster_kwargs={
+            "n_workers": n,
+            "threads_per_worker": 1,
+            "processes": processes,
+            "dashboard_address": "127.0.0.1:0",
+            **({"host": "127.0.0.1"} if processes else {}),
+        },
     )

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 DEVICE = r"^(auto|cpu|cuda(:\d+)?)$"  # a torch device a setting may name
 
+
 def _location(v):
     """A URL (s3://bucket/photos) stays a string; anything else is a local path."""
     if is_url(v):
@@ -58,6 +59,7 @@ class SettingsError(RealsrError, ValueError):
 
 def one_line(e: ValidationError) -> str:
     """A pydantic error as `field: reason; field: reason`."""
+
     def line(err) -> str:
         where, why = ".".join(map(str, err["loc"])), err["msg"].removeprefix("Value error, ")
         return f"{where}: {why}" if where else why
@@ -111,11 +113,32 @@ class DegradeSettings(BaseModel):
     scale: Literal[2, 4] = Field(4, description="SR scale of the HR/LR pairs.")
     kernels: str = Field(
         "bicubic",
-        description="Kernel source: 'bicubic' (the paper's Track 1 recipe), 'kernelgan' (each source's own kernel), 'kernelgan-camera' (one kernel for the camera: the consensus of its photos' kernels), 'kernelgan-fkp' / 'kernelgan-fkp-camera' (the same with KernelGAN's G moving only on the learned kernel prior, --kernel-prior) or 'bank:PATH' (reuse a kernel bank).",
+        description=(
+            "Kernel source: 'bicubic' (the paper's Track 1 recipe), 'kernelgan' (each source's own kernel), 'kernelgan-camera' (one kernel for the camera: "
+            "the consensus of its photos' kernels), 'kernelgan-fkp' / 'kernelgan-fkp-camera' (the same with KernelGAN's G moving only on the learned kernel "
+            "prior, --kernel-prior) or 'bank:PATH' (reuse a kernel bank)."
+        ),
     )
-    kernel_prior: str = Field("builtin", min_length=1, description="The kernel prior of the kernelgan-fkp sources: 'builtin' (shipped with the package) or a .pt file from `realsr kernels train-prior` (verified by the .sha256 beside it).")
-    kernelgan_iterations: int = Field(1000, ge=1, le=100_000, description="KernelGAN training steps per image and seed (the paper: 3000; its kernel has settled by step 750, BENCHMARKS.md).")
-    kernelgan_seeds: int = Field(3, ge=1, le=16, description="KernelGAN runs per image, each with its own seed; the kernel is their geometric median (3 x 1000 steps: ahead of the official code at x2 and x4, BENCHMARKS.md).")
+    kernel_prior: str = Field(
+        "builtin",
+        min_length=1,
+        description=(
+            "The kernel prior of the kernelgan-fkp sources: 'builtin' (shipped with the package) or a .pt file from `realsr kernels train-prior` (verified "
+            "by the .sha256 beside it)."
+        ),
+    )
+    kernelgan_iterations: int = Field(
+        1000, ge=1, le=100_000, description="KernelGAN training steps per image and seed (the paper: 3000; its kernel has settled by step 750, BENCHMARKS.md)."
+    )
+    kernelgan_seeds: int = Field(
+        3,
+        ge=1,
+        le=16,
+        description=(
+            "KernelGAN runs per image, each with its own seed; the kernel is their geometric median (3 x 1000 steps: ahead of the official code at x2 and "
+            "x4, BENCHMARKS.md)."
+        ),
+    )
     kernelgan_device: str = Field("auto", pattern=DEVICE, description="Torch device for KernelGAN: auto, cpu, cuda or cuda:N.")
     kernelgan_batch: int | None = Field(
         None, ge=1, le=1024, description="Images trained together in one KernelGAN task (default: split evenly over the workers, at most 16)."
@@ -123,27 +146,32 @@ class DegradeSettings(BaseModel):
     cleanup_factor: int = Field(2, ge=1, le=8, description="Bicubic clean-up downscale of the sources (1 = none).")
     noise_rule: Literal["adaptive", "reference"] = Field(
         "adaptive",
-        description="Noise extraction: 'adaptive' (tiles as flat as the photo's own noise level, gradients removed, clipped areas skipped) or 'reference' (the paper's collect_noise.py: noise_patch_size px patches of luma variance < noise_max_var).",
+        description=(
+            "Noise extraction: 'adaptive' (tiles as flat as the photo's own noise level, gradients removed, clipped areas skipped) or 'reference' (the "
+            "paper's collect_noise.py: noise_patch_size px patches of luma variance < noise_max_var)."
+        ),
     )
     noise_tile: int = Field(32, ge=8, le=1024, description="adaptive: side of a noise tile, px of the source (large flat areas give many).")
-    noise_tolerance: float = Field(0.08, gt=0, le=2, description="adaptive: keep tiles whose noise std is at most (1 + this) x the photo's noise level at their brightness.")
+    noise_tolerance: float = Field(
+        0.08, gt=0, le=2, description="adaptive: keep tiles whose noise std is at most (1 + this) x the photo's noise level at their brightness."
+    )
     noise_max_per_image: int = Field(64, ge=1, le=100_000, description="adaptive: at most this many tiles per photo, spread over brightness.")
-    noise_match_brightness: bool = Field(True, description="Draw each LR crop's noise from patches of similar brightness (signal-dependent noise); off: uniform draws, as the paper.")
+    noise_match_brightness: bool = Field(
+        True, description="Draw each LR crop's noise from patches of similar brightness (signal-dependent noise); off: uniform draws, as the paper."
+    )
     noise_min_patches: int = Field(16, ge=0, description="A noise bank smaller than this is reported as tiny (a loud warning).")
-    on_empty_noise: Literal["warn", "stop"] = Field("warn", description="An empty noise bank: 'warn' goes on with noise-free pairs, 'stop' fails the run before the pairs.")
+    on_empty_noise: Literal["warn", "stop"] = Field(
+        "warn", description="An empty noise bank: 'warn' goes on with noise-free pairs, 'stop' fails the run before the pairs."
+    )
     noise_patch_size: int = Field(256, ge=8, le=4096, description="reference: side of a noise patch, px of the source.")
     noise_stride: int = Field(256, ge=1, le=4096, description="reference: step between candidate noise patches, px.")
     noise_max_var: float = Field(20.0, gt=0, le=65025, description="reference: keep patches whose luma variance is below this (0-255 scale).")
-    noise_min_mean: float = Field(
-        0.0, ge=0, lt=255, description="reference: keep patches whose luma mean is above this (50 for smartphone photos)."
-    )
+    noise_min_mean: float = Field(0.0, ge=0, lt=255, description="reference: keep patches whose luma mean is above this (50 for smartphone photos).")
     pair_hr_size: int = Field(256, ge=8, le=4096, description="Side of an HR training patch; LR is pair_hr_size/scale.")
     pair_stride: int | None = Field(None, ge=1, description="Step between HR patches (default: pair_hr_size).")
     seed: int = Field(0, ge=0, description="Seed of every random draw (kernel, noise patch, crop).")
     max_megapixels: float = Field(200.0, gt=0, description="Refuse larger images (decompression-bomb guard).")
-    images_per_task: int | None = Field(
-        None, ge=1, le=256, description="Images per Prefect task (default: about 8 tasks per stage, at most 32 images each)."
-    )
+    images_per_task: int | None = Field(None, ge=1, le=256, description="Images per Prefect task (default: about 8 tasks per stage, at most 32 images each).")
 
     @field_validator("kernels")
     @classmethod
@@ -164,9 +192,7 @@ class DegradeSettings(BaseModel):
             raise ValueError(f"pair_stride {self.pair_stride} must be a multiple of the scale {self.scale}")
         lr = self.pair_hr_size // self.scale
         if self.noise_rule == "reference" and lr > self.noise_patch_size:
-            raise ValueError(
-                f"the LR patch ({lr} px = pair_hr_size/scale) must fit in a noise patch ({self.noise_patch_size} px)"
-            )
+            raise ValueError(f"the LR patch ({lr} px = pair_hr_size/scale) must fit in a noise patch ({self.noise_patch_size} px)")
         from realsr.storage.run_dir import check_apart
 
         check_apart(self.source, self.out)  # either way, links resolved
@@ -200,8 +226,16 @@ class EvaluateSettings(BaseModel):
     tile: int = Field(0, ge=0, le=8192, description="Tile size in LR px for the models (0: whole images).")
     tile_pad: int = Field(48, ge=0, le=512, description="Context around each tile, px.")
     device: str = Field("auto", pattern=DEVICE, description="Torch device: auto, cpu, cuda or cuda:N.")
-    lpips_alexnet: Path | None = Field(None, description="AlexNet file for LPIPS (default: the verified `alexnet` weights: REALSR_WEIGHTS_DIR, the cache, else fetched).")
-    niqe: bool = Field(True, description="NIQE of every SR image (no reference, lower is more natural; images of at least 2 blocks of 96 px): the score to compare models on photos without HR; --no-niqe skips it.")
+    lpips_alexnet: Path | None = Field(
+        None, description="AlexNet file for LPIPS (default: the verified `alexnet` weights: REALSR_WEIGHTS_DIR, the cache, else fetched)."
+    )
+    niqe: bool = Field(
+        True,
+        description=(
+            "NIQE of every SR image (no reference, lower is more natural; images of at least 2 blocks of 96 px): the score to compare models on photos "
+            "without HR; --no-niqe skips it."
+        ),
+    )
 
     def spec(self) -> "Scoring":
         """The typed input of evaluate-flow's steps."""

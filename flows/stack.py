@@ -92,7 +92,9 @@ class Stack:
     def _spawn(self, state: dict, name: str, args: list[str], env: dict) -> None:
         """Start a long-lived process in its own session; its pid is saved before anything waits on it."""
         with open(self.home / "logs" / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen([_prefect(), *args], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                [_prefect(), *args], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         state["processes"].append({"name": name, "pid": proc.pid})
         self._save(state)
 

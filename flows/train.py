@@ -1,7 +1,7 @@
 """train-flow: ESRGAN training or fine-tuning on the camera's own degradations.
 
-    degrade-flow run (clean HR, kernels.zarr, noise.zarr) ─> one GPU task: G (RRDB) + D (PatchGAN),
-    LR degraded on the fly ─> BasicSR checkpoints (params + params_ema), validation, samples
+degrade-flow run (clean HR, kernels.zarr, noise.zarr) ─> one GPU task: G (RRDB) + D (PatchGAN),
+LR degraded on the fly ─> BasicSR checkpoints (params + params_ema), validation, samples
 """
 
 from __future__ import annotations
@@ -24,10 +24,17 @@ def summary_markdown(s: dict) -> str:
     lines = [
         f"# train-flow: {s['out']}",
         "",
-        f"- {s['generator']}; D {s.get('discriminator') or '?'}; {s['training_images']} training images; validation: {s['validation_crops']} crops of {s['held_out_images']} held-out photos (`{Path(s['out']) / 'val'}`)",
+        (
+            f"- {s['generator']}; D {s.get('discriminator') or '?'}; {s['training_images']} training images; validation: {s['validation_crops']} crops of "
+            f"{s['held_out_images']} held-out photos (`{Path(s['out']) / 'val'}`)"
+        ),
         f"- iterations {s['resumed_from'] + 1}..{s['iterations']} on {s['device']} ({s['precision']}), {s['seconds']:.0f} s",
         f"- latest: `{s['latest']}`",
-        *([f"- best: iteration {best['iter']}, PSNR-Y {best['psnr_y']:.2f} dB, LPIPS {best['lpips']:.4f} (`{Path(s['out']) / 'models' / 'net_g_best.pth'}`)"] if best else []),
+        *(
+            [f"- best: iteration {best['iter']}, PSNR-Y {best['psnr_y']:.2f} dB, LPIPS {best['lpips']:.4f} (`{Path(s['out']) / 'models' / 'net_g_best.pth'}`)"]
+            if best
+            else []
+        ),
         f"- losses: `{Path(s['out']) / 'losses.csv'}`, validation: `{Path(s['out']) / 'validation.csv'}`, samples: `{Path(s['out']) / 'samples'}`",
         *[f"- NOTE: {n}" for n in s["notes"]],
     ]
@@ -67,5 +74,13 @@ def train_flow(settings: TrainSettings) -> dict:
         with val.open(newline="") as f:
             rows = list(csv.DictReader(f))
     picture = image_markdown(samples[-1] if samples else None, f"validation samples at {samples[-1].stem if samples else ''} (LR / SR / HR)")
-    publish(log, summary_markdown(shown) + "\n" + picture, "train-summary", "train-flow run summary and validation samples", rows, "train-validation", "validation (EMA generator) per iteration")
+    publish(
+        log,
+        summary_markdown(shown) + "\n" + picture,
+        "train-summary",
+        "train-flow run summary and validation samples",
+        rows,
+        "train-validation",
+        "validation (EMA generator) per iteration",
+    )
     return shown

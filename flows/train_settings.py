@@ -64,7 +64,12 @@ PAPER: dict = {  # the released ESRGAN / RealSR recipe: every field a preset set
     "device": "auto",
     "precision": "auto",
 }
-REALESRGAN_LOSSES = {"pixel_weight": 1.0, "perceptual_weight": 1.0, "gan_weight": 0.1, "perceptual_layers": "conv1_2:0.1,conv2_2:0.1,conv3_4:1,conv4_4:1,conv5_4:1"}
+REALESRGAN_LOSSES = {
+    "pixel_weight": 1.0,
+    "perceptual_weight": 1.0,
+    "gan_weight": 0.1,
+    "perceptual_layers": "conv1_2:0.1,conv2_2:0.1,conv3_4:1,conv4_4:1,conv5_4:1",
+}
 FINETUNE_CPU_ITERATIONS = 800
 PRESETS: dict[str, dict] = {
     # ESRGAN / RealSR: RRDB 23 blocks, PatchGAN, batch 16 of 128 px, 60k steps, halving at 5k/10k/20k/30k
@@ -74,8 +79,17 @@ PRESETS: dict[str, dict] = {
     # discriminator with spectral norm), lower G learning rate, short schedule (BENCHMARKS.md, "The
     # recipe, row by row": ahead of x4plus on all three measures, where ESRGAN's losses lost fidelity)
     "finetune": {
-        "init": "realesrgan-x4plus", "iterations": 5000, "batch_size": 8, "lr_g": 5e-5, "lr_d": 1e-4,
-        "milestones": [2500, 4000], "val_every": 500, "save_every": 500, **REALESRGAN_LOSSES, "discriminator": "unet", "gan_type": "vanilla",
+        "init": "realesrgan-x4plus",
+        "iterations": 5000,
+        "batch_size": 8,
+        "lr_g": 5e-5,
+        "lr_d": 1e-4,
+        "milestones": [2500, 4000],
+        "val_every": 500,
+        "save_every": 500,
+        **REALESRGAN_LOSSES,
+        "discriminator": "unet",
+        "gan_type": "vanilla",
     },
     # the same on a CPU: all of G, Real-ESRGAN's losses with the PatchGAN, 800 iterations of 4 x 64 px
     # (about 15 minutes of a 2-core AVX512-BF16 CPU). Measured on two cameras and two seeds (BENCHMARKS.md,
@@ -83,18 +97,51 @@ PRESETS: dict[str, dict] = {
     # G's last 4 RRDBs alone for 1000 iterations, the earlier choice, lost 0.4 dB PSNR-Y on the mild
     # camera; 3000 of them followed the harsh camera's *estimated* degradation past x4plus
     "finetune-cpu": {
-        "init": "realesrgan-x4plus", "iterations": FINETUNE_CPU_ITERATIONS, "batch_size": 4, "hr_size": 64, "lr_g": 5e-5, "lr_d": 1e-4,
-        "milestones": [], "val_every": 200, "save_every": 100, "workers": 1, **REALESRGAN_LOSSES,
+        "init": "realesrgan-x4plus",
+        "iterations": FINETUNE_CPU_ITERATIONS,
+        "batch_size": 4,
+        "hr_size": 64,
+        "lr_g": 5e-5,
+        "lr_d": 1e-4,
+        "milestones": [],
+        "val_every": 200,
+        "save_every": 100,
+        "workers": 1,
+        **REALESRGAN_LOSSES,
     },
     # small networks that train in minutes on two CPU cores
     "cpu-small": {
-        "g_feat": 32, "g_blocks": 6, "g_grow": 16, "d_feat": 32, "iterations": 2000, "batch_size": 4, "hr_size": 64,
-        "lr_g": 2e-4, "lr_d": 2e-4, "milestones": [1000, 1500], "warmup": 300, "val_every": 250, "save_every": 250, "workers": 1,
+        "g_feat": 32,
+        "g_blocks": 6,
+        "g_grow": 16,
+        "d_feat": 32,
+        "iterations": 2000,
+        "batch_size": 4,
+        "hr_size": 64,
+        "lr_g": 2e-4,
+        "lr_d": 2e-4,
+        "milestones": [1000, 1500],
+        "warmup": 300,
+        "val_every": 250,
+        "save_every": 250,
+        "workers": 1,
     },
     # for tests: seconds on a CPU
     "test-tiny": {
-        "g_feat": 8, "g_blocks": 1, "g_grow": 8, "d_feat": 8, "iterations": 6, "batch_size": 2, "hr_size": 32,
-        "milestones": [4], "warmup": 2, "val_every": 3, "save_every": 3, "val_crops": 2, "workers": 0, "log_every": 1,
+        "g_feat": 8,
+        "g_blocks": 1,
+        "g_grow": 8,
+        "d_feat": 8,
+        "iterations": 6,
+        "batch_size": 2,
+        "hr_size": 32,
+        "milestones": [4],
+        "warmup": 2,
+        "val_every": 3,
+        "save_every": 3,
+        "val_crops": 2,
+        "workers": 0,
+        "log_every": 1,
     },
 }
 
@@ -116,20 +163,43 @@ class TrainSettings(BaseModel):
 
     model_config = FLOW_SETTINGS
 
-    run_dir: Location = Field(description="A degrade-flow run folder (clean_hr/, kernels.zarr, noise.zarr, pairs/): a path, or a URL such as s3://bucket/runs/cam1.")
+    run_dir: Location = Field(
+        description="A degrade-flow run folder (clean_hr/, kernels.zarr, noise.zarr, pairs/): a path, or a URL such as s3://bucket/runs/cam1."
+    )
     out: Location = Field(description="Training folder: models/, training_states/, losses.csv, validation.csv, samples/; a path or a URL.")
     preset: Literal["paper", "finetune", "finetune-cpu", "cpu-small", "test-tiny"] = Field("paper", description="The bundle of settings this run started from.")
-    init: str | None = Field(None, description="Generator to start from: a checkpoint path or a released generator by name (realsr weights list; fetched and verified on first use), none: from scratch with the L1 warm-up.")
-    resume: Literal["no", "auto", "require"] = Field("no", description="'auto' continues from the newest complete state in out if there is one; 'require' fails without one.")
+    init: str | None = Field(
+        None,
+        description=(
+            "Generator to start from: a checkpoint path or a released generator by name (realsr weights list; fetched and verified on first use), none: from "
+            "scratch with the L1 warm-up."
+        ),
+    )
+    resume: Literal["no", "auto", "require"] = Field(
+        "no", description="'auto' continues from the newest complete state in out if there is one; 'require' fails without one."
+    )
     iterations: int | None = Field(None, ge=1, le=10_000_000, description="Total training iterations (a resumed run continues to this).")
     batch_size: int | None = Field(None, ge=1, le=1024, description="HR crops per iteration.")
     hr_size: int | None = Field(None, ge=MIN_HR_SIZE, le=1024, description="Side of an HR training crop, px (a multiple of the scale).")
     g_feat: int | None = Field(None, ge=4, le=256, description="RRDB features (from scratch; an init file sets its own).")
     g_blocks: int | None = Field(None, ge=1, le=64, description="RRDB blocks (from scratch).")
     g_grow: int | None = Field(None, ge=4, le=128, description="RRDB growth channels (from scratch).")
-    discriminator: Literal["patchgan", "vgg128", "unet"] | None = Field(None, description="The paper's PatchGAN (70x70 windows), ESRGAN's VGG-128 (128 px crops only), or Real-ESRGAN's U-Net with spectral norm (a logit per pixel; crops a multiple of 8 px; d_init can start it from the released one).")
+    discriminator: Literal["patchgan", "vgg128", "unet"] | None = Field(
+        None,
+        description=(
+            "The paper's PatchGAN (70x70 windows), ESRGAN's VGG-128 (128 px crops only), or Real-ESRGAN's U-Net with spectral norm (a logit per pixel; crops "
+            "a multiple of 8 px; d_init can start it from the released one)."
+        ),
+    )
     d_feat: int | None = Field(None, ge=4, le=256, description="Discriminator features of its first layer.")
-    d_init: str | None = Field(None, description="Discriminator to start from (discriminator unet): a file in BasicSR's layout ({'params': state_dict}, or a bare state dict), or a released one by name (realesrgan-x4plus-netd: RealESRGAN_x4plus_netD.pth put in REALSR_WEIGHTS_DIR; no sha256 is published, so it is never downloaded); none: from scratch.")
+    d_init: str | None = Field(
+        None,
+        description=(
+            "Discriminator to start from (discriminator unet): a file in BasicSR's layout ({'params': state_dict}, or a bare state dict), or a released one "
+            "by name (realesrgan-x4plus-netd: RealESRGAN_x4plus_netD.pth put in REALSR_WEIGHTS_DIR; no sha256 is published, so it is never downloaded); "
+            "none: from scratch."
+        ),
+    )
     lr_g: float | None = Field(None, gt=0, le=1e-2, description="Adam learning rate of G.")
     lr_d: float | None = Field(None, gt=0, le=1e-2, description="Adam learning rate of D.")
     milestones: list[int] | None = Field(None, description="Iterations at which both learning rates halve.")
@@ -137,17 +207,42 @@ class TrainSettings(BaseModel):
     pixel_weight: float | None = Field(None, ge=0, description="L1 weight.")
     perceptual_weight: float | None = Field(None, ge=0, description="VGG19 conv5_4 (before ReLU) L1 weight.")
     gan_weight: float | None = Field(None, ge=0, description="GAN weight.")
-    perceptual_layers: str | None = Field(None, description="VGG19 layers (before ReLU) of the perceptual loss and their weights: conv5_4 (ESRGAN, RealSR) or conv1_2:0.1,conv2_2:0.1,conv3_4:1,conv4_4:1,conv5_4:1 (Real-ESRGAN).")
-    gan_type: Literal["ragan", "vanilla"] | None = Field(None, description="'ragan': relativistic average (ESRGAN, RealSR); 'vanilla': real 1, fake 0 (Real-ESRGAN, with its U-Net discriminator).")
-    artifact_weight: float | None = Field(None, ge=0, description="LDL's artifact loss (Liang et al. 2022): L1 on the pixels where G's residual is erratic and worse than its EMA's; 0: off.")
-    train_blocks: int | None = Field(None, ge=0, le=64, description="Train only G's last N RRDB blocks, conv_body and the upsampler (a fine-tune that also skips the backward pass through the frozen head); 0: all of G.")
+    perceptual_layers: str | None = Field(
+        None,
+        description=(
+            "VGG19 layers (before ReLU) of the perceptual loss and their weights: conv5_4 (ESRGAN, RealSR) or "
+            "conv1_2:0.1,conv2_2:0.1,conv3_4:1,conv4_4:1,conv5_4:1 (Real-ESRGAN)."
+        ),
+    )
+    gan_type: Literal["ragan", "vanilla"] | None = Field(
+        None, description="'ragan': relativistic average (ESRGAN, RealSR); 'vanilla': real 1, fake 0 (Real-ESRGAN, with its U-Net discriminator)."
+    )
+    artifact_weight: float | None = Field(
+        None, ge=0, description="LDL's artifact loss (Liang et al. 2022): L1 on the pixels where G's residual is erratic and worse than its EMA's; 0: off."
+    )
+    train_blocks: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description=(
+            "Train only G's last N RRDB blocks, conv_body and the upsampler (a fine-tune that also skips the backward pass through the frozen head); 0: all "
+            "of G."
+        ),
+    )
     ema_decay: float | None = Field(None, ge=0, lt=1, description="EMA of G (saved as params_ema).")
-    kernel_per: Literal["image", "sample"] | None = Field(None, description="'image': each source keeps its one kernel, as the paper; 'sample': a valid bank kernel drawn per crop.")
+    kernel_per: Literal["image", "sample"] | None = Field(
+        None, description="'image': each source keeps its one kernel, as the paper; 'sample': a valid bank kernel drawn per crop."
+    )
     noise: bool | None = Field(None, description="Inject a noise-bank crop into every LR.")
     noise_match_brightness: bool | None = Field(None, description="Draw noise from patches of the LR crop's brightness (off: uniform, as the paper).")
     jpeg: Literal["auto", "off"] | None = Field(None, description="'auto': re-compress each LR at its source JPEG's quality (PNG sources: none).")
     jpeg_range: int | None = Field(None, ge=0, le=50, description="auto: the quality varies by up to this much around the source's.")
-    val_crops: int | None = Field(None, ge=0, le=1000, description="Validation crops (hr_size px, degraded once with their photo's own kernel, noise and JPEG quality, the same all run); 0: no validation.")
+    val_crops: int | None = Field(
+        None,
+        ge=0,
+        le=1000,
+        description="Validation crops (hr_size px, degraded once with their photo's own kernel, noise and JPEG quality, the same all run); 0: no validation.",
+    )
     val_images: int | None = Field(None, ge=0, description="Photos held out of training for validation; 0: as many as val_crops needs, at most a quarter.")
     val_every: int | None = Field(None, ge=1, description="Validate (PSNR-Y, LPIPS, sample crops) every N iterations, and at the end.")
     save_every: int | None = Field(None, ge=1, description="Checkpoint every N iterations, and at the end.")
@@ -156,8 +251,16 @@ class TrainSettings(BaseModel):
     workers: int | None = Field(None, ge=0, le=64, description="DataLoader worker processes (0: in the training process).")
     seed: int | None = Field(None, ge=0, description="Seeds the networks' initialisation and every data draw.")
     device: str | None = Field(None, pattern=DEVICE, description="Torch device: auto, cpu, cuda or cuda:N.")
-    precision: Literal["auto", "fp32", "bf16"] | None = Field(None, description="'auto': bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), fp32 elsewhere (the log says which and why); 'bf16' anywhere; 'fp32'.")
-    vgg19_weights: Path | None = Field(None, description="VGG19 file for the perceptual loss (default: the verified `vgg19` weights: REALSR_WEIGHTS_DIR, the cache, else fetched).")
+    precision: Literal["auto", "fp32", "bf16"] | None = Field(
+        None,
+        description=(
+            "'auto': bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), fp32 elsewhere (the log says which and why); 'bf16' anywhere; "
+            "'fp32'."
+        ),
+    )
+    vgg19_weights: Path | None = Field(
+        None, description="VGG19 file for the perceptual loss (default: the verified `vgg19` weights: REALSR_WEIGHTS_DIR, the cache, else fetched)."
+    )
     lpips_alexnet: Path | None = Field(None, description="AlexNet file for validation LPIPS (default: the verified `alexnet` weights).")
 
     @model_validator(mode="before")
@@ -204,10 +307,23 @@ class TrainSettings(BaseModel):
         from realsr.steps.train import Cadence, Networks, Recipe, TrainSpec
         from realsr.steps.train_data import DataConfig
 
-        losses = LossWeights(pixel=self.pixel_weight, perceptual=self.perceptual_weight, gan=self.gan_weight, gan_type=self.gan_type, artifacts=self.artifact_weight)
-        recipe = build(Recipe, self, losses=losses, schedule=build(Schedule, self, milestones=tuple(self.milestones)), perceptual_layers=parse_layers(self.perceptual_layers))
+        losses = LossWeights(
+            pixel=self.pixel_weight, perceptual=self.perceptual_weight, gan=self.gan_weight, gan_type=self.gan_type, artifacts=self.artifact_weight
+        )
+        recipe = build(
+            Recipe,
+            self,
+            losses=losses,
+            schedule=build(Schedule, self, milestones=tuple(self.milestones)),
+            perceptual_layers=parse_layers(self.perceptual_layers),
+        )
         return build(
-            TrainSpec, self, data=build(DataConfig, self, scale=scale), nets=build(Networks, self), recipe=recipe, cadence=build(Cadence, self),
+            TrainSpec,
+            self,
+            data=build(DataConfig, self, scale=scale),
+            nets=build(Networks, self),
+            recipe=recipe,
+            cadence=build(Cadence, self),
             settings=self.model_dump(mode="json"),
         )
 

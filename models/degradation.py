@@ -50,9 +50,7 @@ def degrade(hr: np.ndarray, kernel: np.ndarray, scale: int) -> np.ndarray:
     if h % scale or w % scale:
         raise ValueError(f"HR {w}x{h} is not a multiple of the scale {scale}")
     k, anchor = aligned_kernel(kernel, scale)
-    filtered = cv2.filter2D(
-        hr.astype(np.float32), -1, k.astype(np.float32), anchor=(anchor, anchor), borderType=cv2.BORDER_REFLECT
-    )
+    filtered = cv2.filter2D(hr.astype(np.float32), -1, k.astype(np.float32), anchor=(anchor, anchor), borderType=cv2.BORDER_REFLECT)
     if filtered.ndim == 2:
         filtered = filtered[..., None]
     o = (scale - 1) // 2
@@ -77,9 +75,7 @@ def patch_grid(length: int, patch: int, stride: int) -> np.ndarray:
     return np.arange(0, length - patch + 1, stride, dtype=np.int64)
 
 
-def noise_patch_stats(
-    image: np.ndarray, patch: int, stride: int, opaque: np.ndarray | None = None
-) -> dict[str, np.ndarray]:
+def noise_patch_stats(image: np.ndarray, patch: int, stride: int, opaque: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Grayscale mean and variance of every grid patch (0-255 scale), from integral images.
 
     `opaque` (bool HxW) marks usable pixels; patches touching others get variance +inf.

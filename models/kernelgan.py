@@ -34,13 +34,13 @@ from realsr.models.kernelgan_fkp import PriorGenerators
 from realsr.models.kernelgan_losses import (
     BoundariesLoss,
     CentralizedLoss,
+    ConstraintSchedule,
     DownScaleLoss,
     GANLoss,
-    ConstraintSchedule,
     SparsityLoss,
     SumOfWeightsLoss,
 )
-from realsr.models.kernelgan_post import consensus_estimate, collapse, finalize_kernel  # noqa: F401 (re-exported)
+from realsr.models.kernelgan_post import collapse, consensus_estimate, finalize_kernel  # noqa: F401 (re-exported)
 
 VERSION = "3"  # bump when the kernel estimated for the same image and config changes
 
@@ -102,9 +102,7 @@ class Generator(nn.Module):
         super().__init__()
         s, c = cfg.g_structure, cfg.g_channels
         chans = [1] + [c] * (len(s) - 1) + [1]
-        self.layers = nn.ModuleList(
-            nn.Conv2d(chans[i], chans[i + 1], s[i], stride=2 if i == len(s) - 1 else 1, bias=False) for i in range(len(s))
-        )
+        self.layers = nn.ModuleList(nn.Conv2d(chans[i], chans[i + 1], s[i], stride=2 if i == len(s) - 1 else 1, bias=False) for i in range(len(s)))
         self.kernel_size = cfg.kernel_size
         for layer in self.layers:
             nn.init.xavier_normal_(layer.weight, 0.1)  # the reference's weights_init_G
@@ -153,7 +151,7 @@ class Generators(nn.Module):
     def __init__(self, g: Generator, b: int):
         super().__init__()
         self.b = b
-        self.weights = nn.ParameterList(nn.Parameter(l.weight.detach().unsqueeze(0).repeat(b, 1, 1, 1, 1)) for l in g.layers)
+        self.weights = nn.ParameterList(nn.Parameter(layer.weight.detach().unsqueeze(0).repeat(b, 1, 1, 1, 1)) for layer in g.layers)
 
     def kernels(self) -> torch.Tensor:
         """(B, K, K): every generator's composed kernel, differentiable in every weight."""
@@ -241,7 +239,9 @@ class KernelEstimate:
 SEED_STRIDE = 1000  # between the seeds of an average: far from the retries' seed + 1, + 2
 
 
-def estimate_kernels(images: list[np.ndarray], cfg: KernelGANConfig = KernelGANConfig(), device: str = "cpu", progress=None, prior=None) -> list[KernelEstimate]:
+def estimate_kernels(
+    images: list[np.ndarray], cfg: KernelGANConfig = KernelGANConfig(), device: str = "cpu", progress=None, prior=None
+) -> list[KernelEstimate]:
     """Train KernelGAN on each float32 RGB image in [0, 1] (HWC) and return their x2 kernels.
 
     `train_kernels` on all of them; an image whose training diverged or whose kernel collapsed

@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from realsr.models.kernelgan_batched import strided_correlation
 from realsr.models.kernel_prior import KernelPrior
+from realsr.models.kernelgan_batched import strided_correlation
 from realsr.models.synthetic import gaussian_kernel
 
 

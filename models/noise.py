@@ -107,7 +107,9 @@ def block_stats(y: np.ndarray, bad: np.ndarray, size: int, band_blocks: int = 64
         band = _blocks(y[r0 * size : min(rows, r0 + band_blocks) * size], size).astype(np.float32)
         fit, res = detrend(band)
         n = band.shape[-1]
-        parts.append((np.sqrt((res.astype(np.float64) ** 2).sum(-1) / (n - 6)), band.mean(-1, dtype=np.float64), (fit.max(-1) - fit.min(-1)).astype(np.float64)))
+        parts.append(
+            (np.sqrt((res.astype(np.float64) ** 2).sum(-1) / (n - 6)), band.mean(-1, dtype=np.float64), (fit.max(-1) - fit.min(-1)).astype(np.float64))
+        )
     gy, gx = np.meshgrid(np.arange(rows) * size, np.arange(y.shape[1] // size) * size, indexing="ij")
     cat = lambda i: np.concatenate([p[i] for p in parts]).ravel() if parts else np.zeros(0)  # noqa: E731
     return BlockStats(gy.ravel(), gx.ravel(), cat(0), cat(1), cat(2), _blocks(bad, size).any(-1).ravel())
@@ -129,7 +131,11 @@ class NoiseLevel:
         return np.interp(brightness, self.centres[ok], self.sigma[ok])
 
     def as_dict(self) -> dict:
-        return {"centres": self.centres.round(2).tolist(), "sigma": [None if not np.isfinite(v) else round(float(v), 4) for v in self.sigma], "blocks": self.blocks.tolist()}
+        return {
+            "centres": self.centres.round(2).tolist(),
+            "sigma": [None if not np.isfinite(v) else round(float(v), 4) for v in self.sigma],
+            "blocks": self.blocks.tolist(),
+        }
 
 
 def robust_floor(sigmas: np.ndarray, slack: float = 0.3, rounds: int = 2) -> float:
@@ -219,9 +225,17 @@ def select_noise_tiles(
     residual = np.stack([_residual_rgb(image, int(a), int(b), tile) for a, b in zip(ys, xs)]) if len(chosen) else np.zeros((0, tile, tile, 3), np.float32)
     pixels = np.stack([image[a : a + tile, b : b + tile] for a, b in zip(ys, xs)]) if len(chosen) else np.zeros((0, tile, tile, 3), np.float32)
     return NoiseTiles(
-        ys, xs, residual.astype(np.float32), pixels.astype(np.float32), st.brightness[chosen], pixels.mean((1, 2)) * 255.0,
-        st.sigma[chosen], residual.reshape(len(chosen), -1, 3).std(1) if len(chosen) else np.zeros((0, 3)),
-        level[chosen], int(len(st.sigma)), nlf,
+        ys,
+        xs,
+        residual.astype(np.float32),
+        pixels.astype(np.float32),
+        st.brightness[chosen],
+        pixels.mean((1, 2)) * 255.0,
+        st.sigma[chosen],
+        residual.reshape(len(chosen), -1, 3).std(1) if len(chosen) else np.zeros((0, 3)),
+        level[chosen],
+        int(len(st.sigma)),
+        nlf,
     )
 
 

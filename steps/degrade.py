@@ -63,7 +63,14 @@ class DegradeSpec:
         """The fields a source's clean-up and noise extraction depend on."""
         from realsr.models.noise import VERSION
 
-        return {"stage": "preprocess", "version": STAGE_VERSION, "noise_version": VERSION, "scale": self.scale, "cleanup_factor": self.cleanup_factor, **self.noise.key_fields()}
+        return {
+            "stage": "preprocess",
+            "version": STAGE_VERSION,
+            "noise_version": VERSION,
+            "scale": self.scale,
+            "cleanup_factor": self.cleanup_factor,
+            **self.noise.key_fields(),
+        }
 
     def kernelgan_key_fields(self) -> dict:
         """The fields an image's KernelGAN kernel depends on (not the device: results agree to float rounding)."""
@@ -72,14 +79,21 @@ class DegradeSpec:
         seeds = {"seeds": self.kernelgan_seeds} if self.kernelgan_seeds > 1 else {}
         prior = {}
         if self.uses_prior:  # the prior's file by content: another prior, another kernel
-            from realsr.storage.kernel_prior_file import verify, sha256_of
+            from realsr.storage.kernel_prior_file import sha256_of, verify
 
             prior = {"prior_sha256": sha256_of(verify(self.kernel_prior))}  # hashed once per file, not per photo
         return {"stage": "kernelgan", "version": f"{STAGE_VERSION}.{VERSION}", "iterations": self.kernelgan_iterations, "seed": self.seed, **seeds, **prior}
 
     def pairs_key_fields(self) -> dict:
         """The fields an image's pairs depend on (the banks' digests are added by the caller)."""
-        return {**self.preprocess_key_fields(), "stage": "pairs", "pair_hr_size": self.pair_hr_size, "stride": self.stride, "seed": self.seed, "noise_match_brightness": self.noise_match_brightness}
+        return {
+            **self.preprocess_key_fields(),
+            "stage": "pairs",
+            "pair_hr_size": self.pair_hr_size,
+            "stride": self.stride,
+            "seed": self.seed,
+            "noise_match_brightness": self.noise_match_brightness,
+        }
 
 
 def _quiet(msg: str) -> None:
@@ -111,9 +125,20 @@ def prepare_source(path: Path, run: RunDir, s: DegradeSpec, log: Log = _quiet) -
     if noise["count"]:  # patches and their table go to a staging file, so the record the flow handles stays small
         write_bytes(run.staged_noise(key), npz_bytes(table))
     record = PreprocessRecord(
-        key=key, source=str(path), sha256=src.sha256, name=name, source_size=[w, h], bit_depth=src.bit_depth, jpeg=jpeg_quality(data), notes=src.notes,
-        clean_hr=str(clean_path), hr_size=[int(hr.shape[1]), int(hr.shape[0])], noise_count=int(noise["count"]), noise_rejected=int(noise["rejected"]),
-        noise_level=noise.get("noise_level"), seconds=round(time.perf_counter() - t0, 4),
+        key=key,
+        source=str(path),
+        sha256=src.sha256,
+        name=name,
+        source_size=[w, h],
+        bit_depth=src.bit_depth,
+        jpeg=jpeg_quality(data),
+        notes=src.notes,
+        clean_hr=str(clean_path),
+        hr_size=[int(hr.shape[1]), int(hr.shape[0])],
+        noise_count=int(noise["count"]),
+        noise_rejected=int(noise["rejected"]),
+        noise_level=noise.get("noise_level"),
+        seconds=round(time.perf_counter() - t0, 4),
     )
     record.save(run)
     log(f"{path}: clean HR {hr.shape[1]}x{hr.shape[0]}, {noise['count']} noise patches ({noise['rejected']} rejected)")
@@ -188,7 +213,13 @@ def build_noise_bank(records: list[PreprocessRecord], run: RunDir, s: DegradeSpe
         source += [r.source] * r.noise_count
         sha += [r.sha256] * r.noise_count
     sources = [
-        {"source": r.source, "sha256": r.sha256, "patches": r.noise_count, "rejected": r.noise_rejected, **({"noise_level": r.noise_level} if r.noise_level else {})}
+        {
+            "source": r.source,
+            "sha256": r.sha256,
+            "patches": r.noise_count,
+            "rejected": r.noise_rejected,
+            **({"noise_level": r.noise_level} if r.noise_level else {}),
+        }
         for r in records
     ]
     return write_bank(run.noise, parts, source, sha, s.noise, sources)
@@ -234,8 +265,16 @@ def make_pairs(record: PreprocessRecord, run: RunDir, s: DegradeSpec, kernel_dig
             write_png(run.pairs / "lr" / f"{name}.png", to_uint8(lr_patch))
             rows.append(
                 PairRow(
-                    name=name, source=record.source, source_sha256=record.sha256, hr_position=[y, x], kernel_index=ki, kernel_id=ks.kernel_id(ki),
-                    **noise_row, source_jpeg_quality=jpeg_q, scale=scale, seed=s.seed,
+                    name=name,
+                    source=record.source,
+                    source_sha256=record.sha256,
+                    hr_position=[y, x],
+                    kernel_index=ki,
+                    kernel_id=ks.kernel_id(ki),
+                    **noise_row,
+                    source_jpeg_quality=jpeg_q,
+                    scale=scale,
+                    seed=s.seed,
                 )
             )
     image = ImageInfo(kernel_index=ki, kernel_id=ks.kernel_id(ki), source_jpeg_quality=jpeg_q, hr_size=record.hr_size)
@@ -314,7 +353,12 @@ def prune(run: RunDir, records: list[PreprocessRecord], pair_records: list[Pairs
                 if (hr := _plain_name(Path(str(old.get("clean_hr", ""))).name)) and hr not in keep_hr:
                     outputs.append(run.clean_hr / hr)
             elif stage == "pairs":
-                outputs += [run.pairs / d / f"{n}.png" for row in old.get("rows", []) if (n := _plain_name(str(row.get("name", "")))) and n not in keep_pairs for d in ("hr", "lr")]
+                outputs += [
+                    run.pairs / d / f"{n}.png"
+                    for row in old.get("rows", [])
+                    if (n := _plain_name(str(row.get("name", "")))) and n not in keep_pairs
+                    for d in ("hr", "lr")
+                ]
             else:
                 outputs.append(run.staged_kernel(key))
             removed += sum(_remove(p) for p in outputs) + _remove(path)

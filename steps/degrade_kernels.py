@@ -56,7 +56,9 @@ def estimate_source_kernels(paths: list[Path], run: RunDir, s: DegradeSpec, devi
         names = ", ".join(Path(t[0]).name for t in todo)
         what = "KernelGAN-FKP" if prior is not None else "KernelGAN"
         log(f"{what} on {len(todo)} image(s) at once on {device}: {names}")
-        estimates = estimate_kernels([t[3] for t in todo], cfg, device=device, progress=lambda it, l: log(f"{what} {it}/{cfg.iterations} ({names}) {l}"), prior=prior)
+        estimates = estimate_kernels(
+            [t[3] for t in todo], cfg, device=device, progress=lambda it, losses: log(f"{what} {it}/{cfg.iterations} ({names}) {losses}"), prior=prior
+        )
         seconds = round((time.perf_counter() - t0) / len(todo), 3)
         for (path, sha, key, _), est in zip(todo, estimates):
             fallback = None if est.ok else f"{est.problem}: the bicubic kernel stands in"
@@ -67,8 +69,18 @@ def estimate_source_kernels(paths: list[Path], run: RunDir, s: DegradeSpec, devi
             spread = seed_spread(est, 0 if prior is not None else cfg.n_filtering) if est.ok else None
             if spread is not None and spread > SPREAD_FLAG:
                 log(f"{Path(path).name}: its {cfg.seeds} seeds disagree (spread {spread:.3f} > {SPREAD_FLAG}): its kernel is their median, look at it")
-            record = KernelRecord(key=key, source=str(path), sha256=sha, losses=est.losses, device=device, seconds=seconds,
-                                  iterations=est.iterations, seed=est.seed, fallback=fallback, spread=spread)
+            record = KernelRecord(
+                key=key,
+                source=str(path),
+                sha256=sha,
+                losses=est.losses,
+                device=device,
+                seconds=seconds,
+                iterations=est.iterations,
+                seed=est.seed,
+                fallback=fallback,
+                spread=spread,
+            )
             record.save(run)
             results[path] = record
     return [results[p] for p in paths]

@@ -105,7 +105,9 @@ def bank_attrs(s: NoiseRule) -> dict:
         "stride": s.tile,
         "tolerance": s.tolerance,
         "max_per_image": s.max_per_image,
-        "selection": "detrended luma std <= (1 + tolerance) x the photo's own noise level at the tile's brightness; no clipped, near-black or transparent pixel",
+        "selection": (
+            "detrended luma std <= (1 + tolerance) x the photo's own noise level at the tile's brightness; no clipped, near-black or transparent pixel"
+        ),
         "noise": "each channel minus its best-fitting quadratic surface (0-255 scale, float16)",
         "gray_mean": "luma of the tile (its brightness); gray_var: the residual's luma variance; noise_level: the photo's estimated level there",
     }
@@ -130,7 +132,11 @@ def bank_warning(count: int, s: NoiseRule) -> str:
     """The loud message for an empty or tiny bank (empty string when the bank is fine)."""
     if count >= max(1, s.min_patches):
         return ""
-    what = "is EMPTY: every pair will be noise-free" if count == 0 else f"holds only {count} patches (fewer than noise_min_patches={s.min_patches}): few noise samples repeat in every pair"
+    what = (
+        "is EMPTY: every pair will be noise-free"
+        if count == 0
+        else f"holds only {count} patches (fewer than noise_min_patches={s.min_patches}): few noise samples repeat in every pair"
+    )
     if s.rule == "reference":
         fix = "try --noise-rule adaptive, or a smaller --noise-patch-size / a larger --noise-max-var"
     else:

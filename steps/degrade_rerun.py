@@ -81,7 +81,9 @@ def split_kernels(paths: list[Path], run: RunDir, s: DegradeSpec, index: dict) -
     return done, todo
 
 
-def split_pairs(records: list[PreprocessRecord], run: RunDir, s: DegradeSpec, kernel_digest: str, noise_digest: str) -> tuple[list[PairsRecord], list[PreprocessRecord]]:
+def split_pairs(
+    records: list[PreprocessRecord], run: RunDir, s: DegradeSpec, kernel_digest: str, noise_digest: str
+) -> tuple[list[PairsRecord], list[PreprocessRecord]]:
     """(pairs records still current, clean-up records whose pairs must be made)."""
     done, todo = [], []
     for r in records:

@@ -28,12 +28,12 @@ from realsr.models.errors import InputError
 from realsr.models.metrics import LPIPS, psnr, ssim
 from realsr.models.niqe import Pristine, niqe
 from realsr.models.tiling import upscale
-from realsr.storage.atomic import file_sha256, read_json, write_bytes, write_json
-from realsr.storage.model_files import LoadedGenerator, load_generator, resolve_weights
-from realsr.storage.weights import require
-from realsr.storage.images import IMAGE_SUFFIXES, BadImageError, read_bytes, read_image, sha256_bytes, write_png
-from realsr.storage.run_dir import overlap
 from realsr.steps import sheets
+from realsr.storage.atomic import file_sha256, read_json, write_bytes, write_json
+from realsr.storage.images import IMAGE_SUFFIXES, BadImageError, read_bytes, read_image, sha256_bytes, write_png
+from realsr.storage.model_files import LoadedGenerator, load_generator, resolve_weights
+from realsr.storage.run_dir import overlap
+from realsr.storage.weights import require
 
 METRICS_VERSION = "1"  # in every record's key: bump when a metric's definition changes
 BICUBIC = "bicubic"
@@ -80,7 +80,12 @@ def check_out(out: Path, lr: Path, hr: Path | None) -> None:
             continue
         f = Path(folder).resolve()
         if how := overlap(out, folder):
-            raise InputError(f"--out {out} {how} the {flag} folder {folder}{f' ({f})' if f != Path(folder).absolute() else ''}: evaluate's results would mix with the test images; choose another --out")
+            raise InputError(
+                (
+                    f"--out {out} {how} the {flag} folder {folder}{f' ({f})' if f != Path(folder).absolute() else ''}: evaluate's results would mix with the "
+                    f"test images; choose another --out"
+                )
+            )
 
 
 def _refuse_shared_stems(files: list[Path], kind: str) -> None:
@@ -145,7 +150,9 @@ class Scoring:
 
     def key(self, model_digest: str, image_key: str) -> str:
         """An image's record key under one model: anything that changes its figures changes it."""
-        return hashlib.sha256(json.dumps([METRICS_VERSION, model_digest, image_key, self.scale, self.crop, self.tile, self.tile_pad, self.niqe], sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(
+            json.dumps([METRICS_VERSION, model_digest, image_key, self.scale, self.crop, self.tile, self.tile_pad, self.niqe], sort_keys=True).encode()
+        ).hexdigest()
 
 
 def evaluate_model(
@@ -180,8 +187,11 @@ def evaluate_model(
                 if lp is None:
                     lp = lpips_metric(s.lpips_alexnet)
                 row.update(
-                    psnr_y=psnr(sr, hr, s.crop, y=True), ssim_y=ssim(sr, hr, s.crop, y=True),
-                    psnr_rgb=psnr(sr, hr, s.crop, y=False), ssim_rgb=ssim(sr, hr, s.crop, y=False), lpips=lp(sr, hr),
+                    psnr_y=psnr(sr, hr, s.crop, y=True),
+                    ssim_y=ssim(sr, hr, s.crop, y=True),
+                    psnr_rgb=psnr(sr, hr, s.crop, y=False),
+                    ssim_rgb=ssim(sr, hr, s.crop, y=False),
+                    lpips=lp(sr, hr),
                 )
             written = to_uint8(sr)
             if s.niqe:  # on the image as written, so it can be recomputed from sr/
@@ -192,7 +202,11 @@ def evaluate_model(
             write_png(sr_path, written)
             write_json(rec_path, row)
             rows.append({**row, "cached": False})
-            log(f"{label}: {n + 1}/{len(images)} {img.stem} ({secs:.1f} s)" + (f" PSNR-Y {row['psnr_y']:.2f} LPIPS {row['lpips']:.3f}" if "lpips" in row else "") + (f" NIQE {row['niqe']:.3f}" if "niqe" in row else ""))
+            log(
+                f"{label}: {n + 1}/{len(images)} {img.stem} ({secs:.1f} s)"
+                + (f" PSNR-Y {row['psnr_y']:.2f} LPIPS {row['lpips']:.3f}" if "lpips" in row else "")
+                + (f" NIQE {row['niqe']:.3f}" if "niqe" in row else "")
+            )
         except (BadImageError, ValueError, OSError) as e:
             failures.append({"image": img.stem, "model": label, "reason": str(e)})
             log(f"{label}: {img.stem} FAILED: {e}")

@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from realsr.models.tiling import to_dtype, upscale
-from realsr.storage.atomic import write_bytes, write_json
-from realsr.storage.model_files import canonical_rrdb_keys, generator_from_state, load_generator, read_checkpoint, resolve_weights
-from realsr.storage.images import list_images, read_image
-from realsr.storage.weights import CATALOG
 from realsr.steps import export_formats as fmt
 from realsr.steps.model_card import model_card, pipeline_of, safe_name, train_dir, write_contact_sheet
+from realsr.storage.atomic import write_bytes, write_json
+from realsr.storage.images import list_images, read_image
+from realsr.storage.model_files import canonical_rrdb_keys, generator_from_state, load_generator, read_checkpoint, resolve_weights
+from realsr.storage.weights import CATALOG
 
 FORMATS = ("onnx", "ncnn", "safetensors")
 TOLERANCE = 1  # 8-bit levels: an export's output may differ from the product's by 1/255 at most
@@ -134,7 +134,16 @@ def export_model(spec: ExportSpec, log: Callable[[str], None] = print) -> Export
                 continue
             worst = max(diffs)
             against = "realsr upscale's" if kind != "onnx-fp16" else "realsr upscale's in half precision (its default on a GPU)"
-            checks.append({"format": kind, "files": files, "max_abs_diff_255": worst, "per_image": dict(zip((n for n, _ in crops), diffs)), "images": where, "against": against})
+            checks.append(
+                {
+                    "format": kind,
+                    "files": files,
+                    "max_abs_diff_255": worst,
+                    "per_image": dict(zip((n for n, _ in crops), diffs)),
+                    "images": where,
+                    "against": against,
+                }
+            )
             if worst > TOLERANCE:
                 reason = f"its output differs from {against} by {worst}/255 (max over {len(crops)} crops; at most {TOLERANCE}/255 allowed): not kept"
                 report.refused.append({"format": kind, "reason": reason, "max_diff": worst})
@@ -149,7 +158,17 @@ def export_model(spec: ExportSpec, log: Callable[[str], None] = print) -> Export
         report.sheet = out / f"{name}.sheet.png"
         write_contact_sheet(report.sheet, images[0][1], sheet_outputs, gen.scale)
         kept_files = [Path(f) for k in report.kept for f in k["files"]]
-        card = model_card(name, spec.model, source, gen, meta, kept_files, [c for c in checks if any(c["format"] == k["format"] for k in report.kept)], report.sheet, report.refused)
+        card = model_card(
+            name,
+            spec.model,
+            source,
+            gen,
+            meta,
+            kept_files,
+            [c for c in checks if any(c["format"] == k["format"] for k in report.kept)],
+            report.sheet,
+            report.refused,
+        )
         report.card = out / f"{name}.json"
         write_json(report.card, card)
     return report

@@ -83,8 +83,16 @@ def write_onnx(model: nn.Module, path: Path, opset: int, fp16: bool = False) -> 
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-            torch.onnx.export(net, (_sample(dtype),), str(path), dynamo=False, opset_version=opset, input_names=["input"], output_names=["output"],
-                              dynamic_axes={"input": axes, "output": axes})
+            torch.onnx.export(
+                net,
+                (_sample(dtype),),
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_axes={"input": axes, "output": axes},
+            )
     except Exception as e:
         raise ExportError(f"ONNX export at opset {opset} failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
     import onnx
@@ -141,8 +149,15 @@ def write_ncnn_pnnx(model: nn.Module, param: Path, weights: Path, fp16: bool = F
         files = {k: str(tmp / f"g.{k}") for k in ("ncnnparam", "ncnnbin", "pnnxparam", "pnnxbin", "pnnxonnx")}
         files.update(pnnxpy=str(tmp / "g_pnnx.py"), ncnnpy=str(tmp / "g_ncnn.py"))
         # two input shapes: pnnx then records height and width as dynamic
-        cmd = [pnnx.EXEC_PATH, str(tmp / "g.pt"), "inputshape=[1,3,32,32]f32", "inputshape2=[1,3,48,40]f32", "device=cpu", f"fp16={int(fp16)}",
-               *(f"{k}={v}" for k, v in files.items())]
+        cmd = [
+            pnnx.EXEC_PATH,
+            str(tmp / "g.pt"),
+            "inputshape=[1,3,32,32]f32",
+            "inputshape2=[1,3,48,40]f32",
+            "device=cpu",
+            f"fp16={int(fp16)}",
+            *(f"{k}={v}" for k, v in files.items()),
+        ]
         done = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
         if done.returncode != 0 or not Path(files["ncnnparam"]).is_file():
             tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]

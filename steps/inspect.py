@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 
 from realsr.models.noise import BRIGHTNESS_BINS
-from realsr.steps.sheets import grid, label, write_sheet
 from realsr.steps.degrade_kernels import SPREAD_FLAG
+from realsr.steps.sheets import grid, label, write_sheet
 from realsr.storage.banks import bank_kind, open_kernel_bank, open_noise_bank
 
 
@@ -61,7 +61,11 @@ def kernel_report(path: Path, sheet: Path, max_tiles: int = 64) -> str:
 def noise_report(path: Path, sheet: Path, max_tiles: int = 64, gain: float = 8.0) -> str:
     bank = open_noise_bank(path)
     attrs, rule = bank.attrs, bank.rule
-    how = f"luma var < {attrs.get('max_var')}, mean > {attrs.get('min_mean')}" if rule == "reference" else f"noise std within {attrs.get('tolerance')} of each photo's own level"
+    how = (
+        f"luma var < {attrs.get('max_var')}, mean > {attrs.get('min_mean')}"
+        if rule == "reference"
+        else f"noise std within {attrs.get('tolerance')} of each photo's own level"
+    )
     lines = [
         f"noise bank {path}: {bank.count} patches of {bank.patch_size}px from "
         f"{sum(1 for s in attrs['sources'] if s['patches'])}/{len(attrs['sources'])} sources, "
@@ -117,7 +121,11 @@ def noise_level_plot(brightness: np.ndarray, sigma: np.ndarray, levels: list, si
     for b, s in zip(brightness, sigma):
         cv2.circle(img, (px(float(b)), py(float(s))), 2, (200, 120, 0), -1, cv2.LINE_AA)
     edges = BRIGHTNESS_BINS
-    med = [((lo + hi) / 2, float(np.median(sigma[(brightness >= lo) & (brightness < hi)]))) for lo, hi in zip(edges, edges[1:]) if ((brightness >= lo) & (brightness < hi)).any()]
+    med = [
+        ((lo + hi) / 2, float(np.median(sigma[(brightness >= lo) & (brightness < hi)])))
+        for lo, hi in zip(edges, edges[1:])
+        if ((brightness >= lo) & (brightness < hi)).any()
+    ]
     for a, b in zip(med, med[1:]):
         cv2.line(img, (px(a[0]), py(a[1])), (px(b[0]), py(b[1])), (0, 0, 220), 2, cv2.LINE_AA)
     return img

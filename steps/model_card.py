@@ -15,15 +15,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from realsr.steps.pipeline import RECORD, PipelineDir
+from realsr.steps.sheets import grid, label, write_sheet
 from realsr.storage.atomic import file_sha256, read_json
 from realsr.storage.model_files import LoadedGenerator
 from realsr.storage.train_checkpoints import load_checkpoint, saved_iterations
 from realsr.storage.weights import CATALOG
-from realsr.steps.pipeline import RECORD, PipelineDir
-from realsr.steps.sheets import grid, label, write_sheet
 
 RESOURCE = {  # OpenModelDB's resource type and platform per exported file
-    ".onnx": ("onnx", "onnx"), ".param": ("ncnn", "ncnn"), ".bin": ("ncnn", "ncnn"), ".safetensors": ("safetensors", "pytorch"), ".pth": ("pth", "pytorch"),
+    ".onnx": ("onnx", "onnx"),
+    ".param": ("ncnn", "ncnn"),
+    ".bin": ("ncnn", "ncnn"),
+    ".safetensors": ("safetensors", "pytorch"),
+    ".pth": ("pth", "pytorch"),
 }
 
 
@@ -71,7 +75,10 @@ def training_facts(pdir: PipelineDir) -> dict:
         f"{n_held or 0} held out for evaluation"
     )
     table = pdir.eval / "results.md"
-    out["realsr_training"] = {"settings": settings, "summary": {k: summary.get(k) for k in ("iterations", "generator", "device", "precision", "seconds", "best", "validation")}}
+    out["realsr_training"] = {
+        "settings": settings,
+        "summary": {k: summary.get(k) for k in ("iterations", "generator", "device", "precision", "seconds", "best", "validation")},
+    }
     if table.is_file():
         out["realsr_evaluation"] = table.read_text()
     return out
@@ -92,7 +99,9 @@ def resource(path: Path) -> dict:
     return {"type": kind, "platform": platform, "file": path.name, "size": path.stat().st_size, "sha256": file_sha256(path), "urls": []}
 
 
-def model_card(name: str, model: str, source: Path, gen: LoadedGenerator, meta: dict, files: list[Path], checks: list[dict], sheet: Path | None, refused: list[dict] = ()) -> dict:
+def model_card(
+    name: str, model: str, source: Path, gen: LoadedGenerator, meta: dict, files: list[Path], checks: list[dict], sheet: Path | None, refused: list[dict] = ()
+) -> dict:
     """The card's dict: OpenModelDB's fields first, then `realsr` with what only this product records."""
     spdx, words = licence_of(model, meta)
     c = gen.config
@@ -117,7 +126,13 @@ def model_card(name: str, model: str, source: Path, gen: LoadedGenerator, meta: 
     pdir = pipeline_of(source)
     facts = training_facts(pdir) if pdir else {}
     card.update({k: v for k, v in facts.items() if not k.startswith("realsr_")})
-    lines = [f"{'Fine-tuned by realsr-pipeline (RealSR: real-world degradations estimated from the photos) from ' + init if init else 'Exported by realsr-pipeline from ' + source.name}."]
+    lines = [
+        (
+            f"Fine-tuned by realsr-pipeline (RealSR: real-world degradations estimated from the photos) from {init}."
+            if init
+            else f"Exported by realsr-pipeline from {source.name}."
+        )
+    ]
     lines.append(f"Licence: {words}.")
     if facts.get("dataset"):
         lines.append(f"Training data: {facts['dataset']}.")
@@ -126,7 +141,12 @@ def model_card(name: str, model: str, source: Path, gen: LoadedGenerator, meta: 
     lines += ["", "Every file was run in its own runtime before it was kept; its output matched `realsr upscale` within 1/255 (see realsr.verification)."]
     card["description"] = "\n".join(lines)
     card["realsr"] = {
-        "source": str(source), "source_sha256": file_sha256(source), "recorded": meta, "licence": words, "verification": checks, "refused": list(refused),
+        "source": str(source),
+        "source_sha256": file_sha256(source),
+        "recorded": meta,
+        "licence": words,
+        "verification": checks,
+        "refused": list(refused),
         **({"training": facts["realsr_training"]} if "realsr_training" in facts else {}),
         **({"evaluation": facts["realsr_evaluation"]} if "realsr_evaluation" in facts else {}),
     }

@@ -9,7 +9,6 @@ import numpy as np
 
 from realsr.storage.atomic import write_bytes
 
-
 MIN_TILE = 128  # px: narrower tiles are enlarged (nearest, pixels stay sharp) so a label fits and a sheet is no thumbnail
 FONT, FONT_SCALE, LINE = cv2.FONT_HERSHEY_PLAIN, 0.8, 14
 

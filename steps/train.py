@@ -22,8 +22,8 @@ from realsr.models.devices import resolve_device, training_precision, use_comput
 from realsr.models.discriminators import DiscriminatorConfig
 from realsr.models.rrdbnet import RRDBConfig
 from realsr.models.training import LossWeights, Schedule, Trainer, train_tail
-from realsr.steps.train_heic import choose_heic_quality, is_heic, with_heic_quality
 from realsr.steps.train_data import DataConfig, DegradedCrops, TrainingDataError, batches, run_scale, training_images, validation_crops
+from realsr.steps.train_heic import choose_heic_quality, is_heic, with_heic_quality
 from realsr.steps.train_report import LOSS_VALUES, RunRecords, write_validation_set
 from realsr.steps.train_setup import build_d, build_generator, build_perceptual, changed_settings, claim_train_dir, comparable, vgg19_path
 from realsr.storage.atomic import write_json
@@ -143,7 +143,9 @@ def set_up(spec: TrainSpec) -> Session:
         train_images, held = with_heic_quality(train_images, quality), [replace(h, image=with_heic_quality([h.image], quality)[0]) for h in held]
         data.images = train_images
     if c.noise and not data.noise_count:
-        notes.append(f"the noise bank {run.noise} is EMPTY: training LR gets no noise (rerun degrade with --noise-rule adaptive, or pass --no-noise to silence this)")
+        notes.append(
+            f"the noise bank {run.noise} is EMPTY: training LR gets no noise (rerun degrade with --noise-rule adaptive, or pass --no-noise to silence this)"
+        )
     val = validation_crops(data, held)
     r = spec.recipe
     vgg19_file = vgg19_path(r.vgg19_weights) if r.losses.perceptual else None
@@ -214,16 +216,27 @@ def loop(session: Session, spec: TrainSpec, records: RunRecords, lpips_fn, log: 
             lr, hr = lr.to(s.device, non_blocking=True), hr.to(s.device, non_blocking=True)
             if channels_last(s.device, s.amp):
                 lr, hr = lr.contiguous(memory_format=torch.channels_last), hr.contiguous(memory_format=torch.channels_last)
-            logs = s.trainer.step(lr, hr, warmup=it <= warmup, iteration=None if spec.nets.init else it)  # fine-tuning: the EMA starts as a trained model, no ramp
+            logs = s.trainer.step(
+                lr, hr, warmup=it <= warmup, iteration=None if spec.nets.init else it
+            )  # fine-tuning: the EMA starts as a trained model, no ramp
             window.append(logs)
             progress.update(1)
             if it % c.log_every == 0 or it == total:
                 secs = time.perf_counter() - t_window
-                row = {"iter": it, "stage": "warmup" if it <= warmup else "gan", "lr_g": f"{s.trainer.opt_g.param_groups[0]['lr']:.3g}", "seconds": round(secs, 3)}
+                row = {
+                    "iter": it,
+                    "stage": "warmup" if it <= warmup else "gan",
+                    "lr_g": f"{s.trainer.opt_g.param_groups[0]['lr']:.3g}",
+                    "seconds": round(secs, 3),
+                }
                 row.update({k: round(float(np.mean([w[k] for w in window if k in w])), 6) for k in LOSS_VALUES if any(k in w for w in window)})
                 records.losses(row, it)
                 eta = secs / len(window) * (total - it)
-                log(f"iter {it}/{total} ({row['stage']}): " + ", ".join(f"{k} {row[k]:.4g}" for k in LOSS_VALUES if k in row) + f"; {len(window) / secs:.2f} it/s, ETA {eta / 60:.1f} min")
+                log(
+                    f"iter {it}/{total} ({row['stage']}): "
+                    + ", ".join(f"{k} {row[k]:.4g}" for k in LOSS_VALUES if k in row)
+                    + f"; {len(window) / secs:.2f} it/s, ETA {eta / 60:.1f} min"
+                )
                 window, t_window = [], time.perf_counter()
             if s.val and (it % c.val_every == 0 or it == total):
                 records.validation(it, s.trainer.ema.net, s.g, s.val, s.scale, s.device, lpips_fn)
@@ -242,7 +255,12 @@ def train(spec: TrainSpec, log: Log = print, bar: bool = True, on_iteration: Cal
     r = spec.recipe
     warmup = 0 if spec.nets.init else r.warmup
     log(f"{s.g_desc}; D {s.d_desc}; device {s.device}, precision {s.precision}" + (f"; VGG19 {s.vgg19_file}" if s.vgg19_file else ""))
-    log(f"{len(s.train_images)} training images, {len(s.val)} validation crops from {len(s.held)} held-out photos; iterations {s.start + 1}..{r.iterations} (warm-up L1 to {warmup}), batch {r.batch_size} of {spec.data.hr_size} px")
+    log(
+        (
+            f"{len(s.train_images)} training images, {len(s.val)} validation crops from {len(s.held)} held-out photos; iterations "
+            f"{s.start + 1}..{r.iterations} (warm-up L1 to {warmup}), batch {r.batch_size} of {spec.data.hr_size} px"
+        )
+    )
     for n in s.notes:
         log(f"NOTE: {n}")
     lpips_fn = _lpips(spec.cadence.lpips_alexnet) if s.val else None
@@ -256,10 +274,23 @@ def train(spec: TrainSpec, log: Log = print, bar: bool = True, on_iteration: Cal
     finally:
         records.close()
     summary = {
-        "out": str(s.out), "iterations": r.iterations, "resumed_from": s.start, "device": str(s.device), "precision": "bf16" if s.amp else "fp32", "threads": torch.get_num_threads(),
-        "generator": s.g_desc, "discriminator": s.d_desc, "vgg19": str(s.vgg19_file) if s.vgg19_file else None, "training_images": len(s.train_images), "held_out_images": len(s.held), "validation_crops": len(s.val), "best": records.best,
-        "validation": records.val_rows[-1] if records.val_rows else None, "latest": str(s.out / MODELS / "net_g_latest.pth"),
-        "notes": s.notes, "seconds": round(time.perf_counter() - t_start, 2),
+        "out": str(s.out),
+        "iterations": r.iterations,
+        "resumed_from": s.start,
+        "device": str(s.device),
+        "precision": "bf16" if s.amp else "fp32",
+        "threads": torch.get_num_threads(),
+        "generator": s.g_desc,
+        "discriminator": s.d_desc,
+        "vgg19": str(s.vgg19_file) if s.vgg19_file else None,
+        "training_images": len(s.train_images),
+        "held_out_images": len(s.held),
+        "validation_crops": len(s.val),
+        "best": records.best,
+        "validation": records.val_rows[-1] if records.val_rows else None,
+        "latest": str(s.out / MODELS / "net_g_latest.pth"),
+        "notes": s.notes,
+        "seconds": round(time.perf_counter() - t_start, 2),
     }
     write_json(s.out / "summary.json", summary)
     return summary

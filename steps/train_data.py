@@ -116,9 +116,12 @@ def training_images(run: RunDir, hr_size: int, val_crops: int, val_images: int =
         k = int(row.kernel_index)
         size = _hr_shape(str(clean)) if clean.is_file() else (0, 0)
         why = (
-            "clean HR missing" if not clean.is_file()
-            else f"kernel {k} not valid in the bank" if k not in valid
-            else f"smaller than {hr_size} px" if min(size) < hr_size
+            "clean HR missing"
+            if not clean.is_file()
+            else f"kernel {k} not valid in the bank"
+            if k not in valid
+            else f"smaller than {hr_size} px"
+            if min(size) < hr_size
             else None
         )
         if why:
@@ -295,8 +298,13 @@ def _worker_init(parent: int, _: int) -> None:
 def loader(data: DegradedCrops, batch_size: int, start: int, stop: int, workers: int) -> torch.utils.data.DataLoader:
     """Batches of iterations start+1 .. stop: iteration i is samples (i-1)*B .. i*B-1, in order."""
     return torch.utils.data.DataLoader(
-        data, batch_size=batch_size, sampler=range(start * batch_size, stop * batch_size), num_workers=workers,
-        worker_init_fn=functools.partial(_worker_init, os.getpid()) if workers else None, prefetch_factor=4 if workers else None, persistent_workers=False,
+        data,
+        batch_size=batch_size,
+        sampler=range(start * batch_size, stop * batch_size),
+        num_workers=workers,
+        worker_init_fn=functools.partial(_worker_init, os.getpid()) if workers else None,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
     )
 
 

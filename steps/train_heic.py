@@ -97,7 +97,10 @@ def choose_heic_quality(data, images: list, seed: int, read_source) -> tuple[int
     best = None if target <= score[None] else min(CANDIDATES, key=lambda q: (abs(score[q] - target), q is not None))  # ties: none
     numbers = ", ".join(f"{'none' if q is None else f'q{q}'} {score[q]:.3f}" for q in CANDIDATES)
     said = "none" if best is None else f"the HEIC encoder at quality {best}"
-    why = f"HEIC sources ({measured} measured): re-compression {said}, its LR's detail survival under a q{PROBE} HEIC encoding nearest the sources' {target:.3f} ({numbers})"
+    why = (
+        f"HEIC sources ({measured} measured): re-compression {said}, its LR's detail survival under a q{PROBE} HEIC encoding nearest the sources' "
+        f"{target:.3f} ({numbers})"
+    )
     return best, why
 
 

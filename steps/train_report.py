@@ -13,8 +13,8 @@ from realsr.models.degradation import to_uint8
 from realsr.models.metrics import psnr
 from realsr.models.tiling import upscale
 from realsr.storage.atomic import read_json, write_bytes, write_json
-from realsr.storage.model_files import save_generator
 from realsr.storage.images import write_png
+from realsr.storage.model_files import save_generator
 from realsr.storage.train_checkpoints import MODELS
 
 LOSS_COLUMNS = ["iter", "stage", "lr_g", "l_pix", "l_percep", "l_artifacts", "l_g_gan", "l_d", "d_real", "d_fake", "seconds"]

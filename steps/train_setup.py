@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from realsr.models.losses import VGG19_LAYERS, PerceptualLoss, vgg19_features
 from realsr.models.discriminators import DiscriminatorConfig, build_discriminator
+from realsr.models.losses import VGG19_LAYERS, PerceptualLoss, vgg19_features
 from realsr.models.rrdbnet import RRDBConfig, RRDBNet
 from realsr.steps.train_data import TrainingDataError
 from realsr.storage.model_files import load_discriminator, load_rrdb

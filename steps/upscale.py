@@ -21,14 +21,23 @@ import numpy as np
 import torch
 
 from realsr.models.tiling import run_batch, tile_count, to_dtype, upscale
+from realsr.steps.upscale_plan import (  # noqa: F401  (UpscaleOptions, UpscaleError, inputs: this module's API too)
+    Plan,
+    UpscaleError,
+    UpscaleOptions,
+    activation_bytes,
+    check_options,
+    inputs,
+    keep_reason,
+    memory_plan,
+    output_path,
+    plan_outputs,
+)
 from realsr.storage.atomic import write_bytes
 from realsr.storage.image_formats import is_srgb, profile_name
 from realsr.storage.image_write import HOLDS_ALPHA, encode_image, icc_space, srgb_icc, upright_exif
-from realsr.storage.model_files import LoadedGenerator
 from realsr.storage.images import ALPHA_NOTE, SRGB_NOTE, BadImageError, ImageHeader, SourceImage, decode_image, image_header, read_bytes
-from realsr.steps.upscale_plan import (  # noqa: F401  (UpscaleOptions, UpscaleError, inputs: this module's API too)
-    Plan, UpscaleError, UpscaleOptions, activation_bytes, check_options, inputs, keep_reason, memory_plan, output_path, plan_outputs,
-)
+from realsr.storage.model_files import LoadedGenerator
 
 
 @dataclass
@@ -78,7 +87,12 @@ def upscale_notes(img: SourceImage, target: Path, planned: Path, opts: UpscaleOp
     notes = [said.get(n, n) for n in img.notes if not n.startswith(SRGB_NOTE)]  # output_meta says it
     if target.suffix.lower() != planned.suffix.lower():
         held = planned.suffix.lower().lstrip(".") in HOLDS_ALPHA
-        notes.append(f"written as {target.suffix.lstrip('.').upper()}: {planned.suffix.lstrip('.').upper()} holds no {'alpha' if img.alpha is not None and not held else '16 bits'}")
+        notes.append(
+            (
+                f"written as {target.suffix.lstrip('.').upper()}: {planned.suffix.lstrip('.').upper()} holds no "
+                f"{'alpha' if img.alpha is not None and not held else '16 bits'}"
+            )
+        )
     return notes
 
 
@@ -130,7 +144,9 @@ def batch_key(img: SourceImage, opts: UpscaleOptions, tile: int) -> tuple | None
     return (h, w, img.alpha is not None)
 
 
-def upscale_images(imgs: list[SourceImage], gen: LoadedGenerator, opts: UpscaleOptions, device: torch.device, progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
+def upscale_images(
+    imgs: list[SourceImage], gen: LoadedGenerator, opts: UpscaleOptions, device: torch.device, progress: Callable[[int], None] | None = None
+) -> list[np.ndarray]:
     """Each image upscaled, in the file's own layout (H, W[, C]) and sample type.
 
     One image runs as the options say (tiled or whole); several (of one `batch_key`) run whole,
@@ -191,8 +207,6 @@ def _reason(e: Exception) -> str:
 _FAILURES = (BadImageError, OSError, ValueError, RuntimeError)
 
 
-
-
 def read_planned(path: Path, gen: LoadedGenerator, opts: UpscaleOptions, per_px: int, device_bytes: int | None) -> tuple[SourceImage, int, str | None]:
     """The image decoded, with the tile it runs with and a note when memory forced tiling. The
     header is read first: an image that cannot fit is refused before a byte of it is decoded."""
@@ -209,7 +223,13 @@ def read_planned(path: Path, gen: LoadedGenerator, opts: UpscaleOptions, per_px:
 
 
 def upscale_paths(
-    paths: list[Path], out: Path, gen: LoadedGenerator, opts: UpscaleOptions, device: torch.device, bar=None, log: Callable[[str], None] = print,
+    paths: list[Path],
+    out: Path,
+    gen: LoadedGenerator,
+    opts: UpscaleOptions,
+    device: torch.device,
+    bar=None,
+    log: Callable[[str], None] = print,
     plan: Plan | None = None,
 ) -> UpscaleReport:
     """Every input in turn; a bad one is reported and skipped, the rest go on.
@@ -297,7 +317,11 @@ class _Run:
             target = output_path(path, self.out, opts, self.many, img)
             if self.taken.get(str(target.resolve()).lower(), path) != path:  # turned PNG onto another input's name
                 raise OSError(f"its output {target.name} is the output of {self.taken[str(target.resolve()).lower()].name}")
-            why = f"its output {target.name} is an input of this run (not overwritten)" if target.resolve() in self.read else keep_reason(target, plan.record, opts.overwrite)
+            why = (
+                f"its output {target.name} is an input of this run (not overwritten)"
+                if target.resolve() in self.read
+                else keep_reason(target, plan.record, opts.overwrite)
+            )
             if why:  # turned PNG onto a file, or one appeared since the plan
                 self.report.kept.append({"source": str(path), "output": str(target), "reason": why})
                 self.log(f"not written {path}: {why}")
@@ -308,13 +332,22 @@ class _Run:
         except _FAILURES as e:
             return self.fail(path, e)
         notes = upscale_notes(img, target, plan.targets[path], opts) + written
-        self.report.written.append({"source": str(path), "output": str(target), "size": [int(result.shape[1]), int(result.shape[0])], "seconds": round(secs, 3), "notes": notes})
+        self.report.written.append(
+            {"source": str(path), "output": str(target), "size": [int(result.shape[1]), int(result.shape[0])], "seconds": round(secs, 3), "notes": notes}
+        )
         self.log(f"{path} -> {target} ({result.shape[1]}x{result.shape[0]}, {secs:.1f} s)")
 
 
 def upscale_files(
-    source: Path, out: Path, model: str, opts: UpscaleOptions, device: str = "auto", bar=None, log: Callable[[str], None] = print,
-    blend: float | None = None, blend_with: str | None = None,
+    source: Path,
+    out: Path,
+    model: str,
+    opts: UpscaleOptions,
+    device: str = "auto",
+    bar=None,
+    log: Callable[[str], None] = print,
+    blend: float | None = None,
+    blend_with: str | None = None,
 ) -> UpscaleReport:
     """`realsr upscale`'s driver: a file or a folder through `model` (a checkpoint or a released
     name), or through `model` blended at share `blend` with `blend_with` (default: its init).
@@ -333,7 +366,10 @@ def upscale_files(
     partner = blend_partner(model, blend_with) if blend is not None else None  # no init to blend with: refused first
     paths, others = inputs(source)
     if not paths:
-        raise FileNotFoundError(f"{source}: no images (looked for png, jpg, tif, webp, bmp, gif, ...)" + (f"; {len(others)} other entries, e.g. {Path(others[0]['source']).name}: {others[0]['reason']}" if others else ""))
+        raise FileNotFoundError(
+            f"{source}: no images (looked for png, jpg, tif, webp, bmp, gif, ...)"
+            + (f"; {len(others)} other entries, e.g. {Path(others[0]['source']).name}: {others[0]['reason']}" if others else "")
+        )
     plan = plan_outputs(paths, out, opts, named_file=Path(source).is_file())  # refuses lost or overwritten files before any work
     if not plan.targets:  # nothing to compute: the model is not even loaded
         return UpscaleReport(skipped=others + plan.skipped, kept=plan.kept)

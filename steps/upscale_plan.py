@@ -117,7 +117,9 @@ def plan_outputs(paths: list[Path], out: Path, opts: UpscaleOptions, named_file:
     plan = {p: output_path(p, out, opts, many) for p in paths if p not in earlier}
     same = [p for p, t in plan.items() if t.resolve() == p.resolve()]
     if same:
-        raise UpscaleError(f"the output would overwrite the input {same[0]}" + (f" (and {len(same) - 1} more)" if len(same) > 1 else "") + ": choose another -o or a --suffix")
+        raise UpscaleError(
+            f"the output would overwrite the input {same[0]}" + (f" (and {len(same) - 1} more)" if len(same) > 1 else "") + ": choose another -o or a --suffix"
+        )
     names: dict[str, list[Path]] = {}
     for p, t in plan.items():
         names.setdefault(str(t.resolve()).lower(), []).append(p)

@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-
 # A full disk, a quota, a read-only mount: the same write fails again, so it is not retried
 # (tasks' retry conditions) and the command says which file, in one line (flows/cli.py).
 NO_RETRY_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})

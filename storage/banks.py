@@ -225,7 +225,18 @@ OPTIONAL_CHECKS = ("spread",)  # KernelGAN's seed-to-seed spread: only in banks 
 
 def write_kernel_bank(path: Path, sets: list[KernelSet], attrs: dict, scale_attrs: dict[int, dict]) -> str:
     """Write the kernel bank atomically (one group per scale); returns its content digest."""
-    columns = [np.asarray(c) for s in sets for c in (s.kernels, s.source, s.source_sha256, s.method, s.reason, *[s.checks[k] for k in (*CHECK_COLUMNS, "valid", *OPTIONAL_CHECKS) if k in s.checks])]
+    columns = [
+        np.asarray(c)
+        for s in sets
+        for c in (
+            s.kernels,
+            s.source,
+            s.source_sha256,
+            s.method,
+            s.reason,
+            *[s.checks[k] for k in (*CHECK_COLUMNS, "valid", *OPTIONAL_CHECKS) if k in s.checks],
+        )
+    ]
     digest = _digest(*columns, _attrs_array([attrs, scale_attrs]))
     if _intact(path, digest):
         return digest
@@ -298,7 +309,9 @@ def content_digest(group: zarr.Group, where: Path | str = "") -> str:
         try:
             data = arr[...]
         except Exception as e:  # a truncated or garbled chunk: the codec's own error names no file
-            raise DamagedStoreError(f"{where}: damaged store: array {name!r} cannot be read ({type(e).__name__}: {str(e)[:120]}); rerun degrade to rebuild it") from None
+            raise DamagedStoreError(
+                f"{where}: damaged store: array {name!r} cannot be read ({type(e).__name__}: {str(e)[:120]}); rerun degrade to rebuild it"
+            ) from None
         h.update(name.encode() + b"|" + _digest(strings(data) if data.dtype.kind in "OT" else np.asarray(data)).encode())
     for name, sub in sorted(group.groups(), key=lambda x: x[0]):
         h.update(name.encode() + b"/" + content_digest(sub, f"{where}/{name}").encode())
@@ -319,7 +332,9 @@ def verify_store(path: Path, g: zarr.Group, remembered: bool = True) -> None:
     if stored is None:
         raise DamagedStoreError(f"{path}: written by an older version, without a content checksum; rerun degrade to rewrite it (finished work is reused)")
     if content_digest(g, path) != stored:
-        raise DamagedStoreError(f"{path}: damaged store: its arrays do not match the checksum written with them (a chunk file missing or changed); rerun degrade to rebuild it")
+        raise DamagedStoreError(
+            f"{path}: damaged store: its arrays do not match the checksum written with them (a chunk file missing or changed); rerun degrade to rebuild it"
+        )
     _VERIFIED.add(key)
 
 

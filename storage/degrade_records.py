@@ -219,7 +219,9 @@ class PairsRecord(_StageRecord):
         return cls._build({**d, "image": image, "rows": rows}, **extra)
 
     def image_row(self) -> ImageRow:
-        return ImageRow(name=self.name, source=self.source, **{f.name: getattr(self.image, f.name) for f in dataclasses.fields(ImageInfo)}, pairs=len(self.rows))
+        return ImageRow(
+            name=self.name, source=self.source, **{f.name: getattr(self.image, f.name) for f in dataclasses.fields(ImageInfo)}, pairs=len(self.rows)
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -256,5 +258,8 @@ def read_image_index(run: RunDir) -> tuple[list[ImageRow], list[str]] | None:
         if line.strip():
             row = json.loads(line)
             by_image.setdefault(row["name"].rsplit("_s", 1)[0], row)
-    note = f"{run.root} has no {run.images_index.name} (made before it): only the {len(by_image)} images with pairs are used; rerun degrade on it (cached, quick) to train on every clean HR image"
+    note = (
+        f"{run.root} has no {run.images_index.name} (made before it): only the {len(by_image)} images with pairs are used; rerun degrade on it (cached, "
+        f"quick) to train on every clean HR image"
+    )
     return [ImageRow.from_json({**row, "name": name}) for name, row in by_image.items()], [note]

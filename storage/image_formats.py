@@ -32,7 +32,7 @@ class FormatError(RealsrError, ValueError):
 def container(data: bytes, suffix: str = "") -> str | None:
     """'heif', 'avif' or 'raw' for the formats this module decodes, else None (OpenCV's)."""
     if data[4:8] == b"ftyp":
-        brands = {data[8:12]} | {data[i:i + 4] for i in range(16, min(len(data), 8 + int.from_bytes(data[:4], "big")), 4)}
+        brands = {data[8:12]} | {data[i : i + 4] for i in range(16, min(len(data), 8 + int.from_bytes(data[:4], "big")), 4)}
         if brands & _AVIF_BRANDS and not brands & {b"heic", b"heix"}:
             return "avif"
         if brands & _HEIF_BRANDS:
@@ -164,11 +164,11 @@ def _matrix_shaper(icc: bytes):
 
     tags = {}
     for i in range(int.from_bytes(icc[128:132], "big")):
-        sig, off, size = struct.unpack(">4sII", icc[132 + 12 * i:144 + 12 * i])
-        tags[sig] = icc[off:off + size]
+        sig, off, size = struct.unpack(">4sII", icc[132 + 12 * i : 144 + 12 * i])
+        tags[sig] = icc[off : off + size]
     if not all(k in tags for k in (b"rXYZ", b"gXYZ", b"bXYZ", b"rTRC", b"gTRC", b"bTRC")):
         return None
-    s15 = lambda b, n: np.array(struct.unpack(f">{n}i", b[:4 * n]), np.float64) / 65536.0  # noqa: E731
+    s15 = lambda b, n: np.array(struct.unpack(f">{n}i", b[: 4 * n]), np.float64) / 65536.0  # noqa: E731
     matrix = np.stack([s15(tags[k][8:], 3) for k in (b"rXYZ", b"gXYZ", b"bXYZ")], axis=1)
     curves = [_curve(tags[k]) for k in (b"rTRC", b"gTRC", b"bTRC")]
     return (matrix, curves) if all(curves) else None
@@ -184,17 +184,17 @@ def _curve(tag: bytes):
             return lambda v: v
         if n == 1:
             gamma = int.from_bytes(tag[12:14], "big") / 256.0
-            return lambda v: v ** gamma
-        table = np.array(struct.unpack(f">{n}H", tag[12:12 + 2 * n]), np.float64) / 65535.0
+            return lambda v: v**gamma
+        table = np.array(struct.unpack(f">{n}H", tag[12 : 12 + 2 * n]), np.float64) / 65535.0
         return lambda v: np.interp(v, np.linspace(0, 1, n), table)
     if tag[:4] == b"para":
         kind = int.from_bytes(tag[8:10], "big")
         count = {0: 1, 1: 3, 2: 4, 3: 5, 4: 7}.get(kind)
         if count is None:
             return None
-        g, a, b, c, d, e, f = [*(np.array(struct.unpack(f">{count}i", tag[12:12 + 4 * count])) / 65536.0), 0, 0, 0, 0, 0, 0][:7]
+        g, a, b, c, d, e, f = [*(np.array(struct.unpack(f">{count}i", tag[12 : 12 + 4 * count])) / 65536.0), 0, 0, 0, 0, 0, 0][:7]
         if kind == 0:
-            return lambda v: v ** g
+            return lambda v: v**g
         if kind == 1:  # (a v + b)^g above -b/a, else 0
             return lambda v: np.where(v >= -b / a, np.maximum(a * v + b, 0) ** g, 0.0)
         if kind == 2:

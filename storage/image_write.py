@@ -51,7 +51,7 @@ def bare_tiff(exif: bytes) -> bytes | None:
     """EXIF as the TIFF bytes it is, whatever wrapper the reader gave it ("Exif\\0\\0", HEIF's
     4-byte offset); None when no TIFF header is found."""
     for start in range(0, min(len(exif), 16)):
-        if exif[start:start + 4] in (b"II*\x00", b"MM\x00*"):
+        if exif[start : start + 4] in (b"II*\x00", b"MM\x00*"):
             return exif[start:]
     return None
 
@@ -140,7 +140,7 @@ def jpeg_with_meta(jpg: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
         segments += b"\xff\xe1" + struct.pack(">H", 2 + 6 + len(exif)) + b"Exif\0\0" + exif
     if icc:
         step = _JPEG_SEGMENT - 14
-        parts = [icc[i:i + step] for i in range(0, len(icc), step)]
+        parts = [icc[i : i + step] for i in range(0, len(icc), step)]
         for n, part in enumerate(parts, 1):
             segments += b"\xff\xe2" + struct.pack(">H", 2 + 14 + len(part)) + b"ICC_PROFILE\0" + bytes([n, len(parts)]) + part
     return jpg[:at] + segments + jpg[at:]
@@ -154,7 +154,13 @@ def _pillow(out: np.ndarray, fmt: str, quality: int | None, icc: bytes | None, e
 
         pillow_heif.register_heif_opener()
     im = Image.fromarray(out[..., 0] if out.ndim == 3 and out.shape[2] == 1 else out)
-    params = {"compression": "tiff_adobe_deflate"} if fmt == "TIFF" else {"lossless": True} if fmt == "WEBP" and quality in (None, 100) else {"quality": quality or 95}
+    params = (
+        {"compression": "tiff_adobe_deflate"}
+        if fmt == "TIFF"
+        else {"lossless": True}
+        if fmt == "WEBP" and quality in (None, 100)
+        else {"quality": quality or 95}
+    )
     if icc:
         params["icc_profile"] = icc
     if exif:

@@ -76,7 +76,12 @@ def acquire(folder: Path | str, what: str = "run folder") -> str:
         created = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
         fd = _lock(folder / LOCK, folder, what)
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:300], "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": " ".join(sys.argv)[:300],
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
         data = json.dumps(info, sort_keys=True).encode()
         os.pwrite(fd, data, 0)
         os.ftruncate(fd, len(data))

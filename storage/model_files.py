@@ -71,9 +71,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(
-            f"{path}: holds Python objects that only code execution could rebuild; refused, nothing was executed ({first})"
-        ) from None
+        raise CheckpointError(f"{path}: holds Python objects that only code execution could rebuild; refused, nothing was executed ({first})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
         raise CheckpointError(f"{path}: not a readable torch checkpoint, truncated or corrupt ({type(e).__name__}: {str(e)[:200]})") from None
     meta = obj.get(META) if isinstance(obj, dict) else None
@@ -109,7 +107,14 @@ def canonical_rrdb_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     if "model.0.weight" in state and any(k.startswith("model.1.sub.") for k in state):
         subs = {int(m.group(1)) for k in state if (m := re.match(r"^model\.1\.sub\.(\d+)\.", k))}
         trunk = max(subs)
-        mapping = {"model.0.": "conv_first.", f"model.1.sub.{trunk}.": "conv_body.", "model.3.": "conv_up1.", "model.6.": "conv_up2.", "model.8.": "conv_hr.", "model.10.": "conv_last."}
+        mapping = {
+            "model.0.": "conv_first.",
+            f"model.1.sub.{trunk}.": "conv_body.",
+            "model.3.": "conv_up1.",
+            "model.6.": "conv_up2.",
+            "model.8.": "conv_hr.",
+            "model.10.": "conv_last.",
+        }
         out = {}
         for k, v in state.items():
             m = re.match(r"^model\.1\.sub\.(\d+)\.RDB(\d)\.conv(\d)\.0\.(weight|bias)$", k)
@@ -142,7 +147,9 @@ def rrdb_config(state: dict[str, torch.Tensor]) -> RRDBConfig:
     if scale is None:
         raise CheckpointError(f"conv_first takes {in_ch} channels: not an RRDBNet input of 3 channels at x4, x2 or x1")
     blocks = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"^body\.(\d+)\.", k)))
-    return RRDBConfig(num_in_ch=3, num_out_ch=out_ch, scale=scale, num_feat=int(first.shape[0]), num_block=blocks, num_grow_ch=int(state["body.0.rdb1.conv1.weight"].shape[0]))
+    return RRDBConfig(
+        num_in_ch=3, num_out_ch=out_ch, scale=scale, num_feat=int(first.shape[0]), num_block=blocks, num_grow_ch=int(state["body.0.rdb1.conv1.weight"].shape[0])
+    )
 
 
 @dataclass
@@ -216,7 +223,9 @@ def load_discriminator(spec: str | Path, net: nn.Module) -> Path:
     state, expected = read_state(path), net.state_dict()
     missing, unexpected = [k for k in expected if k not in state], [k for k in state if k not in expected]
     if missing or unexpected:
-        found = [f"{len(ks)} {what} ({', '.join(ks[:3])}{', ...' if len(ks) > 3 else ''})" for what, ks in (("missing", missing), ("unexpected", unexpected)) if ks]
+        found = [
+            f"{len(ks)} {what} ({', '.join(ks[:3])}{', ...' if len(ks) > 3 else ''})" for what, ks in (("missing", missing), ("unexpected", unexpected)) if ks
+        ]
         raise CheckpointError(f"{path}: not a {type(net).__name__} state dict: keys {'; '.join(found)}")
     wrong = [k for k in expected if state[k].shape != expected[k].shape]
     if wrong:

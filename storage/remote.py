@@ -36,7 +36,7 @@ def is_url(location: object) -> bool:
 
 
 def local_path(location: str | Path) -> Path:
-    return Path(location[len("file://"):]) if isinstance(location, str) and location.startswith("file://") else Path(location)
+    return Path(location[len("file://") :]) if isinstance(location, str) and location.startswith("file://") else Path(location)
 
 
 def filesystem(url: str):
@@ -110,7 +110,7 @@ class Mirror:
             raise RemoteError(f"{self.url}: cannot list it ({type(e).__name__}: {e})") from None
         out = {}
         for name, info in found.items():
-            rel = name[len(self.path):].lstrip("/") if name.startswith(self.path) else None
+            rel = name[len(self.path) :].lstrip("/") if name.startswith(self.path) else None
             if rel and info.get("type", "file") == "file" and rel.rsplit("/", 1)[-1] != LOCK and keep(rel):
                 out[rel] = info
         return out
@@ -123,7 +123,11 @@ class Mirror:
         known = self._record().get("files", {})
         remote = self.remote_files(keep)
         self.tree.mkdir(parents=True, exist_ok=True)
-        fetch = [rel for rel, info in sorted(remote.items()) if not (rel in known and known[rel]["remote"] == stamp(info) and _local_unchanged(self.tree / rel, known[rel]))]
+        fetch = [
+            rel
+            for rel, info in sorted(remote.items())
+            if not (rel in known and known[rel]["remote"] == stamp(info) and _local_unchanged(self.tree / rel, known[rel]))
+        ]
         parts = [self.tree / f"{rel}.part" for rel in fetch]
         for part in parts:
             part.parent.mkdir(parents=True, exist_ok=True)

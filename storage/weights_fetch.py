@@ -83,9 +83,10 @@ def download(url: str, dest: Path, sha256: str, size: int | None, label: str, lo
                     if start and r.status != 206:  # the server ignored Range: start over
                         start = 0
                     total = size or (start + int(r.headers.get("Content-Length") or 0)) or None
-                    with open(part, "ab" if start else "wb") as f, tqdm(
-                        total=total, initial=start, unit="B", unit_scale=True, desc=label, file=sys.stderr, mininterval=1.0, leave=False
-                    ) as bar:
+                    with (
+                        open(part, "ab" if start else "wb") as f,
+                        tqdm(total=total, initial=start, unit="B", unit_scale=True, desc=label, file=sys.stderr, mininterval=1.0, leave=False) as bar,
+                    ):
                         for block in iter(lambda: r.read(CHUNK), b""):
                             f.write(block)
                             bar.update(len(block))

@@ -83,9 +83,21 @@ def display_p3_icc(name: str = "Display P3") -> bytes:
         body += data
     size = offset + len(body)
     header = (
-        struct.pack(">I", size) + b"lcms" + bytes([2, 0x10, 0, 0]) + b"mntrRGB XYZ " + struct.pack(">6H", 2026, 1, 1, 0, 0, 0)
-        + b"acsp" + b"APPL" + b"\0" * 4 + b"\0" * 8 + b"\0" * 8 + struct.pack(">I", 0) + b"".join(_s15(v) for v in D50_XYZ)
-        + b"lcms" + b"\0" * 16 + b"\0" * 28
+        struct.pack(">I", size)
+        + b"lcms"
+        + bytes([2, 0x10, 0, 0])
+        + b"mntrRGB XYZ "
+        + struct.pack(">6H", 2026, 1, 1, 0, 0, 0)
+        + b"acsp"
+        + b"APPL"
+        + b"\0" * 4
+        + b"\0" * 8
+        + b"\0" * 8
+        + struct.pack(">I", 0)
+        + b"".join(_s15(v) for v in D50_XYZ)
+        + b"lcms"
+        + b"\0" * 16
+        + b"\0" * 28
     )
     assert len(header) == 128
     return header + struct.pack(">I", len(tags)) + b"".join(table) + body
@@ -105,11 +117,27 @@ def bayer_dng(rgb: np.ndarray, white: int = 4095, black: int = 64) -> bytes:
     model = b"realsr test camera\0"
     xyz_to_cam = np.linalg.inv(SRGB)  # camera = linear sRGB
     entries = [
-        (254, LONG, [0]), (256, LONG, [w]), (257, LONG, [h]), (258, SHORT, [16]), (259, SHORT, [1]),
-        (262, SHORT, [32803]), (271, ASCII, b"realsr\0"), (272, ASCII, model), (273, LONG, [0]), (277, SHORT, [1]),
-        (278, LONG, [h]), (279, LONG, [len(pixels)]), (284, SHORT, [1]), (33421, SHORT, [2, 2]), (33422, BYTE, [0, 1, 1, 2]),
-        (50706, BYTE, [1, 4, 0, 0]), (50708, ASCII, model), (50714, LONG, [black]), (50717, LONG, [white]),
-        (50721, SRATIONAL, [(int(round(v * 10000)), 10000) for v in xyz_to_cam.ravel()]), (50728, RATIONAL, [(1, 1)] * 3),
+        (254, LONG, [0]),
+        (256, LONG, [w]),
+        (257, LONG, [h]),
+        (258, SHORT, [16]),
+        (259, SHORT, [1]),
+        (262, SHORT, [32803]),
+        (271, ASCII, b"realsr\0"),
+        (272, ASCII, model),
+        (273, LONG, [0]),
+        (277, SHORT, [1]),
+        (278, LONG, [h]),
+        (279, LONG, [len(pixels)]),
+        (284, SHORT, [1]),
+        (33421, SHORT, [2, 2]),
+        (33422, BYTE, [0, 1, 1, 2]),
+        (50706, BYTE, [1, 4, 0, 0]),
+        (50708, ASCII, model),
+        (50714, LONG, [black]),
+        (50717, LONG, [white]),
+        (50721, SRATIONAL, [(int(round(v * 10000)), 10000) for v in xyz_to_cam.ravel()]),
+        (50728, RATIONAL, [(1, 1)] * 3),
         (50778, SHORT, [21]),
     ]
     n = len(entries)

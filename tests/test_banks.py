@@ -7,10 +7,9 @@ import pytest
 import zarr
 
 from realsr.models.kernels import bicubic_kernel
-from realsr.storage.atomic import recover_dir, replace_dir
-from realsr.storage.banks import open_kernel_bank, open_noise_bank, patches_per_chunk, write_noise_bank
 from realsr.steps.degrade_kernels import kernel_set, kernel_sets_for
-from realsr.storage.banks import write_kernel_bank
+from realsr.storage.atomic import recover_dir, replace_dir
+from realsr.storage.banks import open_kernel_bank, open_noise_bank, patches_per_chunk, write_kernel_bank, write_noise_bank
 
 
 def _noise_table(n: int) -> dict:

@@ -43,7 +43,23 @@ def _degrade(root: Path) -> dict:
     from realsr.flows.cli import main
 
     run = root / "run"
-    assert main(["degrade", "--source", str(_photos(root / "photos")), "--out", str(run), "--scale", "2", "--pair-hr-size", "64", "--workers", "0", "--kernels", "bicubic"]) in (0, 1)
+    assert main(
+        [
+            "degrade",
+            "--source",
+            str(_photos(root / "photos")),
+            "--out",
+            str(run),
+            "--scale",
+            "2",
+            "--pair-hr-size",
+            "64",
+            "--workers",
+            "0",
+            "--kernels",
+            "bicubic",
+        ]
+    ) in (0, 1)
     from realsr.storage.banks import open_kernel_bank, open_noise_bank
 
     pairs = hashlib.sha256()
@@ -59,9 +75,9 @@ def _degrade(root: Path) -> dict:
 
 def _step(run: Path) -> dict:
     """Two fine-tune steps of a small G and D on crops drawn from the run folder, one thread."""
+    from realsr.flows.train_settings import train_spec
     from realsr.models.discriminators import DiscriminatorConfig, build_discriminator
     from realsr.models.rrdbnet import RRDBConfig, RRDBNet
-    from realsr.flows.train_settings import train_spec
     from realsr.models.training import Trainer
     from realsr.steps.train_data import DegradedCrops, training_images
     from realsr.storage.run_dir import RunDir

@@ -10,8 +10,8 @@ import torch
 from realsr.flows.cli import main
 from realsr.models.network_interp import InterpolationError, interpolate
 from realsr.models.rrdbnet import RRDBConfig, RRDBNet
-from realsr.storage.model_files import read_checkpoint, save_generator
 from realsr.steps.blend import recorded_init
+from realsr.storage.model_files import read_checkpoint, save_generator
 
 SHAPE = RRDBConfig(num_feat=8, num_block=1, num_grow_ch=8)
 

@@ -27,9 +27,25 @@ def dask_pair(prefect_server, tmp_path):
     address = f"tcp://127.0.0.1:{port}"
     env = {**os.environ, **WORKER_ENV}
     logs = open(tmp_path / "dask.log", "wb")
-    procs = [subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", "127.0.0.1:0"], env=env, stdout=logs, stderr=subprocess.STDOUT, start_new_session=True)]
+    procs = [
+        subprocess.Popen(
+            [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", "127.0.0.1:0"],
+            env=env,
+            stdout=logs,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    ]
     try:
-        procs.append(subprocess.Popen([DASK, "worker", address, "--nworkers", str(WORKERS), "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"], env=env, stdout=logs, stderr=subprocess.STDOUT, start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                [DASK, "worker", address, "--nworkers", str(WORKERS), "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"],
+                env=env,
+                stdout=logs,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
         from distributed import Client
 
         with Client(address, timeout=60) as c:

@@ -56,8 +56,19 @@ def test_an_image_index_is_migrated_from_an_old_manifest(tmp_path):
     run = RunDir(tmp_path)
     run.pairs.mkdir()
     assert read_image_index(run) is None
-    row = {"name": "a-12345678_s0000", "source": str(tmp_path / "gone.jpg"), "source_sha256": "0" * 64, "hr_position": [0, 0], "kernel_index": 0,
-           "kernel_id": "bicubic:0", "noise_id": "", "noise_index": -1, "noise_offset": [0, 0], "scale": 4, "seed": 0}  # before the quality was recorded
+    row = {
+        "name": "a-12345678_s0000",
+        "source": str(tmp_path / "gone.jpg"),
+        "source_sha256": "0" * 64,
+        "hr_position": [0, 0],
+        "kernel_index": 0,
+        "kernel_id": "bicubic:0",
+        "noise_id": "",
+        "noise_index": -1,
+        "noise_offset": [0, 0],
+        "scale": 4,
+        "seed": 0,
+    }  # before the quality was recorded
     run.manifest.write_text(json.dumps(row) + "\n" + json.dumps({**row, "name": "a-12345678_s0001"}) + "\n")
     rows, notes = read_image_index(run)
     assert [(r.name, r.kernel_index, r.source_jpeg_quality, r.pairs) for r in rows] == [("a-12345678", 0, None, None)]

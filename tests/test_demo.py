@@ -4,9 +4,9 @@ import json
 from pathlib import Path
 
 import realsr.flows.demo as demo
-from realsr.flows.pipeline_settings import PIPELINE_PRESETS
 import realsr.models.synthetic as synthetic
 from realsr.flows.cli import main
+from realsr.flows.pipeline_settings import PIPELINE_PRESETS
 
 
 def test_the_demo_runs_every_stage_and_prints_the_table(prefect_server, tmp_path, monkeypatch, capsys):
@@ -14,7 +14,10 @@ def test_the_demo_runs_every_stage_and_prints_the_table(prefect_server, tmp_path
     monkeypatch.setattr(synthetic, "camera_photo", lambda seed: photo(seed, 256, 320))  # small photos, same scenes
     monkeypatch.setattr(demo, "DEMO_PHOTOS", 4)
     preset = PIPELINE_PRESETS["demo"]
-    small = {"degrade": {**preset["degrade"], "kernelgan_iterations": 10}, "train": {**preset["train"], "iterations": 2, "val_crops": 2, "val_every": 2, "save_every": 2}}
+    small = {
+        "degrade": {**preset["degrade"], "kernelgan_iterations": 10},
+        "train": {**preset["train"], "iterations": 2, "val_crops": 2, "val_every": 2, "save_every": 2},
+    }
     monkeypatch.setitem(PIPELINE_PRESETS, "demo", small)
     assert main(["demo", str(tmp_path / "demo"), "--workers", "1"]) == 0
     out = capsys.readouterr().out

@@ -117,8 +117,30 @@ def test_the_released_netd_is_used_from_the_weights_folder_and_never_downloaded(
 def test_tiny_training_from_a_netd_file_saves_a_net_d_that_reloads(degrade_run, tmp_path, capsys):  # noqa: F811
     sd = _basicsr_file(tmp_path / "netD.pth")
     out = tmp_path / "t"
-    args = ["train", str(degrade_run), "--out", str(out), "--preset", "test-tiny", "--runtime", "local", "--discriminator", "unet", "--d-init", str(tmp_path / "netD.pth"),
-            "--warmup", "0", "--lr-d", "1e-4", "--iterations", "1", "--val-every", "1", "--save-every", "1"]
+    args = [
+        "train",
+        str(degrade_run),
+        "--out",
+        str(out),
+        "--preset",
+        "test-tiny",
+        "--runtime",
+        "local",
+        "--discriminator",
+        "unet",
+        "--d-init",
+        str(tmp_path / "netD.pth"),
+        "--warmup",
+        "0",
+        "--lr-d",
+        "1e-4",
+        "--iterations",
+        "1",
+        "--val-every",
+        "1",
+        "--save-every",
+        "1",
+    ]
     assert main(args) == 0
     captured = capsys.readouterr()
     assert f"D unet (init from {tmp_path / 'netD.pth'})" in captured.err and "; D unet (init from" in captured.out  # the log, and the summary

@@ -74,7 +74,9 @@ def test_a_bug_keeps_its_type_and_traceback_and_names_the_log(tmp_path, monkeypa
     with pytest.raises(type(bug)) as caught:
         main(["blend", "a.pth", "b.pth", "0.5", "-o", str(tmp_path / "x.pth")])
     assert caught.value is bug and "error:" not in capsys.readouterr().err
-    assert caught.value.__notes__ == ["realsr blend: an unexpected error (a bug, not a refusal of the input); report it with the traceback above: the command's whole log is this output"]
+    assert caught.value.__notes__ == [
+        "realsr blend: an unexpected error (a bug, not a refusal of the input); report it with the traceback above: the command's whole log is this output"
+    ]
 
 
 def test_a_bug_in_a_flow_command_names_the_prefect_log(photo_dir, tmp_path, monkeypatch):
@@ -102,4 +104,7 @@ def test_through_the_command_a_bug_prints_its_traceback_then_the_log_line(tmp_pa
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     err = p.stderr.strip().splitlines()
     assert p.returncode == 1 and err[0] == "Traceback (most recent call last):" and "in write_samples" in p.stderr, p.stderr
-    assert err[-2:] == ["KeyError: 'missing'", "realsr sample: an unexpected error (a bug, not a refusal of the input); report it with the traceback above: the command's whole log is this output"]
+    assert err[-2:] == [
+        "KeyError: 'missing'",
+        "realsr sample: an unexpected error (a bug, not a refusal of the input); report it with the traceback above: the command's whole log is this output",
+    ]

@@ -103,7 +103,12 @@ def test_evaluate_never_writes_among_its_test_images(test_set, tmp_path, capsys)
     save_generator(tmp_path / "tiny.pth", RRDBNet(RRDBConfig(num_feat=8, num_block=1, num_grow_ch=32)))
     (tmp_path / "link").symlink_to(hr)
     before = {d: sorted(p.name for p in d.iterdir()) for d in (lr, hr, tmp_path)}
-    for out, words in [(lr, "is the --lr folder"), (lr / "results", "is inside the --lr folder"), (tmp_path / "link", "is the --hr folder"), (tmp_path, "holds the --lr folder")]:
+    for out, words in [
+        (lr, "is the --lr folder"),
+        (lr / "results", "is inside the --lr folder"),
+        (tmp_path / "link", "is the --hr folder"),
+        (tmp_path, "holds the --lr folder"),
+    ]:
         assert main(["evaluate", "--lr", str(lr), "--hr", str(hr), "--model", str(tmp_path / "tiny.pth"), "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0] and "choose another --out" in err[0], err

@@ -26,7 +26,13 @@ def test_degrade_exits_1_when_a_photo_failed_and_train_refuses_a_damaged_noise_b
     chunk.write_bytes(chunk.read_bytes()[:10])
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # an embedded server would start after the preflight
     t0 = time.time()
-    p = subprocess.run([sys.executable, "-m", "realsr.flows", "train", str(run), "--out", str(tmp_path / "t"), "--preset", "test-tiny"], env=env, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "realsr.flows", "train", str(run), "--out", str(tmp_path / "t"), "--preset", "test-tiny"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     seconds = time.time() - t0
     lines = [line for line in p.stderr.splitlines() if not line.startswith("preset ")]  # the resolved settings come first
     assert p.returncode == 2 and lines == [lines[0]] and lines[0].startswith("error: noise bank:") and str(run / "noise.zarr") in lines[0], p.stderr

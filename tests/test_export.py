@@ -19,8 +19,8 @@ pytest.importorskip("safetensors")
 
 from realsr.flows.cli import main  # noqa: E402
 from realsr.models.rrdbnet import RRDBConfig, RRDBNet  # noqa: E402
-from realsr.storage.model_files import load_generator, read_checkpoint, save_generator  # noqa: E402
 from realsr.steps import export_formats as fmt  # noqa: E402
+from realsr.storage.model_files import load_generator, read_checkpoint, save_generator  # noqa: E402
 from tests.conftest import small_photo, write_rgb  # noqa: E402
 
 LEVEL = 1 / 255 + 1e-6
@@ -66,9 +66,29 @@ def test_all_formats_kept_with_card(exported):
     names = {"tiny.onnx", "tiny.fp16.onnx", "tiny.param", "tiny.bin", "tiny.safetensors", "tiny.json", "tiny.sheet.png"}
     assert {p.name for p in out.iterdir()} == names
     card = json.loads((out / "tiny.json").read_text())
-    for key in ("name", "author", "license", "tags", "description", "date", "architecture", "size", "scale", "inputChannels", "outputChannels", "resources", "images"):
+    for key in (
+        "name",
+        "author",
+        "license",
+        "tags",
+        "description",
+        "date",
+        "architecture",
+        "size",
+        "scale",
+        "inputChannels",
+        "outputChannels",
+        "resources",
+        "images",
+    ):
         assert key in card, key
-    assert (card["architecture"], card["size"], card["scale"], card["license"], card["pretrainedModelG"]) == ("esrgan", ["8nf", "1nb"], 4, "BSD-3-Clause", "realesrgan-x4plus")
+    assert (card["architecture"], card["size"], card["scale"], card["license"], card["pretrainedModelG"]) == (
+        "esrgan",
+        ["8nf", "1nb"],
+        4,
+        "BSD-3-Clause",
+        "realesrgan-x4plus",
+    )
     files = {r["file"]: r for r in card["resources"]}
     assert set(files) == names - {"tiny.json", "tiny.sheet.png"}
     for name, r in files.items():

@@ -120,7 +120,12 @@ def test_a_decompression_bomb_is_refused_from_its_header_before_decoding():
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     # 20000 x 20000 gray, 400 MP, in a few hundred bytes (the pixel data is never reached)
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        + chunk(b"IEND", b"")
+    )
     with pytest.raises(BadImageError, match=r"20000x20000 is over the 200 MP limit \(--max-megapixels\)"):
         decode_image("bomb.png", png)
 

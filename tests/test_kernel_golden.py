@@ -85,8 +85,7 @@ def write_golden() -> None:
     for name in ESTIMATORS:
         est, info = _estimate(name)
         assert est.ok, f"{name}: {est.problem}"
-        out[name] = {"config": _config().as_dict(), **info, "seed": est.seed,
-                     "kernel": np.round(est.kernel, 7).tolist(), "raw": np.round(est.raw, 7).tolist()}
+        out[name] = {"config": _config().as_dict(), **info, "seed": est.seed, "kernel": np.round(est.kernel, 7).tolist(), "raw": np.round(est.raw, 7).tolist()}
     GOLDEN.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(out, indent=1)
     text = re.sub(r"\[[-0-9.e,\s]+\]", lambda m: "[" + ", ".join(m.group(0)[1:-1].split()).replace(",,", ",") + "]", text)  # a row a line
@@ -100,9 +99,11 @@ def test_the_estimators_kernel_is_pinned(name):
     est, info = _estimate(name)
     cfg = _config().as_dict()
     changed = {k: (want["config"].get(k), v) for k, v in json.loads(json.dumps(cfg)).items() if want["config"].get(k) != v}
-    why = (f"{name}'s kernel of camera_photo({PHOTO}) after {ITERATIONS} steps moved. If that is meant, record it in BENCHMARKS.md "
-           f"and run `python tests/test_kernel_golden.py --write`. Config changed since the golden (was, now): {changed or 'none'}; "
-           f"written with {golden['written_with']}, now {_environment()}")
+    why = (
+        f"{name}'s kernel of camera_photo({PHOTO}) after {ITERATIONS} steps moved. If that is meant, record it in BENCHMARKS.md "
+        f"and run `python tests/test_kernel_golden.py --write`. Config changed since the golden (was, now): {changed or 'none'}; "
+        f"written with {golden['written_with']}, now {_environment()}"
+    )
     if "prior_sha256" in want:
         why += f"; prior {want['prior_sha256'][:12]} then, {info['prior_sha256'][:12]} now"
     same = golden["written_with"]["cpu"] == _environment()["cpu"] and golden["written_with"]["torch"] == _environment()["torch"]
@@ -155,10 +156,10 @@ def test_inspect_lists_the_spread_and_flags_the_photos_whose_seeds_disagree(tmp_
     monkeypatch.setattr(inspect_step, "label", lambda img, text: labels.append(text) or img)
     text = inspect_step.kernel_report(path, tmp_path / "sheet.png")
     lines = text.splitlines()
-    assert any("seed spread" in l and "max 0.200" in l for l in lines)
-    assert [l.strip() for l in lines if "photo_0.png" in l] == ["photo_0.png: 0.020"]
-    assert [l.strip() for l in lines if "photo_1.png" in l] == [f"photo_1.png: 0.200  <- seeds disagree (over {flag})"]
-    assert not any("photo_2.png" in l for l in lines)
+    assert any("seed spread" in line and "max 0.200" in line for line in lines)
+    assert [line.strip() for line in lines if "photo_0.png" in line] == ["photo_0.png: 0.020"]
+    assert [line.strip() for line in lines if "photo_1.png" in line] == [f"photo_1.png: 0.200  <- seeds disagree (over {flag})"]
+    assert not any("photo_2.png" in line for line in lines)
     assert labels == ["x2 photo_0", "x2 photo_1 SEEDS DISAGREE", "x2 photo_2"]
 
 

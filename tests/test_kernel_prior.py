@@ -64,7 +64,9 @@ def test_the_shipped_prior_gives_its_training_kernels_high_density(shipped):
 
 def test_latent_to_kernel_to_latent_round_trip(shipped):
     prior, _ = shipped
-    kernels = torch.tensor(np.stack([gaussian_kernel(1.1, 0.7, np.pi / 8), gaussian_kernel(2.0, 1.0, -np.pi / 4), np.clip(bicubic_kernel(2, 13), 0, None)])).float()
+    kernels = torch.tensor(
+        np.stack([gaussian_kernel(1.1, 0.7, np.pi / 8), gaussian_kernel(2.0, 1.0, -np.pi / 4), np.clip(bicubic_kernel(2, 13), 0, None)])
+    ).float()
     kernels = kernels / kernels.sum((1, 2), keepdim=True)
     with torch.no_grad():
         z, _ = prior.encode(kernels)

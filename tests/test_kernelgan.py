@@ -279,7 +279,9 @@ def test_a_failed_image_trains_again_with_the_next_seed(monkeypatch):
         calls.append((len(images), cfg.seed))
         fail = cfg.seed == 0
         return [
-            kg.KernelEstimate(None if fail and i == 1 else np.eye(13), np.full((13, 13), cfg.seed), {}, 1, None, "collapsed" if fail and i == 1 else None, cfg.seed)
+            kg.KernelEstimate(
+                None if fail and i == 1 else np.eye(13), np.full((13, 13), cfg.seed), {}, 1, None, "collapsed" if fail and i == 1 else None, cfg.seed
+            )
             for i in range(len(images))
         ]
 
@@ -304,7 +306,10 @@ def test_seeds_are_averaged_and_a_failed_seed_has_no_say(monkeypatch):
         calls.append((len(images), cfg.seed))
         raw = narrow if cfg.seed == 0 else wide
         fail = lambda i: cfg.seed == 1000 and i == len(images) - 1  # noqa: E731
-        return [kg.KernelEstimate(None if fail(i) else finalize_kernel(raw), raw, {}, 10, None, "collapsed" if fail(i) else None, cfg.seed) for i in range(len(images))]
+        return [
+            kg.KernelEstimate(None if fail(i) else finalize_kernel(raw), raw, {}, 10, None, "collapsed" if fail(i) else None, cfg.seed)
+            for i in range(len(images))
+        ]
 
     monkeypatch.setattr(kg, "train_kernels", runs)
     got = kg.estimate_kernels([camera_photo(0, 96, 96)] * 2, KernelGANConfig(iterations=10, seeds=2, retries=0))

@@ -13,7 +13,7 @@ from realsr.models.kernels import (
     consensus_kernel,
     pad_to,
 )
-from realsr.models.synthetic import gaussian_kernel, camera_photo
+from realsr.models.synthetic import camera_photo, gaussian_kernel
 
 
 @pytest.mark.parametrize("scale", [2, 4])

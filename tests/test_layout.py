@@ -54,12 +54,18 @@ def test_every_project_import_goes_through_the_realsr_namespace():
     """The folders install as `realsr.<folder>` (pyproject's package-dir): a bare `import models`
     would find a user's own package of that name, or fail once installed."""
     bare = [(n, i) for n, p in _modules().items() for i in _all_imports(p) if i.split(".")[0] in FLOORS]
-    bare += [(p.name, i) for p in sorted((ROOT / "tests").glob("*.py")) + sorted((ROOT / "bench").glob("*.py")) for i in _all_imports(p) if i.split(".")[0] in FLOORS]
+    bare += [
+        (p.name, i) for p in sorted((ROOT / "tests").glob("*.py")) + sorted((ROOT / "bench").glob("*.py")) for i in _all_imports(p) if i.split(".")[0] in FLOORS
+    ]
     assert bare == []
 
 
 def test_prefect_stays_on_the_top_two_floors():
-    low = [n for n, p in _modules().items() if n.split(".")[0] in ("models", "storage", "steps") and "prefect" in {(i.removeprefix("realsr.").split(".")[0]) for i in _all_imports(p)}]
+    low = [
+        n
+        for n, p in _modules().items()
+        if n.split(".")[0] in ("models", "storage", "steps") and "prefect" in {(i.removeprefix("realsr.").split(".")[0]) for i in _all_imports(p)}
+    ]
     assert low == []
 
 
@@ -80,7 +86,7 @@ def test_no_circle_of_imports():
         state[n] = "open"
         for m in sorted(graph[n]):
             if state.get(m) == "open":
-                circles.append(path[path.index(m):] + [m] if m in path else [n, m])
+                circles.append(path[path.index(m) :] + [m] if m in path else [n, m])
             elif m not in state:
                 visit(m, path + [m])
         state[n] = "done"

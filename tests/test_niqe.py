@@ -87,7 +87,9 @@ def test_niqe_reproduces_basicsr_and_matlab_with_the_released_pristine_model():
     for name, rows, cols, crop, ref in GOLDEN:
         bgr = cv2.imread(str(SHARED / "data" / "hr" / name))[rows, cols]
         assert niqe(bgr[..., ::-1].astype(np.float32) / 255, pristine, crop) == pytest.approx(ref, rel=1e-3), name
-    assert niqe(cv2.imread(str(SHARED / "data" / "hr" / "set14/baboon.png"))[..., ::-1].astype(np.float32) / 255, pristine) == pytest.approx(5.72957338, rel=1e-5)
+    assert niqe(cv2.imread(str(SHARED / "data" / "hr" / "set14/baboon.png"))[..., ::-1].astype(np.float32) / 255, pristine) == pytest.approx(
+        5.72957338, rel=1e-5
+    )
 
 
 def sdist(files: dict[str, bytes]) -> bytes:
@@ -111,8 +113,16 @@ def test_a_registry_carried_npz_is_kept_byte_for_byte_and_verified(served, user,
     page.mkdir(parents=True)
     (page / "index.html").write_text('<a href="../../files/pkg-1.0.tar.gz">pkg-1.0.tar.gz</a>')
     monkeypatch.setenv("REALSR_PYPI_INDEX", f"{served.url}/simple")
-    source = W.Source("p.npz", "file", hashlib.sha256(data).hexdigest(), len(archive), dist="pkg==1.0", archive="pkg-1.0.tar.gz",
-                      archive_sha256=hashlib.sha256(archive).hexdigest(), members=("pkg/metrics/p.npz",))
+    source = W.Source(
+        "p.npz",
+        "file",
+        hashlib.sha256(data).hexdigest(),
+        len(archive),
+        dist="pkg==1.0",
+        archive="pkg-1.0.tar.gz",
+        archive_sha256=hashlib.sha256(archive).hexdigest(),
+        members=("pkg/metrics/p.npz",),
+    )
     monkeypatch.setitem(W.CATALOG, "p", W.Weight("p", "a pristine model for tests", "MIT", (source,)))
     path = W.require("p", log=lambda m: None)
     assert path == user / "p.npz" and path.read_bytes() == data and not (user / ".downloads" / "pkg-1.0.tar.gz").exists()

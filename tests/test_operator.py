@@ -18,12 +18,12 @@ from prefect.flow_engine import run_flow
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.callables import parameter_schema
 
-from realsr.flows.train_settings import FINETUNE_CPU_ITERATIONS
 from realsr.flows.cli import main
 from realsr.flows.degrade import degrade_flow
 from realsr.flows.pipeline import pipeline_flow
 from realsr.flows.pipeline_settings import PipelineSettings, hardware_preset
 from realsr.flows.train import train_flow
+from realsr.flows.train_settings import FINETUNE_CPU_ITERATIONS
 from tests.conftest import small_photo, write_rgb
 
 pytestmark = pytest.mark.slow
@@ -41,8 +41,12 @@ def deployment_run(flow, name: str, stored: dict, given: dict):
     (what `prefect deployment run NAME --params` sends); the server's check refuses what the schema does."""
     with get_client(sync_client=True) as client:
         dep = client.create_deployment(
-            flow_id=client.create_flow(flow), name=name, parameters={"settings": stored}, enforce_parameter_schema=True,
-            parameter_openapi_schema=parameter_schema(flow).model_dump(), entrypoint="flows/x.py:f",
+            flow_id=client.create_flow(flow),
+            name=name,
+            parameters={"settings": stored},
+            enforce_parameter_schema=True,
+            parameter_openapi_schema=parameter_schema(flow).model_dump(),
+            entrypoint="flows/x.py:f",
         )
         return client.create_flow_run_from_deployment(dep, parameters=given)
 
@@ -64,12 +68,25 @@ def test_a_partial_deployment_run_merges_and_a_run_without_pairs_warns(tmp_path,
 
 
 def test_a_run_that_made_nothing_usable_fails_and_the_pipeline_does_not_train(tmp_path, prefect_server, capsys):
-    code = main(["degrade", "--source", str(photos(tmp_path / "tiny", 24)), "--out", str(tmp_path / "run"), "--workers", "1", *sum(([f"--{k.replace('_', '-')}", str(v)] for k, v in SMALL.items()), [])])
+    code = main(
+        [
+            "degrade",
+            "--source",
+            str(photos(tmp_path / "tiny", 24)),
+            "--out",
+            str(tmp_path / "run"),
+            "--workers",
+            "1",
+            *sum(([f"--{k.replace('_', '-')}", str(v)] for k, v in SMALL.items()), []),
+        ]
+    )
     assert code == 2 and "degrade: nothing usable: every clean HR image is under 16 px" in capsys.readouterr().err
     # clean HR 24 px: degrade warns (no pair) but test-tiny trains on 32 px crops: stopped before train
     settings = PipelineSettings(source=photos(tmp_path / "small", 48), out=tmp_path / "pipeline", preset="test-tiny")
     state = pipeline_flow(settings, return_state=True)
-    assert state.is_failed() and state.message.startswith("train: nothing to train on: every clean HR image is smaller than the training crop of 32 px (largest 24 px")
+    assert state.is_failed() and state.message.startswith(
+        "train: nothing to train on: every clean HR image is smaller than the training crop of 32 px (largest 24 px"
+    )
     assert not (tmp_path / "pipeline" / "train").exists()
 
 
@@ -77,7 +94,10 @@ def test_bad_stage_settings_fail_the_run_at_once_with_one_line(tmp_path, prefect
     stored = {"source": str(photos(tmp_path / "photos", 48, 1)), "out": str(tmp_path / "p"), "preset": "test-tiny"}
     run = deployment_run(pipeline_flow, "op-pipeline", stored, {"settings": {**stored, "degrade": {"kernelgan_seeds": "three"}}})
     state = run_flow(pipeline_flow, flow_run=run, parameters=run.parameters, return_type="state")
-    assert state.is_failed() and state.message == "invalid settings: degrade.kernelgan_seeds: Input should be a valid integer, unable to parse string as an integer"
+    assert (
+        state.is_failed()
+        and state.message == "invalid settings: degrade.kernelgan_seeds: Input should be a valid integer, unable to parse string as an integer"
+    )
     with pytest.raises(ValueError, match=r"degrade\n  Value error, not JSON \(Expecting ':' delimiter at column 20\)"):
         PipelineSettings(**stored, degrade='{"kernelgan_seeds" 1}')  # the CLI and the form's JSON text alike
     with pytest.raises(httpx.HTTPStatusError, match="1 is not of type 'string'"):  # refused at submission, as the form is
@@ -94,7 +114,9 @@ def test_the_forms_show_the_presets_and_auto_fits_the_hardware(tmp_path):
 
     s = PipelineSettings(source=photos(tmp_path / "photos", 48, 1), out=tmp_path / "p")
     assert hardware_preset() == ("product" if torch.cuda.is_available() else "cpu") == s.bundle
-    assert s.train_settings().preset == ("finetune" if torch.cuda.is_available() else "finetune-cpu") and s.train_settings().iterations == (5000 if torch.cuda.is_available() else FINETUNE_CPU_ITERATIONS)
+    assert s.train_settings().preset == ("finetune" if torch.cuda.is_available() else "finetune-cpu") and s.train_settings().iterations == (
+        5000 if torch.cuda.is_available() else FINETUNE_CPU_ITERATIONS
+    )
 
 
 def test_stack_keeps_its_port_and_down_names_the_folder(tmp_path, capsys):

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from realsr.storage import image_formats
-from realsr.storage.images import BadImageError, decode_image, list_images, read_image
+from realsr.storage.images import BadImageError, decode_image, list_images
 from tests.conftest import small_photo
 from tests.phone_files import bayer_dng, display_p3_icc, p3_to_srgb
 
@@ -148,10 +148,14 @@ def test_heic_recompression_is_measured_against_the_sources():
     try:
         q_heavy, why = choose_heic_quality(Data(), images, 0, phone(25))
         q_light, _ = choose_heic_quality(Data(), images, 0, phone(95))
-        q_none, why_none = choose_heic_quality(Data(), images, 0, lambda path: half + np.float32(0.01) * np.random.default_rng(1).standard_normal(half.shape, np.float32))
+        q_none, why_none = choose_heic_quality(
+            Data(), images, 0, lambda path: half + np.float32(0.01) * np.random.default_rng(1).standard_normal(half.shape, np.float32)
+        )
     finally:
         td._clean_hr = orig
-    assert q_heavy in (30, 40, 50) and why.startswith(f"HEIC sources (1 measured): re-compression the HEIC encoder at quality {q_heavy}, its LR's detail survival under a q30 HEIC encoding nearest")
+    assert q_heavy in (30, 40, 50) and why.startswith(
+        f"HEIC sources (1 measured): re-compression the HEIC encoder at quality {q_heavy}, its LR's detail survival under a q30 HEIC encoding nearest"
+    )
     assert q_light in (None, 90)  # near-lossless: none, or the encoder's lightest touch
     assert q_none is None and why_none.startswith("HEIC sources (1 measured): re-compression none, its LR's detail survival")  # noisier than any re-encode
 
@@ -175,7 +179,9 @@ def test_a_folder_of_heic_photos_runs_through_the_pipeline(tmp_path):
     assert code == 1  # the damaged HEIC failed alone
     summary = json.loads((out / "run" / "summary.json").read_text())
     assert summary["colour"] == {"converted_to_srgb": 1, "profiles": {"Display P3": 1}, "raw_sources": 1}
-    assert [Path(s["source"]).name for s in summary["skipped"]] == ["IMG_0009.HEIC"] and summary["skipped"][0]["reason"].endswith("cannot decode HEIF (damaged, or not a HEIF file)")
+    assert [Path(s["source"]).name for s in summary["skipped"]] == ["IMG_0009.HEIC"] and summary["skipped"][0]["reason"].endswith(
+        "cannot decode HEIF (damaged, or not a HEIF file)"
+    )
     assert [Path(x["file"]).name for x in summary["ignored_files"]] == ["IMG_0011.CR2"]
     dng = [r for r in summary["converted"] if r["source"].endswith("IMG_0010.DNG")]
     assert dng and image_formats.RAW_NOTE in dng[0]["notes"]

@@ -4,10 +4,10 @@ against fp32 from the same start (models/devices.py, models/training.py)."""
 
 import torch
 
+from realsr.flows.train_settings import train_spec
 from realsr.models.devices import cpu_flags, training_precision
 from realsr.models.discriminators import DiscriminatorConfig, build_discriminator
 from realsr.models.rrdbnet import RRDBConfig, RRDBNet
-from realsr.flows.train_settings import train_spec
 from realsr.models.training import Trainer
 from realsr.steps.train import channels_last
 
@@ -68,4 +68,3 @@ def test_a_bf16_autocast_step_follows_fp32_from_the_same_start_and_repeats_bitwi
     assert cosine > 0.9, f"bf16's three updates point elsewhere than fp32's (cosine {cosine:.3f})"
     assert all(torch.isfinite(p).all() for p in p16)
     assert all(torch.equal(a, b) for a, b in zip(p16, runs["bf16 again"][3]))  # deterministic: a resumed run ends bitwise
-

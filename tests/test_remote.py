@@ -25,7 +25,9 @@ def s3(tmp_path, monkeypatch):
     """An S3 server on a free loopback port, a bucket, and the AWS settings pointing at it."""
     port = free_port()
     log = open(tmp_path / "moto.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -36,7 +38,12 @@ def s3(tmp_path, monkeypatch):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"the S3 server did not start: {(tmp_path / 'moto.log').read_text()[-2000:]}")
                 time.sleep(0.2)
-        for k, v in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        for k, v in {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }.items():
             monkeypatch.setenv(k, v)
         monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
         import fsspec
@@ -132,8 +139,27 @@ def test_degrade_reads_and_writes_s3(s3, prefect_server, photo_dir, tmp_path, ca
     assert "s3://camera/photos: not a run folder (no run.json)" in capsys.readouterr().err
 
     # a run that fails after clean-up still uploads what it finished, for the rerun to reuse
-    failing = ["degrade", "--source", src, "--out", f"s3://{BUCKET}/runs/failed", "--pair-hr-size", "64", "--workers", "2",
-               "--noise-rule", "reference", "--noise-patch-size", "64", "--noise-stride", "64", "--noise-max-var", "0.000001", "--on-empty-noise", "stop"]
+    failing = [
+        "degrade",
+        "--source",
+        src,
+        "--out",
+        f"s3://{BUCKET}/runs/failed",
+        "--pair-hr-size",
+        "64",
+        "--workers",
+        "2",
+        "--noise-rule",
+        "reference",
+        "--noise-patch-size",
+        "64",
+        "--noise-stride",
+        "64",
+        "--noise-max-var",
+        "0.000001",
+        "--on-empty-noise",
+        "stop",
+    ]
     assert main(failing) == 2
     assert "stopped before the pairs" in capsys.readouterr().err
     assert len(s3.find(f"{BUCKET}/runs/failed/clean_hr")) == 4 and s3.find(f"{BUCKET}/runs/failed/.work")

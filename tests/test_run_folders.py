@@ -108,7 +108,11 @@ def test_bank_metadata_is_the_same_bytes_whatever_order_its_attributes_came_in(t
 def _degrade(src: Path, out: Path, env: dict) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "realsr.flows", "degrade", "--source", str(src), "--out", str(out), *FAST],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
 
 
@@ -133,7 +137,13 @@ def test_one_writer_per_run_folder_and_a_killed_holder_leaves_no_lock(tmp_path, 
         assert holder["pid"] == first.pid and "degrade" in holder["command"]
 
         t0 = time.time()
-        second = subprocess.run([sys.executable, "-m", "realsr.flows", "degrade", "--source", str(quick), "--out", str(run), *FAST], env=env, capture_output=True, text=True, timeout=120)
+        second = subprocess.run(
+            [sys.executable, "-m", "realsr.flows", "degrade", "--source", str(quick), "--out", str(run), *FAST],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert second.returncode == 2, second.stdout + second.stderr
         last = second.stderr.strip().splitlines()[-1]
         assert f"pid {first.pid} on host " in last and str(run) in last, second.stderr
@@ -142,7 +152,13 @@ def test_one_writer_per_run_folder_and_a_killed_holder_leaves_no_lock(tmp_path, 
 
         os.kill(first.pid, signal.SIGKILL)  # the holder alone: the kernel drops its lock
         first.wait()
-        again = subprocess.run([sys.executable, "-m", "realsr.flows", "degrade", "--source", str(quick), "--out", str(run), *FAST], env=env, capture_output=True, text=True, timeout=300)
+        again = subprocess.run(
+            [sys.executable, "-m", "realsr.flows", "degrade", "--source", str(quick), "--out", str(run), *FAST],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert again.returncode == 0, again.stdout + again.stderr
         summary = json.loads((run / "summary.json").read_text())
         assert summary["processed"] == 1 and summary["sources"] == 1

@@ -11,9 +11,9 @@ import urllib.request
 
 import pytest
 
-from realsr.flows.train_settings import FINETUNE_CPU_ITERATIONS
 from realsr.flows.demo import write_samples
 from realsr.flows.stack import Stack, _alive
+from realsr.flows.train_settings import FINETUNE_CPU_ITERATIONS
 from realsr.storage.banks import open_kernel_bank, open_noise_bank
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,12 @@ def stack(tmp_path):
 
 
 def api(stack: Stack, path: str, body=None):
-    req = urllib.request.Request(stack.read()["url"] + path, data=None if body is None else json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST")
+    req = urllib.request.Request(
+        stack.read()["url"] + path,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="GET" if body is None else "POST",
+    )
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())
 
@@ -70,7 +75,10 @@ def test_pipeline_schedule_ui_form_and_rerun_through_the_stack(stack):
     # a partial `settings` (`prefect deployment run --params`) merges over the deployment's; a bad
     # stage setting fails the run at its start with the one-line reason as its state message
     bad = start(stack, "realsr-pipeline/pipeline", {"settings": {"degrade": {"kernelgan_seeds": "three"}}})
-    assert wait(stack, bad, expect="FAILED")["state"]["message"] == "invalid settings: degrade.kernelgan_seeds: Input should be a valid integer, unable to parse string as an integer"
+    assert (
+        wait(stack, bad, expect="FAILED")["state"]["message"]
+        == "invalid settings: degrade.kernelgan_seeds: Input should be a valid integer, unable to parse string as an integer"
+    )
     wait(stack, first)
     wait(stack, scheduled)
 
@@ -110,5 +118,7 @@ def test_pipeline_schedule_ui_form_and_rerun_through_the_stack(stack):
     assert os.environ.get("PREFECT_API_URL") != stack.read()["url"]  # the stack did not leak into this process
     # `stack up` said each step as it completed; the next `up` reuses this port while it is free
     steps = [m.split("] ", 1)[1].split(":")[0] for m in stack.said if m.startswith("[")]
-    assert steps == ["starting the Prefect server on 127.0.0.1", "server", "pools", "deployments", "workers", "workers"] and stack.said[-1].startswith("point the CLI at it")
+    assert steps == ["starting the Prefect server on 127.0.0.1", "server", "pools", "deployments", "workers", "workers"] and stack.said[-1].startswith(
+        "point the CLI at it"
+    )
     assert (stack.home / "port").read_text().strip() == stack.read()["ui"].rsplit(":", 1)[1]

@@ -18,8 +18,24 @@ from tests.test_flow import process_tree
 pytestmark = pytest.mark.slow
 LINE = "stopped; rerun the same command to continue"
 # KernelGAN (a few seconds a photo here) keeps a worker busy long after clean-up has written its records
-DEGRADE = ["--kernels", "kernelgan", "--kernelgan-iterations", "150", "--kernelgan-seeds", "1", "--workers", "1", "--pair-hr-size", "32",
-           "--noise-rule", "reference", "--noise-patch-size", "32", "--noise-stride", "32"]
+DEGRADE = [
+    "--kernels",
+    "kernelgan",
+    "--kernelgan-iterations",
+    "150",
+    "--kernelgan-seeds",
+    "1",
+    "--workers",
+    "1",
+    "--pair-hr-size",
+    "32",
+    "--noise-rule",
+    "reference",
+    "--noise-patch-size",
+    "32",
+    "--noise-stride",
+    "32",
+]
 
 
 def _photos(root: Path) -> Path:
@@ -91,8 +107,24 @@ def test_sigterm_stops_train_with_its_data_loader_workers(tmp_path, prefect_serv
     src = _photos(tmp_path)
     assert main(["degrade", "--source", str(src), "--out", str(tmp_path / "run"), "--workers", "1", "--pair-hr-size", "32"]) == 0
     out = tmp_path / "train"
-    args = ["train", str(tmp_path / "run"), "--out", str(out), "--preset", "test-tiny", "--iterations", "100000", "--save-every", "5",
-            "--val-every", "100000", "--perceptual-weight", "0", "--workers", "2"]
+    args = [
+        "train",
+        str(tmp_path / "run"),
+        "--out",
+        str(out),
+        "--preset",
+        "test-tiny",
+        "--iterations",
+        "100000",
+        "--save-every",
+        "5",
+        "--val-every",
+        "100000",
+        "--perceptual-weight",
+        "0",
+        "--workers",
+        "2",
+    ]
     proc = _start(args, {**os.environ, "PREFECT_API_URL": prefect_server})
     states = out / "training_states"
     try:

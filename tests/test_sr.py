@@ -40,7 +40,14 @@ def _old_esrgan(sd: dict) -> dict:
 
 
 def _sequential(sd: dict, blocks: int) -> dict:
-    names = {"conv_first.": "model.0.", "conv_body.": f"model.1.sub.{blocks}.", "conv_up1.": "model.3.", "conv_up2.": "model.6.", "conv_hr.": "model.8.", "conv_last.": "model.10."}
+    names = {
+        "conv_first.": "model.0.",
+        "conv_body.": f"model.1.sub.{blocks}.",
+        "conv_up1.": "model.3.",
+        "conv_up2.": "model.6.",
+        "conv_hr.": "model.8.",
+        "conv_last.": "model.10.",
+    }
     out = {}
     for k, v in sd.items():
         if k.startswith("body."):

@@ -10,8 +10,8 @@ from distributed import Client, LocalCluster
 from realsr.flows.settings import DegradeSettings
 from realsr.models.kernels import bicubic_kernel
 from realsr.steps import degrade as stages
-from realsr.steps.degrade import DegradeSpec
 from realsr.steps import degrade_kernels as kernel_steps
+from realsr.steps.degrade import DegradeSpec
 from realsr.storage.banks import open_noise_bank
 from realsr.storage.degrade_records import KernelRecord
 from realsr.storage.images import BadImageError, read_image

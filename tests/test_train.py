@@ -22,12 +22,12 @@ from realsr.models.discriminators import PatchGAN, VGGStyleDiscriminator128
 from realsr.models.jpeg import estimate_quality
 from realsr.models.losses import PerceptualLoss, ragan_d_loss, ragan_g_loss, vgg19_features
 from realsr.models.training import EMA, Trainer
+from realsr.steps.train import TrainSpec, train
+from realsr.steps.train_data import DegradedCrops, TrainingDataError, loader, training_images
+from realsr.steps.train_setup import build_generator
 from realsr.storage.banks import KernelSet, open_kernel_bank, write_kernel_bank
 from realsr.storage.run_dir import RunDir
-from realsr.steps.train_data import DegradedCrops, TrainingDataError, loader, training_images
 from realsr.storage.train_checkpoints import load_checkpoint
-from realsr.steps.train import TrainSpec, train
-from realsr.steps.train_setup import build_generator
 from realsr.storage.weights import require
 from tests.conftest import flat_noisy, textured, write_rgb
 
@@ -154,7 +154,9 @@ def test_a_bank_without_a_valid_kernel_is_refused_before_training(degrade_run, t
     run = tmp_path / "copy"
     shutil.copytree(degrade_run, run)
     attrs, sets = open_kernel_bank(run / "kernels.zarr")
-    broken = [KernelSet(k.scale, k.kernels, k.source, k.source_sha256, k.method, {**k.checks, "valid": np.zeros(len(k), bool)}, k.reason) for k in sets.values()]
+    broken = [
+        KernelSet(k.scale, k.kernels, k.source, k.source_sha256, k.method, {**k.checks, "valid": np.zeros(len(k), bool)}, k.reason) for k in sets.values()
+    ]
     write_kernel_bank(run / "kernels.zarr", broken, {k: v for k, v in attrs.items() if k not in ("kind", "schema_version", "digest", "scales", "versions")}, {})
     with pytest.raises(TrainingDataError, match="no valid x4 kernel"):
         train(_tiny(run, tmp_path / "t"), log=lambda m: None, bar=False)
@@ -267,8 +269,32 @@ def test_real_esrgans_losses_with_ldl_on_gs_tail_train_from_the_cli(degrade_run,
     from realsr.models.rrdbnet import RRDBConfig
 
     out = tmp_path / "t"
-    args = ["train", str(degrade_run), "--out", str(out), "--preset", "test-tiny", "--runtime", "local", "--iterations", "2", "--warmup", "0", "--log-every", "1",
-            "--perceptual-layers", REALESRGAN_LAYERS, "--gan-type", "vanilla", "--pixel-weight", "1", "--gan-weight", "0.1", "--artifact-weight", "1"]
+    args = [
+        "train",
+        str(degrade_run),
+        "--out",
+        str(out),
+        "--preset",
+        "test-tiny",
+        "--runtime",
+        "local",
+        "--iterations",
+        "2",
+        "--warmup",
+        "0",
+        "--log-every",
+        "1",
+        "--perceptual-layers",
+        REALESRGAN_LAYERS,
+        "--gan-type",
+        "vanilla",
+        "--pixel-weight",
+        "1",
+        "--gan-weight",
+        "0.1",
+        "--artifact-weight",
+        "1",
+    ]
     assert main([*args, "--train-blocks", "2"]) == 2 and "train_blocks" in capsys.readouterr().err  # test-tiny's G has one RRDB
     assert not out.exists()
     assert main([*args, "--train-blocks", "1"]) == 0
@@ -276,5 +302,7 @@ def test_real_esrgans_losses_with_ldl_on_gs_tail_train_from_the_cli(degrade_run,
     assert "l_artifacts" in header.split(",") and len(rows) == 2 and all(r.split(",")[header.split(",").index("l_artifacts")] for r in rows)
     _, g, ema, _ = load_checkpoint(out, 2)
     fresh = build_generator(None, RRDBConfig(scale=4, num_feat=8, num_block=1, num_grow_ch=8), 0)[0].state_dict()
-    assert torch.equal(g["conv_first.weight"], fresh["conv_first.weight"]) and torch.equal(ema["conv_first.weight"], fresh["conv_first.weight"])  # the frozen head did not move
+    assert torch.equal(g["conv_first.weight"], fresh["conv_first.weight"]) and torch.equal(
+        ema["conv_first.weight"], fresh["conv_first.weight"]
+    )  # the frozen head did not move
     assert not torch.equal(g["conv_last.weight"], fresh["conv_last.weight"])

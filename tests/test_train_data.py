@@ -15,11 +15,11 @@ from realsr.flows.train_settings import TrainSettings, train_spec
 from realsr.models.degradation import degrade, to_uint8
 from realsr.models.jpeg import recompress
 from realsr.models.rrdbnet import RRDBConfig, RRDBNet
+from realsr.steps.train import train
+from realsr.steps.train_data import DegradedCrops, training_images, validation_crops
 from realsr.storage.banks import open_kernel_bank
 from realsr.storage.model_files import read_checkpoint, save_generator
 from realsr.storage.run_dir import RunDir
-from realsr.steps.train import train
-from realsr.steps.train_data import DegradedCrops, training_images, validation_crops
 from tests.conftest import flat_noisy, textured, write_rgb
 
 QUALITY = 80

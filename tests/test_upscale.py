@@ -9,8 +9,8 @@ import torch
 
 from realsr.flows.cli import main
 from realsr.models.rrdbnet import RRDBConfig, RRDBNet
-from realsr.storage.model_files import load_generator, save_generator
 from realsr.steps.upscale import UpscaleOptions, upscale_paths
+from realsr.storage.model_files import load_generator, save_generator
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,9 @@ def test_small_images_are_batched_with_the_output_of_one_at_a_time(tiny_model, t
             a, b = (cv2.imread(str(tmp_path / d / f"{p.stem}_out.png")).astype(int) for d in ("one", "four"))
             assert np.abs(a - b).max() <= 1  # the same pixels for each image, whatever its batch
     calls.clear()
-    monkeypatch.setattr(up, "run_batch", lambda net, arrays, *a: (_ for _ in ()).throw(RuntimeError("out of memory")) if len(arrays) > 1 else real(net, arrays, *a))
+    monkeypatch.setattr(
+        up, "run_batch", lambda net, arrays, *a: (_ for _ in ()).throw(RuntimeError("out of memory")) if len(arrays) > 1 else real(net, arrays, *a)
+    )
     logs = []
     retried = upscale_paths(paths[:3], tmp_path / "retry", gen, UpscaleOptions(batch=4), torch.device("cpu"), log=logs.append)
     assert len(retried.written) == 3 and not retried.failed and any("one at a time" in m for m in logs)
@@ -270,7 +272,12 @@ def _png_header_bomb(path: Path, side: int) -> Path:
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 100))
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -294,8 +301,12 @@ def test_an_image_too_big_to_run_whole_is_tiled_with_progress_lines(tiny_model, 
     a = _png(tmp_path / "a.png", size=(48, 64))
     realsr = Path(sys.executable).parent / "realsr"
     # tiny model: ~7 KB a pixel whole (22 MB for 48x64); a 32 px tile with 4 px of context fits in 15 MB
-    run = subprocess.run([str(realsr), "upscale", "-i", str(a), "-o", str(tmp_path / "out"), "--model", str(tiny_model), "--max-memory", "0.015", "--tile-pad", "4"],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [str(realsr), "upscale", "-i", str(a), "-o", str(tmp_path / "out"), "--model", str(tiny_model), "--max-memory", "0.015", "--tile-pad", "4"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     assert "a.png: tiled at 32 px: whole it needs about" in run.stderr and "over the 0.015 GB limit (--max-memory)" in run.stderr
     assert "a.png: 64x48 in 6 tiles of 32 px" in run.stderr and "a_out.png (256x192" in run.stderr  # plain lines: stderr is no terminal

