@@ -83,9 +83,11 @@ def test_a_bug_in_a_flow_command_names_the_prefect_log(photo_dir, tmp_path, monk
     def broken(settings):
         raise KeyError("kernels")
 
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     monkeypatch.setattr("realsr.flows.preflight.degrade", broken)
-    with pytest.raises(KeyError) as caught:
+    with pytest.raises(KeyError) as caught, temporary_settings(restore_defaults={PREFECT_API_URL}):  # no server left set by an earlier test
         main(["degrade", "--source", str(photo_dir), "--out", str(tmp_path / "run")])
     note = caught.value.__notes__[-1]
     assert note.startswith("realsr degrade: an unexpected error") and "the flow runs' logs: Prefect's database in " in note and "prefect flow-run logs" in note
