@@ -21,7 +21,7 @@ import numpy as np
 from realsr.models.degradation import clean_up, crop_to_multiple, degrade, inject_noise, patch_grid, to_uint8
 from realsr.models.noise import draw_noise
 from realsr.steps.degrade_noise import COLUMNS, NoiseRule, extract_noise, write_bank
-from realsr.storage.atomic import read_json, write_bytes, write_json
+from realsr.storage.atomic import write_bytes, write_json
 from realsr.storage.banks import KernelSet, open_kernel_bank, open_noise_bank
 from realsr.storage.degrade_records import ImageInfo, PairRow, PairsRecord, PreprocessRecord, write_jsonl
 from realsr.storage.images import BadImageError, decode_image, jpeg_quality, read_bytes, read_png_uint8, sha256_bytes, write_png
@@ -323,48 +323,6 @@ def write_manifest(run: RunDir, pair_records: list[PairsRecord], remove_stale: b
     return {"path": str(run.manifest), "pairs": len(rows), "stale_removed": removed}
 
 
-def prune(run: RunDir, records: list[PreprocessRecord], pair_records: list[PairsRecord], kernel_records: list = ()) -> int:
-    """Remove what earlier runs recorded writing and no image of this run uses any more: stage
-    records no longer current, and the outputs each lists (its clean HR image, staged patches or
-    kernel, pairs). Nothing is found by listing an output folder, so a file the run did not write
-    is never touched.
-
-    Call only after a run in which every image either finished or is a bad input: an image that
-    failed for another reason would lose its earlier outputs.
-    """
-    current = {r.key for r in [*records, *pair_records, *kernel_records]}
-    keep_hr = {Path(r.clean_hr).name for r in records}
-    keep_pairs = {row.name for r in pair_records for row in r.rows}
-    removed = 0
-    for stage in ("preprocess", "pairs", "kernelgan"):
-        folder = run.work / stage
-        for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
-            key = path.stem
-            if not _is_key(key) or key in current:
-                continue
-            try:
-                old = read_json(path)
-            except (OSError, ValueError):
-                old = {}
-            old = old if isinstance(old, dict) and old.get("key") == key else {}  # unreadable: the record alone goes
-            outputs = []
-            if stage == "preprocess":
-                outputs.append(run.staged_noise(key))
-                if (hr := _plain_name(Path(str(old.get("clean_hr", ""))).name)) and hr not in keep_hr:
-                    outputs.append(run.clean_hr / hr)
-            elif stage == "pairs":
-                outputs += [
-                    run.pairs / d / f"{n}.png"
-                    for row in old.get("rows", [])
-                    if (n := _plain_name(str(row.get("name", "")))) and n not in keep_pairs
-                    for d in ("hr", "lr")
-                ]
-            else:
-                outputs.append(run.staged_kernel(key))
-            removed += sum(_remove(p) for p in outputs) + _remove(path)
-    return removed
-
-
 def _listed_names(manifest: Path) -> set[str]:
     """The pair names an earlier run's manifest lists (empty when there is none or it is unreadable)."""
     import json
@@ -382,10 +340,6 @@ def _listed_names(manifest: Path) -> set[str]:
         if n := _plain_name(str(name or "")):
             names.add(n)
     return names
-
-
-def _is_key(name: str) -> bool:
-    return len(name) == 32 and all(c in "0123456789abcdef" for c in name)
 
 
 def _plain_name(name: str) -> str:

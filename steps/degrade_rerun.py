@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from realsr.steps.degrade import DegradeSpec, key_of, pairs_done, pairs_key, preprocess_done
+from realsr.steps.degrade import DegradeSpec, _plain_name, _remove, key_of, pairs_done, pairs_key, preprocess_done
 from realsr.steps.degrade_kernels import kernel_done
 from realsr.storage.atomic import read_json, write_json
 from realsr.storage.degrade_records import KernelRecord, PairsRecord, PreprocessRecord
@@ -93,3 +93,49 @@ def split_pairs(
         else:
             todo.append(r)
     return done, todo
+
+
+def prune(run: RunDir, records: list[PreprocessRecord], pair_records: list[PairsRecord], kernel_records: list = ()) -> int:
+    """Remove what earlier runs recorded writing and no image of this run uses any more: stage
+    records no longer current, and the outputs each lists (its clean HR image, staged patches or
+    kernel, pairs). Nothing is found by listing an output folder, so a file the run did not write
+    is never touched.
+
+    Call only after a run in which every image either finished or is a bad input: an image that
+    failed for another reason would lose its earlier outputs.
+    """
+    current = {r.key for r in [*records, *pair_records, *kernel_records]}
+    keep_hr = {Path(r.clean_hr).name for r in records}
+    keep_pairs = {row.name for r in pair_records for row in r.rows}
+    removed = 0
+    for stage in ("preprocess", "pairs", "kernelgan"):
+        folder = run.work / stage
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+            key = path.stem
+            if not _is_key(key) or key in current:
+                continue
+            try:
+                old = read_json(path)
+            except (OSError, ValueError):
+                old = {}
+            old = old if isinstance(old, dict) and old.get("key") == key else {}  # unreadable: the record alone goes
+            outputs = []
+            if stage == "preprocess":
+                outputs.append(run.staged_noise(key))
+                if (hr := _plain_name(Path(str(old.get("clean_hr", ""))).name)) and hr not in keep_hr:
+                    outputs.append(run.clean_hr / hr)
+            elif stage == "pairs":
+                outputs += [
+                    run.pairs / d / f"{n}.png"
+                    for row in old.get("rows", [])
+                    if (n := _plain_name(str(row.get("name", "")))) and n not in keep_pairs
+                    for d in ("hr", "lr")
+                ]
+            else:
+                outputs.append(run.staged_kernel(key))
+            removed += sum(_remove(p) for p in outputs) + _remove(path)
+    return removed
+
+
+def _is_key(name: str) -> bool:
+    return len(name) == 32 and all(c in "0123456789abcdef" for c in name)

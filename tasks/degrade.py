@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from realsr.steps import degrade as stages
 from realsr.steps import degrade_kernels as kernel_steps
+from realsr.steps import degrade_rerun as rerun
 from realsr.steps.degrade import DegradeSpec
 from realsr.storage.atomic import no_retry
 from realsr.storage.degrade_records import KernelRecord, PairsRecord, PreprocessRecord
@@ -179,7 +180,7 @@ def write_manifest(run: RunDir, pair_records: list[PairsRecord], records: list[P
     """The manifest; stale outputs are pruned only when no image failed for a reason other than bad input."""
     log = get_run_logger()
     info = stages.write_manifest(run, pair_records, remove_stale=complete)
-    info["pruned"] = stages.prune(run, records, pair_records, kernel_records) if complete else 0
+    info["pruned"] = rerun.prune(run, records, pair_records, kernel_records) if complete else 0
     if not complete:
         log.warning("some images failed with errors: outputs of earlier runs were kept, nothing pruned")
     log.info(f"manifest {info['path']}: {info['pairs']} pairs")
