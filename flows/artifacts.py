@@ -91,6 +91,17 @@ def outcome(log, result, warnings: list[str], error: str | None = None):
     return result
 
 
+def settings_or_refusal(model, given, log):
+    """(a flow's settings, None): a deployment run's merged over the deployment's and checked in
+    its first second (flows/settings.py `resolve`); or (None, the Failed state refusing the run)."""
+    from realsr.flows.settings import SettingsError, resolve
+
+    try:
+        return resolve(model, given, log.info), None
+    except SettingsError as e:
+        return None, refused(log, e)
+
+
 def refused(log, error: Exception):
     """A flow run's settings refused in its first second: Failed with the one-line reason (what
     `prefect deployment run --watch` prints), no traceback; a direct call raises `error`."""

@@ -17,13 +17,7 @@ def add_parser(sub) -> None:
     x.add_argument("--safetensors", action="store_true", help="NAME.safetensors: the tensors under BasicSR's names (chaiNNer, spandrel)")
     x.add_argument("--fp16", action="store_true", help="also NAME.fp16.onnx, and ncnn weights stored in fp16 (half the size); refused too if over 1/255")
     x.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    x.add_argument(
-        "--verify-images",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="photos to verify on (centre crops of the first 3); default: a pipeline's held-out crops, else synthetic camera photos",
-    )
+    x.add_argument("--verify-images", type=Path, metavar="DIR", help="photos to verify on (default: a pipeline's held-out crops, else synthetic photos)")
     x.add_argument("--name", default=None, help="file stem (default: the released name, the pipeline folder's, or the checkpoint's)")
     x.add_argument("--force", action="store_true", help="replace files of the same names in OUTDIR")
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from realsr.flows.artifacts import image_markdown, means_markdown, publish, refused
-from realsr.flows.settings import EvaluateSettings, SettingsError, resolve
+from realsr.flows.artifacts import image_markdown, means_markdown, publish, settings_or_refusal
+from realsr.flows.settings import EvaluateSettings
 from realsr.steps import evaluate as ev
 from realsr.storage.atomic import write_json
 from realsr.tasks import evaluate as t
@@ -16,11 +16,9 @@ from realsr.tasks import evaluate as t
 
 @flow(name="evaluate-flow", log_prints=False, validate_parameters=False)
 def evaluate_flow(settings: EvaluateSettings) -> dict:
-    log = get_run_logger()
-    try:  # a deployment run's settings: merged over the deployment's, checked here (flows/settings.py)
-        settings = resolve(EvaluateSettings, settings, log.info)
-    except SettingsError as e:
-        return refused(log, e)
+    settings, refusal = settings_or_refusal(EvaluateSettings, settings, log := get_run_logger())
+    if refusal is not None:
+        return refusal
     out = settings.out.resolve()
     images, notes = ev.test_images(settings.lr, settings.hr)
     for n in notes:

