@@ -104,13 +104,18 @@ def _quiet(msg: str) -> None:
 # per image: clean-up and noise extraction (one decode serves both)
 
 
+def decode_source(path: Path, data: bytes, s: DegradeSpec):
+    """A source photo as every degrade step reads it (clean-up, noise, KernelGAN): one place."""
+    return decode_image(path, data, max_pixels=s.max_pixels)
+
+
 def prepare_source(path: Path, run: RunDir, s: DegradeSpec, log: Log = _quiet) -> PreprocessRecord:
     """Clean up one source photo and find its noise patches; returns a small record."""
     t0 = time.perf_counter()
     data, _, key = source_key(path, s, s.preprocess_key_fields())
     if (done := preprocess_done(run, key, path)) is not None:
         return done
-    src = decode_image(path, data, max_pixels=s.max_pixels)
+    src = decode_source(path, data, s)
     name = image_name(path, src.sha256)
     h, w = src.rgb.shape[:2]
     need = s.cleanup_factor * s.scale

@@ -14,11 +14,11 @@ import numpy as np
 from realsr.models.errors import InputError
 from realsr.models.kernelgan_post import seed_spread, x4_base
 from realsr.models.kernels import KERNEL_SIZE, RESIZE_CONVENTION, analytic_x4, bicubic_kernel, check_kernel, consensus_kernel
-from realsr.steps.degrade import DegradeSpec, Log, _quiet, npz_bytes, source_key
+from realsr.steps.degrade import DegradeSpec, Log, _quiet, decode_source, npz_bytes, source_key
 from realsr.storage.atomic import write_bytes
 from realsr.storage.banks import KernelSet, open_kernel_bank, write_kernel_bank
 from realsr.storage.degrade_records import KernelRecord
-from realsr.storage.images import BadImageError, decode_image
+from realsr.storage.images import BadImageError
 from realsr.storage.run_dir import RunDir
 
 
@@ -45,7 +45,7 @@ def estimate_source_kernels(paths: list[Path], run: RunDir, s: DegradeSpec, devi
             if (done := kernel_done(run, key)) is not None:
                 results[path] = done
                 continue
-            rgb = decode_image(path, data, max_pixels=s.max_pixels).rgb
+            rgb = decode_source(path, data, s).rgb
             if problem := cfg.too_small(*rgb.shape[:2]):
                 raise BadImageError(path, problem)
             todo.append((path, sha, key, rgb))
