@@ -171,6 +171,11 @@ class DegradeSettings(BaseModel):
     pair_stride: int | None = Field(None, ge=1, description="Step between HR patches (default: pair_hr_size).")
     seed: int = Field(0, ge=0, description="Seed of every random draw (kernel, noise patch, crop).")
     max_megapixels: float = Field(200.0, gt=0, description="Refuse larger images (decompression-bomb guard).")
+    colour: Literal["srgb", "as-stored"] = Field(
+        "srgb",
+        description="srgb: each photo converted to sRGB from its ICC profile, as viewers show it; as-stored: its values as the file holds them "
+        "(Display P3 stays P3), for a model of one wide-gamut camera whose photos are upscaled with `upscale --profile keep`.",
+    )
     images_per_task: int | None = Field(None, ge=1, le=256, description="Images per Prefect task (default: about 8 tasks per stage, at most 32 images each).")
 
     @field_validator("kernels")

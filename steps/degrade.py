@@ -45,6 +45,7 @@ class DegradeSpec:
     pair_hr_size: int
     stride: int  # the settings' pair_stride, or pair_hr_size
     max_megapixels: float
+    colour: str  # "srgb" or "as-stored": what decode_source gives the steps
     noise: NoiseRule
     noise_match_brightness: bool
     kernelgan_iterations: int
@@ -70,6 +71,7 @@ class DegradeSpec:
             "scale": self.scale,
             "cleanup_factor": self.cleanup_factor,
             **self.noise.key_fields(),
+            **self.colour_key(),
         }
 
     def kernelgan_key_fields(self) -> dict:
@@ -82,7 +84,19 @@ class DegradeSpec:
             from realsr.storage.kernel_prior_file import sha256_of, verify
 
             prior = {"prior_sha256": sha256_of(verify(self.kernel_prior))}  # hashed once per file, not per photo
-        return {"stage": "kernelgan", "version": f"{STAGE_VERSION}.{VERSION}", "iterations": self.kernelgan_iterations, "seed": self.seed, **seeds, **prior}
+        return {
+            "stage": "kernelgan",
+            "version": f"{STAGE_VERSION}.{VERSION}",
+            "iterations": self.kernelgan_iterations,
+            "seed": self.seed,
+            **seeds,
+            **prior,
+            **self.colour_key(),
+        }
+
+    def colour_key(self) -> dict:
+        """The colour in a stage key only when it is not sRGB: runs from before the setting stay current."""
+        return {} if self.colour == "srgb" else {"colour": self.colour}
 
     def pairs_key_fields(self) -> dict:
         """The fields an image's pairs depend on (the banks' digests are added by the caller)."""
@@ -106,7 +120,7 @@ def _quiet(msg: str) -> None:
 
 def decode_source(path: Path, data: bytes, s: DegradeSpec):
     """A source photo as every degrade step reads it (clean-up, noise, KernelGAN): one place."""
-    return decode_image(path, data, max_pixels=s.max_pixels)
+    return decode_image(path, data, max_pixels=s.max_pixels, to_srgb=s.colour == "srgb")
 
 
 def prepare_source(path: Path, run: RunDir, s: DegradeSpec, log: Log = _quiet) -> PreprocessRecord:

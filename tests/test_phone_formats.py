@@ -201,3 +201,26 @@ def test_a_tiff_with_an_orientation_is_turned_upright_once():
     Image.fromarray(stored).save(buf, "TIFF", exif=exif.tobytes())
     img = decode_image("turned.tif", buf.getvalue(), upright=True)
     assert np.array_equal((img.rgb * 255).round().astype(np.uint8), apply_orientation(stored, 6))
+
+
+def test_colour_as_stored_keeps_a_wide_gamut_cameras_values(tmp_path):
+    """`--colour as-stored`: the clean HR of a Display P3 photo is made from its values as stored
+    (as an untagged copy's is); by default they are converted to sRGB first."""
+    from realsr.flows.cli import main
+
+    photo = small_photo(5, 128, 160)
+    runs = {}
+    for name, data, flags in [
+        ("p3", png_with_icc(photo, display_p3_icc()), []),
+        ("p3-as-stored", png_with_icc(photo, display_p3_icc()), ["--colour", "as-stored"]),
+        ("untagged", cv2.imencode(".png", photo[..., ::-1])[1].tobytes(), []),
+    ]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "photo.png").write_bytes(data)
+        out = tmp_path / f"run-{name}"
+        assert main(["degrade", "--source", str(tmp_path / name), "--out", str(out), "--kernels", "bicubic", "--workers", "0", *flags]) == 0
+        runs[name] = cv2.imread(str(next((out / "clean_hr").glob("*.png"))))
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["settings"]["colour"] == ("as-stored" if flags else "srgb")
+    assert np.array_equal(runs["p3-as-stored"], runs["untagged"])
+    assert np.abs(runs["p3"].astype(int) - runs["untagged"]).max() > 10

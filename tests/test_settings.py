@@ -32,7 +32,7 @@ def test_defaults_follow_the_paper():
         ({"kernelgan_device": "tpu"}, "String should match pattern"),
         ({"kernelgan_iterations": 0}, "greater than or equal to 1"),
         ({"out": Path("/data/photos/run")}, "must not be inside the source"),
-        ({"colour": "red"}, "Extra inputs"),
+        ({"tint": "red"}, "Extra inputs"),
     ],
 )
 def test_nonsense_values_get_clear_messages(kw, message):
