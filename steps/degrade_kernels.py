@@ -61,29 +61,34 @@ def estimate_source_kernels(paths: list[Path], run: RunDir, s: DegradeSpec, devi
         )
         seconds = round((time.perf_counter() - t0) / len(todo), 3)
         for (path, sha, key, _), est in zip(todo, estimates):
-            fallback = None if est.ok else f"{est.problem}: the bicubic kernel stands in"
-            if fallback:
-                log(f"{Path(path).name}: {fallback}")
-            kernel = est.kernel if est.ok else bicubic_kernel(2)
-            write_bytes(run.staged_kernel(key), npz_bytes({"kernel": kernel, "raw": est.raw}))
-            spread = seed_spread(est, 0 if prior is not None else cfg.n_filtering) if est.ok else None
-            if spread is not None and spread > SPREAD_FLAG:
-                log(f"{Path(path).name}: its {cfg.seeds} seeds disagree (spread {spread:.3f} > {SPREAD_FLAG}): its kernel is their median, look at it")
-            record = KernelRecord(
-                key=key,
-                source=str(path),
-                sha256=sha,
-                losses=est.losses,
-                device=device,
-                seconds=seconds,
-                iterations=est.iterations,
-                seed=est.seed,
-                fallback=fallback,
-                spread=spread,
-            )
-            record.save(run)
-            results[path] = record
+            results[path] = _record(est, path, sha, key, run, s, cfg, device, seconds, prior is not None, log)
     return [results[p] for p in paths]
+
+
+def _record(est, path: Path, sha: str, key: str, run: RunDir, s: DegradeSpec, cfg, device: str, seconds: float, fkp: bool, log: Log) -> KernelRecord:
+    """One photo's estimate kept: its kernel (bicubic where KernelGAN failed) staged, its record saved."""
+    fallback = None if est.ok else f"{est.problem}: the bicubic kernel stands in"
+    if fallback:
+        log(f"{Path(path).name}: {fallback}")
+    kernel = est.kernel if est.ok else bicubic_kernel(2)
+    write_bytes(run.staged_kernel(key), npz_bytes({"kernel": kernel, "raw": est.raw}))
+    spread = seed_spread(est, 0 if fkp else cfg.n_filtering) if est.ok else None
+    if spread is not None and spread > SPREAD_FLAG:
+        log(f"{Path(path).name}: its {cfg.seeds} seeds disagree (spread {spread:.3f} > {SPREAD_FLAG}): its kernel is their median, look at it")
+    record = KernelRecord(
+        key=key,
+        source=str(path),
+        sha256=sha,
+        losses=est.losses,
+        device=device,
+        seconds=seconds,
+        iterations=est.iterations,
+        seed=est.seed,
+        fallback=fallback,
+        spread=spread,
+    )
+    record.save(run)
+    return record
 
 
 # A photo whose seeds' kernels lie this far (mean total variation to their median) from one another

@@ -121,39 +121,8 @@ def export_model(spec: ExportSpec, log: Callable[[str], None] = print) -> Export
     sheet_outputs = {"realsr upscale": product[0]}
     checks = []
     with tempfile.TemporaryDirectory(prefix="realsr-export-") as tmp:
-        tmp = Path(tmp)
         for kind, files in plan.items():
-            paths = [tmp / f for f in files]
-            try:
-                runner = _write(kind, gen, state, meta, source, paths, spec)
-                crops, refs = (images, product) if kind != "onnx-fp16" else half_reference(gen, images, log)
-                outs = [_to8(runner(rgb)) for _, rgb in crops]
-                diffs = [int(np.abs(o.astype(np.int16) - ref).max()) for o, ref in zip(outs, refs)]
-            except (fmt.ExportError, RuntimeError, ValueError, OSError) as e:
-                report.refused.append({"format": kind, "reason": str(e).splitlines()[0] if str(e) else type(e).__name__})
-                continue
-            worst = max(diffs)
-            against = "realsr upscale's" if kind != "onnx-fp16" else "realsr upscale's in half precision (its default on a GPU)"
-            checks.append(
-                {
-                    "format": kind,
-                    "files": files,
-                    "max_abs_diff_255": worst,
-                    "per_image": dict(zip((n for n, _ in crops), diffs)),
-                    "images": where,
-                    "against": against,
-                }
-            )
-            if worst > TOLERANCE:
-                reason = f"its output differs from {against} by {worst}/255 (max over {len(crops)} crops; at most {TOLERANCE}/255 allowed): not kept"
-                report.refused.append({"format": kind, "reason": reason, "max_diff": worst})
-                continue
-            if kind != "onnx-fp16":
-                sheet_outputs[kind] = outs[0]
-            for p in paths:  # copied whole, atomically; the temporary copy goes with the folder
-                write_bytes(out / p.name, p.read_bytes())
-            report.kept.append({"format": kind, "files": [str(out / f) for f in files], "max_diff": worst})
-            log(f"kept {kind}: {', '.join(files)} (max |diff| vs {against} output {worst}/255 on {len(crops)} crop(s))")
+            _export_one(kind, files, Path(tmp), out, gen, state, meta, source, spec, (where, images, product), report, checks, sheet_outputs, log)
     if report.kept:
         report.sheet = out / f"{name}.sheet.png"
         write_contact_sheet(report.sheet, images[0][1], sheet_outputs, gen.scale)
@@ -172,6 +141,37 @@ def export_model(spec: ExportSpec, log: Callable[[str], None] = print) -> Export
         report.card = out / f"{name}.json"
         write_json(report.card, card)
     return report
+
+
+def _export_one(
+    kind, files, tmp: Path, out: Path, gen, state, meta, source, spec, verify, report: ExportReport, checks: list, sheet_outputs: dict, log
+) -> None:
+    """Write one format in `tmp`, run it in its own runtime on the crops and keep it in `out`
+    only within TOLERANCE of the product's output; else say why in `report.refused`."""
+    where, images, product = verify
+    paths = [tmp / f for f in files]
+    try:
+        runner = _write(kind, gen, state, meta, source, paths, spec)
+        crops, refs = (images, product) if kind != "onnx-fp16" else half_reference(gen, images, log)
+        outs = [_to8(runner(rgb)) for _, rgb in crops]
+        diffs = [int(np.abs(o.astype(np.int16) - ref).max()) for o, ref in zip(outs, refs)]
+    except (fmt.ExportError, RuntimeError, ValueError, OSError) as e:
+        report.refused.append({"format": kind, "reason": str(e).splitlines()[0] if str(e) else type(e).__name__})
+        return
+    worst = max(diffs)
+    against = "realsr upscale's" if kind != "onnx-fp16" else "realsr upscale's in half precision (its default on a GPU)"
+    per_image = dict(zip((n for n, _ in crops), diffs))
+    checks.append({"format": kind, "files": files, "max_abs_diff_255": worst, "per_image": per_image, "images": where, "against": against})
+    if worst > TOLERANCE:
+        reason = f"its output differs from {against} by {worst}/255 (max over {len(crops)} crops; at most {TOLERANCE}/255 allowed): not kept"
+        report.refused.append({"format": kind, "reason": reason, "max_diff": worst})
+        return
+    if kind != "onnx-fp16":
+        sheet_outputs[kind] = outs[0]
+    for p in paths:  # copied whole, atomically; the temporary copy goes with the folder
+        write_bytes(out / p.name, p.read_bytes())
+    report.kept.append({"format": kind, "files": [str(out / f) for f in files], "max_diff": worst})
+    log(f"kept {kind}: {', '.join(files)} (max |diff| vs {against} output {worst}/255 on {len(crops)} crop(s))")
 
 
 def half_reference(gen, images: list[tuple[str, np.ndarray]], log: Callable[[str], None]) -> tuple[list, list[np.ndarray]]:
