@@ -88,3 +88,17 @@ def stop_groups(procs: list[subprocess.Popen], grace: float = 30) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny x4 RRDBNet generator file (8 features, 1 block, growth 32: spandrel loads it too)."""
+    import torch
+
+    from realsr.models.rrdbnet import RRDBConfig, RRDBNet
+    from realsr.storage.model_files import save_generator
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "tiny_x4.pth"
+    save_generator(path, RRDBNet(RRDBConfig(num_feat=8, num_block=1, num_grow_ch=32)))
+    return path

@@ -8,17 +8,8 @@ import pytest
 import torch
 
 from realsr.flows.cli import main
-from realsr.models.rrdbnet import RRDBConfig, RRDBNet
 from realsr.steps.upscale import UpscaleOptions, upscale_paths
-from realsr.storage.model_files import load_generator, save_generator
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "tiny_x4.pth"
-    save_generator(path, RRDBNet(RRDBConfig(num_feat=8, num_block=1, num_grow_ch=32)))
-    return path
+from realsr.storage.model_files import load_generator
 
 
 def _inputs(folder: Path) -> dict[str, Path]:

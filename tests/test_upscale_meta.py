@@ -9,28 +9,18 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
 from realsr.flows.cli import main
-from realsr.models.rrdbnet import RRDBConfig, RRDBNet
 from realsr.steps.upscale import UpscaleOptions, upscale_paths
 from realsr.storage.image_formats import to_srgb
 from realsr.storage.image_write import encode_image, jpeg_with_meta, png_with_meta, srgb_icc, upright_exif
 from realsr.storage.images import jpeg_quality
-from realsr.storage.model_files import load_generator, save_generator
+from realsr.storage.model_files import load_generator
 from tests.phone_files import display_p3_icc
 
 MAKE, MODEL, ORIENTATION, EXIF_IFD, PIXEL_X = 0x010F, 0x0110, 0x0112, 0x8769, 0xA002
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "tiny_x4.pth"
-    save_generator(path, RRDBNet(RRDBConfig(num_feat=8, num_block=1, num_grow_ch=32)))
-    return path
 
 
 def _exif(orientation: int) -> bytes:
