@@ -16,6 +16,7 @@ import torch
 
 from realsr.models.errors import RealsrError
 from realsr.storage import image_write
+from realsr.storage.image_formats import register_heif
 from realsr.storage.images import BadImageError, ImageHeader, list_images
 from realsr.storage.output_record import OutputRecord
 
@@ -53,7 +54,7 @@ def check_options(opts: UpscaleOptions) -> None:
     mode that does not exist."""
     if opts.ext not in FORMATS and opts.ext not in WRITABLE:
         raise UpscaleError(f"--format {opts.ext}: choose one of {', '.join(FORMATS)}")
-    if opts.ext in ("heic", "heif") and not image_write.heic_available():
+    if opts.ext in ("heic", "heif") and not register_heif():
         raise UpscaleError(image_write.HEIC_MISSING)
     if opts.quality is not None and not 1 <= opts.quality <= 100:
         raise UpscaleError(f"--quality {opts.quality}: between 1 and 100")

@@ -9,6 +9,7 @@ converts with LittleCMS (Pillow's ImageCms), relative colorimetric as browsers d
 
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
@@ -117,6 +118,14 @@ def metadata(data: bytes) -> tuple[bytes | None, bytes | None]:
     return icc, (bytes(exif) if exif else None)
 
 
+@functools.lru_cache(maxsize=1)
+def srgb_icc() -> bytes:
+    """LittleCMS's sRGB profile (IEC 61966-2.1 primaries and tone curve), as Pillow builds it."""
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
 def profile_name(icc: bytes) -> str:
     from PIL import ImageCms
 
@@ -150,7 +159,7 @@ def to_srgb(rgb: np.ndarray, icc: bytes) -> np.ndarray:
     if shaper is None:
         raise FormatError("16-bit with a table-based ICC profile is not converted (LittleCMS in Pillow takes 8-bit only): save it as 8-bit or as sRGB")
     matrix, curves = shaper
-    srgb, _ = _matrix_shaper(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    srgb, _ = _matrix_shaper(srgb_icc())
     x = rgb.astype(np.float64) / 65535.0
     linear = np.stack([curves[c](x[..., c]) for c in range(3)], -1)
     out = linear @ (np.linalg.solve(srgb, matrix)).T

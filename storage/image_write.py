@@ -9,13 +9,14 @@ write both themselves. EXIF travels as bare TIFF bytes (no "Exif\\0\\0" prefix).
 
 from __future__ import annotations
 
-import functools
 import io
 import struct
 import zlib
 
 import cv2
 import numpy as np
+
+from realsr.storage.image_formats import register_heif, srgb_icc  # noqa: F401  (srgb_icc: this module's API too)
 
 HOLDS_ALPHA = {"png", "webp", "tif", "tiff", "bmp", "heic", "heif", "avif"}
 HOLDS_16 = {"png", "tif", "tiff"}
@@ -26,25 +27,9 @@ EXIF_ORIENTATION, EXIF_IFD, PIXEL_X, PIXEL_Y = 0x0112, 0x8769, 0xA002, 0xA003
 TIFF_LAYOUT = frozenset({254, 256, 257, 258, 259, 262, 273, 277, 278, 279, 284, 317, 322, 323, 324, 325, 338, 339, 34675})
 
 
-@functools.lru_cache(maxsize=1)
-def srgb_icc() -> bytes:
-    """LittleCMS's sRGB profile (IEC 61966-2.1 primaries and tone curve), as Pillow builds it."""
-    from PIL import ImageCms
-
-    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
-
-
 def icc_space(icc: bytes) -> str:
     """The profile's data colour space from its header: 'RGB', 'GRAY', 'CMYK', ..."""
     return icc[16:20].decode("latin-1").strip() if len(icc) >= 20 else ""
-
-
-def heic_available() -> bool:
-    try:
-        import pillow_heif  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def bare_tiff(exif: bytes) -> bytes | None:
@@ -150,9 +135,7 @@ def _pillow(out: np.ndarray, fmt: str, quality: int | None, icc: bytes | None, e
     from PIL import Image
 
     if fmt == "HEIF":
-        import pillow_heif
-
-        pillow_heif.register_heif_opener()
+        register_heif()
     im = Image.fromarray(out[..., 0] if out.ndim == 3 and out.shape[2] == 1 else out)
     params = (
         {"compression": "tiff_adobe_deflate"}
