@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger, unmapped
 
 from realsr.flows import preflight
 from realsr.flows.artifacts import image_markdown, outcome, publish, refused, warning_markdown
+from realsr.flows.dask_cluster import check_cluster, gpu_annotations
 from realsr.flows.runtime import cluster_slots, task_runner
 from realsr.flows.settings import DegradeSettings, SettingsError, resolve
 from realsr.models.errors import InputError
@@ -113,10 +114,11 @@ def degrade_flow(settings: DegradeSettings) -> dict:
     try:  # a deployment run's settings: merged over the deployment's, checked here (flows/settings.py)
         settings = resolve(DegradeSettings, settings, log.info)
         preflight.kernel_prior(settings)
+        check_cluster()  # REALSR_DASK_CLUSTER / _ADAPT of a deployment's environment, before its cluster starts
     except (SettingsError, PriorFileError) as e:
         return refused(log, e)
     with staged(settings.source, settings.out, log.info) as local:
-        summary, records, sheets = degrade_local(settings.model_copy(update={"source": local.source, "out": local.out}), log)
+        summary, records, sheets = degrade_local(settings.model_copy(update={"source": local.source, "out": local.out}), log, source_name=str(settings.source))
         summary = local.rebase(summary)
         summary["settings"] = settings.model_dump(mode="json")
         summary["warnings"], summary["error"] = usable(summary)
@@ -158,11 +160,12 @@ def usable(s: dict) -> tuple[list[str], str | None]:
     return warnings, None
 
 
-def degrade_local(settings: DegradeSettings, log) -> tuple[dict, list[PreprocessRecord], dict[str, Path]]:
-    """degrade-flow on local folders: the summary, the per-image records and the contact sheets."""
+def degrade_local(settings: DegradeSettings, log, source_name: str | None = None) -> tuple[dict, list[PreprocessRecord], dict[str, Path]]:
+    """degrade-flow on local folders: the summary, the per-image records and the contact sheets.
+    `source_name`: the source as the user named it, where `settings.source` is its local mirror."""
     t0 = time.perf_counter()
     run, sources, ignored = _claim(settings, log)
-    spec = settings.spec()
+    spec = settings.spec(source_name)
     timings: dict[str, float] = {}
     p = _prepare(settings, spec, run, sources, timings, log)
     tn = time.perf_counter()
@@ -179,7 +182,7 @@ def degrade_local(settings: DegradeSettings, log) -> tuple[dict, list[Preprocess
     pairs += known_pairs
     complete = all(f["bad_input"] for f in p.skipped + pair_failed + p.kernel_failed)
     manifest = t.write_manifest(run, pairs, p.records, p.kernel_records, complete)
-    rerun.write_index(run, p.records)
+    rerun.write_index(run, p.records, spec)
     timings["pairs"] = time.perf_counter() - tq
     timings["total"] = time.perf_counter() - t0
 
@@ -255,7 +258,8 @@ def _prepare(settings: DegradeSettings, spec, run: RunDir, sources: list[Path], 
     if settings.kernels.startswith("kernelgan"):  # one more fan-out, beside clean-up and noise extraction
         kernel_records, to_estimate = rerun.split_kernels(processed_photos(sources), run, spec, index)
         kernel_batches = kernelgan_batches(to_estimate, settings.kernelgan_batch)
-        with dask.annotate(priority=-1):  # workers run clean-up first (see flows.runtime)
+        route = gpu_annotations(log) if kernel_batches else {}  # to the workers that declare a GPU, where some do
+        with dask.annotate(priority=-1, **route):  # workers run clean-up first (see flows.runtime)
             kernel_futures = t.estimate_kernels.map(kernel_batches, unmapped(run), unmapped(spec), unmapped(settings.kernelgan_device))
     else:
         kernels = t.build_kernel_bank(run, spec)

@@ -203,12 +203,19 @@ class DegradeSettings(BaseModel):
         check_apart(self.source, self.out)  # either way, links resolved
         return self
 
-    def spec(self) -> "DegradeSpec":
-        """The typed input of degrade-flow's steps."""
+    def spec(self, source_name: str | None = None) -> "DegradeSpec":
+        """The typed input of degrade-flow's steps; `source_name`: the source as the user named it,
+        where `source` is its local mirror (steps/mirrors.py)."""
         from realsr.steps.degrade import DegradeSpec
         from realsr.steps.degrade_noise import NoiseRule
 
-        return build(DegradeSpec, self, noise=build(NoiseRule, self, "noise_"), stride=self.pair_stride or self.pair_hr_size)
+        return build(
+            DegradeSpec,
+            self,
+            noise=build(NoiseRule, self, "noise_"),
+            stride=self.pair_stride or self.pair_hr_size,
+            source_name=str(source_name or self.source),
+        )
 
 
 def degrade_spec(**over) -> "DegradeSpec":

@@ -9,6 +9,7 @@ the flow (`flows/degrade.py`) fans these out over Dask through the tasks in `tas
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from realsr.storage.atomic import write_bytes, write_json
 from realsr.storage.banks import KernelSet, open_kernel_bank, open_noise_bank
 from realsr.storage.degrade_records import ImageInfo, PairRow, PairsRecord, PreprocessRecord, write_jsonl
 from realsr.storage.images import BadImageError, decode_image, jpeg_quality, read_bytes, read_png_uint8, sha256_bytes, write_png
+from realsr.storage.remote import is_url
 from realsr.storage.run_dir import RunDir, image_name, stage_key
 
 Log = Callable[[str], None]
@@ -38,6 +40,7 @@ class DegradeSpec:
     setting is its `Field` there plus its field here and its use)."""
 
     source: Path  # the source folder: records are keyed on each photo's path inside it
+    source_name: str  # the source folder as the user named it: a URL when `source` is its local mirror
     scale: int
     kernels: str
     seed: int
@@ -51,6 +54,19 @@ class DegradeSpec:
     kernelgan_iterations: int
     kernelgan_seeds: int
     kernel_prior: str  # the kernelgan-fkp sources' prior file
+
+    def photo_name(self, path: Path) -> str:
+        """How records and banks name a photo: its path, or for a folder mirrored from a URL the
+        photo's URL, the same on every machine (a local mirror's path is not: another machine
+        would see other names, a changed noise bank and remade pairs)."""
+        if not is_url(self.source_name):
+            return str(path)
+        return f"{self.source_name.rstrip('/')}/{_relative(path, self.source)}"
+
+    def photo_path(self, name: str) -> Path:
+        """The local file of a photo named by `photo_name`."""
+        root = self.source_name.rstrip("/") + "/"
+        return Path(self.source) / name[len(root) :] if is_url(self.source_name) and name.startswith(root) else Path(name)
 
     @property
     def uses_prior(self) -> bool:
@@ -127,7 +143,7 @@ def prepare_source(path: Path, run: RunDir, s: DegradeSpec, log: Log = _quiet) -
     """Clean up one source photo and find its noise patches; returns a small record."""
     t0 = time.perf_counter()
     data, _, key = source_key(path, s, s.preprocess_key_fields())
-    if (done := preprocess_done(run, key, path)) is not None:
+    if (done := preprocess_done(run, key, s.photo_name(path))) is not None:
         return done
     src = decode_source(path, data, s)
     name = image_name(path, src.sha256)
@@ -145,7 +161,7 @@ def prepare_source(path: Path, run: RunDir, s: DegradeSpec, log: Log = _quiet) -
         write_bytes(run.staged_noise(key), npz_bytes(table))
     record = PreprocessRecord(
         key=key,
-        source=str(path),
+        source=s.photo_name(path),
         sha256=src.sha256,
         name=name,
         source_size=[w, h],
@@ -183,12 +199,23 @@ def key_of(path: Path, sha: str, s: DegradeSpec, fields: dict) -> str:
     return stage_key({**fields, "sha256": sha, "path": _relative(path, s.source)})
 
 
-def preprocess_done(run: RunDir, key: str, path: Path) -> PreprocessRecord | None:
-    """The clean-up record of an earlier run, when its outputs are all still there."""
-    done = PreprocessRecord.load(run, key, source=str(path), cached=True)
-    if done is not None and Path(done.clean_hr).exists() and (done.noise_count == 0 or run.staged_noise(key).exists()):
+def preprocess_done(run: RunDir, key: str, name: str) -> PreprocessRecord | None:
+    """The clean-up record of an earlier run, when its outputs are all still there. Its clean HR
+    image is found in this run folder by name: the folder may be a copy (another machine's mirror
+    of the same URL), where the path the record was written with does not exist."""
+    done = PreprocessRecord.load(run, key, source=name, cached=True)
+    if done is None:
+        return None
+    done = in_run(done, run)
+    if Path(done.clean_hr).exists() and (done.noise_count == 0 or run.staged_noise(key).exists()):
         return done
     return None
+
+
+def in_run(record: PreprocessRecord, run: RunDir) -> PreprocessRecord:
+    """The record with its clean HR image's path in `run` (where a worker or another machine wrote it elsewhere)."""
+    here = str(run.clean_hr / Path(record.clean_hr).name)
+    return record if record.clean_hr == here else dataclasses.replace(record, clean_hr=here)
 
 
 def pairs_key(record: PreprocessRecord, s: DegradeSpec, kernel_digest: str, noise_digest: str) -> str:

@@ -77,7 +77,7 @@ def _record(est, path: Path, sha: str, key: str, run: RunDir, s: DegradeSpec, cf
         log(f"{Path(path).name}: its {cfg.seeds} seeds disagree (spread {spread:.3f} > {SPREAD_FLAG}): its kernel is their median, look at it")
     record = KernelRecord(
         key=key,
-        source=str(path),
+        source=s.photo_name(path),
         sha256=sha,
         losses=est.losses,
         device=device,

@@ -31,21 +31,22 @@ def read_index(run: RunDir) -> dict[str, list]:
     return index if isinstance(index, dict) else {}
 
 
-def write_index(run: RunDir, records: list[PreprocessRecord]) -> None:
-    """The index of the photos this run read, with their size and time as they are now."""
+def write_index(run: RunDir, records: list[PreprocessRecord], s: DegradeSpec) -> None:
+    """The index of the photos this run read (by their names, `DegradeSpec.photo_name`), with
+    their size and time as they are now (a mirrored photo's are its object's: storage/remote.py)."""
     index = {}
     for r in records:
         try:
-            st = Path(r.source).stat()
+            st = s.photo_path(r.source).stat()
         except OSError:
             continue
         index[r.source] = [st.st_size, st.st_mtime_ns, r.sha256]
     write_json(run.work / INDEX, index)
 
 
-def known_hash(path: Path, index: dict[str, list]) -> str | None:
+def known_hash(path: Path, name: str, index: dict[str, list]) -> str | None:
     """The photo's content hash from the index, when its size and modification time still match."""
-    entry = index.get(str(path))
+    entry = index.get(name)
     if not entry:
         return None
     try:
@@ -59,8 +60,8 @@ def split_prepared(paths: list[Path], run: RunDir, s: DegradeSpec, index: dict) 
     """(clean-up records of unchanged photos, photos to clean up)."""
     done, todo = [], []
     for path in paths:
-        sha = known_hash(path, index)
-        record = preprocess_done(run, key_of(path, sha, s, s.preprocess_key_fields()), path) if sha else None
+        sha = known_hash(path, s.photo_name(path), index)
+        record = preprocess_done(run, key_of(path, sha, s, s.preprocess_key_fields()), s.photo_name(path)) if sha else None
         if record:
             done.append(record)
         else:
@@ -72,7 +73,7 @@ def split_kernels(paths: list[Path], run: RunDir, s: DegradeSpec, index: dict) -
     """(KernelGAN records of unchanged photos, photos to estimate)."""
     done, todo = [], []
     for path in paths:
-        sha = known_hash(path, index)
+        sha = known_hash(path, s.photo_name(path), index)
         record = kernel_done(run, key_of(path, sha, s, s.kernelgan_key_fields())) if sha else None
         if record:
             done.append(record)

@@ -324,7 +324,18 @@ def jpeg_quality(data: bytes) -> dict | None:
 
 
 def read_bytes(path: Path | str) -> bytes:
-    """A file's bytes, with read failures turned into BadImageError naming the file."""
+    """A file's bytes (a local path, or a URL: a photo a run at a URL names by it), with read
+    failures turned into BadImageError naming the file."""
+    from realsr.storage.remote import RemoteError, is_url, remote_bytes
+
+    if is_url(path):
+        try:
+            data = remote_bytes(str(path))
+        except RemoteError as e:
+            raise BadImageError(path, f"cannot read ({e})") from None
+        if data is None:
+            raise BadImageError(path, "cannot read (no such file)")
+        return data
     try:
         return Path(path).read_bytes()
     except OSError as e:

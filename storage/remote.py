@@ -76,6 +76,25 @@ def stamp(info: dict) -> str:
     return f"size:{info.get('size')}:{info.get('LastModified') or info.get('mtime') or info.get('updated')}"
 
 
+def object_time_ns(info: dict) -> int | None:
+    """The modification time a mirrored file gets: its object's (LastModified), with a digest of
+    its version stamp in the nanoseconds. Every machine's copy of an object then has the same size
+    and time, so the run's source index (steps/degrade_rerun.py) tells an unchanged photo by a stat
+    on any machine, and a replaced object (new stamp) differs even within the same second."""
+    when = info.get("LastModified") or info.get("mtime") or info.get("updated")
+    if when is None:
+        return None
+    if isinstance(when, str):
+        from datetime import datetime
+
+        try:
+            when = datetime.fromisoformat(when.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    seconds = int(when.timestamp()) if hasattr(when, "timestamp") else int(float(when))
+    return seconds * 1_000_000_000 + int(hashlib.sha256(stamp(info).encode()).hexdigest()[:8], 16) % 1_000_000_000
+
+
 class Mirror:
     """A remote folder and its local copy (`tree`), with a record of what was last in sync.
 
@@ -139,6 +158,8 @@ class Mirror:
                     part.unlink(missing_ok=True)
                 raise RemoteError(f"{self.url}: downloading {len(fetch)} files failed ({type(e).__name__}: {e})") from None
         for rel, part in zip(fetch, parts):
+            if (ns := object_time_ns(remote[rel])) is not None:
+                os.utime(part, ns=(ns, ns))
             os.replace(part, self.tree / rel)
         files = {rel: {"remote": stamp(info), **_local_stat(self.tree / rel)} for rel, info in remote.items()}
         for path in sorted(self.tree.rglob("*"), reverse=True):  # gone remotely: gone here
@@ -191,16 +212,22 @@ def remote_images(url: str) -> list[str]:
     return sorted(mirror.remote_files(is_image_name))
 
 
-def remote_text(url: str) -> str | None:
-    """The text of one small remote file, None where it does not exist."""
+def remote_bytes(url: str) -> bytes | None:
+    """The bytes of one remote file, None where it does not exist."""
     fs, path = filesystem(url)
     try:
         with fs.open(path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
+            return f.read()
     except FileNotFoundError:
         return None
     except Exception as e:
         raise RemoteError(f"{url}: cannot read it ({type(e).__name__}: {e})") from None
+
+
+def remote_text(url: str) -> str | None:
+    """The text of one small remote file, None where it does not exist."""
+    data = remote_bytes(url)
+    return None if data is None else data.decode("utf-8", "replace")
 
 
 def _local_stat(path: Path) -> dict:

@@ -22,6 +22,7 @@ import realsr.flows
 # spec fields that take their value from a setting of another name, or from no setting (why)
 RENAMED = {
     ("DegradeSpec", "stride"): "pair_stride",  # pair_stride, else pair_hr_size
+    ("DegradeSpec", "source_name"): "source",  # the source as given, where `source` is its local mirror
     ("Scoring", "crop"): "crop_border",  # crop_border, else the scale
     ("LossWeights", "pixel"): "pixel_weight",
     ("LossWeights", "perceptual"): "perceptual_weight",

@@ -115,13 +115,16 @@ def test_degrade_reads_and_writes_s3(s3, prefect_server, photo_dir, tmp_path, ca
     again = json.loads(s3.cat(f"{BUCKET}/runs/cam1/summary.json"))
     assert again["worked_on"] == {"clean-up": 0, "kernelgan": 0, "pairs": 0} and again["cached"] == 4
 
-    # on another machine (an empty cache) it downloads the run and cleans up nothing again: the
-    # clean-up tasks find each photo's records by content (the pairs are remade: the noise bank
-    # names its photos by their local path, which differs there)
+    # on another machine (an empty cache) it downloads the run and sends no photo to a worker:
+    # records and banks name the photos by their URL, and a mirrored photo's size and time are
+    # its object's, the same there
     os.environ["XDG_CACHE_HOME"] = str(tmp_path / "other-machine")
     assert main(["degrade", "--source", src, "--out", out, "--pair-hr-size", "64", "--workers", "2"]) == 0
     other = json.loads(s3.cat(f"{BUCKET}/runs/cam1/summary.json"))
-    assert other["cached"] == 4 and other["pairs"]["pairs"] == summary["pairs"]["pairs"]
+    assert other["worked_on"] == {"clean-up": 0, "kernelgan": 0, "pairs": 0} and other["cached"] == 4
+    assert other["pairs"] == summary["pairs"] and other["noise_bank"]["digest"] == summary["noise_bank"]["digest"]
+    names = zarr.open_group(f"{out}/noise.zarr", mode="r")["source"][:]
+    assert all(str(n).startswith(f"{src}/") for n in names)  # the photos' URLs, not a machine's mirror path
 
     # training reads the run at its URL (the mirror degrade left: nothing to download) and
     # writes its folder there; a rerun with --auto-resume finds the finished run in it
