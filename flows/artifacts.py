@@ -12,14 +12,21 @@ from pathlib import Path
 
 from realsr.models.errors import RealsrError
 from realsr.steps.sheets import preview
+from realsr.storage.remote import RemoteError, fetch_file, is_url
 
 
 def image_markdown(path: Path | str | None, title: str) -> str:
     """`![title](data:...)` and the file's path, or nothing when there is no such picture."""
+    shown = path
+    if path and is_url(path):  # a stage's sheet at a URL: a local copy
+        try:
+            path = fetch_file(str(path), "sheets")
+        except RemoteError:
+            return ""
     if not path or not Path(path).exists():
         return ""
     mime, data = preview(Path(path))
-    return f"**{title}** (`{path}`)\n\n![{title}](data:{mime};base64,{base64.b64encode(data).decode()})\n"
+    return f"**{title}** (`{shown}`)\n\n![{title}](data:{mime};base64,{base64.b64encode(data).decode()})\n"
 
 
 def means_markdown(means: list[dict], results_md: Path | str | None = None) -> str:

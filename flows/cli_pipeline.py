@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from realsr.flows.cli_degrade import runtime_flags
-from realsr.storage.remote import is_url, mirrored, remote_text
+from realsr.storage.remote import fetch_file, is_url, remote_text
 
 
 def _json_object(text: str) -> dict:
@@ -84,8 +84,8 @@ def print_result(summary: dict) -> None:
         print(f"contact sheet: {e['sheet']}")
     print(f"kernel bank sheet: {summary['kernel_sheet']}\nnoise bank sheet: {summary['noise_sheet']}")
     model = summary["model"]
-    if is_url(model):  # upscale reads local files: the mirror holds the same file
-        model = str(mirrored(summary["out"], "pipeline", model))
+    if is_url(model):  # upscale reads local files: a local copy, fetched when it changed
+        model = str(fetch_file(model, "model"))
     print(f"\nthe camera's model: {summary['model']}\nupscale with:  realsr upscale -i PHOTOS -o OUT --model {model}")
 
 

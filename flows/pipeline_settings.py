@@ -77,7 +77,8 @@ class PipelineSettings(BaseModel):
     source: Location = Field(description="Folder of the camera's photos (searched recursively): a path, or a URL such as s3://bucket/photos.")
     out: Location = Field(
         description=(
-            "Pipeline folder: run/ (degrade), train/, trained.pth (the trained generator), eval/ (the table), pipeline.json; a path, or a URL (stages inline)."
+            "Pipeline folder: run/ (degrade), train/, trained.pth (the trained generator), eval/ (the table), pipeline.json; a path, or a URL "
+            "(then each stage, on whichever machine runs it, reads and writes there)."
         )
     )
     preset: Literal["auto", "product", "cpu", "demo", "test-tiny"] = Field(
@@ -127,11 +128,11 @@ class PipelineSettings(BaseModel):
                 raise ValueError(
                     "; ".join(f"{stage}.{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg'].removeprefix('Value error, ')}" for err in e.errors())
                 ) from None
-        if is_url(self.out) and self.stages == "deployments":
+        if self.stages == "deployments" and is_url(self.out) and not is_url(self.source):
             raise ValueError(
                 (
-                    "out: a pipeline folder at a URL runs its stages inline (stage deployments on other machines would each need the URL's mirror); set "
-                    "stages to inline"
+                    f"source: a pipeline folder at a URL runs its stages wherever their pools' workers are, which may not see {self.source} on this "
+                    f"machine; put the photos at a URL too (e.g. beside the pipeline folder), or set stages to inline"
                 )
             )
         if self.test_hr is not None and self.test_lr is None:

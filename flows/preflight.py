@@ -12,8 +12,8 @@ from realsr.models.errors import InputError
 
 def degrade(settings) -> None:
     from realsr.storage.banks import open_kernel_bank
-    from realsr.storage.images import list_images
-    from realsr.storage.remote import is_url, remote_images
+    from realsr.storage.images import list_images, remote_images
+    from realsr.storage.remote import is_url
     from realsr.storage.run_dir import check_remote_folder, check_run_dir
 
     images = remote_images(settings.source) if is_url(settings.source) else list_images(settings.source)[0]

@@ -229,10 +229,12 @@ class EvaluateSettings(BaseModel):
 
     model_config = FLOW_SETTINGS
 
-    lr: Path = Field(description="Folder of LR test images.")
-    hr: Path | None = Field(None, description="Folder of their HR ground truth, matched by file stem (none: SR images and a sheet only).")
-    models: list[str] = Field(default_factory=list, description="Checkpoint paths or known names (realsr-df2k, realesrgan-x4plus); bicubic is always a row.")
-    out: Path = Field(description="Output folder: results.csv, results.md, sr/<model>/, contact_sheet.png, cache/.")
+    lr: Location = Field(description="Folder of LR test images: a path, or a URL.")
+    hr: Location | None = Field(None, description="Folder of their HR ground truth, matched by file stem (none: SR images and a sheet only).")
+    models: list[str] = Field(
+        default_factory=list, description="Checkpoint paths or URLs, or known names (realsr-df2k, realesrgan-x4plus); bicubic is always a row."
+    )
+    out: Location = Field(description="Output folder: results.csv, results.md, sr/<model>/, contact_sheet.png, cache/; a path, or a URL.")
     scale: Literal[2, 4] = Field(4, description="SR scale; every model must have it.")
     crop_border: int | None = Field(None, ge=0, le=64, description="Pixels dropped on each side before PSNR/SSIM (default: the scale).")
     tile: int = Field(0, ge=0, le=8192, description="Tile size in LR px for the models (0: whole images).")
@@ -257,8 +259,8 @@ class EvaluateSettings(BaseModel):
 
     @model_validator(mode="after")
     def _paths(self) -> "EvaluateSettings":
-        if not self.lr.is_dir():
-            raise ValueError(f"lr: {self.lr} is not a folder")
-        if self.hr is not None and not self.hr.is_dir():
-            raise ValueError(f"hr: {self.hr} is not a folder")
+        """Local folders are checked here; a URL when the run mirrors it (on the machine that runs it)."""
+        for name in ("lr", "hr"):
+            if (folder := getattr(self, name)) is not None and not is_url(folder) and not folder.is_dir():
+                raise ValueError(f"{name}: {folder} is not a folder")
         return self

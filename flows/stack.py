@@ -3,7 +3,7 @@ workers on one machine, brought up in order (each waited for) and taken down by 
 
     up:   server on a free loopback port (PREFECT_UI_API_URL set, so the UI calls that port)
           -> cpu-pool, gpu-pool (process) -> tag limit `gpu` = the host's GPUs (1 without one)
-          -> `prefect deploy --all` (REALSR_REPO, REALSR_DATA set) -> CPU and GPU workers online
+          -> prefect.yaml's process set deployed (REALSR_REPO, REALSR_DATA set) -> CPU and GPU workers online
     down: workers first (their flow runs with them), then the server; SIGTERM, SIGKILL after 20 s
 
 DIR holds stack.json (pids, URL), port (the last port: the UI's address stays the same across
@@ -34,6 +34,14 @@ STOP_GRACE_S = 20
 
 class StackError(RealsrError, ValueError):
     """The stack could not be brought up: one line naming the step and where its log is."""
+
+
+def process_deployments() -> list[str]:
+    """prefect.yaml's deployments on this stack's pools: its Docker and Kubernetes sets need pools
+    (and workers) of their own, so `prefect deploy --all` would stop at their first."""
+    import yaml
+
+    return [d["name"] for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"] if d["work_pool"]["name"] in POOLS]
 
 
 def _prefect() -> str:
@@ -137,7 +145,7 @@ class Stack:
             n = gpus if gpus is not None else _gpu_count()
             self._set_gpu_limit(max(1, n), env)
             done(f"pools: {', '.join(POOLS)}; tag limit gpu = {max(1, n)} ({n} GPUs here)")
-            self._cli(["--no-prompt", "deploy", "--all"], env, timeout=600)
+            self._cli(["--no-prompt", "deploy", *(arg for name in process_deployments() for arg in ("--name", name))], env, timeout=600)
             done("deployments: " + ", ".join(sorted(d["name"] for d in self._get("/deployments/filter", {}) or [])))
             for pool, count in (("cpu-pool", cpu_workers), ("gpu-pool", gpu_workers)):
                 for i in range(count):

@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger
 from realsr.flows.artifacts import image_markdown, publish, settings_or_refusal
 from realsr.flows.train_settings import PAPER, TrainSettings
 from realsr.steps.mirrors import staged
+from realsr.storage.atomic import write_json
 from realsr.tasks import train as t
 
 
@@ -46,7 +47,10 @@ def staged_training(settings: TrainSettings, train: Callable[[TrainSettings], di
     summary naming the URLs, and the one naming the local copies."""
     with staged(settings.run_dir, settings.out, say, source_role="run", out_role="train") as local:
         summary = train(settings.model_copy(update={"run_dir": local.source, "out": local.out}))
-        return local.rebase(summary), summary
+        shown = local.rebase(summary)
+        if shown != summary:  # the folder at a URL names its files there, not in this machine's mirror
+            write_json(Path(local.out) / "summary.json", shown)
+        return shown, summary
 
 
 def settings_markdown(settings: TrainSettings) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -25,17 +25,23 @@ class Staged:
     source: Path | None  # the local folder to read the photos from
     out: Path  # the local run folder
     rebase: Callable[[object], object]  # local mirror paths in a result -> the URLs the user gave
+    also: dict[str, Path] = field(default_factory=dict)  # each further input given (`staged`'s `also`) -> its local folder
+
+    def local(self, location) -> Path | None:
+        """The local folder of an input given in `also` (itself when it is not a URL)."""
+        return None if location is None else self.also.get(str(location), Path(location))
 
 
 @contextmanager
-def held(source: Path | str | None, out: Path | str, source_role: str = "sources", out_role: str = "run") -> Iterator[None]:
+def held(source: Path | str | None, out: Path | str, source_role: str = "sources", out_role: str = "run", also: tuple = ()) -> Iterator[None]:
     """Hold the locks of what a run writes (storage/lock.py): its local `out` folder, and the
     local mirror of each URL among `source` and `out` (a pull writes a mirror too). Another run
     holding one is refused at once (FolderBusy). `staged` takes them; the CLI takes them first,
     right after its preflight, so a second run is refused before its Prefect server starts."""
     with ExitStack() as stack:
-        if is_url(source):
-            stack.enter_context(hold(mirror_dir(str(source), source_role), f"local mirror of {source}"))
+        for location, role in [(source, source_role), *also]:
+            if is_url(location):
+                stack.enter_context(hold(mirror_dir(str(location), role), f"local mirror of {location}"))
         if is_url(out):
             stack.enter_context(hold(mirror_dir(str(out), out_role), f"local mirror of {out}"))
         else:
@@ -44,25 +50,35 @@ def held(source: Path | str | None, out: Path | str, source_role: str = "sources
 
 
 @contextmanager
-def staged(source: Path | str | None, out: Path | str, say: Callable[[str], None], source_role: str = "sources", out_role: str = "run") -> Iterator[Staged]:
+def staged(
+    source: Path | str | None, out: Path | str, say: Callable[[str], None], source_role: str = "sources", out_role: str = "run", also: tuple = ()
+) -> Iterator[Staged]:
     """Local folders for `source` (read) and `out` (read and written); a URL among them is
     mirrored before and, for `out`, uploaded after, also when the run fails (what it finished is
     kept for the rerun). Roles name the mirrors: a degrade run's folder (`run`) read by training
-    is the same local copy that degrade wrote. The run holds the locks of `held` throughout."""
-    with held(source, out, source_role, out_role):
-        with _staged(source, out, say, source_role, out_role) as local:
+    is the same local copy that degrade wrote. `also`: further (location, role) inputs, read only.
+    The run holds the locks of `held` throughout."""
+    with held(source, out, source_role, out_role, also):
+        with _staged(source, out, say, source_role, out_role, also) as local:
             yield local
 
 
 @contextmanager
-def _staged(source, out, say, source_role, out_role) -> Iterator[Staged]:
+def _staged(source, out, say, source_role, out_role, also=()) -> Iterator[Staged]:
     src = Mirror(str(source), source_role) if is_url(source) else None
     run = Mirror(str(out), out_role) if is_url(out) else None
-    swaps = []
+    swaps, extra = [], {}
     if src is not None:
         n = src.pull(keep=is_image_name if source_role == "sources" else lambda rel: True)
         say(f"{source_role} {src.url}: {n} files downloaded to {src.tree} (the others were current)")
         swaps.append((str(src.tree), src.url))
+    for location, role in also:
+        if is_url(location):
+            m = Mirror(str(location), role)
+            n = m.pull()
+            say(f"{role} {m.url}: {n} files downloaded to {m.tree} (the others were current)")
+            swaps.append((str(m.tree), m.url))
+            extra[str(location)] = m.tree
     if run is not None:
         n = run.pull()
         say(f"{out_role} folder {run.url}: {n} files downloaded to {run.tree} (the others were current)")
@@ -76,7 +92,7 @@ def _staged(source, out, say, source_role, out_role) -> Iterator[Staged]:
 
     ok = False
     try:
-        yield Staged(src.tree if src else (Path(source) if source is not None else None), run.tree if run else Path(out), rebase)
+        yield Staged(src.tree if src else (Path(source) if source is not None else None), run.tree if run else Path(out), rebase, extra)
         ok = True
     finally:
         if run is not None:

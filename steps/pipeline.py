@@ -1,6 +1,8 @@
 """realsr-pipeline's steps: when a stage is current, and the files that chain the stages.
 
-PIPELINE_DIR/
+PIPELINE_DIR/              a folder, or a URL (each stage then mirrors what it needs itself, on
+                           whichever machine runs it; this module reads and writes only the
+                           small records, where they are: storage/locations.py)
   pipeline.json            the key each stage last completed with (a stage whose key is
                            unchanged and whose output is there is skipped)
   run/                     degrade-flow's run folder
@@ -10,19 +12,21 @@ PIPELINE_DIR/
                            and the `trained` row of the tables)
   eval/                    evaluate-flow on the held-out photos' crops (train/<key>/val)
   eval-test/               evaluate-flow on the user's own LR/HR test folder, when given
+  summary.json             the last run's summary
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from realsr.models.errors import InputError
-from realsr.storage.atomic import read_json, write_bytes, write_json
 from realsr.storage.images import is_image_name, list_images
-from realsr.storage.remote import Mirror, is_url, stamp
+from realsr.storage.locations import exists, join, read_json_at, write_json_at
+from realsr.storage.remote import Mirror, copy_file, filesystem, is_url, stamp
 from realsr.storage.run_dir import TOOL
 
 STAGES = ("degrade", "train", "evaluate")
@@ -31,30 +35,33 @@ RECORD = "pipeline.json"
 
 @dataclass(frozen=True)
 class PipelineDir:
-    root: Path
+    root: Path | str  # a folder, or a URL
+
+    def at(self, *parts: str) -> Path | str:
+        return join(self.root, *parts)
 
     @property
-    def run(self) -> Path:
-        return self.root / "run"
+    def run(self) -> Path | str:
+        return self.at("run")
 
-    def train(self, key: str) -> Path:
-        return self.root / "train" / key[:12]
-
-    @property
-    def model(self) -> Path:
-        return self.root / "trained.pth"
+    def train(self, key: str) -> Path | str:
+        return self.at("train", key[:12])
 
     @property
-    def eval(self) -> Path:
-        return self.root / "eval"
+    def model(self) -> Path | str:
+        return self.at("trained.pth")
 
     @property
-    def eval_test(self) -> Path:
-        return self.root / "eval-test"
+    def eval(self) -> Path | str:
+        return self.at("eval")
 
     @property
-    def record(self) -> Path:
-        return self.root / RECORD
+    def eval_test(self) -> Path | str:
+        return self.at("eval-test")
+
+    @property
+    def record(self) -> Path | str:
+        return self.at(RECORD)
 
 
 def digest(obj) -> str:
@@ -86,39 +93,60 @@ def train_key(settings: dict, degrade: str) -> str:
     return digest({"settings": {k: v for k, v in settings.items() if k not in ("run_dir", "out", "resume")}, "degrade": degrade})
 
 
+def evaluate_key(models: list[str], train: str, lr: Path | str, hr: Path | str | None) -> str:
+    """An evaluation's output depends on the models (a checkpoint by its file's version; the
+    trained one by its training's key), and on the test photos."""
+
+    def version(model: str):
+        if is_url(model):
+            fs, path = filesystem(model)
+            return [model, stamp(fs.info(path))]
+        if Path(model).is_file():
+            st = os.stat(model)
+            return [model, st.st_size, st.st_mtime_ns]
+        return [model]  # a released model's name: its weights are pinned by digest
+
+    return digest({"models": [version(m) for m in models], "train": train, "lr": folder_listing(lr), "hr": folder_listing(hr) if hr else None})
+
+
+def folder_listing(folder: Path | str) -> list[list]:
+    """The images of a test folder, by name and version (names relative: the held-out crops of
+    the same training are the same set wherever they are mirrored)."""
+    root = str(folder).rstrip("/") if is_url(folder) else str(Path(folder).resolve())
+    return [[str(name).removeprefix(root), *rest] for name, *rest in source_listing(folder)]
+
+
 def read_stages(pdir: PipelineDir) -> dict:
-    if not pdir.record.exists():
-        return {}
     try:
-        return read_json(pdir.record).get("stages", {})
-    except (ValueError, OSError) as e:
+        return read_json_at(pdir.record).get("stages", {})
+    except FileNotFoundError:
+        return {}
+    except (ValueError, OSError, AttributeError) as e:
         raise InputError(f"{pdir.record}: unreadable pipeline record ({e}); delete it to rerun every stage") from e
 
 
 def record_stage(pdir: PipelineDir, stage: str, key: str, **info) -> None:
     stages = read_stages(pdir)
     stages[stage] = {"key": key, **info}
-    write_json(pdir.record, {"tool": TOOL, "stages": stages})
+    write_json_at(pdir.record, {"tool": TOOL, "stages": stages})
 
 
-def is_current(pdir: PipelineDir, stage: str, key: str, output: Path) -> bool:
+def is_current(pdir: PipelineDir, stage: str, key: str, output: Path | str) -> bool:
     """The stage last completed with this key and its output is still there."""
-    return read_stages(pdir).get(stage, {}).get("key") == key and output.exists()
+    return read_stages(pdir).get(stage, {}).get("key") == key and exists(output)
 
 
-def train_done(out: Path, iterations: int) -> bool:
+def train_done(out: Path | str, iterations: int) -> bool:
     """A training folder that reached its last iteration (its summary says so)."""
-    summary = out / "summary.json"
-    if not summary.exists():
-        return False
     try:
-        s = read_json(summary)
-    except (ValueError, OSError):
+        s = read_json_at(join(out, "summary.json"))
+    except (FileNotFoundError, ValueError, OSError):
         return False
-    return s.get("iterations") == iterations and Path(s.get("latest", "")).exists()
+    return isinstance(s, dict) and s.get("iterations") == iterations and exists(s.get("latest") or "-")
 
 
-def publish_model(latest: Path, pdir: PipelineDir) -> Path:
-    """Copy the trained generator to PIPELINE_DIR/trained.pth (atomically: a reader never sees half)."""
-    write_bytes(pdir.model, Path(latest).read_bytes())
+def publish_model(latest: Path | str, pdir: PipelineDir) -> Path | str:
+    """Copy the trained generator to PIPELINE_DIR/trained.pth, whole (a reader never sees half;
+    at a URL the store copies it, nothing is downloaded)."""
+    copy_file(latest, pdir.model)
     return pdir.model

@@ -323,6 +323,13 @@ def jpeg_quality(data: bytes) -> dict | None:
     return {"quality": quality, "table_error": round(err, 3)}
 
 
+def remote_images(url: str) -> list[str]:
+    """The photos a degrade run would take from the folder at `url` (relative paths, sorted)."""
+    from realsr.storage.remote import Mirror
+
+    return sorted(Mirror(url, "sources").remote_files(is_image_name))
+
+
 def read_bytes(path: Path | str) -> bytes:
     """A file's bytes (a local path, or a URL: a photo a run at a URL names by it), with read
     failures turned into BadImageError naming the file."""

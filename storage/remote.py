@@ -204,12 +204,56 @@ class Mirror:
         return len(changed)
 
 
-def remote_images(url: str) -> list[str]:
-    """The photos a degrade run would take from the folder at `url` (relative paths, sorted)."""
-    from realsr.storage.images import is_image_name
+def fetch_file(url: str, role: str) -> Path:
+    """The local copy of one remote file (a model a run names by URL), downloaded only when its
+    version stamp differs from the copy's; the copy is replaced whole (a reader never sees half)."""
+    fs, path = filesystem(url)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        raise RemoteError(f"{url}: no such file") from None
+    except Exception as e:
+        raise RemoteError(f"{url}: cannot read it ({type(e).__name__}: {e})") from None
+    root = mirror_dir(url, role)
+    local, record = root / url.rstrip("/").rsplit("/", 1)[-1], root / SYNC_RECORD
+    try:
+        known = read_json(record)
+    except (OSError, ValueError):
+        known = {}
+    if local.is_file() and known.get("remote") == stamp(info) and _local_unchanged(local, known):
+        return local
+    part = local.with_name(f"{local.name}.{os.getpid()}.part")  # two processes fetching it do not share a file
+    part.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fs.get(path, str(part))
+    except Exception as e:
+        part.unlink(missing_ok=True)
+        raise RemoteError(f"{url}: downloading it failed ({type(e).__name__}: {e})") from None
+    os.replace(part, local)
+    write_json(record, {"url": url, "remote": stamp(info), **_local_stat(local)})
+    return local
 
-    mirror = Mirror(url, "sources")
-    return sorted(mirror.remote_files(is_image_name))
+
+def copy_file(src: str | Path, dst: str | Path) -> None:
+    """`src` to `dst`, either a path or a URL; a copy within one store stays there (no download)."""
+    if not is_url(src) and not is_url(dst):
+        from realsr.storage.atomic import write_bytes
+
+        write_bytes(Path(dst), Path(src).read_bytes())
+        return
+    fs, dpath = filesystem(str(dst)) if is_url(dst) else (None, None)
+    try:
+        if is_url(src) and is_url(dst) and type(filesystem(str(src))[0]) is type(fs):
+            fs.copy(filesystem(str(src))[1], dpath)
+        elif is_url(dst):
+            fs.put_file(str(src), dpath)
+        else:
+            fetched = fetch_file(str(src), "copies")
+            copy_file(fetched, dst)
+    except RemoteError:
+        raise
+    except Exception as e:
+        raise RemoteError(f"copying {src} to {dst} failed ({type(e).__name__}: {e})") from None
 
 
 def remote_bytes(url: str) -> bytes | None:

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from realsr.flows.stack import process_deployments
+
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
 
 
@@ -30,4 +32,6 @@ def test_compose_builds_the_dockerfiles_targets_and_publishes_on_loopback_only()
     assert ports and all(p.startswith("127.0.0.1:") for p in ports)
     assert services["gpu-worker"]["image"].endswith(":cuda") and "gpu-pool" in (DOCKER / "Dockerfile").read_text()
     deploy = " ".join(services["deploy"]["command"])
-    assert "cpu-pool" in deploy and "gpu-pool" in deploy and "deploy --all" in deploy
+    assert "cpu-pool" in deploy and "gpu-pool" in deploy
+    # the process set by name, as `realsr stack up` deploys it (`--all` would need the container pools too)
+    assert re.findall(r"--name (\S+)", deploy) == process_deployments()

@@ -227,5 +227,6 @@ def test_a_pipeline_folder_at_a_url(s3, prefect_server, photo_dir, capsys):
 
     from realsr.flows.pipeline_settings import PipelineSettings
 
-    with pytest.raises(ValidationError, match="a pipeline folder at a URL runs its stages inline"):
-        PipelineSettings(source=f"s3://{BUCKET}/photos", out=out, preset="test-tiny", stages="deployments")
+    assert PipelineSettings(source=f"s3://{BUCKET}/photos", out=out, preset="test-tiny", stages="deployments").stages == "deployments"
+    with pytest.raises(ValidationError, match="put the photos at a URL too"):
+        PipelineSettings(source=photo_dir, out=out, preset="test-tiny", stages="deployments")
