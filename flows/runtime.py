@@ -114,7 +114,11 @@ def local_workers() -> int:
 @contextmanager
 def cluster_env(workers: int | None, address: str | None) -> Iterator[None]:
     """REALSR_DASK_WORKERS / REALSR_DASK_ADDRESS set from command-line flags for one run (as a
-    deployment's environment sets them), restored after."""
+    deployment's environment sets them), restored after. The cluster settings are checked first,
+    before any server or cluster starts (flows/dask_cluster.py)."""
+    from realsr.flows.dask_cluster import check_cluster
+
+    check_cluster(workers, address)
     env = {"REALSR_DASK_WORKERS": str(workers) if workers else None, "REALSR_DASK_ADDRESS": address}
     previous = {k: os.environ.get(k) for k in env}
     os.environ.update({k: v for k, v in env.items() if v})
@@ -129,19 +133,24 @@ def cluster_env(workers: int | None, address: str | None) -> Iterator[None]:
 
 
 def cluster_slots() -> int:
-    """Tasks the flow's cluster runs at once: on a scheduler of one's own (REALSR_DASK_ADDRESS),
-    the threads of its workers as the scheduler reports them, not this machine's cores."""
-    address = os.environ.get("REALSR_DASK_ADDRESS")
-    if not address:
-        return local_workers()
-    from distributed import Client
+    """Tasks the flow's cluster runs at once: the threads of its workers as its scheduler reports
+    them (the running flow's cluster, or the one at REALSR_DASK_ADDRESS), not this machine's cores.
+    A REALSR_DASK_CLUSTER class not started yet counts what its arguments ask for, and an adaptive
+    one what it may grow to (adapt's maximum); else the local cluster's workers."""
+    from realsr.flows.dask_cluster import cluster_setting, cluster_workers, declared_slots
 
-    with Client(address, timeout=30) as client:
-        return max(1, sum(client.nthreads().values()))
+    workers = cluster_workers()
+    running = sum(w["nthreads"] for w in workers.values()) if workers else 0
+    spec = cluster_setting()
+    declared = declared_slots(spec) if spec else None
+    if spec and spec.adapt and declared:
+        return max(running, declared)
+    return running or declared or local_workers()
 
 
 def task_runner(workers: int | None = None, address: str | None = None):
-    """A DaskTaskRunner on an existing scheduler (tcp://...) or on a local process cluster.
+    """A DaskTaskRunner on an existing scheduler (tcp://...), on a cluster class of one's own
+    (REALSR_DASK_CLUSTER, flows/dask_cluster.py) or on a local process cluster.
 
     REALSR_DASK_ADDRESS / REALSR_DASK_WORKERS set the same from a deployment's environment.
     """
@@ -153,11 +162,21 @@ def task_runner(workers: int | None = None, address: str | None = None):
         return DaskTaskRunner(address=address)
     import dask
 
+    from realsr.flows.dask_cluster import cluster_setting
+    from realsr.flows.settings import SettingsError
+
     # Dask queues only "root-ish" tasks on the scheduler and hands the others to workers at once:
     # the two KernelGAN batches took both workers while five clean-up batches waited in the
     # queue. With queuing off every task reaches a worker, which runs them by priority.
+    # (A scheduler in this process only: the local cluster's, or a LocalCluster of REALSR_DASK_CLUSTER.)
     if "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION" not in os.environ:
         dask.config.set({"distributed.scheduler.worker-saturation": float("inf")})
+    try:
+        spec = cluster_setting()
+    except SettingsError as e:  # degrade-flow builds its runner on import, which a bad setting must not break:
+        return DaskTaskRunner(cluster_class=_refusal(e))  # the flow refuses it first (dask_cluster.check_cluster)
+    if spec:
+        return DaskTaskRunner(cluster_class=spec.path, cluster_kwargs=spec.kwargs, adapt_kwargs=spec.adapt)
     n = workers or local_workers()
     processes = os.environ.get("REALSR_DASK_PROCESSES", "1") != "0"
     return DaskTaskRunner(
@@ -172,3 +191,12 @@ def task_runner(workers: int | None = None, address: str | None = None):
             **({"host": "127.0.0.1"} if processes else {}),
         },
     )
+
+
+def _refusal(error: Exception):
+    """A cluster 'class' that raises the setting's error where the cluster would start."""
+
+    def refused_cluster(**_):
+        raise error
+
+    return refused_cluster

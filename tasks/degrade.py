@@ -23,6 +23,7 @@ from realsr.steps import degrade as stages
 from realsr.steps import degrade_kernels as kernel_steps
 from realsr.steps import degrade_rerun as rerun
 from realsr.steps.degrade import DegradeSpec
+from realsr.steps.on_worker import Apart, on_worker
 from realsr.storage.atomic import no_retry
 from realsr.storage.degrade_records import KernelRecord, PairsRecord, PreprocessRecord
 from realsr.storage.images import BadImageError
@@ -94,6 +95,11 @@ def _settle(outcomes: list[tuple[object, dict | Exception]]) -> list[dict]:
 
 def _each(items: list, label: Callable, work: Callable[[object], dict]) -> list[dict]:
     """Run `work` on every item; an error costs only its own item."""
+    return _settle(_outcomes(items, label, work))
+
+
+def _outcomes(items: list, label: Callable, work: Callable[[object], dict]) -> list[tuple[object, object]]:
+    """(label, record or the exception) of every item."""
     cv2.setNumThreads(1)  # one task per worker process: OpenCV's pool would oversubscribe the cores
     outcomes = []
     for item in items:
@@ -103,7 +109,7 @@ def _each(items: list, label: Callable, work: Callable[[object], dict]) -> list[
             if no_retry(e):  # ...but a full disk fails the next one too
                 raise
             outcomes.append((label(item), e))
-    return _settle(outcomes)
+    return outcomes
 
 
 _PER_IMAGE = dict(
@@ -116,31 +122,39 @@ _PER_IMAGE = dict(
 
 
 @task(name="clean-up", **_PER_IMAGE)
-def prepare_sources(items: list[Path], run: RunDir, spec: DegradeSpec) -> list[PreprocessRecord]:
-    """Clean-up and noise extraction of each source image (one decode serves both)."""
+def prepare_sources(items: list[Path] | list[str], run: RunDir, spec: DegradeSpec, apart: Apart | None = None) -> list[PreprocessRecord]:
+    """Clean-up and noise extraction of each source image (one decode serves both). `apart`: the
+    worker shares no disk with the flow; `items` are photo names (URLs), see steps/on_worker.py."""
     log = get_run_logger()
 
-    def one(path: Path) -> PreprocessRecord:
+    def one(path: Path, run: RunDir, spec: DegradeSpec) -> PreprocessRecord:
         record = stages.prepare_source(path, run, spec, log.info)
         for note in record.notes:
-            log.warning(f"{path}: {note}")
+            log.warning(f"{record.source}: {note}")
         return record
 
-    return _each(items, lambda p: p, one)
+    if apart is None:
+        return _each(items, lambda p: p, lambda p: one(p, run, spec))
+    with on_worker(apart, spec, photos=items) as (here, local):
+        outcomes = _outcomes(items, lambda n: n, lambda n: one(local.photo_path(n), here, local))
+    return _settle(outcomes)  # after the upload: the good images' outputs are kept when one fails
 
 
 @task(name="pairs", **_PER_IMAGE)
-def make_pairs(items: list[PreprocessRecord], run: RunDir, spec: DegradeSpec, kernel_digest: str, noise_digest: str) -> list[PairsRecord]:
+def make_pairs(
+    items: list[PreprocessRecord], run: RunDir, spec: DegradeSpec, kernel_digest: str, noise_digest: str, apart: Apart | None = None
+) -> list[PairsRecord]:
     log = get_run_logger()
-    return _each(
-        items,
-        lambda r: r.source,
-        lambda r: stages.make_pairs(r, run, spec, kernel_digest, noise_digest, log.info),
-    )
+    if apart is None:
+        return _each(items, lambda r: r.source, lambda r: stages.make_pairs(r, run, spec, kernel_digest, noise_digest, log.info))
+    files = [f"clean_hr/{Path(r.clean_hr).name}" for r in items]
+    with on_worker(apart, spec, files=files, banks={"kernels.zarr": kernel_digest, "noise.zarr": noise_digest}) as (here, local):
+        outcomes = _outcomes(items, lambda r: r.source, lambda r: stages.make_pairs(stages.in_run(r, here), here, local, kernel_digest, noise_digest, log.info))
+    return _settle(outcomes)
 
 
 @task(name="kernelgan", tags=["gpu"], **_PER_IMAGE)
-def estimate_kernels(items: list[Path], run: RunDir, spec: DegradeSpec, device: str) -> list[KernelRecord]:
+def estimate_kernels(items: list[Path] | list[str], run: RunDir, spec: DegradeSpec, device: str, apart: Apart | None = None) -> list[KernelRecord]:
     """KernelGAN for a batch of source images trained together; tagged `gpu` so a tag
     concurrency limit can guard the device. A bad image costs only itself."""
     import torch
@@ -150,7 +164,11 @@ def estimate_kernels(items: list[Path], run: RunDir, spec: DegradeSpec, device: 
     torch.set_num_threads(1)  # one task per worker process, as OpenCV
     device = str(resolve_device(device))
     log = get_run_logger()
-    return _settle(list(zip(items, kernel_steps.estimate_source_kernels(items, run, spec, device, log.info))))
+    if apart is None:
+        return _settle(list(zip(items, kernel_steps.estimate_source_kernels(items, run, spec, device, log.info))))
+    with on_worker(apart, spec, photos=items) as (here, local):
+        found = kernel_steps.estimate_source_kernels([local.photo_path(n) for n in items], here, local, device, log.info)
+    return _settle(list(zip(items, found)))
 
 
 @task(name="build-kernel-bank", cache_policy=NO_CACHE)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -88,6 +91,36 @@ def stop_groups(procs: list[subprocess.Popen], grace: float = 30) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
+
+
+DASK = str(Path(sys.executable).with_name("dask"))
+
+
+@contextmanager
+def dask_processes(log: Path, workers: list[list[str]], expect: int) -> Iterator[str]:
+    """A real `dask scheduler` on 127.0.0.1 and one `dask worker` command per entry of `workers`
+    (its extra arguments: `--nworkers 3`, `--resources GPU=1`), one thread each; yields the
+    scheduler's address once `expect` workers have joined. All stopped by process group, also on failure."""
+    from distributed import Client
+
+    from realsr.flows.runtime import WORKER_ENV
+    from realsr.flows.stack import free_port
+
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, **WORKER_ENV}
+    procs = []
+    with open(log, "wb") as out:
+        run = dict(env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            procs.append(subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", "127.0.0.1:0"], **run))
+            for extra in workers:
+                procs.append(subprocess.Popen([DASK, "worker", address, "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard", *extra], **run))
+            with Client(address, timeout=60) as c:
+                c.wait_for_workers(expect, timeout=120)
+            yield address
+        finally:
+            stop_groups(procs)
 
 
 @pytest.fixture(scope="module")

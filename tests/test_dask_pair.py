@@ -4,56 +4,22 @@ that cluster's threads, not this machine's cores."""
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from realsr.flows.cli import main
 from realsr.flows.degrade import kernelgan_batches
-from realsr.flows.runtime import WORKER_ENV, cluster_env, cluster_slots
-from realsr.flows.stack import free_port
-from tests.conftest import stop_groups
+from realsr.flows.runtime import cluster_env, cluster_slots
+from tests.conftest import dask_processes
 
 pytestmark = pytest.mark.slow
-DASK = str(Path(sys.executable).with_name("dask"))
 WORKERS = 3  # not this machine's core count, so the sizing shows where it came from
 
 
 @pytest.fixture
 def dask_pair(prefect_server, tmp_path):
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    env = {**os.environ, **WORKER_ENV}
-    logs = open(tmp_path / "dask.log", "wb")
-    procs = [
-        subprocess.Popen(
-            [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", "127.0.0.1:0"],
-            env=env,
-            stdout=logs,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    ]
-    try:
-        procs.append(
-            subprocess.Popen(
-                [DASK, "worker", address, "--nworkers", str(WORKERS), "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"],
-                env=env,
-                stdout=logs,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        )
-        from distributed import Client
-
-        with Client(address, timeout=60) as c:
-            c.wait_for_workers(WORKERS, timeout=120)
+    with dask_processes(tmp_path / "dask.log", [["--nworkers", str(WORKERS)]], WORKERS) as address:
         yield address
-    finally:
-        stop_groups(procs)
-        logs.close()
 
 
 def test_degrade_runs_on_the_pair_and_sizes_batches_from_it(dask_pair, photo_dir, tmp_path):

@@ -7,6 +7,7 @@ down by pid at the end, also on failure."""
 import json
 import os
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -41,8 +42,14 @@ def api(stack: Stack, path: str, body=None):
         headers={"Content-Type": "application/json"},
         method="GET" if body is None else "POST",
     )
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read())
+    for attempt in range(10):  # the server answers 503 while its SQLite database is busy (Prefect's clients retry too)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            if e.code != 503 or attempt == 9:
+                raise
+            time.sleep(1)
 
 
 def start(stack: Stack, name: str, parameters: dict | None = None) -> str:
