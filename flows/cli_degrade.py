@@ -42,7 +42,7 @@ def run_degrade(settings, workers: int | None = None, address: str | None = None
 
 
 def print_result(summary: dict) -> None:
-    from realsr.flows.degrade import summary_markdown
+    from realsr.flows.degrade_report import summary_markdown
 
     print(summary_markdown(summary))
     if summary["noise_bank"].get("warning"):

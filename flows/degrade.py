@@ -7,29 +7,34 @@ clean-up + noise extraction (Dask, one task per image) ─┴> noise bank (coord
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import dask
 from prefect import flow, get_run_logger, unmapped
 
 from realsr.flows import preflight
-from realsr.flows.artifacts import image_markdown, outcome, publish, refused, warning_markdown
-from realsr.flows.dask_cluster import check_cluster, gpu_annotations
+from realsr.flows.artifacts import outcome, refused
+from realsr.flows.dask_cluster import CLUSTER_VAR, check_cluster, gpu_annotations
+from realsr.flows.degrade_report import artifact_rows, colour_summary, publish_summary
 from realsr.flows.runtime import cluster_slots, task_runner
 from realsr.flows.settings import DegradeSettings, SettingsError, resolve
 from realsr.models.errors import InputError
 from realsr.steps import degrade_rerun as rerun
-from realsr.steps.degrade import jpeg_summary, save_summary
+from realsr.steps.degrade import in_run, jpeg_summary, save_summary
 from realsr.steps.degrade_noise import EmptyNoiseBank
 from realsr.steps.inspect import inspect_bank
 from realsr.steps.mirrors import staged
+from realsr.steps.on_worker import Apart
 from realsr.storage.atomic import no_retry
 from realsr.storage.degrade_records import KernelRecord, PreprocessRecord
-from realsr.storage.image_formats import RAW_NOTE, processed_photos
-from realsr.storage.images import SRGB_NOTE, list_images
+from realsr.storage.image_formats import processed_photos
+from realsr.storage.images import list_images
 from realsr.storage.kernel_prior_file import PriorFileError
+from realsr.storage.remote import is_url
 from realsr.storage.run_dir import RunDir, claim_run_dir
 from realsr.tasks import degrade as t
 
@@ -117,14 +122,42 @@ def degrade_flow(settings: DegradeSettings) -> dict:
         check_cluster()  # REALSR_DASK_CLUSTER / _ADAPT of a deployment's environment, before its cluster starts
     except (SettingsError, PriorFileError) as e:
         return refused(log, e)
+    apart = workers_apart(settings, log)
     with staged(settings.source, settings.out, log.info) as local:
-        summary, records, sheets = degrade_local(settings.model_copy(update={"source": local.source, "out": local.out}), log, source_name=str(settings.source))
+        here = settings.model_copy(update={"source": local.source, "out": local.out})
+        summary, records, sheets = degrade_local(here, log, source_name=str(settings.source), fan=Fanout(apart, local.sync))
         summary = local.rebase(summary)
         summary["settings"] = settings.model_dump(mode="json")
         summary["warnings"], summary["error"] = usable(summary)
         save_summary(RunDir(local.out), summary)
-    _publish(summary, local.rebase(_artifact_rows(records)), sheets)
+    publish_summary(summary, local.rebase(artifact_rows(records)), sheets)
     return outcome(log, summary, summary["warnings"], summary["error"])
+
+
+@dataclass(frozen=True)
+class Fanout:
+    """Where the per-image tasks work: on the flow's folders (`apart` None), or, on workers that
+    share no disk with it, at the run's URL (steps/on_worker.py); `sync` brings the flow's mirror
+    up to what they wrote."""
+
+    apart: Apart | None = None
+    sync: Callable[[], None] = lambda: None
+
+    def items(self, batch: list, spec) -> list:
+        return [spec.photo_name(p) for p in batch] if self.apart else batch
+
+
+def workers_apart(settings: DegradeSettings, log) -> Apart | None:
+    """With a run folder at a URL and a cluster of its own (`--dask-address`, REALSR_DASK_CLUSTER),
+    the workers may be other machines: the tasks then read and write at the URLs, not here."""
+    own = os.environ.get("REALSR_DASK_ADDRESS") or os.environ.get(CLUSTER_VAR)
+    if not (own and is_url(settings.out)):
+        return None
+    if not is_url(settings.source):
+        log.warning(f"the Dask workers read the photos from {settings.source}: workers on other machines need it mounted there too")
+        return None
+    log.info(f"Dask workers apart from this flow: each task reads its photos from {settings.source} and writes its outputs to {settings.out}")
+    return Apart(str(settings.out))
 
 
 def usable(s: dict) -> tuple[list[str], str | None]:
@@ -160,14 +193,17 @@ def usable(s: dict) -> tuple[list[str], str | None]:
     return warnings, None
 
 
-def degrade_local(settings: DegradeSettings, log, source_name: str | None = None) -> tuple[dict, list[PreprocessRecord], dict[str, Path]]:
+def degrade_local(
+    settings: DegradeSettings, log, source_name: str | None = None, fan: Fanout = Fanout()
+) -> tuple[dict, list[PreprocessRecord], dict[str, Path]]:
     """degrade-flow on local folders: the summary, the per-image records and the contact sheets.
-    `source_name`: the source as the user named it, where `settings.source` is its local mirror."""
+    `source_name`: the source as the user named it, where `settings.source` is its local mirror;
+    `fan`: where the tasks work."""
     t0 = time.perf_counter()
     run, sources, ignored = _claim(settings, log)
     spec = settings.spec(source_name)
     timings: dict[str, float] = {}
-    p = _prepare(settings, spec, run, sources, timings, log)
+    p = _prepare(settings, spec, run, sources, timings, log, fan)
     tn = time.perf_counter()
     noise = t.build_noise_bank(p.records, run, spec)
     timings["noise bank"] = time.perf_counter() - tn
@@ -177,7 +213,9 @@ def degrade_local(settings: DegradeSettings, log, source_name: str | None = None
     tq = time.perf_counter()
     known_pairs, to_pair = rerun.split_pairs(sorted(p.records, key=lambda r: r.source), run, spec, p.kernels["digest"], noise["digest"])
     batched = batches(to_pair, settings.images_per_task)
-    futures = t.make_pairs.map(batched, unmapped(run), unmapped(spec), unmapped(p.kernels["digest"]), unmapped(noise["digest"]))
+    if fan.apart and batched:
+        fan.sync()  # the banks, for the workers to fetch
+    futures = t.make_pairs.map(batched, unmapped(run), unmapped(spec), unmapped(p.kernels["digest"]), unmapped(noise["digest"]), unmapped(fan.apart))
     pairs, pair_failed = _gather(futures, batched, lambda r: r.source)
     pairs += known_pairs
     complete = all(f["bad_input"] for f in p.skipped + pair_failed + p.kernel_failed)
@@ -242,7 +280,7 @@ class _Prepared:
     to_estimate: list[Path]
 
 
-def _prepare(settings: DegradeSettings, spec, run: RunDir, sources: list[Path], timings: dict[str, float], log) -> _Prepared:
+def _prepare(settings: DegradeSettings, spec, run: RunDir, sources: list[Path], timings: dict[str, float], log, fan: Fanout) -> _Prepared:
     """Clean-up and noise extraction of every photo needing it and, beside it, the kernels."""
     # clean-up goes first: its seconds-long tasks finish (and bad images show up) before the
     # minutes-long KernelGAN tasks take the workers
@@ -252,7 +290,7 @@ def _prepare(settings: DegradeSettings, spec, run: RunDir, sources: list[Path], 
     if known_records:
         log.info(f"{len(known_records)} photos unchanged since an earlier run (from their records), {len(to_prepare)} to clean up")
     batched = batches(to_prepare, settings.images_per_task)
-    futures = t.prepare_sources.map(batched, unmapped(run), unmapped(spec))
+    futures = t.prepare_sources.map([fan.items(b, spec) for b in batched], unmapped(run), unmapped(spec), unmapped(fan.apart))
     tk = time.perf_counter()
     kernel_records, kernel_failed, kernel_futures, to_estimate = [], [], None, []
     if settings.kernels.startswith("kernelgan"):  # one more fan-out, beside clean-up and noise extraction
@@ -260,13 +298,19 @@ def _prepare(settings: DegradeSettings, spec, run: RunDir, sources: list[Path], 
         kernel_batches = kernelgan_batches(to_estimate, settings.kernelgan_batch)
         route = gpu_annotations(log) if kernel_batches else {}  # to the workers that declare a GPU, where some do
         with dask.annotate(priority=-1, **route):  # workers run clean-up first (see flows.runtime)
-            kernel_futures = t.estimate_kernels.map(kernel_batches, unmapped(run), unmapped(spec), unmapped(settings.kernelgan_device))
+            kernel_futures = t.estimate_kernels.map(
+                [fan.items(b, spec) for b in kernel_batches], unmapped(run), unmapped(spec), unmapped(settings.kernelgan_device), unmapped(fan.apart)
+            )
     else:
         kernels = t.build_kernel_bank(run, spec)
         timings["kernel bank"] = time.perf_counter() - tk
 
     records, skipped = _gather(futures, batched, str)
-    records += known_records
+    if fan.apart and (to_prepare or to_estimate):
+        for f in kernel_futures or ():
+            f.wait()
+        fan.sync()  # the clean HR images, staged patches and kernels the workers wrote at the URL
+    records = [in_run(r, run) for r in records] + known_records  # a worker's record names its own scratch copy
     records, duplicates = drop_duplicates(records)
     skipped += duplicates
     timings["clean-up + noise extraction"] = time.perf_counter() - tp
@@ -280,98 +324,3 @@ def _prepare(settings: DegradeSettings, spec, run: RunDir, sources: list[Path], 
         kernels = t.build_kernel_bank(run, spec, kernel_records)
         timings["kernel estimation (after clean-up)"] = time.perf_counter() - tk
     return _Prepared(records, skipped, to_prepare, kernels, kernel_records, kernel_failed, to_estimate)
-
-
-def colour_summary(records: list[PreprocessRecord]) -> dict:
-    """How many photos were converted to sRGB from their ICC profile (by profile), and how many are RAW."""
-    profiles: dict[str, int] = {}
-    for r in records:
-        for n in r.notes:
-            if n.startswith(SRGB_NOTE):
-                name = n.removeprefix(SRGB_NOTE).strip()
-                profiles[name] = profiles.get(name, 0) + 1
-    return {"converted_to_srgb": sum(profiles.values()), "profiles": profiles, "raw_sources": sum(1 for r in records if RAW_NOTE in r.notes)}
-
-
-def colour_line(c: dict) -> str:
-    line = f"- colour: {c['converted_to_srgb']} photo(s) converted to sRGB from their ICC profile" + (
-        " (" + ", ".join(f"{k}: {v}" for k, v in sorted(c["profiles"].items())) + ")" if c["profiles"] else ""
-    )
-    if c["raw_sources"]:
-        line += f"; {c['raw_sources']} RAW (DNG) file(s) as clean HR sources only (no noise patches, no kernel)"
-    return line
-
-
-def jpeg_line(j: dict) -> str:
-    if not j["jpeg_sources"]:
-        return f"- JPEG sources: none ({j['other_sources']} other): training adds no JPEG step"
-    return f"- JPEG sources: {j['jpeg_sources']} (median quality {j['median_quality']}; training re-compresses at each photo's own), {j['other_sources']} other"
-
-
-def summary_markdown(s: dict) -> str:
-    lines = [
-        f"# degrade-flow: {s['run_dir']}",
-        "",
-        *([warning_markdown(s.get("warnings", []), s.get("error"))] if s.get("warnings") or s.get("error") else []),
-        f"- sources: {s['sources']} ({s['processed']} processed, {s['cached']} from earlier runs, {len(s['skipped'])} skipped)",
-        *(["- sent to workers: " + ", ".join(f"{k} {v}" for k, v in s["worked_on"].items())] if "worked_on" in s else []),
-        f"- kernel bank: `{s['kernel_bank']['path']}`: "
-        + ", ".join(f"{sc} {c['valid']} valid of {c['kernels']}" for sc, c in s["kernel_bank"]["counts"].items()),
-        f"- noise bank: `{s['noise_bank']['path']}` {s['noise_bank']['count']} patches, {s['noise_bank']['rejected']} candidates rejected",
-        *([f"- **WARNING: {s['noise_bank']['warning']}**"] if s["noise_bank"].get("warning") else []),
-        f"- pairs: {s['pairs']['pairs']} in `{s['pairs']['path']}`",
-        *([jpeg_line(s["jpeg"])] if s.get("jpeg") else []),
-        *([colour_line(s["colour"])] if s.get("colour") else []),
-        "",
-        "| stage | seconds |",
-        "|---|---|",
-        *[f"| {k} | {v:.2f} |" for k, v in s["timings_s"].items()],
-    ]
-    if s["skipped"]:
-        lines += ["", "## Skipped", "", *[f"- `{x['source']}`: {x['reason']}" for x in s["skipped"]]]
-    if s.get("kernel_failures"):
-        lines += [
-            "",
-            "## No kernel estimated (the image still gives noise and pairs)",
-            "",
-            *[f"- `{x['source']}`: {x['reason']}" for x in s["kernel_failures"]],
-        ]
-    if s["kernel_bank"].get("fallbacks"):
-        lines += ["", "## KernelGAN failed: the bicubic kernel stands in", "", *[f"- `{x['source']}`: {x['reason']}" for x in s["kernel_bank"]["fallbacks"]]]
-    if s["kernel_bank"].get("rejected"):
-        lines += ["", "## Kernels left out of the bank", "", *[f"- x{x['scale']} `{x['source']}`: {x['reason']}" for x in s["kernel_bank"]["rejected"]]]
-    if s["too_small_for_pairs"]:
-        lines += ["", "## No pairs (clean HR smaller than a pair patch)", "", *[f"- `{x}`" for x in s["too_small_for_pairs"]]]
-    if s["converted"]:
-        lines += ["", "## Converted on input", "", *[f"- `{x['source']}`: {'; '.join(x['notes'])}" for x in s["converted"]]]
-    if s["ignored_files"]:
-        lines += ["", "## Left out of the source folder", "", *[f"- `{x['file']}`: {x['reason']}" for x in s["ignored_files"]]]
-    return "\n".join(lines) + "\n"
-
-
-def _artifact_rows(records: list[PreprocessRecord]) -> list[dict]:
-    """The per-image table of the flow's artifact."""
-    return [
-        {
-            "source": r.source,
-            "clean_hr": "x".join(map(str, r.hr_size)),
-            "noise_patches": r.noise_count,
-            "rejected": r.noise_rejected,
-            "cached": r.cached,
-            "seconds": r.seconds,
-        }
-        for r in records
-    ]
-
-
-def _publish(summary: dict, rows: list[dict], sheets: dict[str, Path]) -> None:
-    pictures = [image_markdown(path, title) for title, path in sheets.items()]
-    publish(
-        get_run_logger(),
-        "\n".join([summary_markdown(summary), *pictures]),
-        "degrade-summary",
-        "degrade-flow run summary, kernel and noise contact sheets",
-        rows,
-        "degrade-images",
-        "per-image clean-up and noise extraction",
-    )

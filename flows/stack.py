@@ -178,6 +178,22 @@ class Stack:
         say(f"stopped in {self.home}: {', '.join(stopped) or 'nothing was running'}")
         return stopped
 
+    def start_worker(self, name: str, pool: str, env: dict[str, str] | None = None) -> int:
+        """One more process worker on `pool`, `env` over the stack's environment (another
+        machine's HOME and caches, its store's endpoint), waited for until the server lists it
+        online; `down` stops it with the rest. Returns its pid."""
+        state = self.read()
+        port = int(state["ui"].rsplit(":", 1)[1])
+        self._spawn(state, name, ["worker", "start", "--pool", pool, "--name", name], {**os.environ, **stack_env(self.home, port), **(env or {})})
+        workers = lambda: self._get(f"/work_pools/{pool}/workers/filter", {}) or []  # noqa: E731
+        self._wait(lambda: any(w.get("name") == name and w.get("status") == "ONLINE" for w in workers()), 120, name, state)
+        return state["processes"][-1]["pid"]
+
+    def forget(self, pid: int) -> None:
+        """A process that went away on purpose (a host taken down): no longer waited on or stopped."""
+        if state := self.read():
+            self._save({**state, "processes": [p for p in state["processes"] if p["pid"] != pid]})
+
     def _get(self, path: str, body: dict | None = None):
         url = self.read()["url"] + path
         data = json.dumps(body).encode() if body is not None else None

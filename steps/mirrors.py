@@ -26,6 +26,7 @@ class Staged:
     out: Path  # the local run folder
     rebase: Callable[[object], object]  # local mirror paths in a result -> the URLs the user gave
     also: dict[str, Path] = field(default_factory=dict)  # each further input given (`staged`'s `also`) -> its local folder
+    sync: Callable[[], None] = lambda: None  # mid-run: upload what changed here, then fetch what others (workers apart) wrote there
 
     def local(self, location) -> Path | None:
         """The local folder of an input given in `also` (itself when it is not a URL)."""
@@ -90,9 +91,14 @@ def _staged(source, out, say, source_role, out_role, also=()) -> Iterator[Staged
             text = text.replace(json.dumps(local)[1:-1], url)
         return json.loads(text)
 
+    def sync() -> None:
+        if run is not None:  # pushed first: a pull would otherwise take back files changed here
+            up, down = run.push(last=RECORDS), run.pull()
+            say(f"{out_role} folder {run.url}: {up} files uploaded, {down} downloaded (written by the workers)")
+
     ok = False
     try:
-        yield Staged(src.tree if src else (Path(source) if source is not None else None), run.tree if run else Path(out), rebase, extra)
+        yield Staged(src.tree if src else (Path(source) if source is not None else None), run.tree if run else Path(out), rebase, extra, sync)
         ok = True
     finally:
         if run is not None:

@@ -30,6 +30,7 @@ def exists(location: Location) -> bool:
         return Path(location).exists()
     fs, path = filesystem(str(location))
     try:
+        fs.invalidate_cache(path)  # another machine may have written it since this process last looked
         return bool(fs.exists(path) or fs.find(path, maxdepth=None, withdirs=False)[:1])
     except FileNotFoundError:
         return False

@@ -122,6 +122,7 @@ class Mirror:
 
     def remote_files(self, keep=lambda rel: True) -> dict[str, dict]:
         try:
+            self.fs.invalidate_cache(self.path)  # others (workers, another machine) write there too: list afresh
             found = self.fs.find(self.path, detail=True)
         except FileNotFoundError:
             return {}
@@ -209,6 +210,7 @@ def fetch_file(url: str, role: str) -> Path:
     version stamp differs from the copy's; the copy is replaced whole (a reader never sees half)."""
     fs, path = filesystem(url)
     try:
+        fs.invalidate_cache(path)
         info = fs.info(path)
     except FileNotFoundError:
         raise RemoteError(f"{url}: no such file") from None

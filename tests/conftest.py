@@ -97,10 +97,11 @@ DASK = str(Path(sys.executable).with_name("dask"))
 
 
 @contextmanager
-def dask_processes(log: Path, workers: list[list[str]], expect: int) -> Iterator[str]:
+def dask_processes(log: Path, workers: list[list[str]], expect: int, homes: list[Path] | None = None) -> Iterator[str]:
     """A real `dask scheduler` on 127.0.0.1 and one `dask worker` command per entry of `workers`
     (its extra arguments: `--nworkers 3`, `--resources GPU=1`), one thread each; yields the
-    scheduler's address once `expect` workers have joined. All stopped by process group, also on failure."""
+    scheduler's address once `expect` workers have joined. All stopped by process group, also on failure.
+    `homes`: one folder per worker, its HOME, cache, temp and working folder (a machine of its own)."""
     from distributed import Client
 
     from realsr.flows.runtime import WORKER_ENV
@@ -114,8 +115,18 @@ def dask_processes(log: Path, workers: list[list[str]], expect: int) -> Iterator
         run = dict(env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             procs.append(subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", "127.0.0.1:0"], **run))
-            for extra in workers:
-                procs.append(subprocess.Popen([DASK, "worker", address, "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard", *extra], **run))
+            for i, extra in enumerate(workers):
+                own = {}
+                if homes:
+                    for sub in ("home", "cache", "tmp", "work"):
+                        (homes[i] / sub).mkdir(parents=True, exist_ok=True)
+                    own = dict(
+                        cwd=homes[i] / "work",
+                        env={**env, "HOME": str(homes[i] / "home"), "XDG_CACHE_HOME": str(homes[i] / "cache"), "TMPDIR": str(homes[i] / "tmp")},
+                    )
+                    extra = [*extra, "--local-directory", str(homes[i] / "work")]
+                args = [DASK, "worker", address, "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard", *extra]
+                procs.append(subprocess.Popen(args, **{**run, **own}))
             with Client(address, timeout=60) as c:
                 c.wait_for_workers(expect, timeout=120)
             yield address

@@ -230,3 +230,38 @@ def test_a_pipeline_folder_at_a_url(s3, prefect_server, photo_dir, capsys):
     assert PipelineSettings(source=f"s3://{BUCKET}/photos", out=out, preset="test-tiny", stages="deployments").stages == "deployments"
     with pytest.raises(ValidationError, match="put the photos at a URL too"):
         PipelineSettings(source=photo_dir, out=out, preset="test-tiny", stages="deployments")
+
+
+@pytest.mark.slow
+def test_dask_workers_that_share_no_disk_with_the_flow(s3, prefect_server, photo_dir, tmp_path):
+    """A real `dask scheduler` and two `dask worker` processes, each with its own HOME, cache,
+    temp and working folder: with the run at s3:// each task fetches its photos (and the clean HR
+    images and banks) from the URLs and uploads what it made there, never to the flow's mirror."""
+    import zarr
+
+    from tests.conftest import dask_processes
+
+    for p in sorted(photo_dir.iterdir()):
+        s3.put_file(str(p), f"{BUCKET}/photos/{p.name}")
+    src, out = f"s3://{BUCKET}/photos", f"s3://{BUCKET}/runs/apart"
+    args = ["--source", src, "--pair-hr-size", "64", "--kernels", "kernelgan", "--kernelgan-iterations", "3", "--kernelgan-seeds", "1"]
+    homes = [tmp_path / "worker-1", tmp_path / "worker-2"]
+    with dask_processes(tmp_path / "dask.log", [[], []], 2, homes) as address:
+        assert main(["degrade", *args, "--out", out, "--dask-address", address]) == 0
+        summary = json.loads(s3.cat(f"{BUCKET}/runs/apart/summary.json"))
+        assert summary["processed"] == 4 and summary["worked_on"] == {"clean-up": 4, "kernelgan": 4, "pairs": 4}
+        pairs = s3.find(f"{BUCKET}/runs/apart/pairs/hr")
+        assert len(pairs) == summary["pairs"]["pairs"] > 0
+        assert not list((Mirror(out, "run").tree / "pairs").rglob("*.png"))  # the workers wrote them at the URL only
+        assert any((h / "cache" / "realsr" / "remote" / "banks").is_dir() for h in homes)  # fetched there, per worker machine
+        assert not [p for h in homes for p in (h / "cache" / "realsr" / "remote" / "tasks").glob("*")]  # scratch folders removed
+        # a rerun sends nothing to the workers
+        assert main(["degrade", *args, "--out", out, "--dask-address", address]) == 0
+        assert json.loads(s3.cat(f"{BUCKET}/runs/apart/summary.json"))["worked_on"] == {"clean-up": 0, "kernelgan": 0, "pairs": 0}
+    # the same banks and pairs as workers on the flow's own disk (the local cluster)
+    assert main(["degrade", *args, "--out", f"s3://{BUCKET}/runs/together", "--workers", "2"]) == 0
+    for bank, arrays in (("kernels.zarr", ("x4/kernels", "x4/source")), ("noise.zarr", ("noise", "source"))):
+        a, b = zarr.open_group(f"{out}/{bank}", mode="r"), zarr.open_group(f"s3://{BUCKET}/runs/together/{bank}", mode="r")
+        for name in arrays:
+            np.testing.assert_array_equal(a[name][:], b[name][:])
+    assert s3.cat(f"{BUCKET}/runs/apart/pairs/manifest.jsonl") == s3.cat(f"{BUCKET}/runs/together/pairs/manifest.jsonl")

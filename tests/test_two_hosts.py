@@ -20,7 +20,7 @@ import pytest
 import zarr
 
 from realsr.flows.cli import main
-from realsr.flows.stack import Stack, _alive, stack_env
+from realsr.flows.stack import Stack, _alive
 from tests.conftest import small_photo, write_rgb
 from tests.test_remote import BUCKET, s3  # noqa: F401  (the S3 server fixture)
 from tests.test_server_mode import api, start, wait
@@ -33,33 +33,37 @@ def start_host(stack: Stack, name: str, pool: str, root: Path, weights: Path) ->
     folder and Prefect home; the server's URL and the store's settings are all it shares."""
     for sub in ("home", "cache", "tmp", "prefect"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    port = int(stack.read()["url"].rsplit(":", 1)[1].split("/")[0])
-    env = {
-        **os.environ,
-        **stack_env(stack.home, port),
-        "HOME": str(root / "home"),
-        "XDG_CACHE_HOME": str(root / "cache"),
-        "TMPDIR": str(root / "tmp"),
-        "PREFECT_HOME": str(root / "prefect"),
-        "REALSR_WEIGHTS_DIR": str(weights),  # the released models, as a host's image or cache would hold them
-    }
-    state = stack.read()
-    stack._spawn(state, name, ["worker", "start", "--pool", pool, "--name", name], env)
-    stack._wait(
-        lambda: any(w["name"] == name and w["status"] == "ONLINE" for w in stack._get(f"/work_pools/{pool}/workers/filter", {}) or []), 120, name, state
-    )
-    return state["processes"][-1]["pid"]
+    own = {"HOME": "home", "XDG_CACHE_HOME": "cache", "TMPDIR": "tmp", "PREFECT_HOME": "prefect"}
+    # the released models as a host's image or cache would hold them
+    return stack.start_worker(name, pool, {**{k: str(root / v) for k, v in own.items()}, "REALSR_WEIGHTS_DIR": str(weights)})
 
 
-def kill_host(pid: int) -> None:
-    """The machine goes away: its worker and the flow runs it started, at once (SIGKILL)."""
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+def host_processes(root: Path) -> list[int]:
+    """Every process of a host: those whose HOME is the host's (its worker, and the flow runs it
+    started, which Prefect puts in sessions of their own)."""
+    home = f"HOME={root / 'home'}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and home in (proc / "environ").read_bytes().split(b"\0"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def kill_host(stack: Stack, pid: int | None, root: Path) -> None:
+    """The machine goes away: every process of it at once (SIGKILL), the worker and its flow runs."""
+    for p in [*([pid] if pid else []), *host_processes(root)]:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     deadline = time.monotonic() + 30
-    while _alive(pid) and time.monotonic() < deadline:
+    while ((pid and _alive(pid)) or host_processes(root)) and time.monotonic() < deadline:
         time.sleep(0.2)
+    if pid:
+        stack.forget(pid)
 
 
 def mirrors(root: Path) -> set[str]:
@@ -111,7 +115,7 @@ def test_the_pipeline_across_two_hosts_through_s3(s3, prefect_server, weights_re
         assert table(s3, out) == table(s3, f"s3://{BUCKET}/one") and {m for m, _ in table(s3, out)} == {"bicubic", "realesrgan-x4plus", "trained"}
 
         # a rerun from a host that has never seen the run: every stage current, nothing mirrored
-        kill_host(pids[0])
+        kill_host(stack, pids[0], tmp_path / "host-a")
         pids.append(start_host(stack, "host-c", "cpu-pool", tmp_path / "host-c", weights))
         before = len(stage_runs(stack))
         wait(stack, start(stack, "realsr-pipeline/pipeline", {"settings": settings}), timeout=300)
@@ -129,7 +133,7 @@ def test_the_pipeline_across_two_hosts_through_s3(s3, prefect_server, weights_re
             assert time.monotonic() < deadline, "degrade never started"
             time.sleep(0.5)
         time.sleep(2)
-        kill_host(pids[-1])
+        kill_host(stack, pids[-1], tmp_path / "host-c")
         assert json.loads(s3.cat(f"{BUCKET}/two/run/summary.json"))["sources"] == 4  # not half of the new run
         pids.append(start_host(stack, "host-d", "cpu-pool", tmp_path / "host-d", weights))
         wait(stack, start(stack, "realsr-pipeline/pipeline", {"settings": settings}), timeout=600)
@@ -137,4 +141,6 @@ def test_the_pipeline_across_two_hosts_through_s3(s3, prefect_server, weights_re
         assert last["stages"]["degrade"] == "ran" and last["degrade"]["processed"] == 5 and killed
     finally:
         stack.down(say=lambda m: None)
+        for host in ("a", "b", "c", "d"):  # the flow runs too (their own sessions): none outlives the test
+            kill_host(stack, None, tmp_path / f"host-{host}")
     assert not [p for p in pids if _alive(p)], "a host's worker outlived the test"
