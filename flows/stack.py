@@ -36,6 +36,9 @@ class StackError(RealsrError, ValueError):
     """The stack could not be brought up: one line naming the step and where its log is."""
 
 
+MARK = "REALSR_STACK"  # in the environment of every process a stack starts: `down` finds them all by it
+
+
 def process_deployments() -> list[str]:
     """prefect.yaml's deployments on this stack's pools: its Docker and Kubernetes sets need pools
     (and workers) of their own, so `prefect deploy --all` would stop at their first."""
@@ -97,11 +100,31 @@ class Stack:
         tmp.write_text(json.dumps(state, indent=1))
         tmp.replace(self.file)
 
+    def _descendants(self) -> list[int]:
+        """The processes this stack started, wherever they are now: each carries the stack's
+        marker in its environment (`_spawn`), and so does whatever they start (Linux: /proc)."""
+        mark = f"{MARK}={self.home}".encode()
+        found = []
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                if int(proc.name) != os.getpid() and mark in (proc / "environ").read_bytes().split(b"\0"):
+                    found.append(int(proc.name))
+            except (OSError, ValueError):
+                continue
+        return found
+
     def _spawn(self, state: dict, name: str, args: list[str], env: dict) -> None:
-        """Start a long-lived process in its own session; its pid is saved before anything waits on it."""
+        """Start a long-lived process in its own session; its pid is saved before anything waits on it.
+        It and what it starts carry the stack's marker (not written to `env`: a shell never has it)."""
         with open(self.home / "logs" / f"{name}.log", "ab") as log:
             proc = subprocess.Popen(
-                [_prefect(), *args], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+                [_prefect(), *args],
+                env={**env, MARK: str(self.home)},
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         state["processes"].append({"name": name, "pid": proc.pid})
         self._save(state)
@@ -169,7 +192,13 @@ class Stack:
             say(f"no stack in {self.home} (no stack.json): nothing to stop")
             return []
         stopped = []
-        for p in sorted(state.get("processes", []), key=lambda p: p["name"] == "server"):
+        processes = sorted(state.get("processes", []), key=lambda p: p["name"] == "server")
+        for p in processes:
+            if p["name"] == "server":  # the flow runs first: Prefect starts each in a session of its own
+                servers = {q["pid"] for q in processes if q["name"] == "server"}
+                if left := [pid for pid in self._descendants() if pid not in servers]:
+                    _stop_all(left)
+                    stopped.append(f"{len(left)} flow-run process(es)")
             if _alive(p["pid"]):
                 _stop_group(p["pid"])
                 stopped.append(p["name"])
@@ -253,6 +282,23 @@ def _reap(pid: int, seconds: float) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.2)
+
+
+def _stop_all(pids: list[int]) -> None:
+    """SIGTERM to each, SIGKILL to those alive after the grace."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + STOP_GRACE_S
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _stop_group(pid: int) -> None:

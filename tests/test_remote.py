@@ -265,3 +265,33 @@ def test_dask_workers_that_share_no_disk_with_the_flow(s3, prefect_server, photo
         for name in arrays:
             np.testing.assert_array_equal(a[name][:], b[name][:])
     assert s3.cat(f"{BUCKET}/runs/apart/pairs/manifest.jsonl") == s3.cat(f"{BUCKET}/runs/together/pairs/manifest.jsonl")
+
+
+def test_missing_credentials_are_one_line(s3, photo_dir, monkeypatch, capsys):
+    """No AWS credentials anywhere: refused before any work, in one line naming the URL and the cause."""
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    import fsspec
+
+    fsspec.filesystem("s3").clear_instance_cache()
+    assert main(["degrade", "--source", f"s3://{BUCKET}/photos", "--out", f"s3://{BUCKET}/runs/x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: s3://camera/") and "credentials" in err[0].lower(), err
+
+
+def test_a_bucket_gone_mid_run_is_one_line_and_nothing_is_trusted(s3):
+    """The bucket disappears between a run's download and its upload: the upload fails in one line
+    naming the URL, and the mirror's record claims nothing as uploaded, so the next run sends it again."""
+    s3.pipe({f"{BUCKET}/run/a.txt": b"a", f"{BUCKET}/run/.work/r.json": b"{}"})
+    m = Mirror(f"s3://{BUCKET}/run", "run")
+    assert m.pull() == 2
+    (m.tree / "new.txt").write_bytes(b"n")
+    (m.tree / ".work" / "r.json").write_bytes(b'{"done": 1}')
+    s3.rm(BUCKET, recursive=True)
+    with pytest.raises(RemoteError, match=r"^s3://camera/run: uploading \d files failed \(.*\)$"):
+        m.push(last=(".work/",))
+    s3.mkdir(BUCKET)  # the store is back: the next run uploads what was never confirmed
+    assert m.push(last=(".work/",)) == 2 and s3.cat(f"{BUCKET}/run/.work/r.json") == b'{"done": 1}'

@@ -33,6 +33,7 @@ def stack(tmp_path):
         pids = pids or [p["pid"] for p in s.read().get("processes", [])]
         s.down(say=lambda m: None)
         assert not [p for p in pids if _alive(p)], "a stack process outlived `stack down`"
+        assert not s._descendants(), "a process the stack started (a flow run) outlived `stack down`"
 
 
 def api(stack: Stack, path: str, body=None):
