@@ -12,6 +12,8 @@ Methods, per case:
 - `official`: the official code, run unmodified (`bench/official_kernelgan.py`, device patched at
   run time), 3000 iterations, its own post-processing; x4 cases with its `--X4` analytic kernel;
 - `ours`: `models.kernelgan.estimate_kernels`, the product's path (x4 from x2 analytically);
+- `fused`: the same KernelGAN as one network of slots per step (`models.kernelgan_fused`), rows
+  named `<label>-fused`: against `ours` at the same settings, it must agree within the seed spread;
 - `official-fkp`: the official KernelGAN-FKP (JingyunLiang/FKP, `bench/official_fkp.py`, run
   the same way), its defaults: 1000 iterations, x4 4000 with `--X4`, both with its x2 prior;
 - `bicubic`: the bicubic kernel of the scale, the floor every estimate should beat.
@@ -211,9 +213,10 @@ def run_official_fkp(case: dict, repo: Path, threads: int) -> tuple[np.ndarray, 
         return fkp_to_pixel_centred(k, s), k, float((Path(tmp) / "seconds").read_text())
 
 
-def run_ours(cases: list[dict], iterations: int, threads: int, overrides: dict, prior_spec: str | None = None) -> tuple[list, float]:
+def run_ours(cases: list[dict], iterations: int, threads: int, overrides: dict, prior_spec: str | None = None, fused: bool = False) -> tuple[list, float]:
     """The product's estimate for every case, trained together; x4 kernels analytically.
-    `prior_spec`: KernelGAN-FKP with that kernel prior ('builtin' or a file), as `--kernels kernelgan-fkp`."""
+    `prior_spec`: KernelGAN-FKP with that kernel prior ('builtin' or a file), as `--kernels kernelgan-fkp`;
+    `fused`: the fused engine (`models.kernelgan_fused`) instead of the per-image one."""
     import torch
 
     from realsr.models.kernelgan import KernelGANConfig, estimate_kernels
@@ -226,7 +229,13 @@ def run_ours(cases: list[dict], iterations: int, threads: int, overrides: dict, 
     images = [read_image(c["lr_path"]).rgb for c in cases]
     t = time.perf_counter()
     prior = load(prior_spec)[0] if prior_spec else None
-    ests = estimate_kernels(images, KernelGANConfig(**{"iterations": iterations, "seed": 0, **overrides}), prior=prior)
+    cfg = KernelGANConfig(**{"iterations": iterations, "seed": 0, **overrides})
+    if fused:
+        from realsr.models.kernelgan_fused import estimate_kernels_fused
+
+        ests = estimate_kernels_fused(images, cfg)
+    else:
+        ests = estimate_kernels(images, cfg, prior=prior)
     secs = (time.perf_counter() - t) / len(cases)
     out = []
     for c, e in zip(cases, ests):
@@ -289,7 +298,7 @@ def main() -> None:
     ap.add_argument("--scales", default="2,4")
     ap.add_argument("--x2-cases", type=int, default=len(X2_SOURCES))
     ap.add_argument("--x4-cases", type=int, default=len(X4_SOURCES))
-    ap.add_argument("--methods", default="bicubic,ours,official", help="any of bicubic, ours, official, official-fkp")
+    ap.add_argument("--methods", default="bicubic,ours,official", help="any of bicubic, ours, fused, official, official-fkp")
     ap.add_argument("--label", default="ours", help="name of this product's rows (to keep variants apart)")
     ap.add_argument("--iterations", type=int, default=3000)
     ap.add_argument("--config", type=json.loads, default={}, help="KernelGANConfig fields for this product's rows, as JSON (ablations)")
@@ -325,8 +334,12 @@ def main() -> None:
                         args.results,
                         {"scale": scale, "index": c["index"], "name": c["name"], "method": "bicubic", "seconds": 0.0, **figures(c, bicubic_kernel(scale))},
                     )
-            if "ours" in methods and (mine := todo(args.label)):
-                kernels, secs = run_ours(mine, args.iterations, args.threads, args.config, args.prior)
+            for label, fused in ((args.label, False), (f"{args.label}-fused", True)):
+                if (("fused" if fused else "ours") not in methods) or not (mine := todo(label)):
+                    continue
+                if fused and args.prior:
+                    sys.exit("the fused engine is plain KernelGAN's: drop --prior for the fused rows")
+                kernels, secs = run_ours(mine, args.iterations, args.threads, args.config, args.prior, fused)
                 for c, k in zip(mine, kernels):
                     e = c["estimate"]
                     extra = {
@@ -345,9 +358,7 @@ def main() -> None:
                             from realsr.models.kernelgan_post import seed_spread
 
                             extra["spread"] = seed_spread(e, 0 if args.prior else KernelGANConfig().n_filtering)
-                    save(
-                        args.results, {"scale": scale, "index": c["index"], "name": c["name"], "method": args.label, "seconds": secs, **figures(c, k), **extra}
-                    )
+                    save(args.results, {"scale": scale, "index": c["index"], "name": c["name"], "method": label, "seconds": secs, **figures(c, k), **extra})
             if "official" in methods:
                 if args.official is None:
                     sys.exit("--official PATH (a checkout of sefibk/KernelGAN) is needed for the official rows")

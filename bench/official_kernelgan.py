@@ -3,11 +3,12 @@
 The reference code is not part of this project: pass the path of a checkout of its repository
 (`git clone https://github.com/sefibk/KernelGAN`). Nothing in it is edited; this launcher only
 patches the run time before importing it:
-- device placement: `.cuda()` on tensors and modules returns them as they are and
-  `torch.cuda.set_device` does nothing, so the code runs on the CPU (it has 21 hard-coded calls);
+- device placement (unless `--device cuda`): `.cuda()` on tensors and modules returns them as
+  they are and `torch.cuda.set_device` does nothing, so the code runs on the CPU (it has 21
+  hard-coded calls);
 - `np.int`, removed in NumPy 1.24, is put back as `int` (used by its `kernel_shift`);
 - an empty `tensorflow` module stands in for the one its ZSSR imports at load time (ZSSR is not
-  run: no `--SR`);
+  run: no `--SR`), and an empty `matplotlib` where none is installed (only ZSSR saves images);
 - the global NumPy and torch seeds are set (the reference sets none), and torch's thread count.
 Then it runs exactly what the reference's `train.py` runs for one image (`Config().parse` on
 `create_params`, then `train`) and copies the saved kernels out of its .mat files as .npy:
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import glob
 import importlib.machinery
+import importlib.util
 import os
 import sys
 import time
@@ -27,17 +29,27 @@ import types
 from pathlib import Path
 
 
-def patch_runtime(seed: int, threads: int) -> None:
+def stand_in(name: str) -> None:
+    """An empty module for one the reference imports at load time but the kernel estimation never uses."""
+    module = types.ModuleType(name)
+    module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+    sys.modules.setdefault(name, module)
+
+
+def patch_runtime(seed: int, threads: int, device: str = "cpu") -> None:
     import numpy as np
     import torch
 
     np.int = int  # removed in NumPy 1.24; the reference's kernel_shift calls np.int(...)
-    stand_in = types.ModuleType("tensorflow")  # only ZSSR (not run) needs it, at import time
-    stand_in.__spec__ = importlib.machinery.ModuleSpec("tensorflow", None)
-    sys.modules.setdefault("tensorflow", stand_in)
-    torch.Tensor.cuda = lambda self, *a, **k: self
-    torch.nn.Module.cuda = lambda self, *a, **k: self
-    torch.cuda.set_device = lambda *a, **k: None
+    stand_in("tensorflow")  # only ZSSR (not run) needs it, at import time
+    if importlib.util.find_spec("matplotlib") is None:  # only ZSSR's image saving uses it (absent on the GPU machine)
+        stand_in("matplotlib")
+        stand_in("matplotlib.pyplot")
+        sys.modules["matplotlib"].pyplot = sys.modules["matplotlib.pyplot"]
+    if device == "cpu":
+        torch.Tensor.cuda = lambda self, *a, **k: self
+        torch.nn.Module.cuda = lambda self, *a, **k: self
+        torch.cuda.set_device = lambda *a, **k: None
     torch.set_num_threads(threads)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -57,9 +69,11 @@ def launcher_parser(description: str, repository: str, **iterations) -> argparse
 
 
 def main() -> None:
-    args = launcher_parser(__doc__.split("\n")[0], "sefibk/KernelGAN", default=3000, help="the reference's --max_iters (its default: 3000)").parse_args()
+    ap = launcher_parser(__doc__.split("\n")[0], "sefibk/KernelGAN", default=3000, help="the reference's --max_iters (its default: 3000)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cuda: the reference's own .cuda() calls run as written")
+    args = ap.parse_args()
     os.environ.setdefault("MPLBACKEND", "Agg")
-    patch_runtime(args.seed, args.threads)
+    patch_runtime(args.seed, args.threads, args.device)
     sys.path.insert(0, str(args.repo.resolve()))
     import numpy as np
     import scipy.io as sio

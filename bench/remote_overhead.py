@@ -134,6 +134,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/remote-bench"))
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "remote_overhead.jsonl")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # killed: the stack and the S3 server still go (finally)
     shutil.rmtree(args.work, ignore_errors=True)
     photos = args.work / "photos"
     mp = make_sources(photos, args.photos)

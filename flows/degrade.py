@@ -49,14 +49,21 @@ def batches(items: list, batch_size: int | None) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def kernelgan_batches(items: list, batch_size: int | None, slots: int | None = None) -> list[list]:
-    """Images trained together per KernelGAN task: an even split over the workers, at most 16.
+GPU_BATCH = 64  # photos per KernelGAN task on a GPU: with 3 seeds, three full networks of the fused engine's 64 slots
+
+
+def kernelgan_batches(items: list, batch_size: int | None, slots: int | None = None, gpu: bool = False) -> list[list]:
+    """Images trained together per KernelGAN task: an even split over the workers, at most 16;
+    for GPU workers large tasks (at most `GPU_BATCH`, split evenly), each a few full networks of
+    the fused engine, where one image per core would leave the device idle.
 
     A KernelGAN task runs for minutes, so its scheduling cost does not matter; what does is that
     images trained together cost about half as much per image (one set of kernel launches),
     that every worker gets a share, and that a killed run loses at most one batch per worker.
     The workers are the cluster's (`cluster_slots`): its threads, wherever it runs.
     """
+    if batch_size is None and gpu:
+        batch_size = -(-len(items) // max(1, -(-len(items) // GPU_BATCH)))
     if batch_size is None:
         batch_size = max(1, min(16, -(-len(items) // (slots or cluster_slots()))))
     return batches(items, batch_size)
@@ -295,8 +302,8 @@ def _prepare(settings: DegradeSettings, spec, run: RunDir, sources: list[Path], 
     kernel_records, kernel_failed, kernel_futures, to_estimate = [], [], None, []
     if settings.kernels.startswith("kernelgan"):  # one more fan-out, beside clean-up and noise extraction
         kernel_records, to_estimate = rerun.split_kernels(processed_photos(sources), run, spec, index)
-        kernel_batches = kernelgan_batches(to_estimate, settings.kernelgan_batch)
-        route = gpu_annotations(log) if kernel_batches else {}  # to the workers that declare a GPU, where some do
+        route = gpu_annotations(log) if to_estimate else {}  # to the workers that declare a GPU, where some do
+        kernel_batches = kernelgan_batches(to_estimate, settings.kernelgan_batch, gpu=bool(route) or settings.kernelgan_device.startswith("cuda"))
         with dask.annotate(priority=-1, **route):  # workers run clean-up first (see flows.runtime)
             kernel_futures = t.estimate_kernels.map(
                 [fan.items(b, spec) for b in kernel_batches], unmapped(run), unmapped(spec), unmapped(settings.kernelgan_device), unmapped(fan.apart)

@@ -143,6 +143,13 @@ class DegradeSettings(BaseModel):
     kernelgan_batch: int | None = Field(
         None, ge=1, le=1024, description="Images trained together in one KernelGAN task (default: split evenly over the workers, at most 16)."
     )
+    kernelgan_engine: Literal["auto", "per-image", "fused"] = Field(
+        "auto",
+        description=(
+            "KernelGAN's engine: 'per-image' (one call per image and operation, seeds one after another), 'fused' (images x seeds as the slots of one "
+            "network per step, for GPUs) or 'auto' (fused on CUDA, per-image on the CPU). Kernels agree within the seed spread (BENCHMARKS.md)."
+        ),
+    )
     cleanup_factor: int = Field(2, ge=1, le=8, description="Bicubic clean-up downscale of the sources (1 = none).")
     noise_rule: Literal["adaptive", "reference"] = Field(
         "adaptive",
@@ -195,6 +202,8 @@ class DegradeSettings(BaseModel):
             raise ValueError(f"pair_hr_size {self.pair_hr_size} must be a multiple of the scale {self.scale}")
         if self.pair_stride is not None and self.pair_stride % self.scale:
             raise ValueError(f"pair_stride {self.pair_stride} must be a multiple of the scale {self.scale}")
+        if self.kernelgan_engine == "fused" and self.kernels.startswith("kernelgan-fkp"):
+            raise ValueError("kernelgan_engine 'fused' is plain KernelGAN's: KernelGAN-FKP runs per image ('auto' or 'per-image')")
         lr = self.pair_hr_size // self.scale
         if self.noise_rule == "reference" and lr > self.noise_patch_size:
             raise ValueError(f"the LR patch ({lr} px = pair_hr_size/scale) must fit in a noise patch ({self.noise_patch_size} px)")

@@ -60,6 +60,7 @@ PAPER: dict = {  # the released ESRGAN / RealSR recipe: every field a preset set
     "keep_checkpoints": 2,
     "log_every": 50,
     "workers": 2,
+    "degrade_on": "auto",
     "seed": 0,
     "device": "auto",
     "precision": "auto",
@@ -249,6 +250,14 @@ class TrainSettings(BaseModel):
     keep_checkpoints: int | None = Field(None, ge=1, le=1000, description="Numbered checkpoints kept besides best and latest.")
     log_every: int | None = Field(None, ge=1, description="Loss rows to losses.csv (means over the last N iterations).")
     workers: int | None = Field(None, ge=0, le=64, description="DataLoader worker processes (0: in the training process).")
+    degrade_on: Literal["auto", "loader", "device"] | None = Field(
+        None,
+        description=(
+            "Where training LR are degraded: 'loader': per sample in the DataLoader workers (numpy, OpenCV); 'device': in batches on the training device "
+            "(grouped convolution, the noise bank there, torchvision's JPEG codec, nvJPEG on CUDA), the workers only crop and draw; 'auto': device on "
+            "CUDA, loader on a CPU. Both draw the same kernel, noise and quality per sample."
+        ),
+    )
     seed: int | None = Field(None, ge=0, description="Seeds the networks' initialisation and every data draw.")
     device: str | None = Field(None, pattern=DEVICE, description="Torch device: auto, cpu, cuda or cuda:N.")
     precision: Literal["auto", "fp32", "bf16"] | None = Field(

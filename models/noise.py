@@ -320,31 +320,13 @@ def draw_noise(bank, rng: np.random.Generator, crops: list[np.ndarray], match: b
     is a noise bank (`storage.banks.NoiseBank`: count, patch_size, column, noise, patch_id).
     degrade-flow's pairs and train-flow's crops both draw here.
 
-    All picks come first from the image's one random stream, then one batched read of the bank.
+    All picks come first from the image's one random stream (`pick_noise`), then one batched read of the bank.
     """
     if not crops or not bank.count:
         return []
     L, P = crops[0].shape[0], bank.patch_size
-    brightness = bank.column("gray_mean").astype(np.float64) if match else None
-    if P >= L:  # one patch per crop
-        if match:
-            picks, offsets = [], []
-            for c in crops:
-                picks.append([int(brightness_matched(brightness, [float(luma(c).mean())], rng)[0])])
-                offsets.append(rng.integers(0, P - L + 1, size=2))
-        else:  # the paper's draws, in the released code's order
-            picks = rng.integers(bank.count, size=(len(crops), 1))
-            offsets = rng.integers(0, P - L + 1, size=(len(crops), 2))
-    else:  # a mosaic of tiles per crop
-        cells = noise_cells(L, P)
-        offsets = [np.zeros(2, np.int64)] * len(crops)
-        if match:
-            picks = []
-            for c in crops:
-                y = luma(c)
-                picks.append(brightness_matched(brightness, [float(y[a : a + P, b : b + P].mean()) for a, b in cells], rng))
-        else:
-            picks = rng.integers(bank.count, size=(len(crops), len(cells)))
+    wanted = [crop_brightness(c, P) for c in crops] if match else [None] * len(crops)
+    picks, offsets = pick_noise(rng, bank.count, P, L, wanted, bank.column("gray_mean").astype(np.float64) if match else None)
     unique = np.unique(np.concatenate([np.asarray(q).ravel() for q in picks]))
     data = dict(zip(unique.tolist(), bank.noise(unique)))
     out = []
@@ -354,3 +336,34 @@ def draw_noise(bank, rng: np.random.Generator, crops: list[np.ndarray], match: b
         index = q[0] if P >= L else q
         out.append((field, {"noise_id": "+".join(bank.patch_id(i) for i in q), "noise_index": index, "noise_offset": off}))
     return out
+
+
+def crop_brightness(crop: np.ndarray, patch: int) -> list[float]:
+    """The luma (0-255) a noise draw matches: the crop's mean where one patch covers it, else each `noise_cells` cell's."""
+    y = luma(crop)
+    if patch >= crop.shape[0]:
+        return [float(y.mean())]
+    return [float(y[a : a + patch, b : b + patch].mean()) for a, b in noise_cells(crop.shape[0], patch)]
+
+
+def pick_noise(rng: np.random.Generator, count: int, patch: int, size: int, wanted: list, brightness: np.ndarray | None) -> tuple[list, list]:
+    """(bank rows, offset) per crop of side `size`, drawn from `rng` in the order `draw_noise` has
+    always drawn: `wanted` holds each crop's `crop_brightness` (None each when not matched),
+    `brightness` the bank's gray_mean column (None: uniform picks, as the paper). A crop's rows are
+    one per `noise_cells` cell where the patch is smaller than the crop (offset 0, 0)."""
+    if patch >= size:  # one patch per crop
+        if brightness is not None:
+            picks, offsets = [], []
+            for w in wanted:
+                picks.append([int(brightness_matched(brightness, w, rng)[0])])
+                offsets.append(rng.integers(0, patch - size + 1, size=2))
+        else:  # the paper's draws, in the released code's order
+            picks = rng.integers(count, size=(len(wanted), 1))
+            offsets = rng.integers(0, patch - size + 1, size=(len(wanted), 2))
+    else:  # a mosaic of tiles per crop
+        offsets = [np.zeros(2, np.int64)] * len(wanted)
+        if brightness is not None:
+            picks = [brightness_matched(brightness, w, rng) for w in wanted]
+        else:
+            picks = rng.integers(count, size=(len(wanted), len(noise_cells(size, patch))))
+    return picks, offsets

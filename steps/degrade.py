@@ -53,6 +53,7 @@ class DegradeSpec:
     noise_match_brightness: bool
     kernelgan_iterations: int
     kernelgan_seeds: int
+    kernelgan_engine: str  # auto, per-image or fused (models.kernelgan_fused)
     kernel_prior: str  # the kernelgan-fkp sources' prior file
 
     def photo_name(self, path: Path) -> str:

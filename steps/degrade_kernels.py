@@ -26,12 +26,12 @@ def estimate_source_kernels(paths: list[Path], run: RunDir, s: DegradeSpec, devi
     """KernelGAN's x2 kernel of each source image (the real photo, before clean-up).
 
     The images not done in an earlier run train together in one loop (`estimate_kernels`): the
-    same algorithm per image, one set of kernel launches. Returns a record or the BadImageError
-    of each path, in order.
+    same algorithm per image, one set of kernel launches; with the fused engine (`kernel_engine`)
+    every image x seed is a slot of one network. Returns a record or the BadImageError of each
+    path, in order.
     """
-    from realsr.models.kernelgan import estimate_kernels
-
     cfg = _kernelgan_config(s)
+    estimate_kernels = _engine(kernel_engine(s, device))
     prior = None
     if s.uses_prior:
         from realsr.storage.kernel_prior_file import load
@@ -55,14 +55,39 @@ def estimate_source_kernels(paths: list[Path], run: RunDir, s: DegradeSpec, devi
         t0 = time.perf_counter()
         names = ", ".join(Path(t[0]).name for t in todo)
         what = "KernelGAN-FKP" if prior is not None else "KernelGAN"
-        log(f"{what} on {len(todo)} image(s) at once on {device}: {names}")
-        estimates = estimate_kernels(
-            [t[3] for t in todo], cfg, device=device, progress=lambda it, losses: log(f"{what} {it}/{cfg.iterations} ({names}) {losses}"), prior=prior
-        )
+        log(f"{what} on {len(todo)} image(s) at once on {device}, {kernel_engine(s, device)} engine: {names}")
+        progress = lambda it, losses: log(f"{what} {it}/{cfg.iterations} ({names}) {losses}")  # noqa: E731
+        estimates = estimate_kernels([t[3] for t in todo], cfg, device=device, progress=progress, **({"prior": prior} if prior is not None else {}))
         seconds = round((time.perf_counter() - t0) / len(todo), 3)
         for (path, sha, key, _), est in zip(todo, estimates):
             results[path] = _record(est, path, sha, key, run, s, cfg, device, seconds, prior is not None, log)
     return [results[p] for p in paths]
+
+
+# The engine `auto` picks on the CPU. Measured on the KernelGAN benchmark (BENCHMARKS.md): see
+# `kernel_engine`; the per-image engine's kernels are the ones tests/test_kernel_golden.py pins.
+CPU_ENGINE = "per-image"
+
+
+def kernel_engine(s: DegradeSpec, device: str) -> str:
+    """The KernelGAN engine a run uses: the setting, or for `auto` the fused engine on CUDA (one
+    network per step instead of thousands of small launches) and `CPU_ENGINE` elsewhere;
+    KernelGAN-FKP always per image (the fused engine is plain KernelGAN's)."""
+    if s.uses_prior:
+        return "per-image"
+    if s.kernelgan_engine != "auto":
+        return s.kernelgan_engine
+    return "fused" if str(device).startswith("cuda") else CPU_ENGINE
+
+
+def _engine(name: str):
+    if name == "fused":
+        from realsr.models.kernelgan_fused import estimate_kernels_fused
+
+        return estimate_kernels_fused
+    from realsr.models.kernelgan import estimate_kernels
+
+    return estimate_kernels
 
 
 def _record(est, path: Path, sha: str, key: str, run: RunDir, s: DegradeSpec, cfg, device: str, seconds: float, fkp: bool, log: Log) -> KernelRecord:

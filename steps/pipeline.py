@@ -83,14 +83,20 @@ def source_listing(source: Path | str) -> list[list]:
     return rows
 
 
+# Settings that choose how the work runs, not what it makes (the same draws; equal to rounding):
+# changing one, or its appearing in an upgrade, reruns no stage (a KernelGAN engine or the place
+# training LR are degraded would otherwise retrain every pipeline: hours)
+HOW_NOT_WHAT = ("kernelgan_engine", "degrade_on")
+
+
 def degrade_key(settings: dict, source: Path | str) -> str:
-    return digest({"settings": settings, "sources": source_listing(source)})
+    return digest({"settings": {k: v for k, v in settings.items() if k not in HOW_NOT_WHAT}, "sources": source_listing(source)})
 
 
 def train_key(settings: dict, degrade: str) -> str:
     """Training's output depends on its settings and on the degrade output it reads; paths
     derived from the key (run_dir, out) are left out so the key can name the folder."""
-    return digest({"settings": {k: v for k, v in settings.items() if k not in ("run_dir", "out", "resume")}, "degrade": degrade})
+    return digest({"settings": {k: v for k, v in settings.items() if k not in ("run_dir", "out", "resume", *HOW_NOT_WHAT)}, "degrade": degrade})
 
 
 def evaluate_key(models: list[str], train: str, lr: Path | str, hr: Path | str | None) -> str:

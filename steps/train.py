@@ -23,6 +23,7 @@ from realsr.models.discriminators import DiscriminatorConfig
 from realsr.models.rrdbnet import RRDBConfig
 from realsr.models.training import LossWeights, Schedule, Trainer, train_tail
 from realsr.steps.train_data import DataConfig, DegradedCrops, TrainingDataError, batches, run_scale, training_images, validation_crops
+from realsr.steps.train_device import device_batches, where_to_degrade
 from realsr.steps.train_heic import choose_heic_quality, is_heic, with_heic_quality
 from realsr.steps.train_report import LOSS_VALUES, RunRecords, write_validation_set
 from realsr.steps.train_setup import build_d, build_generator, build_perceptual, changed_settings, claim_train_dir, comparable, vgg19_path
@@ -102,6 +103,7 @@ class TrainSpec:
     device: str
     precision: str  # auto: bf16 autocast on CUDA and bf16-capable CPUs (models/devices.py)
     workers: int
+    degrade_on: str  # auto, loader or device (`steps.train_device.where_to_degrade`)
     settings: dict
 
 
@@ -126,6 +128,7 @@ class Session:
     vgg19_file: Path | None
     start: int = 0
     d_desc: str = ""  # D's architecture and where its weights started, for the log
+    degrade_on: str = "loader"  # where training LR are made: loader or device
 
 
 def set_up(spec: TrainSpec) -> Session:
@@ -173,7 +176,11 @@ def set_up(spec: TrainSpec) -> Session:
             if net is not None:
                 net.to(memory_format=torch.channels_last)
     trainer = Trainer(g, d, perceptual, r.losses, r.schedule, r.ema_decay, device, amp)
-    return Session(out, scale, data, train_images, held, val, notes, g, g_desc, d, trainer, device, amp, precision, vgg19_file, d_desc=d_desc)
+    degrade_on, why = where_to_degrade(spec.degrade_on, device)
+    precision += f"; {why}"
+    return Session(
+        out, scale, data, train_images, held, val, notes, g, g_desc, d, trainer, device, amp, precision, vgg19_file, d_desc=d_desc, degrade_on=degrade_on
+    )
 
 
 def channels_last(device: torch.device, amp: torch.dtype | None) -> bool:
@@ -211,7 +218,13 @@ def loop(session: Session, spec: TrainSpec, records: RunRecords, lpips_fn, log: 
     window: list[dict] = []
     t_window = time.perf_counter()
     progress = tqdm(total=total, initial=s.start, unit="it", disable=None if bar else True, leave=False)
-    with progress, batches(s.data, r.batch_size, s.start, total, spec.workers) as data:
+    on_device = s.degrade_on == "device"
+    feed = (
+        device_batches(s.data, r.batch_size, s.start, total, spec.workers, s.device)
+        if on_device
+        else batches(s.data, r.batch_size, s.start, total, spec.workers)
+    )
+    with progress, feed as data:
         for it, (lr, hr) in enumerate(data, s.start + 1):
             lr, hr = lr.to(s.device, non_blocking=True), hr.to(s.device, non_blocking=True)
             if channels_last(s.device, s.amp):
@@ -280,6 +293,7 @@ def train(spec: TrainSpec, log: Log = print, bar: bool = True, on_iteration: Cal
         "device": str(s.device),
         "precision": "bf16" if s.amp else "fp32",
         "threads": torch.get_num_threads(),
+        "degrade_on": s.degrade_on,
         "generator": s.g_desc,
         "discriminator": s.d_desc,
         "vgg19": str(s.vgg19_file) if s.vgg19_file else None,

@@ -210,6 +210,18 @@ class DataConfig:
     jpeg_range: int
 
 
+@dataclass(frozen=True)
+class Drawn:
+    """A training sample's first draws: its uint8 HWC crop, kernel and re-compression (quality, codec)."""
+
+    rng: np.random.Generator
+    hr: np.ndarray
+    kernel: int
+    quality: int | None
+    codec: str
+    info: dict
+
+
 class DegradedCrops(torch.utils.data.Dataset):
     """Sample n -> (LR (3, h, w), HR (3, sh, sw)) float32 tensors in [0, 1]; any n >= 0.
 
@@ -233,8 +245,9 @@ class DegradedCrops(torch.utils.data.Dataset):
             self._bank = open_noise_bank(RunDir(self.root).noise, verify=False)  # checked in __init__
         return self._bank
 
-    def sample(self, n: int) -> tuple[np.ndarray, np.ndarray, dict]:
-        """HWC float32 LR and HR of sample n, and what was drawn for it."""
+    def draw(self, n: int) -> Drawn:
+        """Sample n's crop (flipped and turned) and kernel, with its random stream where the
+        degradation's draws go on (`sample` here, `steps.train_device` on the training device)."""
         c = self.cfg
         rng = np.random.default_rng([c.seed, int(n)])
         im = self.images[int(rng.integers(len(self.images)))]
@@ -242,13 +255,19 @@ class DegradedCrops(torch.utils.data.Dataset):
         s, size = c.scale, c.hr_size
         y = int(rng.integers(0, (full.shape[0] - size) // s + 1)) * s  # on the scale's grid, as degrade-flow's pairs
         x = int(rng.integers(0, (full.shape[1] - size) // s + 1)) * s
-        hr = full[y : y + size, x : x + size].astype(np.float32) / 255.0
+        hr = full[y : y + size, x : x + size]
         flip, turns = rng.integers(2), int(rng.integers(4))
         hr = np.ascontiguousarray(np.rot90(hr[:, ::-1] if flip else hr, turns))
         k = im.kernel_index if c.kernel_per == "image" else int(self.valid[rng.integers(len(self.valid))])
         quality, codec = recompression(im, c)
-        lr, info = self.degrade(hr, k, quality, rng, jitter=True, codec=codec)
-        return lr, hr, {"image": im.name, "position": [y, x], "flip": int(flip), "turns": turns, **info}
+        return Drawn(rng, hr, k, quality, codec, {"image": im.name, "position": [y, x], "flip": int(flip), "turns": turns})
+
+    def sample(self, n: int) -> tuple[np.ndarray, np.ndarray, dict]:
+        """HWC float32 LR and HR of sample n, and what was drawn for it."""
+        d = self.draw(n)
+        hr = d.hr.astype(np.float32) / 255.0
+        lr, info = self.degrade(hr, d.kernel, d.quality, d.rng, jitter=True, codec=d.codec)
+        return lr, hr, {**d.info, **info}
 
     def degrade(self, hr: np.ndarray, k: int, quality: int | None, rng: np.random.Generator, jitter: bool, codec: str = "jpeg") -> tuple[np.ndarray, dict]:
         """HR crop -> LR: kernel `k`, subsampling, a noise crop drawn with `rng`, 8 bits, JPEG (or
@@ -263,7 +282,7 @@ class DegradedCrops(torch.utils.data.Dataset):
         lr = to_uint8(lr).astype(np.float32) / 255  # 8 bits, as every LR photo
         if quality:
             if jitter:
-                quality = int(np.clip(quality + rng.integers(-c.jpeg_range, c.jpeg_range + 1), 10, 100))
+                quality = jittered(quality, c.jpeg_range, rng)
             if codec == "heic":
                 from realsr.models.jpeg import heic_recompress
 
@@ -277,6 +296,11 @@ class DegradedCrops(torch.utils.data.Dataset):
     def __getitem__(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         lr, hr, _ = self.sample(n)
         return torch.from_numpy(lr.transpose(2, 0, 1).copy()), torch.from_numpy(hr.transpose(2, 0, 1).copy())
+
+
+def jittered(quality: int, spread: int, rng: np.random.Generator) -> int:
+    """A training LR's re-compression quality: its source's, moved by up to `spread`, within 10..100."""
+    return int(np.clip(quality + rng.integers(-spread, spread + 1), 10, 100))
 
 
 def recompression(im: TrainImage, c: DataConfig) -> tuple[int | None, str]:
@@ -295,8 +319,9 @@ def _worker_init(parent: int, _: int) -> None:
             os._exit(1)
 
 
-def loader(data: DegradedCrops, batch_size: int, start: int, stop: int, workers: int) -> torch.utils.data.DataLoader:
-    """Batches of iterations start+1 .. stop: iteration i is samples (i-1)*B .. i*B-1, in order."""
+def loader(data: torch.utils.data.Dataset, batch_size: int, start: int, stop: int, workers: int, pin: bool = False) -> torch.utils.data.DataLoader:
+    """Batches of iterations start+1 .. stop: iteration i is samples (i-1)*B .. i*B-1, in order
+    (of `DegradedCrops`, or `steps.train_device.CleanCrops`); `pin`: in page-locked memory."""
     return torch.utils.data.DataLoader(
         data,
         batch_size=batch_size,
@@ -305,14 +330,15 @@ def loader(data: DegradedCrops, batch_size: int, start: int, stop: int, workers:
         worker_init_fn=functools.partial(_worker_init, os.getpid()) if workers else None,
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
+        pin_memory=pin,
     )
 
 
 @contextmanager
-def batches(data: DegradedCrops, batch_size: int, start: int, stop: int, workers: int) -> Iterator[Iterator]:
+def batches(data: torch.utils.data.Dataset, batch_size: int, start: int, stop: int, workers: int, pin: bool = False) -> Iterator[Iterator]:
     """`loader`'s batches; its worker processes are shut down when the block ends, also by an
     exception (a traceback would otherwise keep them alive until it is freed)."""
-    it = iter(loader(data, batch_size, start, stop, workers))
+    it = iter(loader(data, batch_size, start, stop, workers, pin))
     try:
         yield it
     finally:

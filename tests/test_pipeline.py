@@ -69,3 +69,14 @@ def test_the_pipeline_folder_is_never_someone_elses(tmp_path):
     pdir.record.write_text("{torn")
     with pytest.raises(ValueError, match="unreadable pipeline record"):
         p.read_stages(pdir)
+
+
+def test_how_the_work_runs_reruns_no_stage(photo_dir):
+    """The KernelGAN engine and where training degrades its LR change no stage's key (an upgrade
+    that adds such a setting retrains no pipeline); a setting of what is made does."""
+    from realsr.steps import pipeline as p
+
+    d = {"scale": 4, "kernels": "kernelgan"}
+    assert p.degrade_key({**d, "kernelgan_engine": "fused"}, photo_dir) == p.degrade_key(d, photo_dir) != p.degrade_key({**d, "scale": 2}, photo_dir)
+    t = {"iterations": 10, "run_dir": "a", "out": "b"}
+    assert p.train_key({**t, "degrade_on": "device"}, "k") == p.train_key(t, "k") != p.train_key({**t, "iterations": 11}, "k")
