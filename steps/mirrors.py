@@ -17,6 +17,9 @@ from realsr.storage.lock import hold
 from realsr.storage.remote import Mirror, is_url, mirror_dir
 
 RECORDS = (".work/",)  # the resume records: uploaded after the files they point at
+# what a run reads of the folder it takes as input, by its role: the photos of a source folder;
+# of a degrade run folder, training's inputs (clean HR, banks, indexes), not its pair PNGs
+READS = {"sources": is_image_name, "run": lambda rel: not rel.startswith(("pairs/hr/", "pairs/lr/"))}
 WHAT = {"run": "run folder", "train": "training folder", "pipeline": "pipeline folder"}
 
 
@@ -70,7 +73,7 @@ def _staged(source, out, say, source_role, out_role, also=()) -> Iterator[Staged
     run = Mirror(str(out), out_role) if is_url(out) else None
     swaps, extra = [], {}
     if src is not None:
-        n = src.pull(keep=is_image_name if source_role == "sources" else lambda rel: True)
+        n = src.pull(keep=READS.get(source_role, lambda rel: True))
         say(f"{source_role} {src.url}: {n} files downloaded to {src.tree} (the others were current)")
         swaps.append((str(src.tree), src.url))
     for location, role in also:

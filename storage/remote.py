@@ -163,6 +163,7 @@ class Mirror:
                 os.utime(part, ns=(ns, ns))
             os.replace(part, self.tree / rel)
         files = {rel: {"remote": stamp(info), **_local_stat(self.tree / rel)} for rel, info in remote.items()}
+        files.update({rel: was for rel, was in known.items() if rel not in files and not keep(rel)})  # left out this time, not gone
         for path in sorted(self.tree.rglob("*"), reverse=True):  # gone remotely: gone here
             rel = path.relative_to(self.tree).as_posix()
             if path.is_file() and rel in known and rel not in files:
@@ -183,8 +184,11 @@ class Mirror:
         for batch in ([rel for rel in changed if rel not in records], records):
             if not batch:
                 continue
+            uploads, copies = _same_content(batch, local)
             try:
-                self.fs.put([str(local[rel]) for rel in batch], [f"{self.path}/{rel}" for rel in batch])
+                self.fs.put([str(local[rel]) for rel in uploads], [f"{self.path}/{rel}" for rel in uploads])
+                for src, dst in copies:  # inside the store: nothing sent twice
+                    self.fs.copy(f"{self.path}/{src}", f"{self.path}/{dst}")
             except Exception as e:  # the files not recorded as synced go up again next time
                 self._save({rel: known[rel] for rel in local if rel in known and rel not in changed})
                 raise RemoteError(f"{self.url}: uploading {len(batch)} files failed ({type(e).__name__}: {e})") from None
@@ -274,6 +278,29 @@ def remote_text(url: str) -> str | None:
     """The text of one small remote file, None where it does not exist."""
     data = remote_bytes(url)
     return None if data is None else data.decode("utf-8", "replace")
+
+
+def _same_content(batch: list[str], local: dict[str, Path], least: int = 1 << 20) -> tuple[list[str], list[tuple[str, str]]]:
+    """(files to upload, (uploaded file, its copy) pairs): files of a MB or more with the content
+    of another in the batch are copied inside the store instead (a training folder's best, latest
+    and last numbered generator are often one file, 134 MB each for x4plus)."""
+    from collections import Counter
+
+    from realsr.storage.atomic import file_sha256
+
+    sizes = {rel: local[rel].stat().st_size for rel in batch}
+    common = Counter(sizes.values())
+    first: dict[str, str] = {}
+    uploads, copies = [], []
+    for rel in batch:
+        if sizes[rel] >= least and common[sizes[rel]] > 1:
+            digest = file_sha256(local[rel])
+            if digest in first:
+                copies.append((first[digest], rel))
+                continue
+            first[digest] = rel
+        uploads.append(rel)
+    return uploads, copies
 
 
 def _local_stat(path: Path) -> dict:

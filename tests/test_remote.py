@@ -74,6 +74,24 @@ def test_mirror_moves_only_what_changed(s3):
     assert (m.tree / "new.txt").read_bytes() == b"changed there" and not (m.tree / "a.txt").exists()
 
 
+def test_a_file_twice_in_one_upload_is_sent_once_and_a_filtered_pull_forgets_nothing(s3):
+    """A training folder's best, latest and last generator are often one file: sent once, copied
+    inside the store. A pull that leaves files out (training's, of a run folder) keeps them known."""
+    m = Mirror(f"s3://{BUCKET}/t", "train")
+    m.tree.mkdir(parents=True)
+    big = np.random.default_rng(0).bytes(2 << 20)
+    for name in ("net_g_60.pth", "net_g_latest.pth", "net_g_best.pth"):
+        (m.tree / name).write_bytes(big)
+    (m.tree / "other.pth").write_bytes(big[::-1])
+    sent = []
+    put = m.fs.put
+    m.fs.put = lambda lpaths, rpaths, **kw: (sent.extend(rpaths), put(lpaths, rpaths, **kw))
+    assert m.push() == 4 and len(sent) == 2  # one of the three copies, and the other file
+    assert all(s3.cat(f"{BUCKET}/t/{n}") == big for n in ("net_g_60.pth", "net_g_latest.pth", "net_g_best.pth"))
+    assert m.pull(keep=lambda rel: rel != "other.pth") == 0 and m.push() == 0  # nothing moves, nothing deleted
+    assert s3.exists(f"{BUCKET}/t/other.pth") and (m.tree / "other.pth").exists()
+
+
 def test_unreachable_store_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
