@@ -131,6 +131,7 @@ def main() -> None:
     ap.add_argument("--preset", default="demo")
     ap.add_argument("--degrade", default='{"kernels": "bicubic"}')
     ap.add_argument("--train", default="{}")
+    ap.add_argument("--order", default="local,s3", help="the rows of each repeat, in this order (the first row of a call runs on cold caches)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/remote-bench"))
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "remote_overhead.jsonl")
     args = ap.parse_args()
@@ -161,7 +162,7 @@ def main() -> None:
         start_host(stack, "host-b", "gpu-pool", args.work / "host-b", proxies["b"].port)
         common = {"preset": args.preset, "stages": "deployments", "degrade": json.loads(args.degrade), "train": json.loads(args.train)}
         for i in range(args.repeats):
-            for where in ("local", "s3"):
+            for where in args.order.split(","):
                 src, out = (str(photos), str(args.work / f"local-{i}")) if where == "local" else (f"s3://{BUCKET}/photos", f"s3://{BUCKET}/run-{i}")
                 [p.reset() for p in proxies.values()]
                 seconds, _ = run_pipeline(stack, {**common, "source": src, "out": out})
