@@ -248,10 +248,13 @@ class Stack:
             time.sleep(0.5)
 
     def _cli(self, args: list[str], env: dict, timeout: float = 120) -> str:
-        p = subprocess.run([_prefect(), *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-        if p.returncode:
-            raise StackError(f"prefect {' '.join(args)} failed: {(p.stdout + p.stderr).strip()[-2000:]}")
-        return p.stdout
+        for attempt in range(3):  # a server busy migrating or answering may refuse a connection once (seen on 2 cores)
+            p = subprocess.run([_prefect(), *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+            if not p.returncode:
+                return p.stdout
+            if "All connection attempts failed" not in p.stdout + p.stderr or attempt == 2:
+                raise StackError(f"prefect {' '.join(args)} failed: {(p.stdout + p.stderr).strip()[-2000:]}")
+            time.sleep(2)
 
     def _set_gpu_limit(self, n: int, env: dict) -> None:
         """Training and evaluation tasks carry the `gpu` tag: at most n of them hold a GPU at once."""
