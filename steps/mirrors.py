@@ -28,7 +28,7 @@ class Staged:
     source: Path | None  # the local folder to read the photos from
     out: Path  # the local run folder
     rebase: Callable[[object], object]  # local mirror paths in a result -> the URLs the user gave
-    also: dict[str, Path] = field(default_factory=dict)  # each further input given (`staged`'s `also`) -> its local folder
+    also: dict[str, Path] = field(default_factory=dict)  # each input at a URL (`source`, `staged`'s `also`) -> its local folder
     sync: Callable[[], None] = lambda: None  # mid-run: upload what changed here, then fetch what others (workers apart) wrote there
 
     def local(self, location) -> Path | None:
@@ -69,20 +69,15 @@ def staged(
 
 @contextmanager
 def _staged(source, out, say, source_role, out_role, also=()) -> Iterator[Staged]:
-    src = Mirror(str(source), source_role) if is_url(source) else None
     run = Mirror(str(out), out_role) if is_url(out) else None
-    swaps, extra = [], {}
-    if src is not None:
-        n = src.pull(keep=READS.get(source_role, lambda rel: True))
-        say(f"{source_role} {src.url}: {n} files downloaded to {src.tree} (the others were current)")
-        swaps.append((str(src.tree), src.url))
-    for location, role in also:
+    swaps, inputs = [], {}  # each input at a URL -> its local tree
+    for location, role in [(source, source_role), *also]:
         if is_url(location):
             m = Mirror(str(location), role)
-            n = m.pull()
+            n = m.pull(keep=READS.get(role, lambda rel: True))
             say(f"{role} {m.url}: {n} files downloaded to {m.tree} (the others were current)")
             swaps.append((str(m.tree), m.url))
-            extra[str(location)] = m.tree
+            inputs[str(location)] = m.tree
     if run is not None:
         n = run.pull()
         say(f"{out_role} folder {run.url}: {n} files downloaded to {run.tree} (the others were current)")
@@ -101,7 +96,8 @@ def _staged(source, out, say, source_role, out_role, also=()) -> Iterator[Staged
 
     ok = False
     try:
-        yield Staged(src.tree if src else (Path(source) if source is not None else None), run.tree if run else Path(out), rebase, extra, sync)
+        here = None if source is None else inputs.get(str(source), Path(source))
+        yield Staged(here, run.tree if run else Path(out), rebase, inputs, sync)
         ok = True
     finally:
         if run is not None:

@@ -75,7 +75,7 @@ def bank_copy(run_url: str, name: str, digest: str) -> Path:
     part = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=_mkdir(dest.parent)))
     try:
         fs, path = filesystem(f"{run_url.rstrip('/')}/{name}")
-        files = [f for f in fs.find(path)]
+        files = fs.find(path)
         if not files:
             raise RemoteError(f"{run_url}/{name}: no such bank")
         fs.get(files, [str(part / f[len(path) :].lstrip("/")) for f in files])

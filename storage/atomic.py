@@ -66,8 +66,13 @@ def write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
         raise
 
 
+def json_bytes(obj) -> bytes:
+    """The project's JSON files' bytes (keys sorted, one-space indent): one format on disk and in a store."""
+    return json.dumps(obj, indent=1, sort_keys=True, default=str).encode()
+
+
 def write_json(path: Path, obj) -> None:
-    write_bytes(path, json.dumps(obj, indent=1, sort_keys=True, default=str).encode())
+    write_bytes(path, json_bytes(obj))
 
 
 def file_sha256(path: Path | str) -> str:

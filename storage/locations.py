@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from realsr.storage.atomic import read_json, write_json
+from realsr.storage.atomic import json_bytes, read_json, write_json
 from realsr.storage.remote import RemoteError, filesystem, is_url, remote_text
 
 Location = Path | str
@@ -55,6 +55,6 @@ def write_json_at(location: Location, value) -> None:
         return
     fs, path = filesystem(str(location))
     try:
-        fs.pipe_file(path, json.dumps(value, indent=1, sort_keys=True, default=str).encode())
+        fs.pipe_file(path, json_bytes(value))
     except Exception as e:
         raise RemoteError(f"{location}: cannot write it ({type(e).__name__}: {e})") from None

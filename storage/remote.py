@@ -248,14 +248,14 @@ def copy_file(src: str | Path, dst: str | Path) -> None:
         write_bytes(Path(dst), Path(src).read_bytes())
         return
     fs, dpath = filesystem(str(dst)) if is_url(dst) else (None, None)
+    sfs, spath = filesystem(str(src)) if is_url(src) else (None, None)
     try:
-        if is_url(src) and is_url(dst) and type(filesystem(str(src))[0]) is type(fs):
-            fs.copy(filesystem(str(src))[1], dpath)
-        elif is_url(dst):
-            fs.put_file(str(src), dpath)
+        if sfs is not None and type(sfs) is type(fs):
+            fs.copy(spath, dpath)
+        elif sfs is not None:  # to a folder here, or to another store: through a local copy
+            copy_file(fetch_file(str(src), "copies"), dst)
         else:
-            fetched = fetch_file(str(src), "copies")
-            copy_file(fetched, dst)
+            fs.put_file(str(src), dpath)
     except RemoteError:
         raise
     except Exception as e:
